@@ -1,0 +1,317 @@
+"""Start, wait for and stop the real ``tritonserver`` from the nvidia-pytriton wheel.
+
+The wheel carries the server binary, the Python backend and its stubs, but no
+libtorch backend and no ready-made backend folder. ``EmbeddedTriton``
+assembles one (``python/`` from the wheel, ``pytorch/`` from this project's
+stand-in), sets the environment the stub needs, and manages the process:
+
+* the server runs in its own session, so stopping it also reaches the
+  Python-backend stub processes it started;
+* its output goes to a log file;
+* ``wait_ready`` polls ``/v2/health/ready`` and fails fast, with the log's
+  tail, when the process dies.
+"""
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from typing import Dict, List, Optional, Sequence
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+PYTORCH_STANDIN = PROJECT_ROOT / "pytorch_backend" / "model.py"
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+HELPER_MODEL = "warmup_helper"
+
+# The server itself is ready in a few seconds; the helper's stub imports numpy
+# and protobuf first. A minute leaves room for a loaded 2-core machine.
+DEFAULT_READY_TIMEOUT_S = 120.0
+# Triton waits for in-flight requests and unloads models before it exits.
+DEFAULT_STOP_TIMEOUT_S = 30.0
+_POLL_INTERVAL_S = 0.2
+
+
+class TritonNotFoundError(RuntimeError):
+    """The nvidia-pytriton wheel, and so tritonserver, is not installed."""
+
+
+class TritonStartError(RuntimeError):
+    """The server exited or did not become ready in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonInstall:
+    """Where the wheel put the parts the embedded server is built from."""
+
+    binary: pathlib.Path
+    python_backend: pathlib.Path
+    python_stub: pathlib.Path
+    libraries: pathlib.Path
+
+    @classmethod
+    def find(cls) -> "TritonInstall":
+        try:
+            import pytriton  # noqa: PLC0415 - only to locate the wheel's files
+        except ImportError:
+            raise TritonNotFoundError(
+                "nvidia-pytriton is not installed: run `make venv` "
+                "(pip install -r requirements.txt)"
+            ) from None
+        package = pathlib.Path(pytriton.__file__).resolve().parent
+        triton = package / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(
+            binary=triton / "bin" / "tritonserver",
+            python_backend=triton / "backends" / "python",
+            python_stub=triton / "python_backend_stubs" / version / "triton_python_backend_stub",
+            libraries=package.parent / "nvidia_pytriton.libs",
+        )
+        for path in dataclasses.astuple(install):
+            if not path.exists():
+                raise TritonNotFoundError(f"{path} is missing from the nvidia-pytriton install")
+        return install
+
+
+def assemble_backend_directory(target: pathlib.Path, install: TritonInstall) -> pathlib.Path:
+    """Build ``target`` as a ``--backend-directory``: ``python/`` and ``pytorch/``.
+
+    ``pytorch/`` holds only a ``model.py``: Triton then runs models whose
+    platform is ``pytorch_libtorch`` through the Python backend with it.
+    """
+    python_dir = target / "python"
+    pytorch_dir = target / "pytorch"
+    for folder in (python_dir, pytorch_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for source in (
+        install.python_backend / "libtriton_python.so",
+        install.python_backend / "triton_python_backend_utils.py",
+        install.python_stub,
+    ):
+        # Copies, not symlinks: Triton refuses a backend library whose real
+        # path lies outside the backend directory.
+        shutil.copy2(source, python_dir / source.name)
+    shutil.copyfile(PYTORCH_STANDIN, pytorch_dir / "model.py")
+    return target
+
+
+def server_environment(install: TritonInstall, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment the server and its Python stubs need.
+
+    * ``PATH`` starts with this interpreter's ``bin/``: the stub's embedded
+      Python finds the venv's packages that way (``PYTHONPATH`` alone does not).
+    * ``LD_LIBRARY_PATH`` holds the wheel's bundled libraries (libcudart and
+      friends) and this Python's own libpython, so the stub does not pick up a
+      system libpython of the same version.
+    """
+    env = dict(os.environ if base is None else base)
+    interpreter_bin = str(pathlib.Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([interpreter_bin, env.get("PATH", "")]).rstrip(os.pathsep)
+    libraries = [str(install.libraries)]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        libraries.append(libdir)
+    if env.get("LD_LIBRARY_PATH"):
+        libraries.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
+    return env
+
+
+def server_options(
+    model_repository: pathlib.Path,
+    backend_directory: pathlib.Path,
+    http_port: int = DEFAULT_HTTP_PORT,
+    grpc_port: int = DEFAULT_GRPC_PORT,
+    metrics_port: int = DEFAULT_METRICS_PORT,
+    model_control_mode: str = "explicit",
+    load_models: Sequence[str] = (HELPER_MODEL,),
+    log_verbose: int = 0,
+) -> List[tuple]:
+    """tritonserver options as (flag, value) pairs; ``options_to_argv`` flattens them."""
+    options = [
+        ("model-repository", str(model_repository)),
+        ("backend-directory", str(backend_directory)),
+        ("http-port", http_port),
+        ("grpc-port", grpc_port),
+        ("metrics-port", metrics_port),
+        ("model-control-mode", model_control_mode),
+        ("log-verbose", log_verbose),
+    ]
+    if model_control_mode == "explicit":
+        options.extend(("load-model", name) for name in load_models)
+    return options
+
+
+def options_to_argv(options: Sequence[tuple]) -> List[str]:
+    return [f"--{flag}={value}" for flag, value in options]
+
+
+class EmbeddedTriton:
+    """One tritonserver process on this machine.
+
+    Use it as a context manager, or call ``start``/``wait_ready``/``stop``.
+
+    Args:
+        model_repository: the repository to serve.
+        workdir: where the backend folder and the log go.
+        http_port, grpc_port, metrics_port: ports to listen on.
+        model_control_mode: ``explicit`` (default), ``poll`` or ``none``.
+        load_models: models to load at start-up in explicit mode.
+        log_verbose: tritonserver's ``--log-verbose`` level.
+        extra_args: further tritonserver flags, passed through unchanged.
+    """
+
+    def __init__(
+        self,
+        model_repository: pathlib.Path,
+        workdir: pathlib.Path,
+        http_port: int = DEFAULT_HTTP_PORT,
+        grpc_port: int = DEFAULT_GRPC_PORT,
+        metrics_port: int = DEFAULT_METRICS_PORT,
+        model_control_mode: str = "explicit",
+        load_models: Sequence[str] = (HELPER_MODEL,),
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+    ):
+        self.model_repository = pathlib.Path(model_repository).resolve()
+        self.workdir = pathlib.Path(workdir).resolve()
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+        self.log_path = self.workdir / "tritonserver.log"
+        self.install = TritonInstall.find()
+        self.backend_directory = self.workdir / "backends"
+        self.argv = [str(self.install.binary)] + options_to_argv(
+            server_options(
+                self.model_repository,
+                self.backend_directory,
+                http_port,
+                grpc_port,
+                metrics_port,
+                model_control_mode,
+                load_models,
+                log_verbose,
+            )
+        ) + list(extra_args)
+        self._process: Optional[subprocess.Popen] = None
+        self._log_file = None
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process else None
+
+    def start(self) -> "EmbeddedTriton":
+        if not self.model_repository.is_dir():
+            raise TritonStartError(f"model repository {self.model_repository} is not a folder")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        assemble_backend_directory(self.backend_directory, self.install)
+        self._log_file = open(self.log_path, "ab")
+        # A session of its own: signals to the group reach the stubs as well.
+        self._process = subprocess.Popen(
+            self.argv,
+            env=server_environment(self.install),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        """Wait for the server to exit; its exit code, or ``None`` on timeout."""
+        try:
+            return self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=2
+            ) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def wait_ready(self, timeout: float = DEFAULT_READY_TIMEOUT_S) -> "EmbeddedTriton":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                code = self._process.returncode if self._process else None
+                raise TritonStartError(
+                    f"tritonserver exited with code {code} before it was ready. "
+                    f"Log {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.is_ready():
+                return self
+            time.sleep(_POLL_INTERVAL_S)
+        raise TritonStartError(
+            f"tritonserver was not ready within {timeout:.0f} s; try a longer --timeout. "
+            f"Log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> Optional[int]:
+        """SIGINT the server, wait, then SIGKILL its whole process group."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Stubs whose parent died can linger; the group kill reaches them.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        return process.returncode
+
+    def __enter__(self) -> "EmbeddedTriton":
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Write the example TorchScript models ``model-v1``..``model-v3``.
+
+The three models are the same network with a different feature dimension.
+Each request carries a group of ``G`` feature vectors ``x`` ``[G, D]`` and a
+``mask`` ``[G]`` that says which of them are real; the model pools the real
+ones and projects them to ``OUTPUT_DIM`` values. Triton adds the batch
+dimension, so the scripted ``forward`` sees ``x`` ``[B, G, D]`` and ``mask``
+``[B, G]``.
+
+Usage::
+
+    python gen_model.py --model-repository model_repository
+"""
+
+import argparse
+import pathlib
+import sys
+
+import torch
+
+FEATURE_DIMS = {"model-v1": 64, "model-v2": 128, "model-v3": 256}
+HIDDEN_DIM = 128
+OUTPUT_DIM = 16
+DEFAULT_SEED = 0
+
+
+class MaskedPoolingEncoder(torch.nn.Module):
+    """Encode every item of a group, then average the items the mask keeps."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.encode = torch.nn.Sequential(
+            torch.nn.Linear(feature_dim, HIDDEN_DIM),
+            torch.nn.GELU(),
+            torch.nn.Linear(HIDDEN_DIM, HIDDEN_DIM),
+        )
+        self.head = torch.nn.Linear(HIDDEN_DIM, OUTPUT_DIM)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        encoded = self.encode(x)
+        weights = (mask != 0).to(encoded.dtype).unsqueeze(-1)
+        # A group whose mask is all zeros (warmup sends zero_data for integer
+        # inputs) pools to zeros instead of dividing by zero.
+        kept = weights.sum(dim=-2).clamp(min=1.0)
+        pooled = (encoded * weights).sum(dim=-2) / kept
+        return self.head(pooled)
+
+
+def build_model(feature_dim: int, seed: int = DEFAULT_SEED) -> torch.jit.ScriptModule:
+    """Return the scripted encoder for ``feature_dim`` with seeded weights."""
+    torch.manual_seed(seed)
+    model = MaskedPoolingEncoder(feature_dim).eval()
+    return torch.jit.script(model)
+
+
+def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> list:
+    """Write ``<model>/1/model.pt`` for every example model; return the paths."""
+    written = []
+    for model_name, feature_dim in FEATURE_DIMS.items():
+        version_dir = model_repository / model_name / "1"
+        if not (model_repository / model_name / "config.pbtxt").is_file():
+            raise FileNotFoundError(
+                f"{model_repository / model_name / 'config.pbtxt'} is missing: "
+                "--model-repository must point at this project's model_repository"
+            )
+        version_dir.mkdir(parents=True, exist_ok=True)
+        path = version_dir / "model.pt"
+        build_model(feature_dim, seed).save(str(path))
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model-repository",
+        type=pathlib.Path,
+        default=pathlib.Path(__file__).resolve().parent / "model_repository",
+        help="Model repository that holds model-v1..model-v3. "
+        "Default is the model_repository next to this script.",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"Weight seed. Default is {DEFAULT_SEED}."
+    )
+    args = parser.parse_args(argv)
+    try:
+        for path in write_models(args.model_repository, args.seed):
+            print(f"wrote {path}")
+    except FileNotFoundError as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Read, merge and atomically rewrite a model's ``config.pbtxt``.
+
+Configs are parsed into the ``ModelConfig`` protobuf and written back with
+``text_format``; the file text is never edited as a string. A rewrite is:
+
+* atomic: the new text goes to a temporary file in the model's folder, is
+  flushed to disk and renamed over ``config.pbtxt``, so a reader sees the old
+  file or the new one, never half of one;
+* idempotent: samples this helper generated earlier are replaced, samples a
+  person wrote are kept, and a config that would not change is not written;
+* reversible: ``restore`` puts the original bytes back when the load fails.
+"""
+
+import os
+import pathlib
+import tempfile
+from typing import Iterable, Tuple
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from warmup_plan import GENERATED_PREFIX
+from warmup_request import NOT_FOUND, WarmupRequestError
+
+CONFIG_FILENAME = "config.pbtxt"
+
+
+def find_model_dir(repository: pathlib.Path, name: str) -> pathlib.Path:
+    """Return the folder of model ``name``, which must lie inside ``repository``.
+
+    ``name`` has already passed ``check_model_name``; this also refuses a folder
+    that is a symlink leading out of the repository.
+    """
+    model_dir = repository / name
+    if not model_dir.is_dir():
+        raise WarmupRequestError(
+            "MODELS", f"no model '{name}' in the model repository {repository}", NOT_FOUND
+        )
+    resolved = model_dir.resolve()
+    if resolved.parent != repository.resolve():
+        raise WarmupRequestError("MODELS", f"'{name}' leads outside the model repository")
+    return model_dir
+
+
+def parse_config(text: bytes, source: str) -> model_config_pb2.ModelConfig:
+    """Parse config text; raise ``WarmupRequestError`` naming ``source`` if it is not valid."""
+    try:
+        return text_format.Parse(text.decode("utf-8"), model_config_pb2.ModelConfig())
+    except (text_format.ParseError, UnicodeDecodeError) as error:
+        raise WarmupRequestError("MODELS", f"{source} cannot be parsed: {error}") from None
+
+
+def render_config(config: model_config_pb2.ModelConfig) -> bytes:
+    return text_format.MessageToString(config).encode("utf-8")
+
+
+def merge_warmup(
+    config: model_config_pb2.ModelConfig, samples: Iterable[model_config_pb2.ModelWarmup]
+) -> model_config_pb2.ModelConfig:
+    """Return a copy of ``config`` whose generated samples are ``samples``.
+
+    Hand-written samples stay first, in their order; earlier generated ones go.
+    """
+    merged = model_config_pb2.ModelConfig()
+    merged.CopyFrom(config)
+    kept = [sample for sample in config.model_warmup if not sample.name.startswith(GENERATED_PREFIX)]
+    del merged.model_warmup[:]
+    merged.model_warmup.extend(kept)
+    merged.model_warmup.extend(samples)
+    return merged
+
+
+def strip_generated_warmup(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
+    """Return a copy of ``config`` without the samples this helper generated."""
+    return merge_warmup(config, [])
+
+
+def write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers never see a partial file.
+
+    The new file keeps the old one's permission bits (and owner, where this
+    process may set it), so a server running as another user can still read it.
+    """
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        if old is not None:
+            os.chmod(temp_name, old.st_mode & 0o7777)
+            try:
+                os.chown(temp_name, old.st_uid, old.st_gid)
+            except PermissionError:
+                pass
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    # The rename is durable only once the folder entry itself is on disk.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_config(model_dir: pathlib.Path) -> Tuple[bytes, model_config_pb2.ModelConfig]:
+    """Return the bytes of ``<model_dir>/config.pbtxt`` and their parsed config."""
+    path = model_dir / CONFIG_FILENAME
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise WarmupRequestError(
+            "MODELS", f"'{model_dir.name}' has no {CONFIG_FILENAME}", NOT_FOUND
+        ) from None
+    return text, parse_config(text, str(path))
+
+
+class ConfigRewrite:
+    """One planned rewrite of a model's ``config.pbtxt``, with its undo.
+
+    Attributes:
+        path: the ``config.pbtxt`` file.
+        original: its bytes before the rewrite.
+        config: the merged config that ``apply`` writes.
+        changed: whether the merged config differs from the file's content.
+    """
+
+    def __init__(
+        self,
+        path: pathlib.Path,
+        original: bytes,
+        current: model_config_pb2.ModelConfig,
+        samples: Iterable[model_config_pb2.ModelWarmup],
+    ):
+        self.path = path
+        self.original = original
+        self.config = merge_warmup(current, samples)
+        # Compare parsed configs, not text: a hand-formatted file that already
+        # holds this plan keeps its bytes (and its comments).
+        self.changed = self.config != current
+        self._applied = False
+
+    def apply(self) -> None:
+        """Write the merged config, unless it equals what is on disk."""
+        if self.changed:
+            write_atomically(self.path, render_config(self.config))
+            self._applied = True
+
+    def restore(self) -> None:
+        """Put the original bytes back, if ``apply`` changed the file."""
+        if self._applied:
+            write_atomically(self.path, self.original)
+            self._applied = False

@@ -1,0 +1,131 @@
+"""warmup_helper: Triton glue around the pure modules beside it.
+
+One request names target models; for each one the helper writes a
+``model_warmup`` sample per shape into its ``config.pbtxt`` and calls
+``pb_utils.load_model``, so Triton runs the samples on every instance before
+it marks the model READY. The logic lives in ``warmup_request`` (checking the
+request), ``warmup_plan`` (the samples), ``config_rewrite`` (the file) and
+``warmup_job`` (plan all, then rewrite and load each).
+"""
+
+import json
+import pathlib
+import time
+import traceback
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from warmup_job import build_report, plan_jobs, run_job
+from warmup_plan import DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
+from warmup_request import (
+    NOT_FOUND,
+    OPTIONAL_INPUTS,
+    REQUIRED_INPUTS,
+    WarmupRequestError,
+    parse_request,
+)
+
+
+def _error_code(name: str):
+    # TritonError codes are class attributes in recent Python backends; an
+    # older stub without them still gets the message.
+    return getattr(pb_utils.TritonError, name, None)
+
+
+def _error_response(message: str, code_name: str) -> "pb_utils.InferenceResponse":
+    code = _error_code(code_name)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+def _int_parameter(parameters: dict, key: str, default: int) -> int:
+    raw = parameters.get(key, {}).get("string_value", "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise pb_utils.TritonModelException(
+            f"warmup_helper config parameter {key} must be an integer, got {raw!r}"
+        ) from None
+    if value < 1:
+        raise pb_utils.TritonModelException(
+            f"warmup_helper config parameter {key} must be at least 1, got {value}"
+        )
+    return value
+
+
+class TritonPythonModel:
+    """Rewrites target configs with warmup samples and loads the targets."""
+
+    def initialize(self, args):
+        self.model_name = args["model_name"]
+        # args["model_repository"] is this model's own folder; its parent is
+        # the repository that holds the target models.
+        self.repository = pathlib.Path(args["model_repository"]).resolve().parent
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        self.count = _int_parameter(parameters, "warmup_count", DEFAULT_WARMUP_COUNT)
+        self.max_samples = _int_parameter(
+            parameters, "max_warmup_samples", DEFAULT_MAX_WARMUP_SAMPLES
+        )
+        self.logger = pb_utils.Logger
+        self.logger.log_info(
+            f"{self.model_name}: repository {self.repository}, warmup_count {self.count}, "
+            f"max_warmup_samples {self.max_samples}"
+        )
+
+    def execute(self, requests):
+        return [self._handle(request) for request in requests]
+
+    def _handle(self, request):
+        try:
+            inputs = {}
+            for name in REQUIRED_INPUTS + OPTIONAL_INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                inputs[name] = None if tensor is None else tensor.as_numpy()
+            warmup_request = parse_request(inputs, self.model_name)
+            jobs = plan_jobs(self.repository, warmup_request, self.count, self.max_samples)
+        except WarmupRequestError as error:
+            self.logger.log_warn(f"{self.model_name}: refused request: {error}")
+            return _error_response(str(error), error.code)
+        except Exception:  # noqa: BLE001 - answer the request, log the traceback
+            self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+            return _error_response(
+                f"{self.model_name} failed to plan the warmup: {traceback.format_exc(limit=1)}",
+                "INTERNAL",
+            )
+
+        started = time.monotonic()
+        entries = []
+        for job in jobs:
+            self.logger.log_info(
+                f"{self.model_name}: loading '{job.name}' with {job.samples} warmup samples "
+                f"x {job.count} runs on {job.instances} instance(s)"
+                + ("" if job.rewrite.changed else " (config unchanged)")
+            )
+            entry = run_job(job, self._load)
+            if entry["error"]:
+                self.logger.log_error(f"{self.model_name}: '{job.name}' failed: {entry['error']}")
+            else:
+                self.logger.log_info(
+                    f"{self.model_name}: '{job.name}' READY after {entry['seconds_to_ready']} s"
+                )
+            entries.append(entry)
+        report = build_report(entries, round(time.monotonic() - started, 3))
+
+        loaded = np.array([name.encode("utf-8") for name in report["loaded"]], dtype=np.object_)
+        report_json = np.array([json.dumps(report).encode("utf-8")], dtype=np.object_)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("LOADED_MODELS", loaded),
+                pb_utils.Tensor("REPORT", report_json),
+            ]
+        )
+
+    @staticmethod
+    def _load(model_name: str) -> None:
+        pb_utils.load_model(model_name=model_name)
+
+    def finalize(self):
+        self.logger.log_info(f"{self.model_name}: finalized")

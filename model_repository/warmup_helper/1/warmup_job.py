@@ -1,0 +1,130 @@
+"""Plan every model of a request, then rewrite and load them one by one.
+
+Planning reads and checks every target before any file changes, so a bad
+request changes nothing on disk. Running takes the load function as an
+argument (``pb_utils.load_model`` inside Triton), which keeps this module free
+of Triton imports.
+"""
+
+import dataclasses
+import pathlib
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from config_rewrite import ConfigRewrite, find_model_dir, read_config
+from warmup_plan import DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT, plan_warmup
+from warmup_request import WarmupRequest, WarmupRequestError
+
+READY = "READY"
+FAILED = "FAILED"
+
+
+@dataclasses.dataclass
+class ModelWarmupJob:
+    """The rewrite and load planned for one target model."""
+
+    name: str
+    rewrite: ConfigRewrite
+    group_sizes: Tuple[int, ...]
+    batch_sizes: Tuple[int, ...]
+    samples: int
+    count: int
+    instances: int
+
+
+def _instance_count(rewrite: ConfigRewrite) -> int:
+    # Triton gives a model without instance_group one instance per device;
+    # on a CPU-only server that is one.
+    groups = rewrite.config.instance_group
+    return sum(max(group.count, 1) for group in groups) if groups else 1
+
+
+def plan_jobs(
+    repository: pathlib.Path,
+    request: WarmupRequest,
+    count: int = DEFAULT_WARMUP_COUNT,
+    max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES,
+) -> List[ModelWarmupJob]:
+    """Plan every model of ``request``; raise before any write if one is wrong."""
+    jobs = []
+    for name, feature_dim in zip(request.models, request.feature_dims):
+        model_dir = find_model_dir(repository, name)
+        original, config = read_config(model_dir)
+        named = type(config)()
+        named.CopyFrom(config)
+        # Triton takes a config without a name from its folder; so do the
+        # error messages here. The file itself keeps its content.
+        named.name = named.name or name
+        if named.name != name:
+            raise WarmupRequestError(
+                "MODELS", f"'{name}'/config.pbtxt names the model '{named.name}': Triton refuses it"
+            )
+        plan = plan_warmup(
+            named,
+            group_sizes=request.group_sizes,
+            batch_sizes=request.batch_sizes,
+            feature_dim=feature_dim,
+            count=count,
+            max_samples=max_samples,
+        )
+        rewrite = ConfigRewrite(model_dir / "config.pbtxt", original, config, plan.samples)
+        jobs.append(
+            ModelWarmupJob(
+                name=name,
+                rewrite=rewrite,
+                group_sizes=plan.group_sizes,
+                batch_sizes=plan.batch_sizes,
+                samples=len(plan.samples),
+                count=count,
+                instances=_instance_count(rewrite),
+            )
+        )
+    return jobs
+
+
+def run_job(job: ModelWarmupJob, load_model: Callable[[str], None]) -> Dict:
+    """Rewrite the config, load the model, and undo the rewrite if the load fails.
+
+    Returns the model's entry of the report.
+    """
+    entry = {
+        "name": job.name,
+        "status": FAILED,
+        "warmup_samples": job.samples,
+        "count": job.count,
+        "instances": job.instances,
+        "group_sizes": list(job.group_sizes),
+        "batch_sizes": list(job.batch_sizes),
+        "config_changed": job.rewrite.changed,
+        "seconds_to_ready": None,
+        "error": None,
+    }
+    started = time.monotonic()
+    try:
+        job.rewrite.apply()
+    except OSError as error:
+        entry["error"] = f"could not write {job.rewrite.path}: {error}"
+        return entry
+    try:
+        load_model(job.name)
+    except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
+        entry["error"] = f"load failed: {error}"
+        try:
+            job.rewrite.restore()
+        except OSError as restore_error:
+            entry["error"] += f"; restoring {job.rewrite.path} also failed: {restore_error}"
+        else:
+            entry["config_restored"] = job.rewrite.changed
+        return entry
+    entry["status"] = READY
+    entry["seconds_to_ready"] = round(time.monotonic() - started, 3)
+    return entry
+
+
+def build_report(entries: List[Dict], seconds_total: Optional[float] = None) -> Dict:
+    return {
+        "models": entries,
+        "loaded": [entry["name"] for entry in entries if entry["status"] == READY],
+        "failed": [entry["name"] for entry in entries if entry["status"] != READY],
+        "seconds_total": seconds_total,
+    }

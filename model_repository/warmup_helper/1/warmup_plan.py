@@ -1,0 +1,195 @@
+"""Plan the ``model_warmup`` samples for one model from its own config.
+
+Pure: takes a parsed ``ModelConfig`` and returns ``ModelWarmup`` messages.
+Nothing about the target model is hard-coded; input names, data types and
+fixed dimensions all come from the config.
+"""
+
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
+
+from tritonclient.grpc import model_config_pb2
+
+from warmup_request import WarmupRequestError
+
+DataType = model_config_pb2.DataType
+
+# Measured on the CPU with the example TorchScript models (README, "Why count
+# is 3"): at a new input shape the first call runs the profiling executor
+# (tens of ms), the second compiles the optimized graph (about 1 ms) and only
+# the third runs at steady speed. Three runs per sample leave the first real
+# request at each shape on the optimized graph.
+DEFAULT_WARMUP_COUNT = 3
+
+# A cap on samples per model, so that a request for group sizes 1..10**9 is
+# refused at once instead of exhausting memory. The helper's config can change
+# it with the parameter ``max_warmup_samples``.
+DEFAULT_MAX_WARMUP_SAMPLES = 1024
+
+# Samples whose name starts with this were written by the helper and are
+# replaced on every rewrite; any other sample was written by a person and kept.
+GENERATED_PREFIX = "warmup_helper:"
+
+# Float inputs get random values. Integer, bool and string inputs get zeros, so
+# an input that holds token ids or indices never sees an out-of-range value.
+_RANDOM_DATA_TYPES = frozenset(
+    {DataType.TYPE_FP16, DataType.TYPE_FP32, DataType.TYPE_FP64, DataType.TYPE_BF16}
+)
+
+VARIABLE_DIM = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupPlan:
+    """The samples planned for one model and the sizes they cover."""
+
+    samples: Tuple[model_config_pb2.ModelWarmup, ...]
+    group_sizes: Tuple[int, ...]
+    batch_sizes: Tuple[int, ...]
+
+
+def default_batch_sizes(config: model_config_pb2.ModelConfig) -> List[int]:
+    """Powers of two up to ``max_batch_size``, the maximum itself and the
+    dynamic batcher's preferred sizes; ``[1]`` for a model without batching."""
+    max_batch = config.max_batch_size
+    if max_batch <= 0:
+        return [1]
+    sizes = {max_batch}
+    size = 1
+    while size <= max_batch:
+        sizes.add(size)
+        size *= 2
+    if config.HasField("dynamic_batching"):
+        sizes.update(
+            size for size in config.dynamic_batching.preferred_batch_size if 1 <= size <= max_batch
+        )
+    return sorted(sizes)
+
+
+def check_batch_sizes(config: model_config_pb2.ModelConfig, batch_sizes: Sequence[int]) -> None:
+    """Refuse batch sizes the model cannot take."""
+    limit = config.max_batch_size if config.max_batch_size > 0 else 1
+    too_big = [size for size in batch_sizes if size > limit]
+    if too_big:
+        if config.max_batch_size > 0:
+            reason = f"max_batch_size is {config.max_batch_size}"
+        else:
+            reason = "the model does not batch (max_batch_size 0), so only 1 is allowed"
+        raise WarmupRequestError(
+            "BATCH_SIZES", f"{too_big[0]} is too large for '{config.name}': {reason}"
+        )
+
+
+def feature_dim_for(config: model_config_pb2.ModelConfig, requested: Optional[int]) -> Optional[int]:
+    """Check ``requested`` against the trailing dims of the model's inputs.
+
+    The feature dimension is the trailing dim of every input of rank >= 2. Where
+    the config fixes that dim, a requested value must match it; where the
+    config leaves it variable, the request must give it.
+    """
+    feature_inputs = [model_input for model_input in config.input if len(model_input.dims) >= 2]
+    if requested is not None and not feature_inputs:
+        raise WarmupRequestError(
+            "FEATURE_DIMS",
+            f"{requested} given for '{config.name}', which has no input of rank >= 2 "
+            "to take it: give 0 for this model",
+        )
+    for model_input in feature_inputs:
+        dims = list(model_input.dims)
+        trailing = dims[-1]
+        if trailing == VARIABLE_DIM and requested is None:
+            raise WarmupRequestError(
+                "FEATURE_DIMS",
+                f"'{config.name}' input '{model_input.name}' has a variable trailing "
+                f"dimension {dims}: give its feature dimension",
+            )
+        if trailing != VARIABLE_DIM and requested is not None and requested != trailing:
+            raise WarmupRequestError(
+                "FEATURE_DIMS",
+                f"{requested} contradicts '{config.name}' input '{model_input.name}' "
+                f"dims {dims}, whose feature dimension is fixed at {trailing}",
+            )
+    return requested
+
+
+def sample_dims(dims: Sequence[int], group_size: int, feature_dim: Optional[int]) -> List[int]:
+    """Concrete dims for one sample: -1 takes the group size, except the
+    trailing dim of a rank >= 2 input, which takes the feature dimension."""
+    concrete = []
+    for index, dim in enumerate(dims):
+        if dim != VARIABLE_DIM:
+            concrete.append(dim)
+        elif index == len(dims) - 1 and len(dims) >= 2:
+            concrete.append(feature_dim)
+        else:
+            concrete.append(group_size)
+    return concrete
+
+
+def sample_name(group_size: int, batch_size: int) -> str:
+    return f"{GENERATED_PREFIX}group{group_size}_batch{batch_size}"
+
+
+def plan_warmup(
+    config: model_config_pb2.ModelConfig,
+    group_sizes: Sequence[int],
+    batch_sizes: Optional[Sequence[int]] = None,
+    feature_dim: Optional[int] = None,
+    count: int = DEFAULT_WARMUP_COUNT,
+    max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES,
+) -> WarmupPlan:
+    """Plan one warmup sample per group size x batch size.
+
+    Args:
+        config: the target model's parsed config.
+        group_sizes: values for every variable dim (see ``sample_dims``).
+        batch_sizes: batch sizes to warm; ``None`` for ``default_batch_sizes``.
+        feature_dim: trailing dim of rank >= 2 inputs; ``None`` to take it
+            from the config, which must then fix it.
+        count: how many times Triton runs each sample on each instance.
+        max_samples: refuse plans larger than this.
+
+    Raises:
+        WarmupRequestError: naming the request input that cannot be planned.
+    """
+    if not config.input:
+        raise WarmupRequestError("MODELS", f"'{config.name}' declares no inputs in its config")
+    if batch_sizes is None:
+        batch_sizes = default_batch_sizes(config)
+    check_batch_sizes(config, batch_sizes)
+    feature_dim = feature_dim_for(config, feature_dim)
+
+    has_group_dim = any(
+        sample_dims(model_input.dims, 0, feature_dim) != sample_dims(model_input.dims, 1, feature_dim)
+        for model_input in config.input
+    )
+    # A model without a group dim has one shape per batch size: warming it at
+    # every group size would only repeat the same sample.
+    if not has_group_dim:
+        group_sizes = group_sizes[:1]
+
+    planned = len(group_sizes) * len(batch_sizes)
+    if planned > max_samples:
+        raise WarmupRequestError(
+            "GROUP_SIZE_MAX",
+            f"{len(group_sizes)} group sizes x {len(batch_sizes)} batch sizes = {planned} "
+            f"warmup samples for '{config.name}', above the cap of {max_samples} "
+            "(warmup_helper config parameter max_warmup_samples)",
+        )
+
+    samples = []
+    for group_size in group_sizes:
+        for batch_size in batch_sizes:
+            sample = model_config_pb2.ModelWarmup(
+                name=sample_name(group_size, batch_size), batch_size=batch_size, count=count
+            )
+            for model_input in config.input:
+                data = sample.inputs[model_input.name]
+                data.data_type = model_input.data_type
+                data.dims.extend(sample_dims(model_input.dims, group_size, feature_dim))
+                if model_input.data_type in _RANDOM_DATA_TYPES:
+                    data.random_data = True
+                else:
+                    data.zero_data = True
+            samples.append(sample)
+    return WarmupPlan(tuple(samples), tuple(group_sizes), tuple(batch_sizes))

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Serve a model repository on the embedded tritonserver.
+
+Starts the real tritonserver from the nvidia-pytriton wheel in explicit
+model-control mode with ``--load-model=warmup_helper``, waits until it is
+ready, then either runs COMMAND and stops, or serves until Ctrl-C/SIGTERM.
+Unknown ``--flags`` are passed to tritonserver unchanged.
+
+Examples::
+
+    python serve.py                               # serve ./model_repository
+    python serve.py --working-copy -- python warmup_models.py
+    python serve.py --log-verbose 1 --exit-timeout-secs=10
+"""
+
+import argparse
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from embedded_triton import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_READY_TIMEOUT_S,
+    HELPER_MODEL,
+    EmbeddedTriton,
+    TritonNotFoundError,
+    TritonStartError,
+)
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent
+
+
+def parse_args(argv):
+    """Split ``argv`` into our options, tritonserver pass-through flags and COMMAND."""
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
+    else:
+        command = []
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [options] [tritonserver flags] [-- COMMAND ...]",
+    )
+    parser.add_argument(
+        "--model-repository",
+        type=pathlib.Path,
+        default=PROJECT_ROOT / "model_repository",
+        help="Model repository to serve. Default is ./model_repository.",
+    )
+    parser.add_argument(
+        "--working-copy",
+        action="store_true",
+        help="Serve a copy of the repository made in the workdir, so warmup rewrites "
+        "leave the original untouched. Default is off.",
+    )
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                        help=f"HTTP port. Default is {DEFAULT_HTTP_PORT}.")
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                        help=f"gRPC port. Default is {DEFAULT_GRPC_PORT}.")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                        help=f"Metrics port. Default is {DEFAULT_METRICS_PORT}.")
+    parser.add_argument(
+        "--model-control-mode",
+        choices=("explicit", "poll", "none"),
+        default="explicit",
+        help="tritonserver --model-control-mode. Default is explicit.",
+    )
+    parser.add_argument(
+        "--load-model",
+        action="append",
+        help=f"Model to load at start-up (repeatable; explicit mode). Default is {HELPER_MODEL}.",
+    )
+    parser.add_argument("--log-verbose", type=int, default=0,
+                        help="tritonserver --log-verbose level. Default is 0.")
+    parser.add_argument(
+        "--workdir",
+        type=pathlib.Path,
+        help="Folder for the assembled backends and tritonserver.log. "
+        "Default is a new temporary folder.",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT_S,
+        help=f"Seconds to wait for the server to be ready. Default is {DEFAULT_READY_TIMEOUT_S:.0f}.",
+    )
+    args, passthrough = parser.parse_known_args(argv)
+    unexpected = [arg for arg in passthrough if not arg.startswith("-")]
+    if unexpected:
+        parser.error(f"unexpected arguments {unexpected}; put a command after '--'")
+    return args, passthrough, command
+
+
+def main(argv=None) -> int:
+    args, passthrough, command = parse_args(sys.argv[1:] if argv is None else argv)
+    workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="embedded-triton-"))
+    repository = args.model_repository.resolve()
+    if args.working_copy:
+        copy = workdir / "model_repository"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(repository, copy, symlinks=True)
+        print(f"serving a working copy of {repository} at {copy}", flush=True)
+        repository = copy
+
+    try:
+        server = EmbeddedTriton(
+            repository,
+            workdir,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            model_control_mode=args.model_control_mode,
+            load_models=args.load_model or (HELPER_MODEL,),
+            log_verbose=args.log_verbose,
+            extra_args=passthrough,
+        )
+    except TritonNotFoundError as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 3
+
+    # SIGTERM (from a container runtime or `kill`) stops as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    print(f"tritonserver log: {server.log_path}", flush=True)
+    try:
+        server.start()
+        server.wait_ready(args.timeout)
+        print(
+            f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+            f"metrics localhost:{args.metrics_port}",
+            flush=True,
+        )
+        if command:
+            return subprocess.call(command)
+        print("serving; press Ctrl-C to stop", flush=True)
+        code = server.wait()
+        print(f"FAILED: tritonserver exited with code {code}. Log {server.log_path}:\n{server.log_tail()}")
+        return 1
+    except TritonStartError as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        code = server.stop()
+        # The working copy and the log stay in the workdir for inspection.
+        print(f"tritonserver stopped (exit code {code}); its files are in {workdir}", flush=True)
+
+if __name__ == "__main__":
+    sys.exit(main())
