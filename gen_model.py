@@ -16,6 +16,7 @@ Usage::
 import argparse
 import pathlib
 import sys
+import warnings
 
 import torch
 
@@ -51,7 +52,11 @@ def build_model(feature_dim: int, seed: int = DEFAULT_SEED) -> torch.jit.ScriptM
     """Return the scripted encoder for ``feature_dim`` with seeded weights."""
     torch.manual_seed(seed)
     model = MaskedPoolingEncoder(feature_dim).eval()
-    return torch.jit.script(model)
+    # torch 2.13 marks torch.jit.script deprecated, but TorchScript is the
+    # format Triton's libtorch backend loads, so it is the one to write.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=DeprecationWarning)
+        return torch.jit.script(model)
 
 
 def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> list:

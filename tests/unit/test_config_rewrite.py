@@ -1,0 +1,206 @@
+"""Rewriting config.pbtxt: merge, atomic write, idempotence, rollback; plan_jobs and run_job."""
+
+import os
+import pathlib
+import shutil
+import stat
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from config_rewrite import ConfigRewrite, merge_warmup, read_config, write_atomically
+from warmup_job import FAILED, READY, plan_jobs, run_job
+from warmup_plan import GENERATED_PREFIX, plan_warmup
+from warmup_request import INVALID_ARG, NOT_FOUND, WarmupRequest, WarmupRequestError
+
+PROJECT_REPOSITORY = pathlib.Path(__file__).resolve().parents[2] / "model_repository"
+
+HAND_WRITTEN = """
+# A person wrote this sample; the helper must keep it.
+model_warmup {
+  name: "by hand"
+  batch_size: 1
+  inputs { key: "x" value { data_type: TYPE_FP32 dims: [ 9, 64 ] zero_data: true } }
+  inputs { key: "mask" value { data_type: TYPE_INT64 dims: [ 9 ] zero_data: true } }
+}
+"""
+
+
+@pytest.fixture
+def repository(tmp_path):
+    """A copy of the project's configs (no model.pt needed to rewrite them)."""
+    for name in ("model-v1", "model-v2", "warmup_helper"):
+        (tmp_path / name).mkdir()
+        shutil.copy(PROJECT_REPOSITORY / name / "config.pbtxt", tmp_path / name / "config.pbtxt")
+    return tmp_path
+
+
+def snapshot(folder):
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def warmup_request(models=("model-v1",), group_max=3, batch_sizes=None, feature_dims=None):
+    return WarmupRequest(
+        models=tuple(models),
+        feature_dims=tuple(feature_dims or (None,) * len(models)),
+        group_sizes=range(1, group_max + 1),
+        batch_sizes=batch_sizes,
+    )
+
+
+def apply(repository, request):
+    for job in plan_jobs(repository, request):
+        assert run_job(job, load_model=lambda name: None)["status"] == READY
+
+
+def generated(config):
+    return [sample for sample in config.model_warmup if sample.name.startswith(GENERATED_PREFIX)]
+
+
+def test_rewrite_writes_group_sizes_times_batch_sizes_samples(repository):
+    apply(repository, warmup_request(group_max=3))
+    _, config = read_config(repository / "model-v1")
+    assert len(generated(config)) == 3 * 4
+    # Everything else in the config survived the round trip.
+    assert config.max_batch_size == 8 and [i.name for i in config.input] == ["x", "mask"]
+
+
+def test_same_request_twice_leaves_a_byte_identical_file(repository):
+    apply(repository, warmup_request())
+    first = (repository / "model-v1" / "config.pbtxt").read_bytes()
+    jobs = plan_jobs(repository, warmup_request())
+    assert not jobs[0].rewrite.changed
+    apply(repository, warmup_request())
+    assert (repository / "model-v1" / "config.pbtxt").read_bytes() == first
+
+
+def test_new_plan_replaces_generated_samples_instead_of_appending(repository):
+    apply(repository, warmup_request(group_max=4))
+    apply(repository, warmup_request(group_max=2, batch_sizes=(1, 2)))
+    _, config = read_config(repository / "model-v1")
+    assert sorted(sample.name for sample in generated(config)) == sorted(
+        f"{GENERATED_PREFIX}group{g}_batch{b}" for g in (1, 2) for b in (1, 2)
+    )
+
+
+def test_hand_written_samples_are_kept_first(repository):
+    path = repository / "model-v1" / "config.pbtxt"
+    path.write_text(path.read_text() + HAND_WRITTEN)
+    apply(repository, warmup_request(group_max=2))
+    apply(repository, warmup_request(group_max=3))
+    _, config = read_config(repository / "model-v1")
+    assert config.model_warmup[0].name == "by hand"
+    assert [s.name for s in config.model_warmup].count("by hand") == 1
+    assert len(config.model_warmup) == 1 + 3 * 4
+
+
+def test_unchanged_plan_does_not_touch_a_hand_formatted_file(repository):
+    path = repository / "model-v1" / "config.pbtxt"
+    _, current = read_config(repository / "model-v1")
+    samples = plan_warmup(current, group_sizes=[1], batch_sizes=[1]).samples
+    merged = merge_warmup(current, samples)
+    # A person keeps the generated samples but formats the file by hand.
+    text = "# my comment\n" + text_format.MessageToString(merged, as_one_line=True)
+    path.write_text(text)
+    apply(repository, warmup_request(group_max=1, batch_sizes=(1,)))
+    assert path.read_text() == text
+
+
+def test_failed_load_restores_the_original_bytes(repository):
+    path = repository / "model-v1" / "config.pbtxt"
+    original = path.read_bytes()
+    (job,) = plan_jobs(repository, warmup_request())
+
+    def failing_load(name):
+        # The new config is on disk while Triton loads.
+        assert path.read_bytes() != original
+        raise RuntimeError("load failed for model 'model-v1'")
+
+    entry = run_job(job, load_model=failing_load)
+    assert entry["status"] == FAILED
+    assert "load failed for model 'model-v1'" in entry["error"]
+    assert entry["config_restored"] is True
+    assert path.read_bytes() == original
+
+
+def test_report_entry_of_a_successful_load(repository):
+    (job,) = plan_jobs(repository, warmup_request(group_max=2))
+    loaded = []
+    entry = run_job(job, load_model=loaded.append)
+    assert loaded == ["model-v1"]
+    assert entry["status"] == READY and entry["error"] is None
+    assert entry["warmup_samples"] == 2 * 4 and entry["instances"] == 1
+    assert entry["seconds_to_ready"] >= 0 and entry["config_changed"] is True
+
+
+@pytest.mark.parametrize(
+    "break_repository, code",
+    [
+        (lambda repo: None, NOT_FOUND),  # "missing-model" does not exist
+        (lambda repo: (repo / "missing-model").mkdir(), NOT_FOUND),  # no config.pbtxt
+        (
+            lambda repo: ((repo / "missing-model").mkdir(), (repo / "missing-model" / "config.pbtxt").write_text("input [ {")),
+            INVALID_ARG,
+        ),
+        (lambda repo: (repo / "missing-model").symlink_to(repo.parent), INVALID_ARG),
+        (
+            lambda repo: ((repo / "missing-model").mkdir(), (repo / "missing-model" / "config.pbtxt").write_text('name: "other"')),
+            INVALID_ARG,
+        ),
+    ],
+    ids=["unknown model", "no config", "unparsable config", "symlink out of the repository", "name mismatch"],
+)
+def test_bad_model_in_a_request_changes_nothing(repository, break_repository, code):
+    break_repository(repository)
+    before = snapshot(repository)
+    with pytest.raises(WarmupRequestError) as caught:
+        # The good model comes first: planning must refuse before any write.
+        plan_jobs(repository, warmup_request(models=("model-v1", "missing-model")))
+    assert caught.value.field == "MODELS" and caught.value.code == code
+    assert "missing-model" in str(caught.value)
+    assert snapshot(repository) == before
+
+
+def test_bad_feature_dim_for_one_model_changes_nothing(repository):
+    before = snapshot(repository)
+    with pytest.raises(WarmupRequestError) as caught:
+        plan_jobs(repository, warmup_request(models=("model-v1", "model-v2"), feature_dims=(64, 64)))
+    assert caught.value.field == "FEATURE_DIMS" and "model-v2" in str(caught.value)
+    assert snapshot(repository) == before
+
+
+def test_atomic_write_keeps_permissions_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "config.pbtxt"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o644)
+    write_atomically(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["config.pbtxt"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "config.pbtxt"
+    path.write_bytes(b"old")
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        write_atomically(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.pbtxt"]
+
+
+def test_restore_without_apply_does_nothing(repository):
+    path = repository / "model-v1" / "config.pbtxt"
+    original, current = read_config(repository / "model-v1")
+    rewrite = ConfigRewrite(path, original, current, [])
+    rewrite.restore()
+    assert path.read_bytes() == original
