@@ -1,0 +1,22 @@
+"""Fixtures shared by the integration tests; the server driving lives in live_server.py."""
+
+import pathlib
+import shutil
+
+import pytest
+
+import gen_model
+from live_server import PROJECT_REPOSITORY
+
+
+@pytest.fixture(scope="session")
+def template_repository(tmp_path_factory) -> pathlib.Path:
+    """The project's repository with freshly generated model.pt files."""
+    repository = tmp_path_factory.mktemp("template") / "model_repository"
+    shutil.copytree(
+        PROJECT_REPOSITORY,
+        repository,
+        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*.tmp"),
+    )
+    gen_model.write_models(repository)
+    return repository

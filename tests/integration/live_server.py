@@ -1,0 +1,176 @@
+"""Driving a real embedded tritonserver from the integration tests.
+
+Each test module starts its own server on free ports, serving its own copy of
+the repository in a temporary folder, and shares it across the module's tests:
+a model load costs seconds here (a Python stub that imports torch per
+instance), so loads are the budget to spend carefully.
+"""
+
+import contextlib
+import json
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import np_to_triton_dtype
+
+from embedded_triton import EmbeddedTriton
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
+PROJECT_REPOSITORY = PROJECT_ROOT / "model_repository"
+EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
+
+# Loading a model with its warmup samples takes about 4 s per instance here;
+# five minutes per request leaves room for several models on a busy machine.
+WARMUP_REQUEST_TIMEOUT_S = 300
+
+_STANDIN_RUN = re.compile(
+    r"pytorch stand-in: '(?P<instance>[^']+)' runs (?P<requests>\d+) request\(s\) in one forward: "
+    r"(?P<shapes>[^\"]*)"
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(template: pathlib.Path, workdir: pathlib.Path, **options):
+    """Serve a copy of ``template`` from ``workdir``; always stop the server."""
+    repository = workdir / "model_repository"
+    shutil.copytree(template, repository, symlinks=True)
+    server = EmbeddedTriton(
+        repository,
+        workdir,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        **options,
+    )
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def client_for(server: EmbeddedTriton, protocol: str):
+    if protocol == "grpc":
+        return grpcclient.InferenceServerClient(server.grpc_url)
+    return httpclient.InferenceServerClient(
+        server.http_url,
+        connection_timeout=WARMUP_REQUEST_TIMEOUT_S,
+        network_timeout=WARMUP_REQUEST_TIMEOUT_S,
+    )
+
+
+def url_for(server: EmbeddedTriton, protocol: str) -> str:
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+def send_warmup(
+    server: EmbeddedTriton,
+    protocol: str,
+    inputs: Dict[str, Optional[np.ndarray]],
+):
+    """Send one request to warmup_helper; return (LOADED_MODELS, REPORT dict).
+
+    ``inputs`` maps input names to arrays; the Triton datatype follows the
+    array's dtype, so tests can send wrong types on purpose.
+    """
+    module = grpcclient if protocol == "grpc" else httpclient
+    tensors = []
+    for name, array in inputs.items():
+        datatype = "BYTES" if array.dtype == np.object_ else np_to_triton_dtype(array.dtype)
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    client = client_for(server, protocol)
+    if protocol == "grpc":
+        result = client.infer("warmup_helper", tensors, client_timeout=WARMUP_REQUEST_TIMEOUT_S)
+    else:
+        result = client.infer("warmup_helper", tensors)
+    loaded = [name.decode() for name in result.as_numpy("LOADED_MODELS").reshape(-1)]
+    return loaded, json.loads(result.as_numpy("REPORT").reshape(-1)[0])
+
+
+def warmup_inputs(
+    models: Sequence[str],
+    group_min: int = 1,
+    group_max: int = 2,
+    feature_dims: Optional[Sequence[int]] = None,
+    batch_sizes: Optional[Sequence[int]] = None,
+) -> Dict[str, np.ndarray]:
+    inputs = {
+        "MODELS": np.array([name.encode() for name in models], dtype=np.object_),
+        "GROUP_SIZE_MIN": np.array([group_min], dtype=np.int64),
+        "GROUP_SIZE_MAX": np.array([group_max], dtype=np.int64),
+    }
+    if feature_dims is not None:
+        inputs["FEATURE_DIMS"] = np.array(feature_dims, dtype=np.int64)
+    if batch_sizes is not None:
+        inputs["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
+    return inputs
+
+
+def model_states(server: EmbeddedTriton) -> Dict[str, str]:
+    index = httpclient.InferenceServerClient(server.http_url).get_model_repository_index()
+    return {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
+
+
+def repository_snapshot(repository: pathlib.Path) -> Dict[str, bytes]:
+    """Every file's bytes, so a test can show that nothing on disk changed."""
+    return {
+        str(path.relative_to(repository)): path.read_bytes()
+        for path in sorted(repository.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def load_segments(log: str, model: str) -> List[List[str]]:
+    """The log lines of each load of ``model``: from 'loading' to 'successfully loaded'."""
+    segments, current = [], None
+    for line in log.splitlines():
+        if f'"loading: {model}:' in line:
+            current = []
+        elif current is not None and f"successfully loaded '{model}'" in line:
+            segments.append(current)
+            current = None
+        elif current is not None:
+            current.append(line)
+    return segments
+
+
+def standin_runs(lines: Sequence[str], model: str) -> List[Dict]:
+    """The forwards the pytorch stand-in logged for ``model``'s instances."""
+    runs = []
+    for line in lines:
+        match = _STANDIN_RUN.search(line)
+        if match and match["instance"].rsplit("_", 2)[0] == model:
+            shapes = dict(
+                (name, [int(dim) for dim in dims.split(",")])
+                for name, dims in re.findall(r"(\S+?)\[([\d, ]+)\]", match["shapes"])
+            )
+            runs.append({"instance": match["instance"], "requests": int(match["requests"]), "shapes": shapes})
+    return runs
+
+
+def run_script(script: str, *args: str, timeout: float = WARMUP_REQUEST_TIMEOUT_S):
+    """Run one of the project's scripts as a user would; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+    )
