@@ -53,9 +53,28 @@ def warmup_request(models=("model-v1",), group_max=3, batch_sizes=None, feature_
     )
 
 
+class RecordingControl:
+    """Stands in for Triton's model control in these pure tests: it records the
+    calls and can fail a load, the way Triton answers a broken model."""
+
+    def __init__(self, ready=(), fail_load=None):
+        self.ready = set(ready)
+        self.fail_load = fail_load
+        self.calls = []
+
+    def is_ready(self, name):
+        return name in self.ready
+
+    def load(self, name):
+        self.calls.append(("load", name))
+        if self.fail_load:
+            self.fail_load(name)
+        self.ready.add(name)
+
+
 def apply(repository, request):
     for job in plan_jobs(repository, request):
-        assert run_job(job, load_model=lambda name: None)["status"] == READY
+        assert run_job(job, RecordingControl())["status"] == READY
 
 
 def generated(config):
@@ -116,23 +135,35 @@ def test_failed_load_restores_the_original_bytes(repository):
     original = path.read_bytes()
     (job,) = plan_jobs(repository, warmup_request())
 
-    def failing_load(name):
+    def fail(name):
         # The new config is on disk while Triton loads.
         assert path.read_bytes() != original
         raise RuntimeError("load failed for model 'model-v1'")
 
-    entry = run_job(job, load_model=failing_load)
+    control = RecordingControl(fail_load=fail)
+    entry = run_job(job, control)
     assert entry["status"] == FAILED
     assert "load failed for model 'model-v1'" in entry["error"]
     assert entry["config_restored"] is True
     assert path.read_bytes() == original
+    assert control.calls == [("load", "model-v1")]
+    assert entry["serving_previous_version"] is False
+
+
+def test_failed_reload_of_a_ready_model_says_the_old_version_serves(repository):
+    (job,) = plan_jobs(repository, warmup_request())
+    control = RecordingControl(ready={"model-v1"}, fail_load=lambda name: 1 / 0)
+    entry = run_job(job, control)
+    assert entry["status"] == FAILED and "division by zero" in entry["error"]
+    assert control.calls == [("load", "model-v1")]
+    assert entry["serving_previous_version"] is True
 
 
 def test_report_entry_of_a_successful_load(repository):
     (job,) = plan_jobs(repository, warmup_request(group_max=2))
-    loaded = []
-    entry = run_job(job, load_model=loaded.append)
-    assert loaded == ["model-v1"]
+    control = RecordingControl()
+    entry = run_job(job, control)
+    assert control.calls == [("load", "model-v1")]
     assert entry["status"] == READY and entry["error"] is None
     assert entry["warmup_samples"] == 2 * 4 and entry["instances"] == 1
     assert entry["seconds_to_ready"] >= 0 and entry["config_changed"] is True

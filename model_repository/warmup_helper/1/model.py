@@ -9,6 +9,7 @@ request), ``warmup_plan`` (the samples), ``config_rewrite`` (the file) and
 """
 
 import json
+import os
 import pathlib
 import time
 import traceback
@@ -16,10 +17,10 @@ import traceback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from model_loading import choose_model_control, http_url_from_argv, server_argv
 from warmup_job import build_report, plan_jobs, run_job
 from warmup_plan import DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from warmup_request import (
-    NOT_FOUND,
     OPTIONAL_INPUTS,
     REQUIRED_INPUTS,
     WarmupRequestError,
@@ -39,8 +40,12 @@ def _error_response(message: str, code_name: str) -> "pb_utils.InferenceResponse
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def _parameter(parameters: dict, key: str) -> str:
+    return parameters.get(key, {}).get("string_value", "").strip()
+
+
 def _int_parameter(parameters: dict, key: str, default: int) -> int:
-    raw = parameters.get(key, {}).get("string_value", "")
+    raw = _parameter(parameters, key)
     if raw == "":
         return default
     try:
@@ -54,6 +59,20 @@ def _int_parameter(parameters: dict, key: str, default: int) -> int:
             f"warmup_helper config parameter {key} must be at least 1, got {value}"
         )
     return value
+
+
+class BlsModelControl:
+    """The Model Loading API as the Python backend offers it to a model."""
+
+    description = "pb_utils.load_model"
+
+    @staticmethod
+    def load(model_name: str) -> None:
+        pb_utils.load_model(model_name=model_name)
+
+    @staticmethod
+    def is_ready(model_name: str) -> bool:
+        return pb_utils.is_model_ready(model_name=model_name)
 
 
 class TritonPythonModel:
@@ -70,10 +89,25 @@ class TritonPythonModel:
             parameters, "max_warmup_samples", DEFAULT_MAX_WARMUP_SAMPLES
         )
         self.logger = pb_utils.Logger
+        http_url = _parameter(parameters, "http_url") or self._own_http_url()
+        try:
+            self.control = choose_model_control(
+                _parameter(parameters, "load_api") or "auto", http_url, BlsModelControl()
+            )
+        except ValueError as error:
+            raise pb_utils.TritonModelException(f"warmup_helper config parameter: {error}") from None
         self.logger.log_info(
             f"{self.model_name}: repository {self.repository}, warmup_count {self.count}, "
-            f"max_warmup_samples {self.max_samples}"
+            f"max_warmup_samples {self.max_samples}, loads through {self.control.description}"
         )
+
+    def _own_http_url(self):
+        # The stub's parent process is the tritonserver that runs it.
+        try:
+            return http_url_from_argv(server_argv(os.getppid()))
+        except (OSError, ValueError) as error:
+            self.logger.log_warn(f"{self.model_name}: cannot read the server's HTTP port: {error}")
+            return None
 
     def execute(self, requests):
         return [self._handle(request) for request in requests]
@@ -104,7 +138,7 @@ class TritonPythonModel:
                 f"x {job.count} runs on {job.instances} instance(s)"
                 + ("" if job.rewrite.changed else " (config unchanged)")
             )
-            entry = run_job(job, self._load)
+            entry = run_job(job, self.control)
             if entry["error"]:
                 self.logger.log_error(f"{self.model_name}: '{job.name}' failed: {entry['error']}")
             else:
@@ -122,10 +156,6 @@ class TritonPythonModel:
                 pb_utils.Tensor("REPORT", report_json),
             ]
         )
-
-    @staticmethod
-    def _load(model_name: str) -> None:
-        pb_utils.load_model(model_name=model_name)
 
     def finalize(self):
         self.logger.log_info(f"{self.model_name}: finalized")

@@ -9,7 +9,7 @@ of Triton imports.
 import dataclasses
 import pathlib
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from config_rewrite import ConfigRewrite, find_model_dir, read_config
 from warmup_plan import DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT, plan_warmup
@@ -82,8 +82,16 @@ def plan_jobs(
     return jobs
 
 
-def run_job(job: ModelWarmupJob, load_model: Callable[[str], None]) -> Dict:
-    """Rewrite the config, load the model, and undo the rewrite if the load fails.
+def run_job(job: ModelWarmupJob, control) -> Dict:
+    """Rewrite the config and load the model; put the config back if the load fails.
+
+    Args:
+        job: from ``plan_jobs``.
+        control: has ``load`` and ``is_ready`` taking a model name
+            (``model_loading.HttpModelControl`` or the helper's BLS one).
+
+    A model that was READY keeps serving its previous version when the reload
+    fails, as Triton does; the report says so (``serving_previous_version``).
 
     Returns the model's entry of the report.
     """
@@ -101,12 +109,16 @@ def run_job(job: ModelWarmupJob, load_model: Callable[[str], None]) -> Dict:
     }
     started = time.monotonic()
     try:
+        was_ready = control.is_ready(job.name)
+    except Exception:  # noqa: BLE001 - only the report uses it
+        was_ready = None
+    try:
         job.rewrite.apply()
     except OSError as error:
         entry["error"] = f"could not write {job.rewrite.path}: {error}"
         return entry
     try:
-        load_model(job.name)
+        control.load(job.name)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
         entry["error"] = f"load failed: {error}"
         try:
@@ -115,6 +127,7 @@ def run_job(job: ModelWarmupJob, load_model: Callable[[str], None]) -> Dict:
             entry["error"] += f"; restoring {job.rewrite.path} also failed: {restore_error}"
         else:
             entry["config_restored"] = job.rewrite.changed
+        entry["serving_previous_version"] = was_ready
         return entry
     entry["status"] = READY
     entry["seconds_to_ready"] = round(time.monotonic() - started, 3)

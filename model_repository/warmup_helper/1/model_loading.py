@@ -1,0 +1,135 @@
+"""How the helper asks Triton to load a model.
+
+Two ways reach the same Model Loading API inside the server:
+
+* ``bls``: ``pb_utils.load_model`` from the helper's stub.
+* ``http``: Triton's own model-repository endpoint
+  (``POST /v2/repository/models/<name>/load``) on this server's HTTP port.
+
+Why not always ``pb_utils.load_model``: in the Python backend shipped with
+the Triton of nvidia-pytriton 0.7.0, a ``load_model`` call that FAILS can
+abort the whole server (``boost::interprocess::lock_exception``, signal 6):
+the backend frees the error string in shared memory while the stub may still
+be reading it. Successful loads are fine. A load through the HTTP endpoint
+does the same work (same load, same warmup, same READY) without that path, so
+``auto`` (the default) uses it whenever it can find this server's HTTP port,
+and falls back to ``bls`` otherwise. See README, "Known Triton issue".
+
+This module is pure Python (stdlib only) so that it is unit-testable.
+"""
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import List, Optional
+
+LOAD_API_CHOICES = ("auto", "http", "bls")
+DEFAULT_HTTP_PORT = 8000
+
+
+class ModelLoadError(RuntimeError):
+    """Triton answered that the model did not load."""
+
+
+def _flag_values(argv: List[str], flag: str) -> List[str]:
+    """Values of ``--flag=value`` and ``--flag value`` in ``argv``."""
+    values = []
+    for index, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == flag and index + 1 < len(argv):
+            values.append(argv[index + 1])
+    return values
+
+
+def http_url_from_argv(argv: List[str]) -> Optional[str]:
+    """The ``host:port`` of a tritonserver's HTTP endpoint, from its command line.
+
+    Returns ``None`` when the server runs with ``--allow-http=false``.
+    """
+    allow = _flag_values(argv, "--allow-http")
+    if allow and allow[-1].lower() in ("false", "0", "no", "off"):
+        return None
+    ports = _flag_values(argv, "--http-port")
+    port = int(ports[-1]) if ports else DEFAULT_HTTP_PORT
+    addresses = _flag_values(argv, "--http-address")
+    address = addresses[-1] if addresses else "0.0.0.0"
+    # A server listening on every address is reached on the loopback.
+    if address in ("0.0.0.0", "::", ""):
+        address = "127.0.0.1"
+    if ":" in address:
+        address = f"[{address}]"
+    return f"{address}:{port}"
+
+
+def server_argv(pid: int) -> List[str]:
+    """The command line of process ``pid`` (the stub's parent is tritonserver)."""
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return [part.decode("utf-8", "replace") for part in cmdline.read().split(b"\0") if part]
+
+
+class HttpModelControl:
+    """Load and probe models through Triton's HTTP endpoints.
+
+    Args:
+        url: ``host:port`` of the server's HTTP endpoint.
+        timeout_s: per-call timeout; ``None`` waits as long as the load takes.
+    """
+
+    def __init__(self, url: str, timeout_s: Optional[float] = None):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.description = f"HTTP model-repository endpoint {url}"
+
+    def _post(self, path: str) -> None:
+        request = urllib.request.Request(f"http://{self.url}{path}", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s):
+                return
+        except urllib.error.HTTPError as error:
+            body = error.read().decode("utf-8", "replace")
+            try:
+                message = json.loads(body).get("error", body)
+            except ValueError:
+                message = body
+            raise ModelLoadError(message or f"HTTP {error.code}") from None
+
+    @staticmethod
+    def _quoted(model_name: str) -> str:
+        return urllib.parse.quote(model_name, safe="")
+
+    def load(self, model_name: str) -> None:
+        """Block until Triton has loaded the model (warmup included).
+
+        Raises:
+            ModelLoadError: with Triton's own message when the load fails.
+            OSError: when the endpoint cannot be reached at all.
+        """
+        self._post(f"/v2/repository/models/{self._quoted(model_name)}/load")
+
+    def is_ready(self, model_name: str) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.url}/v2/models/{self._quoted(model_name)}/ready", timeout=10
+            ) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+
+def choose_model_control(load_api: str, http_url: Optional[str], bls_control):
+    """The model control the helper uses.
+
+    Args:
+        load_api: ``auto``, ``http`` or ``bls``.
+        http_url: this server's HTTP ``host:port``, or ``None`` if unknown.
+        bls_control: an object with the same methods built on ``pb_utils``.
+    """
+    if load_api not in LOAD_API_CHOICES:
+        raise ValueError(f"load_api must be one of {LOAD_API_CHOICES}, got {load_api!r}")
+    if load_api == "bls" or (load_api == "auto" and http_url is None):
+        return bls_control
+    if http_url is None:
+        raise ValueError("load_api is 'http' but this server's HTTP endpoint is unknown")
+    return HttpModelControl(http_url)

@@ -1,0 +1,128 @@
+"""Bad requests get a clear error naming the input, and nothing on disk changes;
+a model whose load fails is reported, its config restored, the others warmed."""
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from live_server import (
+    client_for,
+    model_states,
+    repository_snapshot,
+    run_script,
+    running_server,
+    send_warmup,
+    warmup_inputs,
+)
+
+# Server start plus, for the failed-load test, one good and one broken load.
+MODULE_TIMEOUT_S = 180
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+
+@pytest.fixture(scope="module")
+def server(template_repository, tmp_path_factory):
+    with running_server(template_repository, tmp_path_factory.mktemp("bad_requests")) as server:
+        repository = server.model_repository
+        (repository / "no-config" / "1").mkdir(parents=True)
+        (repository / "bad-config" / "1").mkdir(parents=True)
+        (repository / "bad-config" / "config.pbtxt").write_text('name: "bad-config"\ninput [ { name: ')
+        broken = repository / "broken-model"
+        (broken / "1").mkdir(parents=True)
+        config = (repository / "model-v1" / "config.pbtxt").read_text()
+        (broken / "config.pbtxt").write_text(config.replace('name: "model-v1"', 'name: "broken-model"'))
+        (broken / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
+        yield server
+
+
+def ids(values):
+    return np.array(values, dtype=np.int64)
+
+
+def names(*values):
+    return np.array([value if isinstance(value, bytes) else value.encode() for value in values], dtype=np.object_)
+
+
+GOOD = warmup_inputs(["model-v1"], 1, 2)
+
+# Each case: the request inputs, and the input its error must name.
+BAD_REQUESTS = {
+    "missing MODELS": ({k: v for k, v in GOOD.items() if k != "MODELS"}, "MODELS"),
+    "missing GROUP_SIZE_MAX": ({k: v for k, v in GOOD.items() if k != "GROUP_SIZE_MAX"}, "GROUP_SIZE_MAX"),
+    "wrong dtype": ({**GOOD, "GROUP_SIZE_MIN": np.array([1.0], dtype=np.float32)}, "GROUP_SIZE_MIN"),
+    "empty MODELS": ({**GOOD, "MODELS": np.array([], dtype=np.object_)}, "MODELS"),
+    "length mismatch": ({**GOOD, "FEATURE_DIMS": ids([64, 128])}, "FEATURE_DIMS"),
+    "min above max": ({**GOOD, "GROUP_SIZE_MIN": ids([3])}, "GROUP_SIZE_MIN"),
+    "size below 1": ({**GOOD, "GROUP_SIZE_MIN": ids([0])}, "GROUP_SIZE_MIN"),
+    "batch size below 1": ({**GOOD, "BATCH_SIZES": ids([0])}, "BATCH_SIZES"),
+    "batch size above max_batch_size": ({**GOOD, "BATCH_SIZES": ids([1, 9])}, "BATCH_SIZES"),
+    "feature dim contradicts config": ({**GOOD, "FEATURE_DIMS": ids([65])}, "FEATURE_DIMS"),
+    "plan above the cap": ({**GOOD, "GROUP_SIZE_MAX": ids([10**9])}, "GROUP_SIZE_MAX"),
+    "unknown model": ({**GOOD, "MODELS": names("model-v1", "no-such-model")}, "MODELS"),
+    "parent folder": ({**GOOD, "MODELS": names("..")}, "MODELS"),
+    "path": ({**GOOD, "MODELS": names("model-v1/1")}, "MODELS"),
+    "absolute path": ({**GOOD, "MODELS": names("/etc")}, "MODELS"),
+    "helper itself": ({**GOOD, "MODELS": names("warmup_helper")}, "MODELS"),
+    "no config.pbtxt": ({**GOOD, "MODELS": names("model-v1", "no-config")}, "MODELS"),
+    "unparsable config.pbtxt": ({**GOOD, "MODELS": names("bad-config")}, "MODELS"),
+    "not UTF-8": ({**GOOD, "MODELS": names(b"\xff\xfe")}, "MODELS"),
+}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("inputs, field", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_bad_request_is_refused_naming_the_input_and_changes_nothing(server, protocol, inputs, field):
+    before = repository_snapshot(server.model_repository)
+    states = model_states(server)
+    with pytest.raises(InferenceServerException) as caught:
+        send_warmup(server, protocol, inputs)
+    assert field in caught.value.message()
+    assert repository_snapshot(server.model_repository) == before
+    assert model_states(server) == states
+    assert client_for(server, protocol).is_server_live()
+
+
+@pytest.mark.parametrize(
+    "protocol, inputs, expected_status",
+    [
+        ("http", {**GOOD, "BATCH_SIZES": ids([0])}, "400"),
+        ("grpc", {**GOOD, "BATCH_SIZES": ids([0])}, "StatusCode.INVALID_ARGUMENT"),
+        ("http", {**GOOD, "MODELS": names("no-such-model")}, "404"),
+        ("grpc", {**GOOD, "MODELS": names("no-such-model")}, "StatusCode.NOT_FOUND"),
+    ],
+)
+def test_error_codes_mean_something(server, protocol, inputs, expected_status):
+    with pytest.raises(InferenceServerException) as caught:
+        send_warmup(server, protocol, inputs)
+    assert caught.value.status() == expected_status
+
+
+def test_failed_load_is_reported_restored_and_does_not_stop_the_others(server):
+    broken_config = server.model_repository / "broken-model" / "config.pbtxt"
+    original = broken_config.read_bytes()
+    result = run_script(
+        "warmup_models.py", "-u", server.http_url, "--models", "broken-model", "model-v1",
+        "--group-size-max", "2",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED: Warmup failed for models: ['broken-model']" in result.stderr
+    assert "model loaded: ['model-v1']" in result.stdout
+    broken_row = next(line for line in result.stdout.splitlines() if line.startswith("broken-model"))
+    assert "FAILED" in broken_row and "load failed" in broken_row
+    assert broken_config.read_bytes() == original
+    states = model_states(server)
+    assert states["model-v1"] == "READY" and states["broken-model"] != "READY"
+
+    # The JSON report says the same, and the server still serves.
+    loaded, report = send_warmup(server, "grpc", warmup_inputs(["broken-model"], 1, 1))
+    assert loaded == []
+    (entry,) = report["models"]
+    assert entry["status"] == "FAILED" and entry["config_restored"] is True and entry["error"]
+    assert entry["serving_previous_version"] is False
+    assert broken_config.read_bytes() == original
+    # Still serving: live, and the warmed model answers ready. (Server-wide
+    # readiness turns false while a model is in the failed state: Triton's
+    # --strict-readiness, documented in the README.)
+    http = client_for(server, "http")
+    assert http.is_server_live() and http.is_model_ready("model-v1")
