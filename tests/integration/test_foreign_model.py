@@ -1,0 +1,139 @@
+"""Models nobody on this project wrote warm up through the same helper,
+without code changes: other input names and types, the INPUT__0 naming
+convention, a preferred batch size, two instances, and a model without
+batching."""
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+
+from config_rewrite import read_config
+from live_server import load_segments, model_states, running_server, send_warmup, standin_runs, warmup_inputs
+from warmup_plan import DEFAULT_WARMUP_COUNT
+
+VOCABULARY = 50
+# Server start, then two instances of the transformer and one instance of
+# the other model, each importing torch in its own stub (~5 s each).
+MODULE_TIMEOUT_S = 240
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+TOKEN_CLASSIFIER_CONFIG = """
+name: "token-classifier"
+platform: "pytorch_libtorch"
+max_batch_size: 4
+input [
+  { name: "INPUT__0" data_type: TYPE_INT64 dims: [ -1 ] },
+  { name: "INPUT__1" data_type: TYPE_INT64 dims: [ -1 ] }
+]
+output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 3 ] } ]
+dynamic_batching { preferred_batch_size: [ 3 ] }
+instance_group [ { count: 2 kind: KIND_CPU } ]
+"""
+
+UNBATCHED_CONFIG = """
+name: "unbatched-scorer"
+platform: "pytorch_libtorch"
+max_batch_size: 0
+input [ { name: "features" data_type: TYPE_FP32 dims: [ -1, 8 ] } ]
+output [ { name: "scores" data_type: TYPE_FP32 dims: [ -1, 2 ] } ]
+"""
+
+
+class TokenClassifier(torch.nn.Module):
+    """A small transformer over token ids, padded positions masked out."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCABULARY, 16)
+        self.encoder = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(self.embed(input_ids))
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return self.head((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+
+def write_model(folder, config, module):
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(config)
+    module.save(str(folder / "1" / "model.pt"))
+
+
+@pytest.fixture(scope="module")
+def server(template_repository, tmp_path_factory):
+    torch.manual_seed(0)
+    with running_server(template_repository, tmp_path_factory.mktemp("foreign"), log_verbose=1) as server:
+        repository = server.model_repository
+        write_model(repository / "token-classifier", TOKEN_CLASSIFIER_CONFIG, torch.jit.script(TokenClassifier().eval()))
+        scorer = torch.nn.Linear(8, 2).eval()
+        write_model(repository / "unbatched-scorer", UNBATCHED_CONFIG, torch.jit.trace(scorer, torch.zeros(3, 8)))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def report(server):
+    loaded, report = send_warmup(server, "http", warmup_inputs(["token-classifier", "unbatched-scorer"], 1, 2))
+    assert loaded == ["token-classifier", "unbatched-scorer"], report
+    return report
+
+
+def test_plan_follows_each_config(server, report):
+    token, scorer = report["models"]
+    # Batch sizes: powers of two up to 4, plus the preferred 3.
+    assert token["batch_sizes"] == [1, 2, 3, 4] and token["warmup_samples"] == 2 * 4
+    assert token["instances"] == 2
+    assert scorer["batch_sizes"] == [1] and scorer["warmup_samples"] == 2
+    _, config = read_config(server.model_repository / "token-classifier")
+    sample = config.model_warmup[0]
+    # Token ids get zeros, never random values that could leave the vocabulary.
+    assert sample.inputs["INPUT__0"].zero_data and sample.inputs["INPUT__1"].zero_data
+
+
+def test_every_instance_ran_every_shape_before_ready(server, report):
+    (segment,) = load_segments(server.log_text(), "token-classifier")
+    runs = standin_runs(segment, "token-classifier")
+    instances = {run["instance"] for run in runs}
+    assert instances == {"token-classifier_0_0", "token-classifier_0_1"}
+    for instance in instances:
+        for group in (1, 2):
+            for batch in (1, 2, 3, 4):
+                matching = [
+                    run
+                    for run in runs
+                    if run["instance"] == instance
+                    and run["shapes"] == {"INPUT__0": [batch, group], "INPUT__1": [batch, group]}
+                ]
+                assert len(matching) == DEFAULT_WARMUP_COUNT, (instance, group, batch)
+
+    (segment,) = load_segments(server.log_text(), "unbatched-scorer")
+    shapes = [run["shapes"]["features"] for run in standin_runs(segment, "unbatched-scorer")]
+    assert sorted(shapes) == [[1, 8]] * DEFAULT_WARMUP_COUNT + [[2, 8]] * DEFAULT_WARMUP_COUNT
+
+
+def test_warm_foreign_models_answer(server, report):
+    assert model_states(server)["token-classifier"] == "READY"
+    client = httpclient.InferenceServerClient(server.http_url)
+    ids = np.array([[3, 7, 9], [1, 2, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
+    inputs = [httpclient.InferInput("INPUT__0", [2, 3], "INT64"), httpclient.InferInput("INPUT__1", [2, 3], "INT64")]
+    inputs[0].set_data_from_numpy(ids)
+    inputs[1].set_data_from_numpy(mask)
+    served = client.infer("token-classifier", inputs).as_numpy("OUTPUT__0")
+    local = torch.jit.load(str(server.model_repository / "token-classifier" / "1" / "model.pt"))
+    np.testing.assert_allclose(served, local(torch.from_numpy(ids), torch.from_numpy(mask)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+    features = np.arange(40, dtype=np.float32).reshape(5, 8)
+    request = [httpclient.InferInput("features", [5, 8], "FP32")]
+    request[0].set_data_from_numpy(features)
+    assert client.infer("unbatched-scorer", request).as_numpy("scores").shape == (5, 2)
+
+
+def test_feature_dims_can_be_zero_for_models_that_fix_or_lack_them(server, report):
+    loaded, again = send_warmup(
+        server, "grpc", warmup_inputs(["token-classifier", "unbatched-scorer"], 1, 2, feature_dims=[0, 8])
+    )
+    assert loaded == ["token-classifier", "unbatched-scorer"]
+    assert [entry["config_changed"] for entry in again["models"]] == [False, False]
