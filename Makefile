@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh clone:
+#   make run   - venv, models, embedded Triton on a working copy, warmup, states
+#   make test  - unit and integration tests on the real embedded Triton
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Ports of the embedded server that `make run` starts.
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt
+
+.PHONY: run test unit integration venv models clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+models: $(MODELS)
+
+$(MODELS): gen_model.py $(VENV)/.installed
+	$(PY) gen_model.py --model-repository model_repository
+
+run: venv models
+	$(PY) serve.py --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
+		sh -c '$(PY) warmup_models.py -u localhost:$(HTTP_PORT) --models model-v1 model-v2 model-v3 \
+			--feature-dims 64 128 256 --group-size-min 1 --group-size-max 4 \
+		&& $(PY) query_model_states.py -u localhost:$(HTTP_PORT)'
+
+test: venv
+	$(PY) -m pytest tests
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+integration: venv
+	$(PY) -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache $(MODELS)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
