@@ -97,6 +97,10 @@ def parse_args(argv):
     return args, passthrough, command
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     args, passthrough, command = parse_args(sys.argv[1:] if argv is None else argv)
     workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="embedded-triton-"))
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
         return 3
 
     # SIGTERM (from a container runtime or `kill`) stops as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     print(f"tritonserver log: {server.log_path}", flush=True)
     try:
         server.start()

@@ -164,10 +164,9 @@ class EmbeddedTriton:
         model_repository: the repository to serve.
         workdir: where the backend folder and the log go.
         http_port, grpc_port, metrics_port: ports to listen on.
-        model_control_mode: ``explicit`` (default), ``poll`` or ``none``.
-        load_models: models to load at start-up in explicit mode.
-        log_verbose: tritonserver's ``--log-verbose`` level.
         extra_args: further tritonserver flags, passed through unchanged.
+        **options: ``model_control_mode``, ``load_models``, ``log_verbose``,
+            as ``server_options`` takes them.
     """
 
     def __init__(
@@ -177,10 +176,8 @@ class EmbeddedTriton:
         http_port: int = DEFAULT_HTTP_PORT,
         grpc_port: int = DEFAULT_GRPC_PORT,
         metrics_port: int = DEFAULT_METRICS_PORT,
-        model_control_mode: str = "explicit",
-        load_models: Sequence[str] = (HELPER_MODEL,),
-        log_verbose: int = 0,
         extra_args: Sequence[str] = (),
+        **options,
     ):
         self.model_repository = pathlib.Path(model_repository).resolve()
         self.workdir = pathlib.Path(workdir).resolve()
@@ -190,18 +187,15 @@ class EmbeddedTriton:
         self.log_path = self.workdir / "tritonserver.log"
         self.install = TritonInstall.find()
         self.backend_directory = self.workdir / "backends"
-        self.argv = [str(self.install.binary)] + options_to_argv(
-            server_options(
-                self.model_repository,
-                self.backend_directory,
-                http_port,
-                grpc_port,
-                metrics_port,
-                model_control_mode,
-                load_models,
-                log_verbose,
-            )
-        ) + list(extra_args)
+        options = server_options(
+            self.model_repository,
+            self.backend_directory,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            **options,
+        )
+        self.argv = [str(self.install.binary)] + options_to_argv(options) + list(extra_args)
         self._process: Optional[subprocess.Popen] = None
         self._log_file = None
 

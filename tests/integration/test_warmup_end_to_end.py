@@ -5,7 +5,7 @@ once (the ``warmed`` fixture); the tests then check what the server and the
 files say, and send further requests over gRPC.
 """
 
-import re
+import json
 import threading
 
 import numpy as np
@@ -157,6 +157,25 @@ def test_same_request_again_over_grpc_changes_and_reloads_nothing(server, warmed
     after = {name: (server.model_repository / name / "config.pbtxt").read_bytes() for name in EXAMPLE_MODELS}
     assert after == before
     assert server.log_text().count('"loading: model-v') == loads_before
+
+
+@pytest.mark.timeout(SINGLE_LOAD_TIMEOUT_S)
+def test_clients_over_grpc_print_json_for_scripts(server, warmed):
+    result = run_script(
+        "warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--json",
+        "--models", *EXAMPLE_MODELS,
+        "--group-size-min", str(GROUP_SIZES[0]), "--group-size-max", str(GROUP_SIZES[-1]),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["loaded"] == EXAMPLE_MODELS and report["failed"] == []
+    assert [entry["config_changed"] for entry in report["models"]] == [False] * 3
+    assert "PASS: Warmup done" in result.stderr
+
+    index = run_script("query_model_states.py", "-i", "grpc", "-u", server.grpc_url, "--json")
+    assert index.returncode == 0
+    states = {entry["name"]: entry.get("state") for entry in json.loads(index.stdout)}
+    assert {name: states[name] for name in EXAMPLE_MODELS} == dict.fromkeys(EXAMPLE_MODELS, "READY")
 
 
 @pytest.mark.timeout(SINGLE_LOAD_TIMEOUT_S)

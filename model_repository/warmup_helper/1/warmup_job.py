@@ -11,6 +11,8 @@ import pathlib
 import time
 from typing import Dict, List, Optional, Tuple
 
+from tritonclient.grpc import model_config_pb2
+
 from config_rewrite import ConfigRewrite, find_model_dir, read_config
 from warmup_plan import DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT, plan_warmup
 from warmup_request import WarmupRequest, WarmupRequestError
@@ -50,7 +52,7 @@ def plan_jobs(
     for name, feature_dim in zip(request.models, request.feature_dims):
         model_dir = find_model_dir(repository, name)
         original, config = read_config(model_dir)
-        named = type(config)()
+        named = model_config_pb2.ModelConfig()
         named.CopyFrom(config)
         # Triton takes a config without a name from its folder; so do the
         # error messages here. The file itself keeps its content.

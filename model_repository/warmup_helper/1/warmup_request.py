@@ -4,6 +4,7 @@ Pure Python and numpy: no Triton imports, so the unit tests run without a
 server. Every problem raises ``WarmupRequestError`` naming the input at fault.
 """
 
+import collections
 import dataclasses
 from typing import Mapping, Optional, Tuple
 
@@ -113,7 +114,7 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], helper_name: str) 
         raise WarmupRequestError("MODELS", "is empty: name at least one model")
     for name in models:
         check_model_name(name, helper_name)
-    duplicates = sorted({name for name in models if models.count(name) > 1})
+    duplicates = sorted(name for name, seen in collections.Counter(models).items() if seen > 1)
     if duplicates:
         raise WarmupRequestError("MODELS", f"names {duplicates} more than once")
 

@@ -1,0 +1,103 @@
+"""serve.py and EmbeddedTriton: pass-through flags, running a command, clean
+stops on SIGTERM with no stub left behind, and a fast failure when the server dies."""
+
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from embedded_triton import EmbeddedTriton, TritonStartError
+from live_server import PROJECT_ROOT, free_port
+
+# A server start (~3 s with the helper's stub) plus a stop; the margin is
+# for a busy machine.
+LAUNCHER_TEST_TIMEOUT_S = 120
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(LAUNCHER_TEST_TIMEOUT_S)]
+
+
+def processes_mentioning(text: str):
+    """PIDs of live processes whose command line contains ``text``."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if text in cmdline and "State:\tZ" not in status:
+            found.append(int(entry.name))
+    return found
+
+
+def serve_argv(template_repository, workdir, *extra):
+    return [
+        sys.executable, str(PROJECT_ROOT / "serve.py"),
+        "--model-repository", str(template_repository),
+        "--working-copy", "--workdir", str(workdir),
+        "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+        "--metrics-port", str(free_port()),
+        *extra,
+    ]
+
+
+def test_command_runs_against_the_ready_server_and_its_exit_code_is_returned(template_repository, tmp_path):
+    check = (
+        "import sys, urllib.request;"
+        "urllib.request.urlopen('http://127.0.0.1:' + sys.argv[1] + '/v2/health/ready');"
+        "sys.exit(7)"
+    )
+    argv = serve_argv(template_repository, tmp_path, "--exit-timeout-secs=5")
+    http_port = argv[argv.index("--http-port") + 1]
+    result = subprocess.run(argv + ["--", sys.executable, "-c", check, http_port],
+                            capture_output=True, text=True, timeout=LAUNCHER_TEST_TIMEOUT_S)
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert "tritonserver ready" in result.stdout
+    # The pass-through flag reached tritonserver, whose option table logs it.
+    assert "exit_timeout" in (tmp_path / "tritonserver.log").read_text()
+    assert not processes_mentioning(str(tmp_path / "backends"))
+    # The working copy was served, not the template.
+    assert (tmp_path / "model_repository" / "warmup_helper" / "config.pbtxt").is_file()
+
+
+def test_sigterm_stops_the_server_and_every_stub(template_repository, tmp_path):
+    process = subprocess.Popen(serve_argv(template_repository, tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:
+            if "tritonserver ready" in line:
+                break
+        stubs = [pid for pid in processes_mentioning("triton_python_backend_stub") if pid in
+                 processes_mentioning(str(tmp_path))]
+        assert stubs, "the helper's stub should be running"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not processes_mentioning(str(tmp_path))
+
+
+def test_wait_ready_fails_fast_with_the_log_when_the_server_dies(template_repository, tmp_path):
+    server = EmbeddedTriton(
+        template_repository, tmp_path, http_port=free_port(), grpc_port=free_port(),
+        metrics_port=free_port(), load_models=["warmup_helper", "no-such-model"],
+    )
+    started = time.monotonic()
+    server.start()
+    try:
+        with pytest.raises(TritonStartError, match="exited with code") as caught:
+            server.wait_ready(timeout=60)
+    finally:
+        server.stop()
+    assert time.monotonic() - started < 30
+    # The error carries the log's tail, which says what went wrong.
+    assert "no-such-model" in str(caught.value)
+    assert not processes_mentioning(str(tmp_path / "backends"))
