@@ -235,3 +235,14 @@ def test_restore_without_apply_does_nothing(repository):
     rewrite = ConfigRewrite(path, original, current, [])
     rewrite.restore()
     assert path.read_bytes() == original
+
+
+def test_instances_counted_from_the_instance_groups(repository):
+    path = repository / "model-v1" / "config.pbtxt"
+    _, config = read_config(repository / "model-v1")
+    del config.instance_group[:]
+    config.instance_group.add(count=2, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    config.instance_group.add(count=3, kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, gpus=[0, 1])
+    path.write_text(text_format.MessageToString(config))
+    (job,) = plan_jobs(repository, warmup_request())
+    assert job.instances == 2 + 3 * 2

@@ -1,11 +1,12 @@
 """warmup_helper: Triton glue around the pure modules beside it.
 
 One request names target models; for each one the helper writes a
-``model_warmup`` sample per shape into its ``config.pbtxt`` and calls
-``pb_utils.load_model``, so Triton runs the samples on every instance before
-it marks the model READY. The logic lives in ``warmup_request`` (checking the
-request), ``warmup_plan`` (the samples), ``config_rewrite`` (the file) and
-``warmup_job`` (plan all, then rewrite and load each).
+``model_warmup`` sample per shape into its ``config.pbtxt`` and loads it
+through Triton's Model Loading API, so Triton runs the samples on every
+instance before it marks the model READY. The logic lives in
+``warmup_request`` (checking the request), ``warmup_plan`` (the samples),
+``config_rewrite`` (the file), ``warmup_job`` (plan all, then rewrite and
+load each) and ``model_loading`` (which way the load goes).
 """
 
 import json

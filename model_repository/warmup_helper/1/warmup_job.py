@@ -1,9 +1,9 @@
 """Plan every model of a request, then rewrite and load them one by one.
 
 Planning reads and checks every target before any file changes, so a bad
-request changes nothing on disk. Running takes the load function as an
-argument (``pb_utils.load_model`` inside Triton), which keeps this module free
-of Triton imports.
+request changes nothing on disk. Running takes the model control as an
+argument (``model_loading.HttpModelControl`` or ``pb_utils`` inside Triton),
+which keeps this module free of Triton imports.
 """
 
 import dataclasses
@@ -35,10 +35,17 @@ class ModelWarmupJob:
 
 
 def _instance_count(rewrite: ConfigRewrite) -> int:
-    # Triton gives a model without instance_group one instance per device;
-    # on a CPU-only server that is one.
+    """Instances the config asks for, as far as the config alone tells.
+
+    A group's ``count`` defaults to 1; a group listing ``gpus`` has ``count``
+    instances on each. A GPU group without that list, or a config without
+    groups, gets instances per available GPU from Triton, which the config
+    cannot tell: it is counted as one device (right on a CPU-only server).
+    """
     groups = rewrite.config.instance_group
-    return sum(max(group.count, 1) for group in groups) if groups else 1
+    if not groups:
+        return 1
+    return sum(max(group.count, 1) * max(len(group.gpus), 1) for group in groups)
 
 
 def plan_jobs(
