@@ -160,6 +160,7 @@ class StateWatcher(threading.Thread):
         self.done.set()
         self.join(timeout=5)
         self.bar.close()
+        self.client.close()
 
 
 def format_table(entries: List[Dict]) -> str:

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 import gen_model
-from live_server import PROJECT_REPOSITORY
+from live_server import PROJECT_REPOSITORY, client_for
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +20,18 @@ def template_repository(tmp_path_factory) -> pathlib.Path:
     )
     gen_model.write_models(repository)
     return repository
+
+
+@pytest.fixture
+def open_client():
+    """Make clients for a test and close them after it: an open HTTP
+    connection makes Triton wait its whole exit timeout at shutdown."""
+    clients = []
+
+    def make(server, protocol="http"):
+        clients.append(client_for(server, protocol))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()

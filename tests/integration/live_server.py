@@ -65,6 +65,8 @@ def running_server(template: pathlib.Path, workdir: pathlib.Path, **options):
 
 
 def client_for(server: EmbeddedTriton, protocol: str):
+    """A client for ``server``; use it in a ``with`` block: an open HTTP
+    connection makes Triton wait its whole exit timeout at shutdown."""
     if protocol == "grpc":
         return grpcclient.InferenceServerClient(server.grpc_url)
     return httpclient.InferenceServerClient(
@@ -95,11 +97,11 @@ def send_warmup(
         tensor = module.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
-    client = client_for(server, protocol)
-    if protocol == "grpc":
-        result = client.infer("warmup_helper", tensors, client_timeout=WARMUP_REQUEST_TIMEOUT_S)
-    else:
-        result = client.infer("warmup_helper", tensors)
+    with client_for(server, protocol) as client:
+        if protocol == "grpc":
+            result = client.infer("warmup_helper", tensors, client_timeout=WARMUP_REQUEST_TIMEOUT_S)
+        else:
+            result = client.infer("warmup_helper", tensors)
     loaded = [name.decode() for name in result.as_numpy("LOADED_MODELS").reshape(-1)]
     return loaded, json.loads(result.as_numpy("REPORT").reshape(-1)[0])
 
@@ -124,7 +126,8 @@ def warmup_inputs(
 
 
 def model_states(server: EmbeddedTriton) -> Dict[str, str]:
-    index = httpclient.InferenceServerClient(server.http_url).get_model_repository_index()
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        index = client.get_model_repository_index()
     return {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
 
 

@@ -80,7 +80,8 @@ def test_bad_request_is_refused_naming_the_input_and_changes_nothing(server, pro
     assert field in caught.value.message()
     assert repository_snapshot(server.model_repository) == before
     assert model_states(server) == states
-    assert client_for(server, protocol).is_server_live()
+    with client_for(server, protocol) as client:
+        assert client.is_server_live()
 
 
 @pytest.mark.parametrize(
@@ -124,5 +125,5 @@ def test_failed_load_is_reported_restored_and_does_not_stop_the_others(server):
     # Still serving: live, and the warmed model answers ready. (Server-wide
     # readiness turns false while a model is in the failed state: Triton's
     # --strict-readiness, documented in the README.)
-    http = client_for(server, "http")
-    assert http.is_server_live() and http.is_model_ready("model-v1")
+    with client_for(server, "http") as http:
+        assert http.is_server_live() and http.is_model_ready("model-v1")

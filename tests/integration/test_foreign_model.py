@@ -113,9 +113,9 @@ def test_every_instance_ran_every_shape_before_ready(server, report):
     assert sorted(shapes) == [[1, 8]] * DEFAULT_WARMUP_COUNT + [[2, 8]] * DEFAULT_WARMUP_COUNT
 
 
-def test_warm_foreign_models_answer(server, report):
+def test_warm_foreign_models_answer(server, report, open_client):
     assert model_states(server)["token-classifier"] == "READY"
-    client = httpclient.InferenceServerClient(server.http_url)
+    client = open_client(server)
     ids = np.array([[3, 7, 9], [1, 2, 0]], dtype=np.int64)
     mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
     inputs = [httpclient.InferInput("INPUT__0", [2, 3], "INT64"), httpclient.InferInput("INPUT__1", [2, 3], "INT64")]

@@ -17,7 +17,6 @@ import tritonclient.http as httpclient
 from config_rewrite import read_config
 from live_server import (
     EXAMPLE_MODELS,
-    client_for,
     load_segments,
     model_states,
     running_server,
@@ -127,9 +126,9 @@ def test_every_planned_shape_ran_on_the_model_before_it_was_ready(server, warmed
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_warm_models_answer_like_the_torchscript_file(server, warmed, protocol):
+def test_warm_models_answer_like_the_torchscript_file(server, warmed, protocol, open_client):
     module = grpcclient if protocol == "grpc" else httpclient
-    client = client_for(server, protocol)
+    client = open_client(server, protocol)
     rng = np.random.default_rng(0)
     for name in EXAMPLE_MODELS:
         x = rng.standard_normal((2, 5, FEATURE_DIMS[name])).astype(np.float32)
@@ -179,10 +178,10 @@ def test_clients_over_grpc_print_json_for_scripts(server, warmed):
 
 
 @pytest.mark.timeout(SINGLE_LOAD_TIMEOUT_S)
-def test_new_plan_reloads_a_ready_model_while_it_keeps_serving(server, warmed):
+def test_new_plan_reloads_a_ready_model_while_it_keeps_serving(server, warmed, open_client):
     """A READY model is not skipped: the new samples run in a reload, and the
     old version answers requests until the new one is ready."""
-    client = httpclient.InferenceServerClient(server.http_url)
+    client = open_client(server)
     x = np.ones((1, 3, 64), dtype=np.float32)
     mask = np.ones((1, 3), dtype=np.int64)
     done = threading.Event()
