@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         )
     except TritonNotFoundError as error:
         print(f"FAILED: {error}", file=sys.stderr)
-        return 3
+        return 1
 
     # SIGTERM (from a container runtime or `kill`) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -143,7 +143,10 @@ def main(argv=None) -> int:
             return subprocess.call(command)
         print("serving; press Ctrl-C to stop", flush=True)
         code = server.wait()
-        print(f"FAILED: tritonserver exited with code {code}. Log {server.log_path}:\n{server.log_tail()}")
+        print(
+            f"FAILED: tritonserver exited with code {code}. Log {server.log_path}:\n{server.log_tail()}",
+            file=sys.stderr,
+        )
         return 1
     except TritonStartError as error:
         print(f"FAILED: {error}", file=sys.stderr)

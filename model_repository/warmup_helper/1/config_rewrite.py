@@ -70,11 +70,6 @@ def merge_warmup(
     return merged
 
 
-def strip_generated_warmup(config: model_config_pb2.ModelConfig) -> model_config_pb2.ModelConfig:
-    """Return a copy of ``config`` without the samples this helper generated."""
-    return merge_warmup(config, [])
-
-
 def write_atomically(path: pathlib.Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers never see a partial file.
 
