@@ -6,6 +6,9 @@ model-control mode with ``--load-model=warmup_helper``, waits until it is
 ready, then either runs COMMAND and stops, or serves until Ctrl-C/SIGTERM.
 Unknown ``--flags`` are passed to tritonserver unchanged.
 
+Exit codes: COMMAND's own when one is given; 0 after Ctrl-C or SIGTERM; 1
+when the server cannot start or exits by itself.
+
 Examples::
 
     python serve.py                               # serve ./model_repository
@@ -43,7 +46,7 @@ def parse_args(argv):
     else:
         command = []
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s [options] [tritonserver flags] [-- COMMAND ...]",
     )
