@@ -127,3 +127,17 @@ def test_failed_load_is_reported_restored_and_does_not_stop_the_others(server):
     # --strict-readiness, documented in the README.)
     with client_for(server, "http") as http:
         assert http.is_server_live() and http.is_model_ready("model-v1")
+
+
+def test_repeated_failed_loads_do_not_take_the_server_down(server):
+    """A failed pb_utils.load_model can abort this Triton (README, "Known
+    Triton issue"); the helper's default load path must survive a run of them."""
+    broken_config = server.model_repository / "broken-model" / "config.pbtxt"
+    original = broken_config.read_bytes()
+    for attempt in range(5):
+        loaded, report = send_warmup(server, "http", warmup_inputs(["broken-model"], 1, 1))
+        assert loaded == [] and report["models"][0]["status"] == "FAILED", attempt
+        assert server.is_running(), f"tritonserver died after failed load {attempt + 1}"
+    assert broken_config.read_bytes() == original
+    with client_for(server, "http") as http:
+        assert http.is_server_live() and http.is_model_ready("model-v1")
