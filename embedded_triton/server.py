@@ -165,6 +165,7 @@ class EmbeddedTriton:
         workdir: where the backend folder and the log go.
         http_port, grpc_port, metrics_port: ports to listen on.
         extra_args: further tritonserver flags, passed through unchanged.
+        extra_env: variables added to the server's environment.
         **options: ``model_control_mode``, ``load_models``, ``log_verbose``,
             as ``server_options`` takes them.
     """
@@ -177,6 +178,7 @@ class EmbeddedTriton:
         grpc_port: int = DEFAULT_GRPC_PORT,
         metrics_port: int = DEFAULT_METRICS_PORT,
         extra_args: Sequence[str] = (),
+        extra_env: Optional[Dict[str, str]] = None,
         **options,
     ):
         self.model_repository = pathlib.Path(model_repository).resolve()
@@ -196,6 +198,7 @@ class EmbeddedTriton:
             **options,
         )
         self.argv = [str(self.install.binary)] + options_to_argv(options) + list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self._process: Optional[subprocess.Popen] = None
         self._log_file = None
 
@@ -220,7 +223,7 @@ class EmbeddedTriton:
         # A session of its own: signals to the group reach the stubs as well.
         self._process = subprocess.Popen(
             self.argv,
-            env=server_environment(self.install),
+            env={**server_environment(self.install), **self.extra_env},
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -19,14 +19,18 @@ It behaves like the native backend wherever warmup can tell:
 * the parameters ``INTRA_OP_THREAD_COUNT`` and
   ``DISABLE_OPTIMIZED_EXECUTION`` mean what they mean natively.
 
-Each executed batch is logged at verbose level, which is how the tests see
-which shapes ran during warmup.
+Each executed batch is logged at verbose level. When the environment names a
+file in ``PYTORCH_STANDIN_RECORD``, each batch is also appended there as a
+JSON line with the stub's own clock, before the forward runs: the log reaches
+the server's log file asynchronously, so only this record proves that a
+warmup shape ran before Triton logged the model as loaded.
 """
 
 import importlib
 import json
 import os
 import re
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -69,6 +73,7 @@ class TritonPythonModel:
         self.model_name = args["model_name"]
         self.instance_name = args.get("model_instance_name", self.model_name)
         self.max_batch_size = int(self.config.get("max_batch_size", 0))
+        self.record_path = os.environ.get("PYTORCH_STANDIN_RECORD")
 
         threads = _parameter(self.config, "INTRA_OP_THREAD_COUNT")
         if threads:
@@ -150,13 +155,25 @@ class TritonPythonModel:
         )
 
     def _log_batch(self, arrays, request_count):
-        shapes = " ".join(
-            f"{name}{list(array.shape)}" for name, array in zip(self.input_names, arrays)
-        )
+        shapes = {name: list(array.shape) for name, array in zip(self.input_names, arrays)}
         pb_utils.Logger.log_verbose(
             f"pytorch stand-in: '{self.instance_name}' runs {request_count} request(s) "
-            f"in one forward: {shapes}"
+            "in one forward: " + " ".join(f"{name}{shape}" for name, shape in shapes.items())
         )
+        if self.record_path:
+            line = json.dumps(
+                {
+                    "time": time.time(),
+                    "instance": self.instance_name,
+                    "model": self.model_name,
+                    "requests": request_count,
+                    "shapes": shapes,
+                }
+            )
+            # One write of one line on an O_APPEND file: instances in other
+            # processes append to the same record without interleaving.
+            with open(self.record_path, "a") as record:
+                record.write(line + "\n")
 
     def execute(self, requests):
         responses = [None] * len(requests)

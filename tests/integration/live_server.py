@@ -7,6 +7,7 @@ instance), so loads are the budget to spend carefully.
 """
 
 import contextlib
+import datetime
 import json
 import pathlib
 import re
@@ -31,10 +32,9 @@ EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
 # five minutes per request leaves room for several models on a busy machine.
 WARMUP_REQUEST_TIMEOUT_S = 300
 
-_STANDIN_RUN = re.compile(
-    r"pytorch stand-in: '(?P<instance>[^']+)' runs (?P<requests>\d+) request\(s\) in one forward: "
-    r"(?P<shapes>[^\"]*)"
-)
+# The pytorch stand-in appends every forward to this file in the server's
+# workdir (PYTORCH_STANDIN_RECORD), stamped with the stub's clock.
+STANDIN_RECORD = "standin_record.jsonl"
 
 
 def free_port() -> int:
@@ -54,6 +54,7 @@ def running_server(template: pathlib.Path, workdir: pathlib.Path, **options):
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
+        extra_env={"PYTORCH_STANDIN_RECORD": str(workdir / STANDIN_RECORD), "TZ": "UTC"},
         **options,
     )
     server.start()
@@ -140,31 +141,42 @@ def repository_snapshot(repository: pathlib.Path) -> Dict[str, bytes]:
     }
 
 
-def load_segments(log: str, model: str) -> List[List[str]]:
-    """The log lines of each load of ``model``: from 'loading' to 'successfully loaded'."""
-    segments, current = [], None
-    for line in log.splitlines():
+_LOG_LINE = re.compile(r"^[IWE](?P<month>\d\d)(?P<day>\d\d) (?P<clock>\d\d:\d\d:\d\d\.\d+) ")
+
+
+def _log_time(line: str, year: int) -> float:
+    """Epoch seconds of a tritonserver log line (the server runs with TZ=UTC)."""
+    match = _LOG_LINE.match(line)
+    stamp = datetime.datetime.strptime(
+        f"{year}-{match['month']}-{match['day']} {match['clock']}", "%Y-%m-%d %H:%M:%S.%f"
+    )
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def load_windows(server: EmbeddedTriton, model: str) -> List[tuple]:
+    """(start, ready) epoch times of each successful load of ``model``, from
+    Triton's own 'loading' and 'successfully loaded' log lines."""
+    year = datetime.datetime.now(datetime.timezone.utc).year
+    windows, started = [], None
+    for line in server.log_text().splitlines():
         if f'"loading: {model}:' in line:
-            current = []
-        elif current is not None and f"successfully loaded '{model}'" in line:
-            segments.append(current)
-            current = None
-        elif current is not None:
-            current.append(line)
-    return segments
+            started = _log_time(line, year)
+        elif started is not None and f"successfully loaded '{model}'" in line:
+            windows.append((started, _log_time(line, year)))
+            started = None
+    return windows
 
 
-def standin_runs(lines: Sequence[str], model: str) -> List[Dict]:
-    """The forwards the pytorch stand-in logged for ``model``'s instances."""
-    runs = []
-    for line in lines:
-        match = _STANDIN_RUN.search(line)
-        if match and match["instance"].rsplit("_", 2)[0] == model:
-            shapes = dict(
-                (name, [int(dim) for dim in dims.split(",")])
-                for name, dims in re.findall(r"(\S+?)\[([\d, ]+)\]", match["shapes"])
-            )
-            runs.append({"instance": match["instance"], "requests": int(match["requests"]), "shapes": shapes})
+def standin_runs(server: EmbeddedTriton, model: str, window: Optional[tuple] = None) -> List[Dict]:
+    """The forwards the pytorch stand-in recorded for ``model``, with the
+    stub's own clock; only those inside ``window`` (start, ready) if given."""
+    record = server.workdir / STANDIN_RECORD
+    if not record.exists():
+        return []
+    runs = [json.loads(line) for line in record.read_text().splitlines()]
+    runs = [run for run in runs if run["model"] == model]
+    if window is not None:
+        runs = [run for run in runs if window[0] <= run["time"] <= window[1]]
     return runs
 
 

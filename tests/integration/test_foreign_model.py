@@ -9,7 +9,7 @@ import torch
 import tritonclient.http as httpclient
 
 from config_rewrite import read_config
-from live_server import load_segments, model_states, running_server, send_warmup, standin_runs, warmup_inputs
+from live_server import load_windows, model_states, running_server, send_warmup, standin_runs, warmup_inputs
 from warmup_plan import DEFAULT_WARMUP_COUNT
 
 VOCABULARY = 50
@@ -93,8 +93,8 @@ def test_plan_follows_each_config(server, report):
 
 
 def test_every_instance_ran_every_shape_before_ready(server, report):
-    (segment,) = load_segments(server.log_text(), "token-classifier")
-    runs = standin_runs(segment, "token-classifier")
+    (window,) = load_windows(server, "token-classifier")
+    runs = standin_runs(server, "token-classifier", window)
     instances = {run["instance"] for run in runs}
     assert instances == {"token-classifier_0_0", "token-classifier_0_1"}
     for instance in instances:
@@ -108,8 +108,8 @@ def test_every_instance_ran_every_shape_before_ready(server, report):
                 ]
                 assert len(matching) == DEFAULT_WARMUP_COUNT, (instance, group, batch)
 
-    (segment,) = load_segments(server.log_text(), "unbatched-scorer")
-    shapes = [run["shapes"]["features"] for run in standin_runs(segment, "unbatched-scorer")]
+    (window,) = load_windows(server, "unbatched-scorer")
+    shapes = [run["shapes"]["features"] for run in standin_runs(server, "unbatched-scorer", window)]
     assert sorted(shapes) == [[1, 8]] * DEFAULT_WARMUP_COUNT + [[2, 8]] * DEFAULT_WARMUP_COUNT
 
 

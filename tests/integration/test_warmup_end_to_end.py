@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from config_rewrite import read_config
 from live_server import (
     EXAMPLE_MODELS,
-    load_segments,
+    load_windows,
     model_states,
     running_server,
     run_script,
@@ -107,11 +107,12 @@ def test_each_config_holds_exactly_group_sizes_times_batch_sizes_samples(server,
 
 
 def test_every_planned_shape_ran_on_the_model_before_it_was_ready(server, warmed):
-    log = server.log_text()
     for name in EXAMPLE_MODELS:
-        segments = load_segments(log, name)
-        assert len(segments) == 1, f"{name} was loaded {len(segments)} times"
-        runs = standin_runs(segments[0], name)
+        windows = load_windows(server, name)
+        assert len(windows) == 1, f"{name} was loaded {len(windows)} times"
+        # Between Triton's "loading" and "successfully loaded" lines, by the
+        # stand-in's own clock.
+        runs = standin_runs(server, name, windows[0])
         for group in GROUP_SIZES:
             for batch in DEFAULT_BATCH_SIZES:
                 # Triton hands a batch-N sample over as N requests; the
@@ -216,9 +217,9 @@ def test_new_plan_reloads_a_ready_model_while_it_keeps_serving(server, warmed, o
         f"{GENERATED_PREFIX}group5_batch2",
         f"{GENERATED_PREFIX}group6_batch2",
     ]
-    segments = load_segments(server.log_text(), "model-v1")
-    assert len(segments) == 2
-    shapes = [run["shapes"]["x"] for run in standin_runs(segments[1], "model-v1")]
+    windows = load_windows(server, "model-v1")
+    assert len(windows) == 2
+    shapes = [run["shapes"]["x"] for run in standin_runs(server, "model-v1", windows[1])]
     assert shapes.count([2, 5, 64]) == DEFAULT_WARMUP_COUNT
     assert shapes.count([2, 6, 64]) == DEFAULT_WARMUP_COUNT
     assert model_states(server)["model-v1"] == "READY"
