@@ -1,11 +1,13 @@
 """The flags and client set-up that every script of this project shares.
 
 The flags are the ones Triton's own client examples use: ``-u/--url``,
-``-i/--protocol``, ``-v/--verbose``. Exit codes are the same for every script.
+``-i/--protocol``, ``-v/--verbose``, plus ``-H/--header`` for servers that
+restrict their endpoints to clients sending a header. Exit codes are the same
+for every script.
 """
 
 import argparse
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -17,6 +19,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # argparse exits with 2 on bad usage too
 EXIT_UNREACHABLE = 3
+
+# Triton checks a restricted gRPC protocol's header under this prefix
+# (--grpc-restricted-protocol=<protocols>:<key>=<value> expects
+# "triton-grpc-protocol-<key>"); over HTTP the key itself is the header.
+GRPC_RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +44,33 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="Print the client's requests. Default is off."
     )
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Send this header with every request; repeatable. For a server started with "
+        "--http-restricted-api / --grpc-restricted-protocol=<apis>:KEY=VALUE, give the same "
+        "KEY=VALUE: over gRPC it is sent as triton-grpc-protocol-KEY, as Triton expects.",
+    )
+
+
+def request_headers(args: argparse.Namespace) -> Optional[Dict[str, str]]:
+    """The ``-H`` headers for ``args.protocol``, or ``None`` when there are none.
+
+    Raises:
+        SystemExit: with the usage exit code for a header without ``=``.
+    """
+    headers = {}
+    for item in args.header:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"error: --header needs KEY=VALUE, got {item!r}")
+        if args.protocol == "grpc" and not key.startswith(GRPC_RESTRICTED_HEADER_PREFIX):
+            key = GRPC_RESTRICTED_HEADER_PREFIX + key
+        headers[key] = value
+    return headers or None
 
 
 def server_url(args: argparse.Namespace) -> str:
@@ -62,24 +96,32 @@ def client_module(protocol: str):
     return grpcclient if protocol == "grpc" else httpclient
 
 
-def repository_index(client, protocol: str) -> List[Dict]:
+def repository_index(client, protocol: str, headers: Optional[Dict[str, str]] = None) -> List[Dict]:
     """The repository index as a list of dicts, the same for both protocols.
 
     Each entry has ``name`` and, once Triton has tried to load the model,
     ``version``, ``state`` and (when it is not READY) ``reason``.
     """
     if protocol == "grpc":
-        return list(client.get_model_repository_index(as_json=True).get("models", []))
-    return list(client.get_model_repository_index())
+        index = client.get_model_repository_index(headers=headers, as_json=True)
+        return list(index.get("models", []))
+    return list(client.get_model_repository_index(headers=headers))
 
 
-def server_is_live(client) -> bool:
-    """Whether a server answers at the client's URL.
+def is_unreachable(error: Exception) -> bool:
+    """Whether ``error`` means no server answered (rather than a refusal).
 
     HTTP raises an ``OSError`` (connection refused) when nothing listens; gRPC
     raises ``InferenceServerException`` with status UNAVAILABLE.
     """
+    if isinstance(error, OSError):
+        return True
+    return isinstance(error, InferenceServerException) and "UNAVAILABLE" in str(error.status())
+
+
+def server_is_live(client, headers: Optional[Dict[str, str]] = None) -> bool:
+    """Whether a server answers at the client's URL."""
     try:
-        return bool(client.is_server_live())
+        return bool(client.is_server_live(headers=headers))
     except (OSError, InferenceServerException):
         return False

@@ -50,13 +50,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    headers = client_flags.request_headers(args)
     client = client_flags.create_client(args, timeout_s=DEFAULT_TIMEOUT_S)
     url = client_flags.server_url(args)
     try:
-        index = client_flags.repository_index(client, args.protocol)
+        index = client_flags.repository_index(client, args.protocol, headers)
     except (OSError, InferenceServerException) as error:
-        print(f"FAILED: no repository index from {url} ({args.protocol}): {error}", file=sys.stderr)
-        return client_flags.EXIT_UNREACHABLE
+        if client_flags.is_unreachable(error):
+            print(f"FAILED: no Triton server answers at {url} ({args.protocol}): {error}", file=sys.stderr)
+            return client_flags.EXIT_UNREACHABLE
+        print(f"FAILED: {url} refused the repository index: {error}", file=sys.stderr)
+        return client_flags.EXIT_FAILED
+    finally:
+        client.close()
     if args.json:
         print(json.dumps(index, indent=2))
     else:

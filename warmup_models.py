@@ -126,6 +126,8 @@ class StateWatcher(threading.Thread):
         self.models = models
         self.client = client_flags.create_client(args, timeout_s=10)
         self.protocol = args.protocol
+        self.headers = client_flags.request_headers(args)
+        self.refusal = None
         self.done = threading.Event()
         self.started = time.monotonic()
         self.bar = tqdm(
@@ -135,8 +137,16 @@ class StateWatcher(threading.Thread):
 
     def states(self) -> Dict[str, str]:
         try:
-            index = client_flags.repository_index(self.client, self.protocol)
-        except (OSError, InferenceServerException):
+            index = client_flags.repository_index(self.client, self.protocol, self.headers)
+        except InferenceServerException as error:
+            if not client_flags.is_unreachable(error) and self.refusal is None:
+                # A server that restricts its repository endpoints: the warmup
+                # still runs, only the live states are missing.
+                self.refusal = error.message()
+                print(f"(no live states: the server refused the repository index: "
+                      f"{self.refusal}; pass -H KEY=VALUE)", file=self.stream, flush=True)
+            return {}
+        except OSError:
             return {}
         found = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
         return {name: found.get(name, "?") for name in self.models}
@@ -192,8 +202,9 @@ def format_table(entries: List[Dict]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     url = client_flags.server_url(args)
+    headers = client_flags.request_headers(args)
     client = client_flags.create_client(args, timeout_s=args.timeout)
-    if not client_flags.server_is_live(client):
+    if not client_flags.server_is_live(client, headers):
         print(f"FAILED: no Triton server answers at {url} ({args.protocol})", file=sys.stderr)
         return client_flags.EXIT_UNREACHABLE
 
@@ -206,9 +217,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     try:
         if args.protocol == "grpc":
-            result = client.infer(args.model_name, build_inputs(args), client_timeout=args.timeout)
+            result = client.infer(
+                args.model_name, build_inputs(args), headers=headers, client_timeout=args.timeout
+            )
         else:
-            result = client.infer(args.model_name, build_inputs(args))
+            result = client.infer(args.model_name, build_inputs(args), headers=headers)
     except InferenceServerException as error:
         watcher.stop()
         print(f"FAILED: {args.model_name} refused the request: {error.message()}", file=sys.stderr)

@@ -16,7 +16,7 @@ def template_repository(tmp_path_factory) -> pathlib.Path:
     shutil.copytree(
         PROJECT_REPOSITORY,
         repository,
-        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*.tmp"),
+        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*.tmp", ".warmup_helper.lock"),
     )
     gen_model.write_models(repository)
     return repository

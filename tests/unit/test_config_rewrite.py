@@ -12,9 +12,8 @@ from tritonclient.grpc import model_config_pb2
 from config_rewrite import ConfigRewrite, merge_warmup, read_config, write_atomically
 from warmup_job import FAILED, READY, plan_jobs, run_job
 from warmup_plan import GENERATED_PREFIX, plan_warmup
-from warmup_request import INVALID_ARG, NOT_FOUND, WarmupRequest, WarmupRequestError
-
-PROJECT_REPOSITORY = pathlib.Path(__file__).resolve().parents[2] / "model_repository"
+from warmup_request import INVALID_ARG, NOT_FOUND, WarmupRequestError
+from repository_fixtures import RecordingControl, apply, snapshot, warmup_request
 
 HAND_WRITTEN = """
 # A person wrote this sample; the helper must keep it.
@@ -25,56 +24,6 @@ model_warmup {
   inputs { key: "mask" value { data_type: TYPE_INT64 dims: [ 9 ] zero_data: true } }
 }
 """
-
-
-@pytest.fixture
-def repository(tmp_path):
-    """A copy of the project's configs (no model.pt needed to rewrite them)."""
-    for name in ("model-v1", "model-v2", "warmup_helper"):
-        (tmp_path / name).mkdir()
-        shutil.copy(PROJECT_REPOSITORY / name / "config.pbtxt", tmp_path / name / "config.pbtxt")
-    return tmp_path
-
-
-def snapshot(folder):
-    return {
-        str(path.relative_to(folder)): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def warmup_request(models=("model-v1",), group_max=3, batch_sizes=None, feature_dims=None):
-    return WarmupRequest(
-        models=tuple(models),
-        feature_dims=tuple(feature_dims or (None,) * len(models)),
-        group_sizes=range(1, group_max + 1),
-        batch_sizes=batch_sizes,
-    )
-
-
-class RecordingControl:
-    """Stands in for Triton's model control in these pure tests: it records the
-    calls and can fail a load, the way Triton answers a broken model."""
-
-    def __init__(self, ready=(), fail_load=None):
-        self.ready = set(ready)
-        self.fail_load = fail_load
-        self.calls = []
-
-    def is_ready(self, name):
-        return name in self.ready
-
-    def load(self, name):
-        self.calls.append(("load", name))
-        if self.fail_load:
-            self.fail_load(name)
-        self.ready.add(name)
-
-
-def apply(repository, request):
-    for job in plan_jobs(repository, request):
-        assert run_job(job, RecordingControl())["status"] == READY
 
 
 def generated(config):

@@ -4,7 +4,18 @@ import os
 
 import pytest
 
-from model_loading import HttpModelControl, choose_model_control, http_url_from_argv, server_argv
+import http.server
+import json
+import threading
+
+from model_loading import (
+    HttpModelControl,
+    ModelLoadError,
+    choose_model_control,
+    http_url_from_argv,
+    restricted_headers_from_argv,
+    server_argv,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,3 +56,59 @@ def test_bad_load_api_settings_are_refused():
         choose_model_control("grpc", None, BlsStandIn())
     with pytest.raises(ValueError, match="unknown"):
         choose_model_control("http", None, BlsStandIn())
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["tritonserver"], {}),
+        (["tritonserver", "--http-restricted-api=model-repository:admin-key=secret"], {"admin-key": "secret"}),
+        (
+            ["tritonserver", "--http-restricted-api", "model-repository,health:k=v=w",
+             "--http-restricted-api=inference:other=x", "--grpc-restricted-protocol=model-repository:g=h"],
+            {"k": "v=w", "other": "x"},
+        ),
+    ],
+)
+def test_restricted_api_headers_from_the_server_command_line(argv, expected):
+    assert restricted_headers_from_argv(argv) == expected
+
+
+@pytest.fixture
+def recording_endpoint():
+    """A local HTTP server that records requests and answers like Triton's load endpoint."""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.path, self.headers, body))  # names are case-insensitive
+            failing = "broken" in self.path
+            self.send_response(400 if failing else 200)
+            self.end_headers()
+            if failing:
+                self.wfile.write(json.dumps({"error": "failed to load 'broken'"}).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_load_sends_the_config_and_the_restricted_header(recording_endpoint):
+    url, seen = recording_endpoint
+    control = HttpModelControl(url, headers={"admin-key": "secret"})
+    control.load("model-v1")
+    control.load("model v2", config='{"name": "model v2"}')
+    with pytest.raises(ModelLoadError, match="failed to load 'broken'"):
+        control.load("broken")
+    (path1, headers1, body1), (path2, headers2, body2), _ = seen
+    assert path1 == "/v2/repository/models/model-v1/load" and body1 == b""
+    assert path2 == "/v2/repository/models/model%20v2/load"
+    assert json.loads(body2) == {"parameters": {"config": '{"name": "model v2"}'}}
+    assert headers1.get("admin-key") == headers2.get("admin-key") == "secret"

@@ -158,6 +158,46 @@ def test_plan_above_the_cap_is_refused_without_building_it():
     assert "1024" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "group_sizes, batch_sizes, feature_dim, field",
+    [
+        (range(10**9, 10**9 + 1), [1], None, "GROUP_SIZE_MAX"),
+        (range(1, 3), [1], 10**8, "FEATURE_DIMS"),
+        (range(3000, 3001), [1, 8], None, "BATCH_SIZES"),
+    ],
+    ids=["one huge group", "huge feature dim", "batch makes it too big"],
+)
+def test_sample_above_the_byte_cap_is_refused_naming_what_makes_it_big(
+    group_sizes, batch_sizes, feature_dim, field
+):
+    # Inputs x [-1, D] FP32 and mask [-1] INT64: one sample of group g, batch b
+    # holds b * (g * D * 4 + g * 8) bytes.
+    model = config(
+        'name: "var" max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, -1 ] },'
+        ' { name: "mask" data_type: TYPE_INT64 dims: [ -1 ] } ]'
+    )
+    dim = feature_dim or 1000
+    with pytest.raises(WarmupRequestError) as caught:
+        plan_warmup(
+            model, group_sizes=group_sizes, batch_sizes=batch_sizes, feature_dim=dim,
+            max_sample_bytes=64 * 2**20,
+        )
+    assert caught.value.field == field and "max_sample_bytes" in str(caught.value)
+    largest = max(batch_sizes) * (group_sizes[-1] * dim * 4 + group_sizes[-1] * 8)
+    assert f"needs {largest} bytes" in str(caught.value)
+
+
+def test_sample_at_the_byte_cap_is_planned():
+    model = config(
+        'name: "var" max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 4 ] } ]'
+    )
+    # Group 4, batch 2: 2 * 4 * 4 * 4 bytes = 128.
+    plan = plan_warmup(model, group_sizes=[4], batch_sizes=[2], max_sample_bytes=128)
+    assert len(plan.samples) == 1
+    with pytest.raises(WarmupRequestError):
+        plan_warmup(model, group_sizes=[4], batch_sizes=[2], max_sample_bytes=127)
+
+
 def test_model_without_inputs_is_refused():
     with pytest.raises(WarmupRequestError, match="no inputs"):
         plan_warmup(config('name: "empty" max_batch_size: 1'), group_sizes=[1])

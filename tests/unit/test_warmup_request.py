@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from warmup_request import INVALID_ARG, WarmupRequestError, parse_request
+from warmup_request import INVALID_ARG, MAX_NAME_BYTES, WarmupRequestError, parse_allowed_models, parse_request
 
 HELPER = "warmup_helper"
 
@@ -71,6 +71,10 @@ BAD_REQUESTS = {
         "MODELS",
     ),
     "not UTF-8": (dict(MODELS=np.array([b"\xff\xfe"], dtype=np.object_), FEATURE_DIMS=None), "MODELS"),
+    "name longer than a folder name can be": (
+        dict(MODELS=np.array([b"m" * (MAX_NAME_BYTES + 1)], dtype=np.object_), FEATURE_DIMS=None),
+        "MODELS",
+    ),
     "duplicate": (
         dict(MODELS=np.array([b"model-v1", b"model-v1"], dtype=np.object_)),
         "MODELS",
@@ -85,3 +89,19 @@ def test_bad_request_names_the_field(overrides, field):
     assert caught.value.field == field
     assert caught.value.code == INVALID_ARG
     assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_allowed_models_parameter_is_a_comma_or_space_separated_list():
+    assert parse_allowed_models("") is None and parse_allowed_models(" , ") is None
+    assert parse_allowed_models("model-v1, model-v2 model-v3") == {"model-v1", "model-v2", "model-v3"}
+
+
+def test_allow_list_refuses_other_models_and_admits_its_own():
+    allowed = parse_allowed_models("model-v1,model-v2")
+    assert parse_request(request(), HELPER, allowed).models == ("model-v1", "model-v2")
+    with pytest.raises(WarmupRequestError) as caught:
+        parse_request(
+            request(MODELS=np.array([b"model-v1", b"model-v3"], dtype=np.object_)), HELPER, allowed
+        )
+    assert caught.value.field == "MODELS" and caught.value.code == INVALID_ARG
+    assert "'model-v3' is not in the warmup_helper's allowed_models" in str(caught.value)

@@ -16,7 +16,7 @@ import pathlib
 import tempfile
 from typing import Iterable, Tuple
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from warmup_plan import GENERATED_PREFIX
@@ -52,6 +52,11 @@ def parse_config(text: bytes, source: str) -> model_config_pb2.ModelConfig:
 
 def render_config(config: model_config_pb2.ModelConfig) -> bytes:
     return text_format.MessageToString(config).encode("utf-8")
+
+
+def config_json(config: model_config_pb2.ModelConfig) -> str:
+    """The config as the JSON string the Model Loading API takes as ``config``."""
+    return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
 
 
 def merge_warmup(

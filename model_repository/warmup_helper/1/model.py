@@ -18,13 +18,20 @@ import traceback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from model_loading import choose_model_control, http_url_from_argv, server_argv
-from warmup_job import build_report, plan_jobs, run_job
-from warmup_plan import DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
+from model_loading import (
+    choose_model_control,
+    http_url_from_argv,
+    restricted_headers_from_argv,
+    server_argv,
+)
+from repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
+from warmup_job import PlanSettings, build_report, plan_jobs, run_job
+from warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from warmup_request import (
     OPTIONAL_INPUTS,
     REQUIRED_INPUTS,
     WarmupRequestError,
+    parse_allowed_models,
     parse_request,
 )
 
@@ -68,8 +75,11 @@ class BlsModelControl:
     description = "pb_utils.load_model"
 
     @staticmethod
-    def load(model_name: str) -> None:
-        pb_utils.load_model(model_name=model_name)
+    def load(model_name: str, config=None) -> None:
+        if config is None:
+            pb_utils.load_model(model_name=model_name)
+        else:
+            pb_utils.load_model(model_name=model_name, config=config)
 
     @staticmethod
     def is_ready(model_name: str) -> bool:
@@ -85,30 +95,46 @@ class TritonPythonModel:
         # the repository that holds the target models.
         self.repository = pathlib.Path(args["model_repository"]).resolve().parent
         parameters = json.loads(args["model_config"]).get("parameters", {})
-        self.count = _int_parameter(parameters, "warmup_count", DEFAULT_WARMUP_COUNT)
-        self.max_samples = _int_parameter(
-            parameters, "max_warmup_samples", DEFAULT_MAX_WARMUP_SAMPLES
+        self.settings = PlanSettings(
+            count=_int_parameter(parameters, "warmup_count", DEFAULT_WARMUP_COUNT),
+            max_samples=_int_parameter(parameters, "max_warmup_samples", DEFAULT_MAX_WARMUP_SAMPLES),
+            max_sample_bytes=_int_parameter(parameters, "max_sample_bytes", DEFAULT_MAX_SAMPLE_BYTES),
         )
+        self.lock_timeout_s = _int_parameter(
+            parameters, "lock_timeout_s", int(DEFAULT_LOCK_TIMEOUT_S)
+        )
+        self.allowed_models = parse_allowed_models(_parameter(parameters, "allowed_models"))
         self.logger = pb_utils.Logger
-        http_url = _parameter(parameters, "http_url") or self._own_http_url()
+
+        # The stub's parent process is the tritonserver that runs it.
+        try:
+            argv = server_argv(os.getppid())
+        except OSError as error:
+            self.logger.log_warn(f"{self.model_name}: cannot read the server's command line: {error}")
+            argv = None
+        http_url = _parameter(parameters, "http_url") or (
+            http_url_from_argv(argv) if argv is not None else None
+        )
         try:
             self.control = choose_model_control(
-                _parameter(parameters, "load_api") or "auto", http_url, BlsModelControl()
+                _parameter(parameters, "load_api") or "auto",
+                http_url,
+                BlsModelControl(),
+                headers=restricted_headers_from_argv(argv or []),
             )
         except ValueError as error:
             raise pb_utils.TritonModelException(f"warmup_helper config parameter: {error}") from None
-        self.logger.log_info(
-            f"{self.model_name}: repository {self.repository}, warmup_count {self.count}, "
-            f"max_warmup_samples {self.max_samples}, loads through {self.control.description}"
-        )
 
-    def _own_http_url(self):
-        # The stub's parent process is the tritonserver that runs it.
-        try:
-            return http_url_from_argv(server_argv(os.getppid()))
-        except (OSError, ValueError) as error:
-            self.logger.log_warn(f"{self.model_name}: cannot read the server's HTTP port: {error}")
-            return None
+        removed = clean_repository(self.repository)
+        if removed:
+            self.logger.log_warn(
+                f"{self.model_name}: removed temporary files a killed writer left: {removed}"
+            )
+        self.logger.log_info(
+            f"{self.model_name}: repository {self.repository}, {self.settings}, "
+            f"allowed_models {sorted(self.allowed_models) if self.allowed_models else 'all'}, "
+            f"loads through {self.control.description}"
+        )
 
     def execute(self, requests):
         return [self._handle(request) for request in requests]
@@ -119,8 +145,8 @@ class TritonPythonModel:
             for name in REQUIRED_INPUTS + OPTIONAL_INPUTS:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 inputs[name] = None if tensor is None else tensor.as_numpy()
-            warmup_request = parse_request(inputs, self.model_name)
-            jobs = plan_jobs(self.repository, warmup_request, self.count, self.max_samples)
+            warmup_request = parse_request(inputs, self.model_name, self.allowed_models)
+            jobs = plan_jobs(self.repository, warmup_request, self.settings)
         except WarmupRequestError as error:
             self.logger.log_warn(f"{self.model_name}: refused request: {error}")
             return _error_response(str(error), error.code)
@@ -139,7 +165,9 @@ class TritonPythonModel:
                 f"x {job.count} runs on {job.instances} instance(s)"
                 + ("" if job.rewrite.changed else " (config unchanged)")
             )
-            entry = run_job(job, self.control)
+            entry = run_job(job, self.control, self.lock_timeout_s)
+            if entry["fallback"]:
+                self.logger.log_warn(f"{self.model_name}: '{job.name}': {entry['fallback']}")
             if entry["error"]:
                 self.logger.log_error(f"{self.model_name}: '{job.name}' failed: {entry['error']}")
             else:

@@ -15,6 +15,14 @@ does the same work (same load, same warmup, same READY) without that path, so
 ``auto`` (the default) uses it whenever it can find this server's HTTP port,
 and falls back to ``bls`` otherwise. See README, "Known Triton issue".
 
+Both ways take an optional ``config`` (JSON): Triton then loads the model
+with it instead of the file's, which is how the helper warms a model whose
+``config.pbtxt`` it cannot write.
+
+When the server restricts its model-repository endpoints to clients that send
+a header (``--http-restricted-api=model-repository:<key>=<value>``), the
+helper finds that header on the server's command line and sends it too.
+
 This module is pure Python (stdlib only) so that it is unit-testable.
 """
 
@@ -22,7 +30,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 LOAD_API_CHOICES = ("auto", "http", "bls")
 DEFAULT_HTTP_PORT = 8000
@@ -63,6 +71,21 @@ def http_url_from_argv(argv: List[str]) -> Optional[str]:
     return f"{address}:{port}"
 
 
+def restricted_headers_from_argv(argv: List[str]) -> Dict[str, str]:
+    """Headers that ``--http-restricted-api=<apis>:<key>=<value>`` flags require.
+
+    Every such header is returned, whatever APIs it guards: the helper calls
+    the model-repository and health endpoints, and an extra header is harmless.
+    """
+    headers = {}
+    for value in _flag_values(argv, "--http-restricted-api"):
+        _, _, setting = value.partition(":")
+        key, separator, header_value = setting.partition("=")
+        if separator and key:
+            headers[key] = header_value
+    return headers
+
+
 def server_argv(pid: int) -> List[str]:
     """The command line of process ``pid`` (the stub's parent is tritonserver)."""
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
@@ -75,15 +98,26 @@ class HttpModelControl:
     Args:
         url: ``host:port`` of the server's HTTP endpoint.
         timeout_s: per-call timeout; ``None`` waits as long as the load takes.
+        headers: sent with every call (the server's restricted-API headers).
     """
 
-    def __init__(self, url: str, timeout_s: Optional[float] = None):
+    def __init__(
+        self, url: str, timeout_s: Optional[float] = None, headers: Optional[Dict[str, str]] = None
+    ):
         self.url = url
         self.timeout_s = timeout_s
-        self.description = f"HTTP model-repository endpoint {url}"
+        self.headers = dict(headers or {})
+        self.description = f"HTTP model-repository endpoint {url}" + (
+            f" (with restricted-API header {', '.join(sorted(self.headers))})" if self.headers else ""
+        )
 
-    def _post(self, path: str) -> None:
-        request = urllib.request.Request(f"http://{self.url}{path}", data=b"", method="POST")
+    def _post(self, path: str, body: bytes = b"") -> None:
+        request = urllib.request.Request(
+            f"http://{self.url}{path}",
+            data=body,
+            method="POST",
+            headers={**self.headers, "Content-Type": "application/json"} if body else self.headers,
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s):
                 return
@@ -99,32 +133,43 @@ class HttpModelControl:
     def _quoted(model_name: str) -> str:
         return urllib.parse.quote(model_name, safe="")
 
-    def load(self, model_name: str) -> None:
+    def load(self, model_name: str, config: Optional[str] = None) -> None:
         """Block until Triton has loaded the model (warmup included).
+
+        Args:
+            config: a model config as JSON to load with instead of the file's.
 
         Raises:
             ModelLoadError: with Triton's own message when the load fails.
             OSError: when the endpoint cannot be reached at all.
         """
-        self._post(f"/v2/repository/models/{self._quoted(model_name)}/load")
+        body = b"" if config is None else json.dumps({"parameters": {"config": config}}).encode()
+        self._post(f"/v2/repository/models/{self._quoted(model_name)}/load", body)
 
     def is_ready(self, model_name: str) -> bool:
+        request = urllib.request.Request(
+            f"http://{self.url}/v2/models/{self._quoted(model_name)}/ready", headers=self.headers
+        )
         try:
-            with urllib.request.urlopen(
-                f"http://{self.url}/v2/models/{self._quoted(model_name)}/ready", timeout=10
-            ) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status == 200
         except urllib.error.HTTPError:
             return False
 
 
-def choose_model_control(load_api: str, http_url: Optional[str], bls_control):
+def choose_model_control(
+    load_api: str,
+    http_url: Optional[str],
+    bls_control,
+    headers: Optional[Dict[str, str]] = None,
+):
     """The model control the helper uses.
 
     Args:
         load_api: ``auto``, ``http`` or ``bls``.
         http_url: this server's HTTP ``host:port``, or ``None`` if unknown.
         bls_control: an object with the same methods built on ``pb_utils``.
+        headers: for the HTTP way: the server's restricted-API headers.
     """
     if load_api not in LOAD_API_CHOICES:
         raise ValueError(f"load_api must be one of {LOAD_API_CHOICES}, got {load_api!r}")
@@ -132,4 +177,4 @@ def choose_model_control(load_api: str, http_url: Optional[str], bls_control):
         return bls_control
     if http_url is None:
         raise ValueError("load_api is 'http' but this server's HTTP endpoint is unknown")
-    return HttpModelControl(http_url)
+    return HttpModelControl(http_url, headers=headers)

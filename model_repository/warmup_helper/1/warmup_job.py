@@ -9,29 +9,57 @@ which keeps this module free of Triton imports.
 import dataclasses
 import pathlib
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import ConfigRewrite, find_model_dir, read_config
-from warmup_plan import DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT, plan_warmup
+from config_rewrite import CONFIG_FILENAME, ConfigRewrite, config_json, find_model_dir, read_config
+from repository_guard import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    ModelLockTimeout,
+    model_lock,
+    remove_stale_temp_files,
+    unwritable_reason,
+)
+from warmup_plan import (
+    DEFAULT_MAX_SAMPLE_BYTES,
+    DEFAULT_MAX_WARMUP_SAMPLES,
+    DEFAULT_WARMUP_COUNT,
+    plan_warmup,
+)
 from warmup_request import WarmupRequest, WarmupRequestError
 
 READY = "READY"
 FAILED = "FAILED"
 
 
+@dataclasses.dataclass(frozen=True)
+class PlanSettings:
+    """The helper's config parameters that shape and bound every plan."""
+
+    count: int = DEFAULT_WARMUP_COUNT
+    max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+
+
 @dataclasses.dataclass
 class ModelWarmupJob:
-    """The rewrite and load planned for one target model."""
+    """The rewrite and load planned for one target model.
+
+    ``replan`` reads the config again and plans anew; ``run_job`` calls it
+    once it holds the model's lock, because another writer (a second server
+    on the same volume) may have changed the file since this plan was made.
+    """
 
     name: str
+    model_dir: pathlib.Path
     rewrite: ConfigRewrite
     group_sizes: Tuple[int, ...]
     batch_sizes: Tuple[int, ...]
     samples: int
     count: int
     instances: int
+    replan: Callable[[], "ModelWarmupJob"]
 
 
 def _instance_count(rewrite: ConfigRewrite) -> int:
@@ -48,59 +76,100 @@ def _instance_count(rewrite: ConfigRewrite) -> int:
     return sum(max(group.count, 1) * max(len(group.gpus), 1) for group in groups)
 
 
+def plan_model(
+    repository: pathlib.Path,
+    name: str,
+    feature_dim: Optional[int],
+    request: WarmupRequest,
+    settings: PlanSettings,
+) -> ModelWarmupJob:
+    """Read one model's config and plan its warmup; raise if it cannot be planned."""
+    model_dir = find_model_dir(repository, name)
+    original, config = read_config(model_dir)
+    named = model_config_pb2.ModelConfig()
+    named.CopyFrom(config)
+    # Triton takes a config without a name from its folder; so do the
+    # error messages here. The file itself keeps its content.
+    named.name = named.name or name
+    if named.name != name:
+        raise WarmupRequestError(
+            "MODELS", f"'{name}'/config.pbtxt names the model '{named.name}': Triton refuses it"
+        )
+    plan = plan_warmup(
+        named,
+        group_sizes=request.group_sizes,
+        batch_sizes=request.batch_sizes,
+        feature_dim=feature_dim,
+        count=settings.count,
+        max_samples=settings.max_samples,
+        max_sample_bytes=settings.max_sample_bytes,
+    )
+    rewrite = ConfigRewrite(model_dir / CONFIG_FILENAME, original, config, plan.samples)
+    return ModelWarmupJob(
+        name=name,
+        model_dir=model_dir,
+        rewrite=rewrite,
+        group_sizes=plan.group_sizes,
+        batch_sizes=plan.batch_sizes,
+        samples=len(plan.samples),
+        count=settings.count,
+        instances=_instance_count(rewrite),
+        replan=lambda: plan_model(repository, name, feature_dim, request, settings),
+    )
+
+
 def plan_jobs(
     repository: pathlib.Path,
     request: WarmupRequest,
-    count: int = DEFAULT_WARMUP_COUNT,
-    max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES,
+    settings: PlanSettings = PlanSettings(),
 ) -> List[ModelWarmupJob]:
     """Plan every model of ``request``; raise before any write if one is wrong."""
-    jobs = []
-    for name, feature_dim in zip(request.models, request.feature_dims):
-        model_dir = find_model_dir(repository, name)
-        original, config = read_config(model_dir)
-        named = model_config_pb2.ModelConfig()
-        named.CopyFrom(config)
-        # Triton takes a config without a name from its folder; so do the
-        # error messages here. The file itself keeps its content.
-        named.name = named.name or name
-        if named.name != name:
-            raise WarmupRequestError(
-                "MODELS", f"'{name}'/config.pbtxt names the model '{named.name}': Triton refuses it"
-            )
-        plan = plan_warmup(
-            named,
-            group_sizes=request.group_sizes,
-            batch_sizes=request.batch_sizes,
-            feature_dim=feature_dim,
-            count=count,
-            max_samples=max_samples,
-        )
-        rewrite = ConfigRewrite(model_dir / "config.pbtxt", original, config, plan.samples)
-        jobs.append(
-            ModelWarmupJob(
-                name=name,
-                rewrite=rewrite,
-                group_sizes=plan.group_sizes,
-                batch_sizes=plan.batch_sizes,
-                samples=len(plan.samples),
-                count=count,
-                instances=_instance_count(rewrite),
-            )
-        )
-    return jobs
+    return [
+        plan_model(repository, name, feature_dim, request, settings)
+        for name, feature_dim in zip(request.models, request.feature_dims)
+    ]
 
 
-def run_job(job: ModelWarmupJob, control) -> Dict:
+def _write_or_fall_back(rewrite: ConfigRewrite, entry: Dict) -> Optional[str]:
+    """Write the planned config; return it as JSON for the load API instead
+    when the file cannot or may not be written.
+
+    The old file stays whole in every case: ``write_atomically`` renames a
+    complete temporary file over it or removes the temporary file.
+    """
+    if not rewrite.changed:
+        return None
+    reason = unwritable_reason(rewrite.path)
+    if reason is None:
+        try:
+            rewrite.apply()
+        except OSError as error:
+            reason = f"writing {rewrite.path} failed: {error}"
+        else:
+            entry["config_written"] = True
+            return None
+    entry["fallback"] = (
+        f"{reason}; loaded with the planned config passed to the Model Loading API instead. "
+        "config.pbtxt is unchanged, so the warmup samples apply until the model is next "
+        "loaded from its file"
+    )
+    return config_json(rewrite.config)
+
+
+def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Dict:
     """Rewrite the config and load the model; put the config back if the load fails.
 
     Args:
         job: from ``plan_jobs``.
-        control: has ``load`` and ``is_ready`` taking a model name
+        control: has ``load(name, config=None)`` and ``is_ready(name)``
             (``model_loading.HttpModelControl`` or the helper's BLS one).
+        lock_timeout_s: how long to wait for another writer of the same model.
 
-    A model that was READY keeps serving its previous version when the reload
-    fails, as Triton does; the report says so (``serving_previous_version``).
+    Everything from reading the config to the end of the load happens under
+    the model's lock (``repository_guard.model_lock``), so writers on several
+    servers sharing the repository take turns per model. A model that was
+    READY keeps serving its previous version when the reload fails, as Triton
+    does; the report says so (``serving_previous_version``).
 
     Returns the model's entry of the report.
     """
@@ -113,7 +182,10 @@ def run_job(job: ModelWarmupJob, control) -> Dict:
         "group_sizes": list(job.group_sizes),
         "batch_sizes": list(job.batch_sizes),
         "config_changed": job.rewrite.changed,
+        "config_written": False,
+        "fallback": None,
         "seconds_to_ready": None,
+        "lock": None,
         "error": None,
     }
     started = time.monotonic()
@@ -122,12 +194,31 @@ def run_job(job: ModelWarmupJob, control) -> Dict:
     except Exception:  # noqa: BLE001 - only the report uses it
         was_ready = None
     try:
-        job.rewrite.apply()
-    except OSError as error:
-        entry["error"] = f"could not write {job.rewrite.path}: {error}"
-        return entry
+        with model_lock(job.model_dir, lock_timeout_s) as hold:
+            try:
+                if hold is not None:
+                    entry["stale_temp_files_removed"] = remove_stale_temp_files(job.model_dir)
+                    # Another writer may have changed the file while we waited.
+                    job = job.replan()
+                    entry["config_changed"] = job.rewrite.changed
+                _load(job, control, entry, was_ready)
+            finally:
+                if hold is not None:
+                    hold.held_until = time.time()
+                    entry["lock"] = hold.as_dict()
+    except ModelLockTimeout as error:
+        entry["error"] = str(error)
+    except WarmupRequestError as error:
+        entry["error"] = f"config.pbtxt changed while waiting for the lock and cannot be planned: {error}"
+    if entry["status"] == READY:
+        entry["seconds_to_ready"] = round(time.monotonic() - started, 3)
+    return entry
+
+
+def _load(job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool]) -> None:
+    config_override = _write_or_fall_back(job.rewrite, entry)
     try:
-        control.load(job.name)
+        control.load(job.name, config=config_override)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
         entry["error"] = f"load failed: {error}"
         try:
@@ -135,12 +226,10 @@ def run_job(job: ModelWarmupJob, control) -> Dict:
         except OSError as restore_error:
             entry["error"] += f"; restoring {job.rewrite.path} also failed: {restore_error}"
         else:
-            entry["config_restored"] = job.rewrite.changed
+            entry["config_restored"] = entry["config_written"]
         entry["serving_previous_version"] = was_ready
-        return entry
+        return
     entry["status"] = READY
-    entry["seconds_to_ready"] = round(time.monotonic() - started, 3)
-    return entry
 
 
 def build_report(entries: List[Dict], seconds_total: Optional[float] = None) -> Dict:

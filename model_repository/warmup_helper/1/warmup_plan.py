@@ -26,6 +26,11 @@ DEFAULT_WARMUP_COUNT = 3
 # it with the parameter ``max_warmup_samples``.
 DEFAULT_MAX_WARMUP_SAMPLES = 1024
 
+# A cap on the bytes of one sample (all inputs, times its batch size): a
+# request for group size 10**9 would have Triton allocate gigabytes per sample.
+# The helper's config can change it with the parameter ``max_sample_bytes``.
+DEFAULT_MAX_SAMPLE_BYTES = 64 * 1024 * 1024
+
 # Samples whose name starts with this were written by the helper and are
 # replaced on every rewrite; any other sample was written by a person and kept.
 GENERATED_PREFIX = "warmup_helper:"
@@ -37,6 +42,25 @@ _RANDOM_DATA_TYPES = frozenset(
 )
 
 VARIABLE_DIM = -1
+
+# Bytes per element; a string element counts its 4-byte length prefix (the
+# samples hold empty strings).
+_ELEMENT_BYTES = {
+    DataType.TYPE_BOOL: 1,
+    DataType.TYPE_UINT8: 1,
+    DataType.TYPE_INT8: 1,
+    DataType.TYPE_UINT16: 2,
+    DataType.TYPE_INT16: 2,
+    DataType.TYPE_FP16: 2,
+    DataType.TYPE_BF16: 2,
+    DataType.TYPE_UINT32: 4,
+    DataType.TYPE_INT32: 4,
+    DataType.TYPE_FP32: 4,
+    DataType.TYPE_STRING: 4,
+    DataType.TYPE_UINT64: 8,
+    DataType.TYPE_INT64: 8,
+    DataType.TYPE_FP64: 8,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +150,53 @@ def sample_dims(dims: Sequence[int], group_size: int, feature_dim: Optional[int]
     return concrete
 
 
+def sample_bytes(
+    config: model_config_pb2.ModelConfig,
+    group_size: int,
+    batch_size: int,
+    feature_dim: Optional[int],
+) -> int:
+    """Bytes of the inputs of one sample at this group and batch size."""
+    total = 0
+    for model_input in config.input:
+        elements = 1
+        for dim in sample_dims(model_input.dims, group_size, feature_dim):
+            elements *= dim
+        total += elements * _ELEMENT_BYTES.get(model_input.data_type, 8)
+    return total * batch_size
+
+
+def _check_sample_bytes(
+    config: model_config_pb2.ModelConfig,
+    group_sizes: Sequence[int],
+    batch_sizes: Sequence[int],
+    feature_dim: Optional[int],
+    max_sample_bytes: int,
+) -> None:
+    """Refuse a plan whose largest sample is above the cap, naming the input
+    that makes it large: the feature dimension (too large even at group
+    size 1), else the group size, else
+    the batch size."""
+    # Group sizes come as an ascending range; batch sizes are few (checked
+    # against max_batch_size already).
+    largest_batch = max(batch_sizes)
+    largest = sample_bytes(config, group_sizes[-1], largest_batch, feature_dim)
+    if largest <= max_sample_bytes:
+        return
+    if feature_dim is not None and sample_bytes(config, 1, 1, feature_dim) > max_sample_bytes:
+        field = "FEATURE_DIMS"
+    elif sample_bytes(config, group_sizes[-1], 1, feature_dim) > max_sample_bytes:
+        field = "GROUP_SIZE_MAX"
+    else:
+        field = "BATCH_SIZES"
+    raise WarmupRequestError(
+        field,
+        f"the largest warmup sample for '{config.name}' (group size {group_sizes[-1]}, "
+        f"batch size {largest_batch}) needs {largest} bytes, above the cap of "
+        f"{max_sample_bytes} (warmup_helper config parameter max_sample_bytes)",
+    )
+
+
 def sample_name(group_size: int, batch_size: int) -> str:
     return f"{GENERATED_PREFIX}group{group_size}_batch{batch_size}"
 
@@ -137,6 +208,7 @@ def plan_warmup(
     feature_dim: Optional[int] = None,
     count: int = DEFAULT_WARMUP_COUNT,
     max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
 ) -> WarmupPlan:
     """Plan one warmup sample per group size x batch size.
 
@@ -147,7 +219,8 @@ def plan_warmup(
         feature_dim: trailing dim of rank >= 2 inputs; ``None`` to take it
             from the config, which must then fix it.
         count: how many times Triton runs each sample on each instance.
-        max_samples: refuse plans larger than this.
+        max_samples: refuse plans with more samples than this.
+        max_sample_bytes: refuse plans with a sample larger than this.
 
     Raises:
         WarmupRequestError: naming the request input that cannot be planned.
@@ -176,6 +249,7 @@ def plan_warmup(
             f"warmup samples for '{config.name}', above the cap of {max_samples} "
             "(warmup_helper config parameter max_warmup_samples)",
         )
+    _check_sample_bytes(config, group_sizes, batch_sizes, feature_dim, max_sample_bytes)
 
     samples = []
     for group_size in group_sizes:

@@ -6,7 +6,7 @@ server. Every problem raises ``WarmupRequestError`` naming the input at fault.
 
 import collections
 import dataclasses
-from typing import Mapping, Optional, Tuple
+from typing import FrozenSet, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -16,6 +16,10 @@ NOT_FOUND = "NOT_FOUND"
 
 REQUIRED_INPUTS = ("MODELS", "GROUP_SIZE_MIN", "GROUP_SIZE_MAX")
 OPTIONAL_INPUTS = ("FEATURE_DIMS", "BATCH_SIZES")
+
+# A folder name longer than this cannot exist on Linux file systems; refusing
+# it here also keeps an absurd name away from the file system calls.
+MAX_NAME_BYTES = 255
 
 
 class WarmupRequestError(ValueError):
@@ -65,6 +69,17 @@ def check_model_name(name: str, helper_name: str) -> None:
         raise WarmupRequestError("MODELS", f"'{name}' is a hidden folder, not a model")
     if name == helper_name:
         raise WarmupRequestError("MODELS", f"'{name}' is the warmup helper itself")
+    if len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        raise WarmupRequestError(
+            "MODELS", f"'{name[:40]}...' is longer than {MAX_NAME_BYTES} bytes: no folder has that name"
+        )
+
+
+def parse_allowed_models(value: str) -> Optional[FrozenSet[str]]:
+    """The ``allowed_models`` parameter: names separated by commas or spaces;
+    an empty value allows every model."""
+    names = frozenset(name for name in value.replace(",", " ").split() if name)
+    return names or None
 
 
 def _decode_names(array: np.ndarray) -> Tuple[str, ...]:
@@ -94,13 +109,20 @@ def _single_integer(field: str, array: np.ndarray) -> int:
     return values[0]
 
 
-def parse_request(inputs: Mapping[str, Optional[np.ndarray]], helper_name: str) -> WarmupRequest:
+def parse_request(
+    inputs: Mapping[str, Optional[np.ndarray]],
+    helper_name: str,
+    allowed_models: Optional[FrozenSet[str]] = None,
+) -> WarmupRequest:
     """Validate the request tensors.
 
     Args:
         inputs: input name to numpy array, or ``None`` for an input the
             request did not send.
         helper_name: the helper's own model name, which may not be a target.
+        allowed_models: the only models a request may name (the helper's
+            ``allowed_models`` config parameter); ``None`` allows every model
+            in the repository.
 
     Raises:
         WarmupRequestError: naming the first input that is wrong.
@@ -114,6 +136,11 @@ def parse_request(inputs: Mapping[str, Optional[np.ndarray]], helper_name: str) 
         raise WarmupRequestError("MODELS", "is empty: name at least one model")
     for name in models:
         check_model_name(name, helper_name)
+        if allowed_models is not None and name not in allowed_models:
+            raise WarmupRequestError(
+                "MODELS",
+                f"'{name}' is not in the warmup_helper's allowed_models {sorted(allowed_models)}",
+            )
     duplicates = sorted(name for name, seen in collections.Counter(models).items() if seen > 1)
     if duplicates:
         raise WarmupRequestError("MODELS", f"names {duplicates} more than once")

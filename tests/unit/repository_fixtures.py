@@ -1,0 +1,61 @@
+"""A small model repository and a recording model control for the pure tests."""
+
+import pathlib
+import shutil
+
+from warmup_job import READY, plan_jobs, run_job
+from warmup_request import WarmupRequest
+
+PROJECT_REPOSITORY = pathlib.Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def copy_configs(folder: pathlib.Path) -> pathlib.Path:
+    """A copy of the project's configs (no model.pt needed to rewrite them)."""
+    for name in ("model-v1", "model-v2", "warmup_helper"):
+        (folder / name).mkdir()
+        shutil.copy(PROJECT_REPOSITORY / name / "config.pbtxt", folder / name / "config.pbtxt")
+    return folder
+
+
+def snapshot(folder):
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def warmup_request(models=("model-v1",), group_max=3, batch_sizes=None, feature_dims=None):
+    return WarmupRequest(
+        models=tuple(models),
+        feature_dims=tuple(feature_dims or (None,) * len(models)),
+        group_sizes=range(1, group_max + 1),
+        batch_sizes=batch_sizes,
+    )
+
+
+class RecordingControl:
+    """Stands in for Triton's model control in these pure tests: it records the
+    calls and can fail a load, the way Triton answers a broken model."""
+
+    def __init__(self, ready=(), fail_load=None):
+        self.ready = set(ready)
+        self.fail_load = fail_load
+        self.calls = []
+
+    def is_ready(self, name):
+        return name in self.ready
+
+    def load(self, name, config=None):
+        self.calls.append(("load", name) if config is None else ("load", name, config))
+        if self.fail_load:
+            self.fail_load(name)
+        self.ready.add(name)
+
+
+def apply(repository, request):
+    """Plan and run ``request`` the way the helper does, with a control that loads anything."""
+    for job in plan_jobs(repository, request):
+        assert run_job(job, RecordingControl())["status"] == READY
+
+

@@ -1,0 +1,271 @@
+"""Writes that others share: the per-model lock across processes and threads,
+temp files a killed writer leaves, read-only files and a full disk."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from config_rewrite import read_config
+from repository_fixtures import PROJECT_REPOSITORY, RecordingControl, snapshot, warmup_request
+from repository_guard import (
+    LOCK_FILENAME,
+    ModelLockTimeout,
+    clean_repository,
+    model_lock,
+    remove_stale_temp_files,
+    stale_temp_files,
+    unwritable_reason,
+)
+from warmup_job import READY, plan_jobs, run_job
+
+HELPER_DIR = PROJECT_REPOSITORY / "warmup_helper" / "1"
+
+
+def python_child(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    """A Python process that can import the helper's modules."""
+    prelude = f"import sys; sys.path.insert(0, {str(HELPER_DIR)!r})\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + textwrap.dedent(code), *args], text=True, **kwargs
+    )
+
+
+@pytest.fixture
+def lock_holder(repository):
+    """Another process that holds model-v1's lock until told to let go."""
+    child = python_child(
+        f"""
+        import pathlib
+        from repository_guard import model_lock
+        with model_lock(pathlib.Path({str(repository / "model-v1")!r})):
+            print("locked", flush=True)
+            sys.stdin.readline()
+        """,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout.readline().strip() == "locked"
+    yield child
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+def release(child: subprocess.Popen) -> None:
+    child.stdin.write("\n")
+    child.stdin.flush()
+    assert child.wait(timeout=30) == 0
+
+
+def test_lock_held_by_another_process_blocks_until_it_is_released(repository, lock_holder):
+    with pytest.raises(ModelLockTimeout, match="another process"):
+        with model_lock(repository / "model-v1", timeout_s=0.3):
+            pass
+    # Another model's lock is independent.
+    with model_lock(repository / "model-v2", timeout_s=0.3) as hold:
+        assert hold is not None
+    release(lock_holder)
+    with model_lock(repository / "model-v1", timeout_s=10) as hold:
+        assert hold.held_from > 0 and hold.held_until is None
+    assert hold.held_until >= hold.held_from
+
+
+def test_lock_also_excludes_threads_of_one_process(repository):
+    holding, done = threading.Event(), threading.Event()
+
+    def hold_lock():
+        with model_lock(repository / "model-v1"):
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=hold_lock)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(ModelLockTimeout):
+            with model_lock(repository / "model-v1", timeout_s=0.2):
+                pass
+    finally:
+        done.set()
+        thread.join()
+    with model_lock(repository / "model-v1", timeout_s=1):
+        pass
+
+
+def test_run_job_waits_for_the_lock_and_plans_from_what_the_other_writer_left(repository, lock_holder):
+    path = repository / "model-v1" / "config.pbtxt"
+    (job,) = plan_jobs(repository, warmup_request(group_max=2))
+    # While the other process holds the lock it adds a hand-written sample.
+    _, config = read_config(repository / "model-v1")
+    config.model_warmup.add(name="written meanwhile", batch_size=1)
+    path.write_text(text_format.MessageToString(config))
+    release(lock_holder)
+
+    entry = run_job(job, RecordingControl())
+    assert entry["status"] == READY and entry["lock"]["waited_s"] >= 0
+    _, after = read_config(repository / "model-v1")
+    names = [sample.name for sample in after.model_warmup]
+    assert names[0] == "written meanwhile" and len(names) == 1 + 2 * 4
+
+
+def test_run_job_reports_a_lock_that_stays_taken(repository, lock_holder):
+    before = snapshot(repository)
+    (job,) = plan_jobs(repository, warmup_request())
+    control = RecordingControl()
+    entry = run_job(job, control, lock_timeout_s=0.2)
+    assert entry["status"] != READY and "stayed locked" in entry["error"]
+    assert control.calls == [] and snapshot(repository) == before
+
+
+def test_clean_repository_removes_stale_temp_files_but_not_under_a_held_lock(repository, lock_holder):
+    for name in ("model-v1", "model-v2"):
+        (repository / name / ".config.pbtxt.abc123.tmp").write_text("half a conf")
+    removed = clean_repository(repository)
+    assert removed == [str(repository / "model-v2" / ".config.pbtxt.abc123.tmp")]
+    assert stale_temp_files(repository / "model-v1")
+    release(lock_holder)
+    assert len(clean_repository(repository)) == 1
+    assert not stale_temp_files(repository / "model-v1")
+
+
+@pytest.mark.parametrize("target", ["file", "folder"])
+def test_read_only_config_is_never_written_and_loads_with_the_config_instead(repository, target):
+    model_dir = repository / "model-v1"
+    path = model_dir / "config.pbtxt"
+    os.chmod(path if target == "file" else model_dir, 0o444 if target == "file" else 0o555)
+    try:
+        before = snapshot(repository)
+        assert "read-only" in unwritable_reason(path)
+        (job,) = plan_jobs(repository, warmup_request(group_max=2))
+        control = RecordingControl()
+        entry = run_job(job, control)
+        assert entry["status"] == READY and entry["config_written"] is False
+        assert "read-only" in entry["fallback"] and "Model Loading API" in entry["fallback"]
+        # The load got the planned config, as the JSON Triton takes.
+        ((_, name, config_text),) = control.calls
+        loaded = json.loads(config_text)
+        assert name == "model-v1" and len(loaded["model_warmup"]) == 2 * 4
+        after = snapshot(repository)
+        if target == "file":
+            # The folder is writable, so the lock file may be made there.
+            assert after.pop(f"model-v1/{LOCK_FILENAME}") == b""
+        assert after == before
+    finally:
+        os.chmod(model_dir, 0o755)
+        os.chmod(path, 0o644)
+
+
+def test_model_lock_in_a_read_only_folder_creates_nothing(repository):
+    model_dir = repository / "model-v1"
+    os.chmod(model_dir, 0o555)
+    try:
+        with model_lock(model_dir) as hold:
+            assert hold is None
+        assert not (model_dir / LOCK_FILENAME).exists()
+    finally:
+        os.chmod(model_dir, 0o755)
+
+
+def test_writable_config_has_no_reason(repository):
+    assert unwritable_reason(repository / "model-v1" / "config.pbtxt") is None
+
+
+def test_sigkill_at_random_points_of_a_rewrite_leaves_the_old_or_the_new_file(repository):
+    """A writer alternates between two configs and is killed at random moments;
+    the file is always whole, and the temp files it leaves are cleaned."""
+    path = repository / "model-v1" / "config.pbtxt"
+    _, config = read_config(repository / "model-v1")
+    # Big files make each write last long enough for kills to land inside it.
+    states = []
+    for count in (1, 2):
+        bigger = model_config_pb2.ModelConfig()
+        bigger.CopyFrom(config)
+        for index in range(4000):
+            bigger.model_warmup.add(name=f"sample{index}", batch_size=1, count=count)
+        states.append(text_format.MessageToString(bigger).encode())
+    path.write_bytes(states[0])
+    state_files = [repository / f"state{index}" for index in (0, 1)]
+    for state_file, data in zip(state_files, states):
+        state_file.write_bytes(data)
+
+    rng = random.Random(20261124)
+    runs, left_temp_files = 40, 0
+    for _ in range(runs):
+        writer = python_child(
+            f"""
+            import pathlib
+            from config_rewrite import write_atomically
+            path = pathlib.Path({str(path)!r})
+            states = [pathlib.Path(p).read_bytes() for p in {[str(p) for p in state_files]!r}]
+            print("writing", flush=True)
+            index = 0
+            while True:
+                index = 1 - index
+                write_atomically(path, states[index])
+            """,
+            stdout=subprocess.PIPE,
+        )
+        assert writer.stdout.readline().strip() == "writing"
+        threading.Event().wait(rng.uniform(0, 0.05))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        assert path.read_bytes() in states
+        text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        left_temp_files += bool(stale_temp_files(path.parent))
+        with model_lock(path.parent):
+            remove_stale_temp_files(path.parent)
+        assert not stale_temp_files(path.parent)
+    print(f"{left_temp_files} of {runs} kills landed mid-write and left a temp file")
+    # Proof that the kills did land inside writes, not only between them.
+    assert left_temp_files >= 1, f"no kill of {runs} landed mid-write"
+
+
+DISK_FULL_CHILD = """
+import json, pathlib, resource, signal
+from warmup_job import plan_jobs, run_job
+from warmup_request import WarmupRequest
+
+class Control:
+    calls = []
+    def is_ready(self, name):
+        return False
+    def load(self, name, config=None):
+        self.calls.append(config is not None)
+
+repository = pathlib.Path(sys.argv[1])
+(job,) = plan_jobs(repository, WarmupRequest(("model-v1",), (None,), range(1, 33), None))
+# Files may not grow past 4 KiB from here on: writes fail with EFBIG as they
+# would with ENOSPC on a full disk. Ignore the signal the kernel sends first.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+control = Control()
+entry = run_job(job, control)
+print(json.dumps({"entry": entry, "loaded_with_config": control.calls}))
+"""
+
+
+def test_a_write_that_fails_half_way_keeps_the_old_config_and_falls_back(repository):
+    before = snapshot(repository)
+    child = python_child(
+        DISK_FULL_CHILD, str(repository), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    result = json.loads(out)
+    entry = result["entry"]
+    assert entry["status"] == READY and entry["config_written"] is False
+    assert "File too large" in entry["fallback"], entry["fallback"]
+    assert result["loaded_with_config"] == [True]
+    # The old config is whole and no temp file is left; only the lock file is new.
+    after = snapshot(repository)
+    assert after.pop(f"model-v1/{LOCK_FILENAME}") == b""
+    assert after == before
