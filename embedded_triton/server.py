@@ -301,6 +301,15 @@ class EmbeddedTriton:
             self._log_file = None
         return process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs at once, as a power cut would."""
+        if self._process is not None and self._process.poll() is None:
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._process.wait()
+
     def __enter__(self) -> "EmbeddedTriton":
         self.start()
         try:

@@ -48,6 +48,14 @@ def running_server(template: pathlib.Path, workdir: pathlib.Path, **options):
     """Serve a copy of ``template`` from ``workdir``; always stop the server."""
     repository = workdir / "model_repository"
     shutil.copytree(template, repository, symlinks=True)
+    with serving(repository, workdir, **options) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving(repository: pathlib.Path, workdir: pathlib.Path, **options):
+    """Serve ``repository`` itself (several servers may share one); logs go to ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
     server = EmbeddedTriton(
         repository,
         workdir,

@@ -106,8 +106,8 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
     """Hold the model's write lock for the ``with`` block.
 
     Yields a ``LockHold``, or ``None`` when the folder cannot hold a lock file
-    because it is read-only: then nobody can write it either, so there is
-    nothing to serialize.
+    (read-only, or the file cannot be created): then the config cannot be
+    written either, and the caller falls back to not writing it.
 
     Raises:
         ModelLockTimeout: when the lock stays taken for ``timeout_s``.
@@ -122,7 +122,11 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
     if not in_process.acquire(timeout=max(timeout_s, 0)):
         raise ModelLockTimeout(f"{lock_path} stayed locked for {timeout_s:g} s")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield None
+            return
         try:
             while True:
                 try:

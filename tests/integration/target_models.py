@@ -1,0 +1,115 @@
+"""Target models that misbehave on purpose, written into a test's repository.
+
+Real models only: a TorchScript file for the pytorch stand-in, or a Python
+backend model. Each one fails (or dawdles) in one specific way that a user's
+model can, so the tests can show what the helper does about it.
+"""
+
+import pathlib
+import shutil
+import textwrap
+
+import torch
+
+# A Python backend model with one batched input x [-1, 4] -> y [-1]. Its config
+# parameters make it slow to initialize or refuse to initialize.
+_PYTHON_MODEL = '''
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        def setting(key):
+            return parameters.get(key, {}).get("string_value", "")
+
+        time.sleep(float(setting("initialize_seconds") or 0))
+        if setting("fail_initialize") == "yes":
+            raise RuntimeError("this instance refuses to initialize")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            y = pb_utils.Tensor("y", x.sum(axis=-1).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[y]))
+        return responses
+'''
+
+_PYTHON_CONFIG = '''
+name: "{name}"
+backend: "python"
+max_batch_size: 4
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ -1, 4 ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+parameters {{ key: "initialize_seconds" value {{ string_value: "{initialize_seconds}" }} }}
+parameters {{ key: "fail_initialize" value {{ string_value: "{fail_initialize}" }} }}
+'''
+
+
+def write_python_target(
+    repository: pathlib.Path, name: str, initialize_seconds: float = 0, fail_initialize: bool = False
+) -> pathlib.Path:
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "model.py").write_text(_PYTHON_MODEL)
+    (model_dir / "config.pbtxt").write_text(
+        textwrap.dedent(_PYTHON_CONFIG).format(
+            name=name,
+            initialize_seconds=initialize_seconds,
+            fail_initialize="yes" if fail_initialize else "no",
+        )
+    )
+    return model_dir
+
+
+def copy_example_config(repository: pathlib.Path, example: str, name: str) -> pathlib.Path:
+    """A new model folder with ``example``'s config under a new name, no model file."""
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    config = (repository / example / "config.pbtxt").read_text()
+    (model_dir / "config.pbtxt").write_text(config.replace(f'name: "{example}"', f'name: "{name}"'))
+    return model_dir
+
+
+class _PickyEncoder(torch.nn.Module):
+    """Refuses groups larger than ``largest_group``, as a model with a fixed
+    maximum sequence length does."""
+
+    def __init__(self, largest_group: int):
+        super().__init__()
+        self.largest_group = largest_group
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if x.size(1) > self.largest_group:
+            raise RuntimeError("group size above the model's maximum")
+        return x[:, 0, :16] * mask[:, :1].to(x.dtype)
+
+
+def write_picky_model(repository: pathlib.Path, name: str, largest_group: int) -> pathlib.Path:
+    """model-v1's interface; TorchScript that raises for groups above ``largest_group``."""
+    model_dir = copy_example_config(repository, "model-v1", name)
+    torch.jit.script(_PickyEncoder(largest_group)).save(str(model_dir / "1" / "model.pt"))
+    return model_dir
+
+
+def write_model_without_file(repository: pathlib.Path, name: str) -> pathlib.Path:
+    return copy_example_config(repository, "model-v1", name)
+
+
+def write_corrupt_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    model_dir = copy_example_config(repository, "model-v1", name)
+    (model_dir / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
+    return model_dir
+
+
+def copy_model(repository: pathlib.Path, example: str, name: str) -> pathlib.Path:
+    """``example`` under a new name, model file included."""
+    model_dir = copy_example_config(repository, example, name)
+    shutil.copy(repository / example / "1" / "model.pt", model_dir / "1" / "model.pt")
+    return model_dir
