@@ -1,0 +1,152 @@
+"""Triggers at the same time: many on one server, two servers sharing one
+repository (replicas on a shared volume), and a trigger while a model is
+still loading. Every request is answered, no config ends with duplicated
+entries, and the files equal what a single request writes."""
+
+import collections
+import concurrent.futures
+import shutil
+import threading
+import time
+
+import pytest
+import tritonclient.http as httpclient
+
+from config_rewrite import read_config
+from live_server import (
+    EXAMPLE_MODELS,
+    load_windows,
+    model_states,
+    repository_snapshot,
+    send_warmup,
+    serving,
+    warmup_inputs,
+)
+from target_models import write_python_target
+from warmup_plan import GENERATED_PREFIX
+
+# Two servers start; each loads three models once; the slow model loads twice.
+MODULE_TIMEOUT_S = 300
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+GROUP_MAX = 2
+BATCH_SIZES = [1, 2]
+PARALLEL_REQUESTS = 8
+SLOW_INITIALIZE_S = 4
+
+
+def plan(models):
+    return warmup_inputs(models, 1, GROUP_MAX, batch_sizes=BATCH_SIZES)
+
+
+@pytest.fixture(scope="module")
+def shared_repository(template_repository, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("shared") / "model_repository"
+    shutil.copytree(template_repository, repository)
+    write_python_target(repository, "slow-to-load", initialize_seconds=SLOW_INITIALIZE_S)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def servers(shared_repository, tmp_path_factory):
+    """Two servers, as two replicas, on the same repository folder."""
+    workdir = tmp_path_factory.mktemp("replicas")
+    with serving(shared_repository, workdir / "a") as first, serving(shared_repository, workdir / "b") as second:
+        yield first, second
+
+
+def assert_configs_hold_one_plan(repository, models):
+    """Each config parses and holds every planned sample exactly once."""
+    for model in models:
+        _, config = read_config(repository / model)
+        names = [sample.name for sample in config.model_warmup]
+        duplicated = [name for name, seen in collections.Counter(names).items() if seen > 1]
+        assert not duplicated, f"{model}: {duplicated}"
+        generated = [name for name in names if name.startswith(GENERATED_PREFIX)]
+        assert len(generated) == GROUP_MAX * len(BATCH_SIZES), f"{model}: {names}"
+
+
+def test_two_servers_on_one_volume_take_turns_per_model(servers, shared_repository):
+    first, second = servers
+    barrier = threading.Barrier(2)
+
+    def trigger(server, protocol):
+        barrier.wait()
+        return send_warmup(server, protocol, plan(EXAMPLE_MODELS))
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(trigger, servers, ["http", "grpc"]))
+
+    for loaded, report in results:
+        assert loaded == EXAMPLE_MODELS, report
+    # The lock file serialized the writers: for each model, one server's hold
+    # ended before the other's began.
+    for index, model in enumerate(EXAMPLE_MODELS):
+        holds = sorted(
+            (report["models"][index]["lock"] for _, report in results), key=lambda hold: hold["held_from"]
+        )
+        assert holds[0]["held_until"] <= holds[1]["held_from"], (model, holds)
+    # The second writer found the plan written and wrote nothing.
+    for index in range(len(EXAMPLE_MODELS)):
+        written = [report["models"][index]["config_written"] for _, report in results]
+        assert sorted(written) == [False, True]
+    assert_configs_hold_one_plan(shared_repository, EXAMPLE_MODELS)
+    for server in servers:
+        states = model_states(server)
+        assert all(states[model] == "READY" for model in EXAMPLE_MODELS)
+
+
+def test_parallel_triggers_on_one_server_all_get_answers(servers, shared_repository):
+    server = servers[0]
+    # Overlapping subsets of the models, over both protocols.
+    subsets = [EXAMPLE_MODELS[index % 3 :] + EXAMPLE_MODELS[: index % 3] for index in range(PARALLEL_REQUESTS)]
+    subsets = [subset[: 1 + index % 3] for index, subset in enumerate(subsets)]
+    protocols = ["http", "grpc"] * (PARALLEL_REQUESTS // 2)
+
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
+        futures = [
+            pool.submit(send_warmup, server, protocol, plan(subset))
+            for subset, protocol in zip(subsets, protocols)
+        ]
+        results = [future.result() for future in futures]
+
+    for subset, (loaded, report) in zip(subsets, results):
+        assert loaded == subset and not report["failed"], report
+    assert_configs_hold_one_plan(shared_repository, EXAMPLE_MODELS)
+    # The files are what a single request writes: one more changes nothing.
+    before = repository_snapshot(shared_repository)
+    loaded, report = send_warmup(server, "http", plan(EXAMPLE_MODELS))
+    assert not any(entry["config_changed"] for entry in report["models"])
+    assert repository_snapshot(shared_repository) == before
+
+
+def test_trigger_while_the_model_is_loading_waits_then_loads_its_plan(servers, shared_repository):
+    """Triton loads one model at a time: the trigger's load starts when the
+    load in progress ends, and the model becomes READY with the plan."""
+    server = servers[1]
+    first_load = {}
+
+    def load_directly():
+        with httpclient.InferenceServerClient(server.http_url, network_timeout=120) as client:
+            client.load_model("slow-to-load")
+        first_load["ended"] = time.time()
+
+    loader = threading.Thread(target=load_directly)
+    loader.start()
+    deadline = time.monotonic() + 30
+    while model_states(server).get("slow-to-load") != "LOADING":
+        assert time.monotonic() < deadline, "the direct load never started"
+        time.sleep(0.1)
+
+    loaded, report = send_warmup(server, "grpc", plan(["slow-to-load"]))
+    answered = time.time()
+    loader.join()
+
+    assert loaded == ["slow-to-load"] and report["models"][0]["config_written"] is True
+    first, second = load_windows(server, "slow-to-load")
+    assert first[1] <= second[0] <= second[1] <= answered
+    assert first_load["ended"] <= answered
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        served = client.get_model_config("slow-to-load")
+    assert len(served["model_warmup"]) == GROUP_MAX * len(BATCH_SIZES)
