@@ -112,11 +112,16 @@ def is_unreachable(error: Exception) -> bool:
     """Whether ``error`` means no server answered (rather than a refusal).
 
     HTTP raises an ``OSError`` (connection refused) when nothing listens; gRPC
-    raises ``InferenceServerException`` with status UNAVAILABLE.
+    raises ``InferenceServerException`` with status UNAVAILABLE. Triton also
+    answers a gRPC call that lacks a restricted protocol's header with
+    UNAVAILABLE ("This protocol is restricted, expecting header ..."): that
+    server is there, so it counts as a refusal.
     """
     if isinstance(error, OSError):
         return True
-    return isinstance(error, InferenceServerException) and "UNAVAILABLE" in str(error.status())
+    if not isinstance(error, InferenceServerException):
+        return False
+    return "UNAVAILABLE" in str(error.status()) and "restricted" not in (error.message() or "")
 
 
 def server_is_live(client, headers: Optional[Dict[str, str]] = None) -> bool:

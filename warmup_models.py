@@ -153,18 +153,20 @@ class StateWatcher(threading.Thread):
 
     def run(self) -> None:
         last = None
-        while not self.done.wait(_POLL_INTERVAL_S):
+        # Poll at once, then every interval until stopped.
+        while True:
             states = self.states()
-            if not states:
-                continue
-            text = ", ".join(f"{name} {state}" for name, state in states.items())
-            if self.plain:
-                if text != last:
-                    elapsed = time.monotonic() - self.started
-                    print(f"[{elapsed:6.1f}s] {text}", file=self.stream, flush=True)
-            else:
-                self.bar.set_description_str(text)
-            last = text
+            if states:
+                text = ", ".join(f"{name} {state}" for name, state in states.items())
+                if self.plain:
+                    if text != last:
+                        elapsed = time.monotonic() - self.started
+                        print(f"[{elapsed:6.1f}s] {text}", file=self.stream, flush=True)
+                else:
+                    self.bar.set_description_str(text)
+                last = text
+            if self.done.wait(_POLL_INTERVAL_S):
+                return
 
     def stop(self) -> None:
         self.done.set()

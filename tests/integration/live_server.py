@@ -134,9 +134,9 @@ def warmup_inputs(
     return inputs
 
 
-def model_states(server: EmbeddedTriton) -> Dict[str, str]:
+def model_states(server: EmbeddedTriton, headers: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     with httpclient.InferenceServerClient(server.http_url) as client:
-        index = client.get_model_repository_index()
+        index = client.get_model_repository_index(headers=headers)
     return {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
 
 

@@ -1,6 +1,8 @@
 """Bad requests get a clear error naming the input, and nothing on disk changes;
 a model whose load fails is reported, its config restored, the others warmed."""
 
+import shutil
+
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -33,6 +35,12 @@ def server(template_repository, tmp_path_factory):
         config = (repository / "model-v1" / "config.pbtxt").read_text()
         (broken / "config.pbtxt").write_text(config.replace('name: "model-v1"', 'name: "broken-model"'))
         (broken / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
+        # A complete, valid model that lies outside the repository, reached
+        # through a symlink inside it, and one in a hidden folder.
+        outside = server.workdir / "outside" / "escaped"
+        shutil.copytree(repository / "model-v1", outside)
+        (repository / "escaped").symlink_to(outside, target_is_directory=True)
+        shutil.copytree(repository / "model-v1", repository / ".hidden-model")
         yield server
 
 
@@ -64,6 +72,8 @@ BAD_REQUESTS = {
     "path": ({**GOOD, "MODELS": names("model-v1/1")}, "MODELS"),
     "absolute path": ({**GOOD, "MODELS": names("/etc")}, "MODELS"),
     "helper itself": ({**GOOD, "MODELS": names("warmup_helper")}, "MODELS"),
+    "symlink to a folder outside": ({**GOOD, "MODELS": names("escaped")}, "MODELS"),
+    "hidden folder": ({**GOOD, "MODELS": names(".hidden-model")}, "MODELS"),
     "no config.pbtxt": ({**GOOD, "MODELS": names("model-v1", "no-config")}, "MODELS"),
     "unparsable config.pbtxt": ({**GOOD, "MODELS": names("bad-config")}, "MODELS"),
     "not UTF-8": ({**GOOD, "MODELS": names(b"\xff\xfe")}, "MODELS"),
