@@ -22,7 +22,7 @@ EXAMPLES_PER_PROTOCOL = int(os.environ.get("FUZZ_EXAMPLES", "260"))
 # Server start plus a few ms per case.
 MODULE_TIMEOUT_S = 120 + EXAMPLES_PER_PROTOCOL
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 INPUTS = REQUIRED_INPUTS + OPTIONAL_INPUTS
 INT64_MAX = 2**63 - 1
