@@ -175,6 +175,25 @@ class StateWatcher(threading.Thread):
         self.client.close()
 
 
+def config_cell(entry: Dict) -> str:
+    """What happened to the model's config.pbtxt."""
+    if entry.get("fallback"):
+        return "not written"
+    if entry.get("config_restored"):
+        return "restored"
+    return "rewritten" if entry.get("config_written", entry["config_changed"]) else "unchanged"
+
+
+def notes_cell(entry: Dict) -> str:
+    """The error, or why the config went to the load API instead of the file."""
+    if entry.get("error"):
+        return entry["error"]
+    if entry.get("fallback"):
+        # The reason comes before the first ';' of the helper's explanation.
+        return "loaded with the planned config: " + entry["fallback"].split(";")[0]
+    return ""
+
+
 def format_table(entries: List[Dict]) -> str:
     header = ("model", "status", "samples", "runs", "instances", "seconds", "config", "error")
     rows = [header]
@@ -188,8 +207,8 @@ def format_table(entries: List[Dict]) -> str:
                 str(entry["count"]),
                 str(entry["instances"]),
                 "-" if seconds is None else f"{seconds:.2f}",
-                "rewritten" if entry["config_changed"] else "unchanged",
-                entry.get("error") or "",
+                config_cell(entry),
+                notes_cell(entry),
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]

@@ -43,13 +43,19 @@ def test_table_lists_each_model_with_its_error():
         {"name": "model-v1", "status": "READY", "warmup_samples": 16, "count": 3, "instances": 1,
          "seconds_to_ready": 2.5, "config_changed": True, "error": None},
         {"name": "broken", "status": "FAILED", "warmup_samples": 4, "count": 3, "instances": 2,
-         "seconds_to_ready": None, "config_changed": True, "error": "load failed: bad file"},
+         "seconds_to_ready": None, "config_changed": True, "config_written": True,
+         "config_restored": True, "error": "load failed: bad file"},
+        {"name": "read-only", "status": "READY", "warmup_samples": 4, "count": 3, "instances": 1,
+         "seconds_to_ready": 1.0, "config_changed": True, "config_written": False, "error": None,
+         "fallback": "/m/read-only/config.pbtxt is read-only (mode 0444); loaded with ..."},
     ]
     lines = warmup_models.format_table(entries).splitlines()
     assert lines[0].split() == ["model", "status", "samples", "runs", "instances", "seconds", "config", "error"]
     assert lines[2].split() == ["model-v1", "READY", "16", "3", "1", "2.50", "rewritten"]
-    assert lines[3].split()[:7] == ["broken", "FAILED", "4", "3", "2", "-", "rewritten"]
+    assert lines[3].split()[:7] == ["broken", "FAILED", "4", "3", "2", "-", "restored"]
     assert lines[3].endswith("load failed: bad file")
+    assert lines[4].split()[:8] == ["read-only", "READY", "4", "3", "1", "1.00", "not", "written"]
+    assert lines[4].endswith("loaded with the planned config: /m/read-only/config.pbtxt is read-only (mode 0444)")
 
 
 def test_model_states_fill_in_models_never_loaded():

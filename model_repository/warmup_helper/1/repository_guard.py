@@ -68,37 +68,34 @@ def _thread_lock(path: pathlib.Path) -> threading.Lock:
         return _thread_locks.setdefault(str(path.resolve()), threading.Lock())
 
 
-def folder_unwritable_reason(folder: pathlib.Path) -> Optional[str]:
-    """Why nothing may be created in ``folder``, or ``None`` if it may."""
-    try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return f"{folder} is on a read-only file system"
-        mode = folder.stat().st_mode
-    except OSError as error:
-        return f"{folder} cannot be inspected: {error}"
-    if not mode & _WRITE_BITS:
-        return f"folder {folder} is read-only (mode {stat.S_IMODE(mode):04o})"
-    if not os.access(folder, os.W_OK):
-        return f"no permission to write in {folder}"
-    return None
-
-
-def unwritable_reason(path: pathlib.Path) -> Optional[str]:
-    """Why the helper must not replace the file ``path``, or ``None`` if it may."""
-    reason = folder_unwritable_reason(path.parent)
-    if reason is not None:
-        return reason
+def _permission_reason(path: pathlib.Path, kind: str) -> Optional[str]:
+    """Why ``path`` (a ``kind``: file or folder) may not be written, or ``None``."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return None
     except OSError as error:
-        return f"{path} cannot be inspected: {error}"
+        return f"{kind} {path} cannot be inspected: {error}"
     if not mode & _WRITE_BITS:
-        return f"{path} is read-only (mode {stat.S_IMODE(mode):04o})"
+        return f"{kind} {path} is read-only (mode {stat.S_IMODE(mode):04o})"
     if not os.access(path, os.W_OK):
-        return f"no permission to write {path}"
+        return f"no permission to write {kind} {path}"
     return None
+
+
+def folder_unwritable_reason(folder: pathlib.Path) -> Optional[str]:
+    """Why nothing may be created in ``folder``, or ``None`` if it may."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only file system"
+    except OSError as error:
+        return f"folder {folder} cannot be inspected: {error}"
+    return _permission_reason(folder, "folder")
+
+
+def unwritable_reason(path: pathlib.Path) -> Optional[str]:
+    """Why the helper must not replace the file ``path``, or ``None`` if it may."""
+    return folder_unwritable_reason(path.parent) or _permission_reason(path, "file")
 
 
 @contextlib.contextmanager
