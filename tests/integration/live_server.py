@@ -20,6 +20,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import np_to_triton_dtype
 
 from embedded_triton import EmbeddedTriton
@@ -71,6 +73,17 @@ def serving(repository: pathlib.Path, workdir: pathlib.Path, **options):
         yield server
     finally:
         server.stop()
+
+
+def template_with_helper_parameters(template: pathlib.Path, destination: pathlib.Path, **parameters: str):
+    """A copy of ``template`` whose warmup_helper config sets ``parameters``."""
+    shutil.copytree(template, destination)
+    helper_config = destination / "warmup_helper" / "config.pbtxt"
+    config = text_format.Parse(helper_config.read_text(), model_config_pb2.ModelConfig())
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    helper_config.write_text(text_format.MessageToString(config))
+    return destination
 
 
 def client_for(server: EmbeddedTriton, protocol: str):

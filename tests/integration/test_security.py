@@ -4,16 +4,20 @@ only the models on its allow-list, and a smaller plan cap, all set in the
 helper's config.pbtxt. A default server shows the same requests without the
 allow-list."""
 
-import shutil
-
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from live_server import model_states, repository_snapshot, run_script, running_server, send_warmup, warmup_inputs
+from live_server import (
+    model_states,
+    repository_snapshot,
+    run_script,
+    running_server,
+    send_warmup,
+    template_with_helper_parameters,
+    warmup_inputs,
+)
 
 # Two servers start; three loads.
 MODULE_TIMEOUT_S = 180
@@ -33,13 +37,12 @@ PLAN_CAP = 6
 @pytest.fixture(scope="module")
 def locked(template_repository, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("locked")
-    template = workdir / "template"
-    shutil.copytree(template_repository, template)
-    helper_config = template / "warmup_helper" / "config.pbtxt"
-    config = text_format.Parse(helper_config.read_text(), model_config_pb2.ModelConfig())
-    config.parameters["allowed_models"].string_value = ",".join(ALLOWED)
-    config.parameters["max_warmup_samples"].string_value = str(PLAN_CAP)
-    helper_config.write_text(text_format.MessageToString(config))
+    template = template_with_helper_parameters(
+        template_repository,
+        workdir / "template",
+        allowed_models=",".join(ALLOWED),
+        max_warmup_samples=str(PLAN_CAP),
+    )
     with running_server(template, workdir / "server", extra_args=RESTRICTED_FLAGS) as server:
         yield server
 
