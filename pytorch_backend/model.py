@@ -19,11 +19,16 @@ It behaves like the native backend wherever warmup can tell:
 * the parameters ``INTRA_OP_THREAD_COUNT`` and
   ``DISABLE_OPTIMIZED_EXECUTION`` mean what they mean natively.
 
+The parameter ``STANDIN_EXECUTION: per_request`` runs one forward per request
+instead; it exists only so that the benchmark can compare the two
+(bench/warmup_benchmark.py, "Batched execution").
+
 Each executed batch is logged at verbose level. When the environment names a
-file in ``PYTORCH_STANDIN_RECORD``, each batch is also appended there as a
-JSON line with the stub's own clock, before the forward runs: the log reaches
-the server's log file asynchronously, so only this record proves that a
-warmup shape ran before Triton logged the model as loaded.
+file in ``PYTORCH_STANDIN_RECORD``, each forward is also appended there as a
+JSON line: ``time`` (the stub's clock when the forward began), ``seconds``
+(how long it ran), the instance, model, request count and shapes. The log
+reaches the server's log file asynchronously, so only this record proves that
+a warmup shape ran before Triton logged the model as loaded.
 """
 
 import importlib
@@ -74,6 +79,7 @@ class TritonPythonModel:
         self.instance_name = args.get("model_instance_name", self.model_name)
         self.max_batch_size = int(self.config.get("max_batch_size", 0))
         self.record_path = os.environ.get("PYTORCH_STANDIN_RECORD")
+        self.per_request = _parameter(self.config, "STANDIN_EXECUTION") == "per_request"
 
         threads = _parameter(self.config, "INTRA_OP_THREAD_COUNT")
         if threads:
@@ -154,16 +160,17 @@ class TritonPythonModel:
             output_tensors=[], error=pb_utils.TritonError(message)
         )
 
-    def _log_batch(self, arrays, request_count):
+    def _log_batch(self, arrays, request_count, started, seconds):
         shapes = {name: list(array.shape) for name, array in zip(self.input_names, arrays)}
         pb_utils.Logger.log_verbose(
-            f"pytorch stand-in: '{self.instance_name}' runs {request_count} request(s) "
+            f"pytorch stand-in: '{self.instance_name}' ran {request_count} request(s) "
             "in one forward: " + " ".join(f"{name}{shape}" for name, shape in shapes.items())
         )
         if self.record_path:
             line = json.dumps(
                 {
-                    "time": time.time(),
+                    "time": started,
+                    "seconds": seconds,
                     "instance": self.instance_name,
                     "model": self.model_name,
                     "requests": request_count,
@@ -186,9 +193,10 @@ class TritonPythonModel:
             else:
                 request_arrays[index] = [tensor.as_numpy() for tensor in tensors]
 
-        if self.max_batch_size == 0:
+        if self.max_batch_size == 0 or self.per_request:
             # Without batching each request's first dim is a model dim, not a
-            # batch dim, so requests cannot be concatenated.
+            # batch dim, so requests cannot be concatenated. (per_request:
+            # the benchmark's comparison, see the module docstring.)
             groups = [[index] for index in request_arrays]
         else:
             batch, reference = [], None
@@ -213,13 +221,15 @@ class TritonPythonModel:
                     np.concatenate([request_arrays[index][position] for index in group])
                     for position in range(len(self.input_names))
                 ]
-            self._log_batch(arrays, len(group))
+            started, clock = time.time(), time.perf_counter()
             try:
                 outputs = self._forward(arrays)
             except Exception as error:  # noqa: BLE001 - every request gets an answer
+                self._log_batch(arrays, len(group), started, time.perf_counter() - clock)
                 for index in group:
                     responses[index] = self._error(f"{self.model_name}: forward failed: {error}")
                 continue
+            self._log_batch(arrays, len(group), started, time.perf_counter() - clock)
             if self.max_batch_size == 0:
                 responses[group[0]] = self._response(outputs)
                 continue

@@ -26,7 +26,7 @@ from repository_guard import (
     stale_temp_files,
     unwritable_reason,
 )
-from warmup_job import READY, plan_jobs, run_job
+from warmup_job import READY, plan_jobs, run_job, run_jobs
 
 HELPER_DIR = PROJECT_REPOSITORY / "warmup_helper" / "1"
 
@@ -269,3 +269,49 @@ def test_a_write_that_fails_half_way_keeps_the_old_config_and_falls_back(reposit
     after = snapshot(repository)
     assert after.pop(f"model-v1/{LOCK_FILENAME}") == b""
     assert after == before
+
+
+class BarrierControl(RecordingControl):
+    """Each load waits until ``parties`` loads are under way at once."""
+
+    def __init__(self, parties):
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=10)
+
+    def load(self, name, config=None):
+        self.barrier.wait()
+        super().load(name, config)
+
+
+def test_run_jobs_loads_models_in_parallel_and_keeps_their_order(repository):
+    jobs = plan_jobs(repository, warmup_request(models=("model-v2", "model-v1"), feature_dims=(128, 64)))
+    # Both loads must be in flight together, or the barrier breaks.
+    entries = run_jobs(jobs, BarrierControl(parties=2), max_parallel=2)
+    assert [entry["name"] for entry in entries] == ["model-v2", "model-v1"]
+    assert all(entry["status"] == READY for entry in entries)
+
+
+class OverlapControl(RecordingControl):
+    """Counts how many loads are under way at once; each lasts 0.2 s."""
+
+    def __init__(self):
+        super().__init__()
+        self.active = self.most = 0
+        self.guard = threading.Lock()
+
+    def load(self, name, config=None):
+        with self.guard:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        threading.Event().wait(0.2)
+        with self.guard:
+            self.active -= 1
+        super().load(name, config)
+
+
+def test_run_jobs_one_at_a_time_when_asked(repository):
+    jobs = plan_jobs(repository, warmup_request(models=("model-v2", "model-v1"), feature_dims=(128, 64)))
+    control = OverlapControl()
+    entries = run_jobs(jobs, control, max_parallel=1)
+    assert [entry["status"] for entry in entries] == [READY, READY]
+    assert control.most == 1

@@ -25,7 +25,7 @@ from model_loading import (
     server_argv,
 )
 from repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
-from warmup_job import PlanSettings, build_report, plan_jobs, run_job
+from warmup_job import PlanSettings, build_report, plan_jobs, run_jobs
 from warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from warmup_request import (
     OPTIONAL_INPUTS,
@@ -104,6 +104,7 @@ class TritonPythonModel:
             parameters, "lock_timeout_s", int(DEFAULT_LOCK_TIMEOUT_S)
         )
         self.allowed_models = parse_allowed_models(_parameter(parameters, "allowed_models"))
+        self.max_parallel_loads = _int_parameter(parameters, "max_parallel_loads", 4)
         self.logger = pb_utils.Logger
 
         # The stub's parent process is the tritonserver that runs it.
@@ -124,6 +125,10 @@ class TritonPythonModel:
             )
         except ValueError as error:
             raise pb_utils.TritonModelException(f"warmup_helper config parameter: {error}") from None
+        if isinstance(self.control, BlsModelControl):
+            # pb_utils.load_model calls from one stub ran one after another
+            # anyway; the HTTP endpoint is what loads models in parallel.
+            self.max_parallel_loads = 1
 
         removed = clean_repository(self.repository)
         if removed:
@@ -133,6 +138,7 @@ class TritonPythonModel:
         self.logger.log_info(
             f"{self.model_name}: repository {self.repository}, {self.settings}, "
             f"allowed_models {sorted(self.allowed_models) if self.allowed_models else 'all'}, "
+            f"max_parallel_loads {self.max_parallel_loads}, "
             f"loads through {self.control.description}"
         )
 
@@ -140,6 +146,7 @@ class TritonPythonModel:
         return [self._handle(request) for request in requests]
 
     def _handle(self, request):
+        plan_started = time.monotonic()
         try:
             inputs = {}
             for name in REQUIRED_INPUTS + OPTIONAL_INPUTS:
@@ -157,25 +164,26 @@ class TritonPythonModel:
                 "INTERNAL",
             )
 
+        plan_s = round(time.monotonic() - plan_started, 6)
         started = time.monotonic()
-        entries = []
         for job in jobs:
             self.logger.log_info(
                 f"{self.model_name}: loading '{job.name}' with {job.samples} warmup samples "
                 f"x {job.count} runs on {job.instances} instance(s)"
                 + ("" if job.rewrite.changed else " (config unchanged)")
             )
-            entry = run_job(job, self.control, self.lock_timeout_s)
+        # Loads run in worker threads; logging stays on this thread.
+        entries = run_jobs(jobs, self.control, self.lock_timeout_s, self.max_parallel_loads)
+        for entry in entries:
             if entry["fallback"]:
-                self.logger.log_warn(f"{self.model_name}: '{job.name}': {entry['fallback']}")
+                self.logger.log_warn(f"{self.model_name}: '{entry['name']}': {entry['fallback']}")
             if entry["error"]:
-                self.logger.log_error(f"{self.model_name}: '{job.name}' failed: {entry['error']}")
+                self.logger.log_error(f"{self.model_name}: '{entry['name']}' failed: {entry['error']}")
             else:
                 self.logger.log_info(
-                    f"{self.model_name}: '{job.name}' READY after {entry['seconds_to_ready']} s"
+                    f"{self.model_name}: '{entry['name']}' READY after {entry['seconds_to_ready']} s"
                 )
-            entries.append(entry)
-        report = build_report(entries, round(time.monotonic() - started, 3))
+        report = build_report(entries, round(time.monotonic() - started, 3), plan_s)
 
         loaded = np.array([name.encode("utf-8") for name in report["loaded"]], dtype=np.object_)
         report_json = np.array([json.dumps(report).encode("utf-8")], dtype=np.object_)

@@ -6,6 +6,7 @@ argument (``model_loading.HttpModelControl`` or ``pb_utils`` inside Triton),
 which keeps this module free of Triton imports.
 """
 
+import concurrent.futures
 import dataclasses
 import pathlib
 import time
@@ -187,6 +188,9 @@ def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_T
         "seconds_to_ready": None,
         "lock": None,
         "error": None,
+        # Where the time went: the helper's own work (re-planning under the
+        # lock, writing the file) and Triton's load, warmup included.
+        "timings": {"replan_s": 0.0, "write_s": 0.0, "load_s": 0.0},
     }
     started = time.monotonic()
     try:
@@ -199,7 +203,9 @@ def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_T
                 if hold is not None:
                     entry["stale_temp_files_removed"] = remove_stale_temp_files(job.model_dir)
                     # Another writer may have changed the file while we waited.
+                    replan_started = time.monotonic()
                     job = job.replan()
+                    entry["timings"]["replan_s"] = _since(replan_started)
                     entry["config_changed"] = job.rewrite.changed
                 _load(job, control, entry, was_ready)
             finally:
@@ -215,11 +221,38 @@ def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_T
     return entry
 
 
+def run_jobs(
+    jobs: List[ModelWarmupJob],
+    control,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    max_parallel: int = 1,
+) -> List[Dict]:
+    """``run_job`` for every job, up to ``max_parallel`` at once; entries in job order.
+
+    Triton loads different models in parallel when their load requests arrive
+    together (measured: three models in 2.5-4.1 s instead of 6.1 s one after
+    another, README "Parallel loads"); each job holds only its own model's
+    lock, so jobs for different models do not wait for each other.
+    """
+    if max_parallel <= 1 or len(jobs) <= 1:
+        return [run_job(job, control, lock_timeout_s) for job in jobs]
+    with concurrent.futures.ThreadPoolExecutor(min(max_parallel, len(jobs))) as pool:
+        return list(pool.map(lambda job: run_job(job, control, lock_timeout_s), jobs))
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 6)
+
+
 def _load(job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool]) -> None:
+    write_started = time.monotonic()
     config_override = _write_or_fall_back(job.rewrite, entry)
+    entry["timings"]["write_s"] = _since(write_started)
+    load_started = time.monotonic()
     try:
         control.load(job.name, config=config_override)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
+        entry["timings"]["load_s"] = _since(load_started)
         entry["error"] = f"load failed: {error}"
         try:
             job.rewrite.restore()
@@ -229,13 +262,19 @@ def _load(job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool]) 
             entry["config_restored"] = entry["config_written"]
         entry["serving_previous_version"] = was_ready
         return
+    entry["timings"]["load_s"] = _since(load_started)
     entry["status"] = READY
 
 
-def build_report(entries: List[Dict], seconds_total: Optional[float] = None) -> Dict:
+def build_report(
+    entries: List[Dict], seconds_total: Optional[float] = None, plan_s: Optional[float] = None
+) -> Dict:
+    """The REPORT output; ``plan_s`` is the time spent checking the request
+    and planning every model before the first write."""
     return {
         "models": entries,
         "loaded": [entry["name"] for entry in entries if entry["status"] == READY],
         "failed": [entry["name"] for entry in entries if entry["status"] != READY],
         "seconds_total": seconds_total,
+        "plan_s": plan_s,
     }
