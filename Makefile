@@ -10,7 +10,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt
 
-.PHONY: run test unit integration test-faults venv models clean
+.PHONY: run test unit integration test-faults bench venv models clean
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ integration: venv
 # The full fault battery: 20 SIGKILL runs and 1000 fuzzed requests per protocol.
 test-faults: venv
 	WARMUP_KILL_RUNS=20 FUZZ_EXAMPLES=1000 $(PY) -m pytest -m faults tests/integration/test_sigkill.py tests/integration/test_fuzz_requests.py
+
+# Cold vs seed-style vs this project's warmup, cost, scaling (a few minutes);
+# results in bench/results/.
+bench: venv models
+	$(PY) bench/warmup_benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(MODELS)

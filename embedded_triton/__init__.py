@@ -9,6 +9,7 @@ from embedded_triton.server import (
     EmbeddedTriton,
     TritonNotFoundError,
     TritonStartError,
+    free_port,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "EmbeddedTriton",
     "TritonNotFoundError",
     "TritonStartError",
+    "free_port",
 ]

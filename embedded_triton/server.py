@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -124,6 +125,13 @@ def server_environment(install: TritonInstall, base: Optional[Dict[str, str]] = 
         libraries.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
     return env
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for servers started side by side)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def server_options(

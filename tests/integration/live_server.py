@@ -12,7 +12,6 @@ import json
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -24,7 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import np_to_triton_dtype
 
-from embedded_triton import EmbeddedTriton
+from embedded_triton import EmbeddedTriton, free_port
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROJECT_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -37,12 +36,6 @@ WARMUP_REQUEST_TIMEOUT_S = 300
 # The pytorch stand-in appends every forward to this file in the server's
 # workdir (PYTORCH_STANDIN_RECORD), stamped with the stub's clock.
 STANDIN_RECORD = "standin_record.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

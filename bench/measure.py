@@ -1,0 +1,269 @@
+"""Measuring one embedded Triton: bring a model to READY in a given warmup
+condition, then time requests at each shape, client-side and server-side.
+
+Used by warmup_benchmark.py; kept apart so that the script reads as the list
+of measurements it makes.
+"""
+
+import concurrent.futures
+import dataclasses
+import json
+import pathlib
+import statistics
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tritonclient.http as httpclient
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "model_repository" / "warmup_helper" / "1")]
+
+from config_rewrite import read_config, render_config, write_atomically  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+from warmup_plan import plan_warmup  # noqa: E402
+
+HELPER = "warmup_helper"
+# Loads of three models with many samples take seconds to minutes here.
+REQUEST_TIMEOUT_S = 900
+
+COLD = "cold"
+SEED_STYLE = "seed-style"
+PROJECT = "project"
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    group: int
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return f"g{self.group}xb{self.batch}"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+class Session:
+    """One client session against the server that serves ``repository``."""
+
+    def __init__(self, http_url: str, repository: pathlib.Path, record: pathlib.Path):
+        self.http_url = http_url
+        self.repository = repository
+        self.record = record
+        self.client = httpclient.InferenceServerClient(
+            http_url, connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S
+        )
+        # Every condition starts from the model's config without warmup.
+        self.bare_configs: Dict[str, model_config_pb2.ModelConfig] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- configs and loads -------------------------------------------------
+
+    def bare_config(self, model: str) -> model_config_pb2.ModelConfig:
+        if model not in self.bare_configs:
+            _, config = read_config(self.repository / model)
+            del config.model_warmup[:]
+            self.bare_configs[model] = config
+        copy = model_config_pb2.ModelConfig()
+        copy.CopyFrom(self.bare_configs[model])
+        return copy
+
+    def write_config(self, model: str, config: model_config_pb2.ModelConfig) -> None:
+        write_atomically(self.repository / model / "config.pbtxt", render_config(config))
+
+    def unload(self, models: Sequence[str]) -> None:
+        """Unload and wait until Triton no longer lists the models as loaded,
+        so that the next load starts fresh stub processes."""
+        for model in models:
+            self.client.unload_model(model)
+        deadline = time.monotonic() + 120
+        while any(self.state(model) not in ("UNAVAILABLE", "") for model in models):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{models} did not unload")
+            time.sleep(0.1)
+
+    def state(self, model: str) -> str:
+        for entry in self.client.get_model_repository_index():
+            if entry["name"] == model:
+                return entry.get("state", "")
+        return ""
+
+    def load_with_config(self, model: str, config: model_config_pb2.ModelConfig) -> float:
+        """Write ``config`` and load the model directly; seconds to READY."""
+        self.write_config(model, config)
+        started = time.perf_counter()
+        self.client.load_model(model)
+        return time.perf_counter() - started
+
+    def trigger(
+        self,
+        models: Sequence[str],
+        group_max: int,
+        batch_sizes: Optional[Sequence[int]] = None,
+        group_min: int = 1,
+    ) -> Dict:
+        """One request to the helper; the report plus the client's wall time."""
+        inputs = {
+            "MODELS": np.array([name.encode() for name in models], dtype=np.object_),
+            "GROUP_SIZE_MIN": np.array([group_min], dtype=np.int64),
+            "GROUP_SIZE_MAX": np.array([group_max], dtype=np.int64),
+        }
+        if batch_sizes is not None:
+            inputs["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
+        tensors = []
+        for name, array in inputs.items():
+            tensor = httpclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == np.object_ else "INT64")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        started = time.perf_counter()
+        result = self.client.infer(HELPER, tensors)
+        wall = time.perf_counter() - started
+        report = json.loads(result.as_numpy("REPORT").reshape(-1)[0])
+        report["client_seconds"] = wall
+        if report["failed"]:
+            raise RuntimeError(f"warmup failed: {report}")
+        return report
+
+    def warmup_forward_seconds(self, model: str, start: float, end: float) -> float:
+        """Seconds the stand-in spent in forwards of ``model`` between two epoch times."""
+        total = 0.0
+        for line in self.record.read_text().splitlines():
+            run = json.loads(line)
+            if run["model"] == model and start <= run["time"] <= end:
+                total += run["seconds"]
+        return total
+
+    # -- requests ----------------------------------------------------------
+
+    def _inputs(self, model: str, shape: Shape, feature_dim: int, rng: np.random.Generator):
+        x = httpclient.InferInput("x", [shape.batch, shape.group, feature_dim], "FP32")
+        x.set_data_from_numpy(rng.standard_normal((shape.batch, shape.group, feature_dim)).astype(np.float32))
+        mask = httpclient.InferInput("mask", [shape.batch, shape.group], "INT64")
+        mask.set_data_from_numpy(np.ones((shape.batch, shape.group), dtype=np.int64))
+        return [x, mask]
+
+    def compute_infer(self, model: str) -> tuple:
+        """(count, ns) of the model's compute_infer statistics."""
+        stats = self.client.get_inference_statistics(model_name=model)
+        compute = stats["model_stats"][0]["inference_stats"]["compute_infer"]
+        return int(compute["count"]), int(compute["ns"])
+
+    def timed_request(self, model: str, inputs) -> tuple:
+        """(client wall ms, server compute_infer ms) of one request."""
+        count, ns = self.compute_infer(model)
+        started = time.perf_counter()
+        self.client.infer(model, inputs)
+        wall_ms = (time.perf_counter() - started) * 1000
+        # Triton updates the statistics after it sends the response: wait for
+        # this request's entry, or it would count toward the next request.
+        deadline = time.monotonic() + 1.0
+        while True:
+            count_after, ns_after = self.compute_infer(model)
+            if count_after > count or time.monotonic() > deadline:
+                return wall_ms, (ns_after - ns) / 1e6
+            time.sleep(0.0005)
+
+    def measure_shapes(self, model: str, shapes: Sequence[Shape], feature_dim: int, steady_requests: int) -> List[Dict]:
+        """For each shape in order: the first request, then ``steady_requests`` more.
+
+        A batch size b is sent as one request holding b samples ([b, g, D]):
+        the dynamic batcher schedules it as a batch of b and the backend runs
+        one forward of batch b, the tensor shape a warmup sample with
+        batch_size b produces.
+        """
+        rng = np.random.default_rng(0)
+        self.client.is_server_live()  # the connection is open before the first timed request
+        prepared = {shape: self._inputs(model, shape, feature_dim, rng) for shape in shapes}
+        rows = []
+        for shape in shapes:
+            first_ms, first_compute_ms = self.timed_request(model, prepared[shape])
+            walls, computes = [], []
+            for _ in range(steady_requests):
+                wall_ms, compute_ms = self.timed_request(model, prepared[shape])
+                walls.append(wall_ms)
+                computes.append(compute_ms)
+            p50 = statistics.median(walls)
+            compute_p50 = statistics.median(computes)
+            rows.append(
+                {
+                    "group": shape.group,
+                    "batch": shape.batch,
+                    "first_ms": first_ms,
+                    "first_compute_ms": first_compute_ms,
+                    "steady_p50_ms": p50,
+                    "steady_p99_ms": percentile(walls, 99),
+                    "steady_compute_p50_ms": compute_p50,
+                    "steady_compute_p99_ms": percentile(computes, 99),
+                    "ratio": first_ms / p50,
+                    "compute_ratio": first_compute_ms / compute_p50 if compute_p50 else None,
+                    "steady_ms": walls,
+                    "steady_compute_ms": computes,
+                }
+            )
+        return rows
+
+    def throughput(self, model: str, feature_dim: int, clients: int, requests_per_client: int, group: int) -> Dict:
+        """Batch-1 requests from ``clients`` threads at once, so that the
+        dynamic batcher forms batches of up to ``clients``."""
+        stats_before = self.client.get_inference_statistics(model_name=model)["model_stats"][0]
+        barrier = threading.Barrier(clients)
+
+        def worker(seed: int) -> List[float]:
+            rng = np.random.default_rng(seed)
+            with httpclient.InferenceServerClient(self.http_url) as client:
+                inputs = self._inputs(model, Shape(group, 1), feature_dim, rng)
+                latencies = []
+                barrier.wait()
+                for _ in range(requests_per_client):
+                    started = time.perf_counter()
+                    client.infer(model, inputs)
+                    latencies.append((time.perf_counter() - started) * 1000)
+                return latencies
+
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            latencies = [value for result in pool.map(worker, range(clients)) for value in result]
+        seconds = time.perf_counter() - started
+        stats_after = self.client.get_inference_statistics(model_name=model)["model_stats"][0]
+        executions = int(stats_after["execution_count"]) - int(stats_before["execution_count"])
+        inferences = int(stats_after["inference_count"]) - int(stats_before["inference_count"])
+        return {
+            "requests": len(latencies),
+            "seconds": seconds,
+            "requests_per_s": len(latencies) / seconds,
+            "latency_p50_ms": statistics.median(latencies),
+            "latency_p99_ms": percentile(latencies, 99),
+            "executions": executions,
+            "mean_batch": inferences / executions if executions else None,
+        }
+
+
+def seed_style_config(bare: model_config_pb2.ModelConfig, group_max: int) -> model_config_pb2.ModelConfig:
+    """The original approach's warmup: batch size 1 only, every group size,
+    one run per sample (``count`` left unset, which Triton runs once)."""
+    plan = plan_warmup(bare, group_sizes=range(1, group_max + 1), batch_sizes=[1], count=1)
+    config = model_config_pb2.ModelConfig()
+    config.CopyFrom(bare)
+    for sample in plan.samples:
+        added = config.model_warmup.add()
+        added.CopyFrom(sample)
+        added.ClearField("count")
+    return config
+
+
+def plan_with_count(
+    bare: model_config_pb2.ModelConfig, group_max: int, batch_sizes: Optional[Sequence[int]], count: int
+) -> model_config_pb2.ModelConfig:
+    """The samples warmup_helper writes, with another ``count`` (for the count sweep)."""
+    plan = plan_warmup(bare, group_sizes=range(1, group_max + 1), batch_sizes=batch_sizes, count=count)
+    config = model_config_pb2.ModelConfig()
+    config.CopyFrom(bare)
+    config.model_warmup.extend(plan.samples)
+    return config
