@@ -227,7 +227,7 @@ class Session:
                     latencies.append((time.perf_counter() - started) * 1000)
                 return latencies
 
-        started = time.perf_counter()
+        started, started_epoch = time.perf_counter(), time.time()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
             latencies = [value for result in pool.map(worker, range(clients)) for value in result]
         seconds = time.perf_counter() - started
@@ -242,7 +242,18 @@ class Session:
             "latency_p99_ms": percentile(latencies, 99),
             "executions": executions,
             "mean_batch": inferences / executions if executions else None,
+            "batch_sizes_run": self.batch_sizes_run(model, started_epoch, time.time()),
         }
+
+    def batch_sizes_run(self, model: str, start: float, end: float) -> Dict[int, int]:
+        """How many forwards the stand-in ran at each batch size between two epoch times."""
+        counts: Dict[int, int] = {}
+        for line in self.record.read_text().splitlines():
+            run = json.loads(line)
+            if run["model"] == model and start <= run["time"] <= end:
+                batch = next(iter(run["shapes"].values()))[0]
+                counts[batch] = counts.get(batch, 0) + 1
+        return dict(sorted(counts.items()))
 
 
 def seed_style_config(bare: model_config_pb2.ModelConfig, group_max: int) -> model_config_pb2.ModelConfig:

@@ -173,7 +173,7 @@ def markdown(results: Dict) -> str:
         parts.append("## Batched execution in the pytorch stand-in (batch-1 requests from 8 clients)\n")
         parts.append(
             table(
-                ("execution", "requests/s", "p50 ms", "p99 ms", "mean batch"),
+                ("execution", "requests/s", "p50 ms", "p99 ms", "mean batch", "forwards per batch size"),
                 [
                     (
                         name,
@@ -181,6 +181,7 @@ def markdown(results: Dict) -> str:
                         f"{row['latency_p50_ms']:.2f}",
                         f"{row['latency_p99_ms']:.2f}",
                         f"{row['mean_batch']:.2f}" if row["mean_batch"] else "-",
+                        ", ".join(f"{size}: {count}" for size, count in row["batch_sizes_run"].items()),
                     )
                     for name, row in extras["throughput"].items()
                 ]

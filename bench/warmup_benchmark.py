@@ -309,7 +309,7 @@ def run(args) -> Dict:
     server = EmbeddedTriton(repository, workdir, http_port=free_port(), grpc_port=free_port(),
                             metrics_port=free_port(), extra_env={"PYTORCH_STANDIN_RECORD": str(record)})
     results = {
-        "command": "python bench/warmup_benchmark.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": " ".join(["python bench/warmup_benchmark.py", *(shlex.quote(a) for a in sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()},

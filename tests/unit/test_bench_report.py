@@ -1,0 +1,48 @@
+"""The benchmark's pure arithmetic: combining trials, summaries, the fit."""
+
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+
+from report import linear_fit, summarize_condition  # noqa: E402
+from warmup_benchmark import combine_trials, rounded  # noqa: E402
+
+
+def row(group, batch, first, steady, first_compute=0.5, steady_compute=(0.5,)):
+    return {
+        "group": group, "batch": batch, "first_ms": first, "first_compute_ms": first_compute,
+        "steady_ms": list(steady), "steady_compute_ms": list(steady_compute),
+    }
+
+
+def test_first_request_is_the_median_over_trials_and_steady_pools_every_trial():
+    trials = [
+        [row(1, 1, 3.0, [1.0, 1.0]), row(1, 2, 1.0, [1.0, 1.0])],
+        [row(1, 1, 1.2, [1.0, 1.0]), row(1, 2, 1.1, [1.0, 1.0])],
+        [row(1, 1, 1.4, [1.0, 3.0]), row(1, 2, 1.0, [1.0, 1.0])],
+    ]
+    first, second = combine_trials(trials)
+    assert first["first_ms"] == 1.4 and first["first_ms_trials"] == [3.0, 1.2, 1.4]
+    assert first["steady_p50_ms"] == 1.0 and first["ratio"] == pytest.approx(1.4)
+    assert first["worst_trial_ratio"] == pytest.approx(3.0)
+    assert len(first["steady_ms"]) == 6 and second["ratio"] == pytest.approx(1.0)
+
+
+def test_summary_names_the_worst_shape_not_the_mean():
+    rows = combine_trials([[row(1, 1, 1.1, [1.0]), row(2, 4, 2.5, [1.0]), row(3, 8, 1.0, [1.0])]])
+    summary = summarize_condition(rows)
+    assert summary["worst_shape"] == "g2xb4" and summary["worst_ratio"] == pytest.approx(2.5)
+    assert summary["median_ratio"] == pytest.approx(1.1)
+
+
+def test_linear_fit_recovers_a_line():
+    fit = linear_fit([4, 16, 64, 256], [2.0 + 0.003 * x for x in (4, 16, 64, 256)])
+    assert fit["intercept_s"] == pytest.approx(2.0) and fit["per_sample_s"] == pytest.approx(0.003)
+    assert fit["r_squared"] == pytest.approx(1.0)
+
+
+def test_rounded_keeps_structure():
+    assert rounded({"a": [1.234567, 2], "b": (0.00001,)}) == {"a": [1.2346, 2], "b": [0.0]}
