@@ -175,6 +175,12 @@ class TritonPythonModel:
                     "model": self.model_name,
                     "requests": request_count,
                     "shapes": shapes,
+                    # Per input: the sum of its values, so a test can tell the
+                    # data a warmup sample carried (zeros, a file) from random.
+                    "sums": {
+                        name: float(array.sum()) if array.dtype != np.object_ else None
+                        for name, array in zip(self.input_names, arrays)
+                    },
                 }
             )
             # One write of one line on an O_APPEND file: instances in other

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from live_server import client_for, repository_snapshot, running_server, send_warmup, warmup_inputs
-from warmup_request import OPTIONAL_INPUTS, REQUIRED_INPUTS
+from warmup_request import REQUEST_INPUTS
 
 EXAMPLES_PER_PROTOCOL = int(os.environ.get("FUZZ_EXAMPLES", "260"))
 # Server start plus a few ms per case.
@@ -24,7 +24,9 @@ MODULE_TIMEOUT_S = 120 + EXAMPLES_PER_PROTOCOL
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
-INPUTS = REQUIRED_INPUTS + OPTIONAL_INPUTS
+# The shape inputs; PLAN is fuzzed by the unit tests of the plan document.
+REQUIRED_INPUTS = ("MODELS", "GROUP_SIZE_MIN", "GROUP_SIZE_MAX")
+INPUTS = REQUIRED_INPUTS + ("FEATURE_DIMS", "BATCH_SIZES")
 INT64_MAX = 2**63 - 1
 # model-v1: one sample of group g at batch 1 holds g * (64 * 4 + 8) bytes, so
 # from this group size on a single sample is above the default 64 MiB cap.
@@ -79,7 +81,7 @@ def missing_input(draw):
 
 @st.composite
 def extra_input(draw):
-    name = draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True).filter(lambda n: n not in INPUTS))
+    name = draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True).filter(lambda n: n not in REQUEST_INPUTS))
     return {**base(), name: int64s([1])}, {name}
 
 

@@ -4,7 +4,7 @@ import pathlib
 import shutil
 
 from warmup_job import READY, plan_jobs, run_job
-from warmup_request import WarmupRequest
+from warmup_request import ModelPlanRequest, WarmupRequest
 
 PROJECT_REPOSITORY = pathlib.Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -26,11 +26,12 @@ def snapshot(folder):
 
 
 def warmup_request(models=("model-v1",), group_max=3, batch_sizes=None, feature_dims=None):
+    feature_dims = feature_dims or (None,) * len(models)
     return WarmupRequest(
-        models=tuple(models),
-        feature_dims=tuple(feature_dims or (None,) * len(models)),
-        group_sizes=range(1, group_max + 1),
-        batch_sizes=batch_sizes,
+        plans=tuple(
+            ModelPlanRequest(name, feature_dim, range(1, group_max + 1), batch_sizes)
+            for name, feature_dim in zip(models, feature_dims)
+        )
     )
 
 

@@ -12,7 +12,9 @@ from model_loading import (
     HttpModelControl,
     ModelLoadError,
     choose_model_control,
+    choose_warmup_mode,
     http_url_from_argv,
+    model_control_mode_from_argv,
     restricted_headers_from_argv,
     server_argv,
 )
@@ -112,3 +114,39 @@ def test_http_load_sends_the_config_and_the_restricted_header(recording_endpoint
     assert path2 == "/v2/repository/models/model%20v2/load"
     assert json.loads(body2) == {"parameters": {"config": '{"name": "model v2"}'}}
     assert headers1.get("admin-key") == headers2.get("admin-key") == "secret"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (None, None),
+        (["tritonserver", "--model-repository=/m"], "none"),
+        (["tritonserver", "--model-control-mode=explicit"], "explicit"),
+        (["tritonserver", "--model-control-mode", "POLL"], "poll"),
+    ],
+)
+def test_model_control_mode_comes_from_the_command_line(argv, expected):
+    assert model_control_mode_from_argv(argv) == expected
+
+
+@pytest.mark.parametrize(
+    "requested, server_mode, expected",
+    [
+        ("auto", "explicit", "load"),
+        ("auto", None, "load"),
+        ("auto", "poll", "requests"),
+        ("auto", "none", "requests"),
+        ("requests", "explicit", "requests"),
+        ("load", "explicit", "load"),
+    ],
+)
+def test_warmup_mode_follows_what_the_server_allows(requested, server_mode, expected):
+    mode, reason = choose_warmup_mode(requested, server_mode)
+    assert mode == expected
+    assert f"MODE {requested}" in reason
+
+
+@pytest.mark.parametrize("server_mode", ["poll", "none"])
+def test_load_mode_on_a_server_that_cannot_load_is_refused(server_mode):
+    with pytest.raises(ValueError, match=f"runs in {server_mode} model-control mode.*use MODE requests"):
+        choose_warmup_mode("load", server_mode)

@@ -232,7 +232,7 @@ def test_sigkill_at_random_points_of_a_rewrite_leaves_the_old_or_the_new_file(re
 DISK_FULL_CHILD = """
 import json, pathlib, resource, signal
 from warmup_job import plan_jobs, run_job
-from warmup_request import WarmupRequest
+from warmup_request import ModelPlanRequest, WarmupRequest
 
 class Control:
     calls = []
@@ -242,7 +242,7 @@ class Control:
         self.calls.append(config is not None)
 
 repository = pathlib.Path(sys.argv[1])
-(job,) = plan_jobs(repository, WarmupRequest(("model-v1",), (None,), range(1, 33), None))
+(job,) = plan_jobs(repository, WarmupRequest((ModelPlanRequest("model-v1", None, range(1, 33)),)))
 # Files may not grow past 4 KiB from here on: writes fail with EFBIG as they
 # would with ENOSPC on a full disk. Ignore the signal the kernel sends first.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -209,3 +209,26 @@ def test_model_without_inputs_is_refused():
 )
 def test_sample_dims(dims, expected):
     assert sample_dims(dims, group_size=7, feature_dim=32) == expected
+
+
+def test_data_policies_fill_each_input_as_the_plan_says():
+    plan = plan_warmup(
+        config(), group_sizes=[2], batch_sizes=[1], feature_dim=128,
+        data={"mask": {"file": "mask.bin"}}, default_data={"x": "zero", "absent": "zero"},
+    )
+    inputs = plan.samples[0].inputs
+    assert inputs["mask"].input_data_file == "mask.bin"
+    assert inputs["x"].zero_data and not inputs["x"].random_data
+
+
+def test_without_a_policy_floats_are_random_and_integers_zero():
+    inputs = plan_warmup(config(), group_sizes=[1], batch_sizes=[1], feature_dim=128).samples[0].inputs
+    assert inputs["x"].random_data and inputs["mask"].zero_data
+
+
+def test_a_policy_for_an_input_the_model_lacks_is_refused_with_its_path():
+    with pytest.raises(WarmupRequestError) as caught:
+        plan_warmup(config(), group_sizes=[1], feature_dim=128, data={"tokens": "zero"})
+    assert caught.value.field == "PLAN"
+    assert caught.value.path == ("models", "model-v2", "data", "tokens")
+    assert "['x', 'mask']" in str(caught.value)

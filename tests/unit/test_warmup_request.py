@@ -1,5 +1,7 @@
 """Checking the tensors of a warmup_helper request."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -23,22 +25,23 @@ def request(**overrides):
 def test_valid_request_is_parsed():
     parsed = parse_request(request(BATCH_SIZES=np.array([4, 1, 4], dtype=np.int64)), HELPER)
     assert parsed.models == ("model-v1", "model-v2")
-    assert parsed.feature_dims == (64, 128)
-    assert list(parsed.group_sizes) == [2, 3, 4, 5]
-    assert parsed.batch_sizes == (1, 4)
+    assert [plan.feature_dim for plan in parsed.plans] == [64, 128]
+    assert all(list(plan.group_sizes) == [2, 3, 4, 5] for plan in parsed.plans)
+    assert all(plan.batch_sizes == (1, 4) for plan in parsed.plans)
+    assert parsed.mode == "auto" and not parsed.all_models
 
 
 def test_optional_inputs_may_be_left_out_and_zero_means_from_config():
     parsed = parse_request(request(FEATURE_DIMS=None), HELPER)
-    assert parsed.feature_dims == (None, None)
-    assert parsed.batch_sizes is None
+    assert [plan.feature_dim for plan in parsed.plans] == [None, None]
+    assert parsed.plans[0].batch_sizes is None
     parsed = parse_request(request(FEATURE_DIMS=np.array([0, 128], dtype=np.int64)), HELPER)
-    assert parsed.feature_dims == (None, 128)
+    assert [plan.feature_dim for plan in parsed.plans] == [None, 128]
 
 
 def test_huge_group_range_costs_nothing_to_parse():
     parsed = parse_request(request(GROUP_SIZE_MAX=np.array([10**9], dtype=np.int64)), HELPER)
-    assert len(parsed.group_sizes) == 10**9 - 1
+    assert len(parsed.plans[0].group_sizes) == 10**9 - 1
 
 
 BAD_REQUESTS = {
@@ -105,3 +108,135 @@ def test_allow_list_refuses_other_models_and_admits_its_own():
         )
     assert caught.value.field == "MODELS" and caught.value.code == INVALID_ARG
     assert "'model-v3' is not in the warmup_helper's allowed_models" in str(caught.value)
+
+
+def plan_request(document, **overrides):
+    inputs = {name: None for name in ("MODELS", "GROUP_SIZE_MIN", "GROUP_SIZE_MAX")}
+    inputs["PLAN"] = np.array([json.dumps(document).encode()], dtype=np.object_)
+    inputs.update(overrides)
+    return inputs
+
+
+EXAMPLE_PLAN = {
+    "mode": "requests",
+    "defaults": {"group_size_max": 4, "count": 2, "data": {"mask": "zero"}},
+    "models": {
+        "model-v1": {"group_size_min": 2, "group_size_max": 8, "data": {"mask": {"file": "mask.bin"}}},
+        "model-v2": {"batch_sizes": [8, 1, 8], "feature_dim": 128},
+        "model-v3": None,
+    },
+}
+
+
+def test_plan_gives_each_model_its_own_settings_over_the_defaults():
+    parsed = parse_request(plan_request(EXAMPLE_PLAN), HELPER)
+    assert parsed.mode == "requests" and not parsed.all_models
+    v1, v2, v3 = parsed.plans
+    assert (v1.name, list(v1.group_sizes), v1.count) == ("model-v1", list(range(2, 9)), 2)
+    assert v1.data == {"mask": {"file": "mask.bin"}} and v1.default_data == {"mask": "zero"}
+    assert (v2.batch_sizes, v2.feature_dim, list(v2.group_sizes)) == ((1, 8), 128, [1, 2, 3, 4])
+    assert (v3.name, v3.count, v3.batch_sizes, v3.feature_dim) == ("model-v3", 2, None, None)
+
+
+def test_mode_input_overrides_the_plan_and_all_models_uses_the_defaults():
+    document = {"all_models": True, "defaults": {"group_size_max": 3}}
+    mode = np.array([b"load"], dtype=np.object_)
+    parsed = parse_request(plan_request(document, MODE=mode), HELPER)
+    assert parsed.mode == "load" and parsed.all_models and parsed.plans == ()
+    assert list(parsed.default_plan.group_sizes) == [1, 2, 3]
+
+
+def test_all_models_input_takes_the_shape_inputs_as_the_default_plan():
+    parsed = parse_request(
+        request(MODELS=None, FEATURE_DIMS=None, ALL_MODELS=np.array([True])), HELPER
+    )
+    assert parsed.all_models and parsed.plans == ()
+    assert list(parsed.default_plan.group_sizes) == [2, 3, 4, 5]
+
+
+BAD_PLANS = {
+    "not a mapping": ([1, 2], ()),
+    "unknown top-level key": ({"modles": {}}, ("modles",)),
+    "no models": ({"defaults": {"group_size_max": 2}}, ("models",)),
+    "bad mode": ({"mode": "fast", "models": {"m": {"group_size_max": 2}}}, ("mode",)),
+    "all_models not bool": ({"all_models": "yes", "defaults": {"group_size_max": 2}}, ("all_models",)),
+    "unknown model key": ({"models": {"m": {"group_size_max": 2, "batch": [1]}}}, ("models", "m", "batch")),
+    "zero count": ({"models": {"m": {"group_size_max": 2, "count": 0}}}, ("models", "m", "count")),
+    "bool count": ({"models": {"m": {"group_size_max": 2, "count": True}}}, ("models", "m", "count")),
+    "string group size": ({"models": {"m": {"group_size_max": "8"}}}, ("models", "m", "group_size_max")),
+    "batch size zero": (
+        {"models": {"m": {"group_size_max": 2, "batch_sizes": [1, 0]}}},
+        ("models", "m", "batch_sizes", 1),
+    ),
+    "batch sizes not a list": (
+        {"models": {"m": {"group_size_max": 2, "batch_sizes": 4}}},
+        ("models", "m", "batch_sizes"),
+    ),
+    "empty batch sizes": (
+        {"models": {"m": {"group_size_max": 2, "batch_sizes": []}}},
+        ("models", "m", "batch_sizes"),
+    ),
+    "min above max": (
+        {"models": {"m": {"group_size_min": 5, "group_size_max": 2}}},
+        ("models", "m", "group_size_min"),
+    ),
+    "no group_size_max": ({"models": {"m": {"count": 2}}}, ("models", "m")),
+    "negative feature dim": (
+        {"models": {"m": {"group_size_max": 2, "feature_dim": -4}}},
+        ("models", "m", "feature_dim"),
+    ),
+    "bad data policy": (
+        {"models": {"m": {"group_size_max": 2, "data": {"x": "ones"}}}},
+        ("models", "m", "data", "x"),
+    ),
+    "data file outside warmup/": (
+        {"models": {"m": {"group_size_max": 2, "data": {"x": {"file": "../config.pbtxt"}}}}},
+        ("models", "m", "data", "x", "file"),
+    ),
+    "data file absolute": (
+        {"models": {"m": {"group_size_max": 2, "data": {"x": {"file": "/etc/passwd"}}}}},
+        ("models", "m", "data", "x", "file"),
+    ),
+    "helper as a model": ({"models": {HELPER: {"group_size_max": 2}}}, ("models", HELPER)),
+    "path as a model": ({"models": {"../m": {"group_size_max": 2}}}, ("models", "../m")),
+}
+
+
+@pytest.mark.parametrize("document, path", BAD_PLANS.values(), ids=BAD_PLANS.keys())
+def test_bad_plan_names_the_path_to_the_wrong_value(document, path):
+    with pytest.raises(WarmupRequestError) as caught:
+        parse_request(plan_request(document), HELPER)
+    assert caught.value.field == "PLAN" and caught.value.code == INVALID_ARG
+    assert caught.value.path == path
+
+
+def test_plan_goes_alone_and_must_be_json():
+    with pytest.raises(WarmupRequestError) as caught:
+        parse_request(plan_request(EXAMPLE_PLAN, MODELS=np.array([b"model-v1"], dtype=np.object_)), HELPER)
+    assert caught.value.field == "PLAN" and "leave out ['MODELS']" in str(caught.value)
+    with pytest.raises(WarmupRequestError) as caught:
+        parse_request(plan_request(None, PLAN=np.array([b"{models"], dtype=np.object_)), HELPER)
+    assert caught.value.field == "PLAN" and "not JSON" in str(caught.value)
+
+
+def test_plan_respects_the_allow_list():
+    with pytest.raises(WarmupRequestError) as caught:
+        parse_request(plan_request(EXAMPLE_PLAN), HELPER, parse_allowed_models("model-v1,model-v2"))
+    assert caught.value.path == ("models", "model-v3")
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(MODE=np.array([b"reload"], dtype=np.object_)), "MODE"),
+        (dict(MODE=np.array([b"load", b"requests"], dtype=np.object_)), "MODE"),
+        (dict(ALL_MODELS=np.array([True])), "ALL_MODELS"),
+        (dict(MODELS=None, FEATURE_DIMS=None, ALL_MODELS=np.array([1], dtype=np.int64)), "ALL_MODELS"),
+        (dict(MODELS=None, FEATURE_DIMS=None), "MODELS"),
+    ],
+    ids=["unknown mode", "two modes", "all with models", "all not bool", "neither models nor all"],
+)
+def test_mode_and_all_models_inputs_are_checked(overrides, field):
+    with pytest.raises(WarmupRequestError) as caught:
+        parse_request(request(**overrides), HELPER)
+    assert caught.value.field == field

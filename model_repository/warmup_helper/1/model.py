@@ -6,7 +6,8 @@ through Triton's Model Loading API, so Triton runs the samples on every
 instance before it marks the model READY. The logic lives in
 ``warmup_request`` (checking the request), ``warmup_plan`` (the samples),
 ``config_rewrite`` (the file), ``warmup_job`` (plan all, then rewrite and
-load each) and ``model_loading`` (which way the load goes).
+load each), ``warmup_requests`` (the requests mode, for servers that cannot
+load on request) and ``model_loading`` (which way the load goes).
 """
 
 import json
@@ -20,20 +21,17 @@ import triton_python_backend_utils as pb_utils
 
 from model_loading import (
     choose_model_control,
+    choose_warmup_mode,
     http_url_from_argv,
+    model_control_mode_from_argv,
     restricted_headers_from_argv,
     server_argv,
 )
 from repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
 from warmup_job import PlanSettings, build_report, plan_jobs, run_jobs
 from warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
-from warmup_request import (
-    OPTIONAL_INPUTS,
-    REQUIRED_INPUTS,
-    WarmupRequestError,
-    parse_allowed_models,
-    parse_request,
-)
+from warmup_request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
+from warmup_requests import LIMITATION, run_requests_job
 
 
 def _error_code(name: str):
@@ -86,6 +84,18 @@ class BlsModelControl:
         return pb_utils.is_model_ready(model_name=model_name)
 
 
+def bls_infer(model_name: str, arrays: dict, output_names: list) -> None:
+    """Send one inference request to ``model_name`` from inside Triton (BLS)."""
+    request = pb_utils.InferenceRequest(
+        model_name=model_name,
+        inputs=[pb_utils.Tensor(name, array) for name, array in arrays.items()],
+        requested_output_names=output_names,
+    )
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(response.error().message())
+
+
 class TritonPythonModel:
     """Rewrites target configs with warmup samples and loads the targets."""
 
@@ -113,6 +123,7 @@ class TritonPythonModel:
         except OSError as error:
             self.logger.log_warn(f"{self.model_name}: cannot read the server's command line: {error}")
             argv = None
+        self.server_mode = model_control_mode_from_argv(argv)
         http_url = _parameter(parameters, "http_url") or (
             http_url_from_argv(argv) if argv is not None else None
         )
@@ -139,7 +150,8 @@ class TritonPythonModel:
             f"{self.model_name}: repository {self.repository}, {self.settings}, "
             f"allowed_models {sorted(self.allowed_models) if self.allowed_models else 'all'}, "
             f"max_parallel_loads {self.max_parallel_loads}, "
-            f"loads through {self.control.description}"
+            f"loads through {self.control.description}, "
+            f"server model-control mode {self.server_mode or 'unknown'}"
         )
 
     def execute(self, requests):
@@ -149,11 +161,17 @@ class TritonPythonModel:
         plan_started = time.monotonic()
         try:
             inputs = {}
-            for name in REQUIRED_INPUTS + OPTIONAL_INPUTS:
+            for name in REQUEST_INPUTS:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 inputs[name] = None if tensor is None else tensor.as_numpy()
             warmup_request = parse_request(inputs, self.model_name, self.allowed_models)
-            jobs = plan_jobs(self.repository, warmup_request, self.settings)
+            try:
+                mode, mode_reason = choose_warmup_mode(warmup_request.mode, self.server_mode)
+            except ValueError as error:
+                raise WarmupRequestError("MODE", str(error)) from None
+            jobs = plan_jobs(
+                self.repository, warmup_request, self.settings, self.model_name, self.allowed_models
+            )
         except WarmupRequestError as error:
             self.logger.log_warn(f"{self.model_name}: refused request: {error}")
             return _error_response(str(error), error.code)
@@ -168,22 +186,34 @@ class TritonPythonModel:
         started = time.monotonic()
         for job in jobs:
             self.logger.log_info(
-                f"{self.model_name}: loading '{job.name}' with {job.samples} warmup samples "
+                f"{self.model_name}: {'loading' if mode == 'load' else 'sending requests to'} "
+                f"'{job.name}' with {job.samples} warmup samples "
                 f"x {job.count} runs on {job.instances} instance(s)"
-                + ("" if job.rewrite.changed else " (config unchanged)")
+                + ("" if mode != "load" or job.rewrite.changed else " (config unchanged)")
             )
-        # Loads run in worker threads; logging stays on this thread.
-        entries = run_jobs(jobs, self.control, self.lock_timeout_s, self.max_parallel_loads)
+        if mode == "load":
+            # Loads run in worker threads; logging stays on this thread.
+            entries = run_jobs(jobs, self.control, self.lock_timeout_s, self.max_parallel_loads)
+        else:
+            entries = [run_requests_job(job, bls_infer, self.control.is_ready) for job in jobs]
         for entry in entries:
             if entry["fallback"]:
                 self.logger.log_warn(f"{self.model_name}: '{entry['name']}': {entry['fallback']}")
             if entry["error"]:
                 self.logger.log_error(f"{self.model_name}: '{entry['name']}' failed: {entry['error']}")
-            else:
+            elif mode == "load":
                 self.logger.log_info(
                     f"{self.model_name}: '{entry['name']}' READY after {entry['seconds_to_ready']} s"
                 )
+            else:
+                self.logger.log_info(
+                    f"{self.model_name}: '{entry['name']}' warmed with {entry['requests_sent']} "
+                    f"requests in {entry['seconds_warming']} s"
+                )
         report = build_report(entries, round(time.monotonic() - started, 3), plan_s)
+        report["mode"] = mode
+        report["mode_reason"] = mode_reason
+        report["limitation"] = LIMITATION if mode == "requests" else None
 
         loaded = np.array([name.encode("utf-8") for name in report["loaded"]], dtype=np.object_)
         report_json = np.array([json.dumps(report).encode("utf-8")], dtype=np.object_)

@@ -30,7 +30,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 LOAD_API_CHOICES = ("auto", "http", "bls")
 DEFAULT_HTTP_PORT = 8000
@@ -84,6 +84,45 @@ def restricted_headers_from_argv(argv: List[str]) -> Dict[str, str]:
         if separator and key:
             headers[key] = header_value
     return headers
+
+
+def model_control_mode_from_argv(argv: Optional[List[str]]) -> Optional[str]:
+    """The server's ``--model-control-mode`` (Triton's default is ``none``);
+    ``None`` when the command line is unknown."""
+    if argv is None:
+        return None
+    modes = _flag_values(argv, "--model-control-mode")
+    return modes[-1].lower() if modes else "none"
+
+
+def choose_warmup_mode(requested: str, server_mode: Optional[str]) -> Tuple[str, str]:
+    """``load`` or ``requests`` for a request's MODE, and why.
+
+    ``auto`` loads on a server in explicit model-control mode (an unknown
+    mode counts as explicit: the helper is usually loaded with
+    ``--load-model`` there) and sends requests otherwise, because Triton
+    refuses the Model Loading API in ``poll`` and ``none`` modes.
+
+    Raises:
+        ValueError: ``load`` asked of a server that cannot load on request.
+    """
+    can_load = server_mode in (None, "explicit")
+    described = f"the server runs in {server_mode or 'an unknown'} model-control mode"
+    if requested == "load":
+        if not can_load:
+            raise ValueError(
+                f"load needs a server in explicit model-control mode; {described}, where "
+                "Triton refuses the Model Loading API: use MODE requests"
+            )
+        return "load", f"MODE load; {described}"
+    if requested == "requests":
+        return "requests", f"MODE requests; {described}"
+    if can_load:
+        return "load", f"MODE auto; {described}, so the Model Loading API warms before READY"
+    return "requests", (
+        f"MODE auto; {described}, where Triton refuses the Model Loading API, so the "
+        "helper sent inference requests to the loaded models"
+    )
 
 
 def server_argv(pid: int) -> List[str]:

@@ -10,7 +10,7 @@ import concurrent.futures
 import dataclasses
 import pathlib
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
@@ -26,9 +26,17 @@ from warmup_plan import (
     DEFAULT_MAX_SAMPLE_BYTES,
     DEFAULT_MAX_WARMUP_SAMPLES,
     DEFAULT_WARMUP_COUNT,
+    data_policies,
+    input_bytes,
     plan_warmup,
 )
-from warmup_request import WarmupRequest, WarmupRequestError
+from warmup_request import (
+    NOT_FOUND,
+    ModelPlanRequest,
+    WarmupRequest,
+    WarmupRequestError,
+    check_model_name,
+)
 
 READY = "READY"
 FAILED = "FAILED"
@@ -77,14 +85,55 @@ def _instance_count(rewrite: ConfigRewrite) -> int:
     return sum(max(group.count, 1) * max(len(group.gpus), 1) for group in groups)
 
 
+# Triton reads a sample's input_data_file from this folder of the model.
+WARMUP_DATA_FOLDER = "warmup"
+
+
+def _check_data_files(model_dir: pathlib.Path, config, plan_request: ModelPlanRequest, plan) -> None:
+    """Refuse a data file that is missing, outside ``warmup/`` or too short.
+
+    Triton takes the first bytes of the file for each request of a sample and
+    fails the load if the file is shorter than one request's input, so the
+    largest group size sets the size the file needs.
+    """
+    policies = data_policies(config, plan_request.data, plan_request.default_data)
+    folder = (model_dir / WARMUP_DATA_FOLDER).resolve()
+    for model_input in config.input:
+        policy = policies[model_input.name]
+        if not isinstance(policy, dict):
+            continue
+        path = ("models", plan_request.name or config.name, "data", model_input.name, "file")
+        data_file = (folder / policy["file"]).resolve()
+        if folder not in data_file.parents:
+            raise WarmupRequestError("PLAN", f"{policy['file']!r} leads outside {folder}", path=path)
+        if not data_file.is_file():
+            raise WarmupRequestError(
+                "PLAN",
+                f"no data file {data_file} for '{config.name}' input '{model_input.name}': "
+                f"put it in the model's {WARMUP_DATA_FOLDER}/ folder",
+                NOT_FOUND,
+                path=path,
+            )
+        if model_input.data_type == model_config_pb2.DataType.TYPE_STRING:
+            continue
+        needed = input_bytes(model_input, plan.group_sizes[-1], plan.feature_dim)
+        size = data_file.stat().st_size
+        if size < needed:
+            raise WarmupRequestError(
+                "PLAN",
+                f"{data_file} holds {size} bytes; '{config.name}' input '{model_input.name}' "
+                f"needs {needed} per request at group size {plan.group_sizes[-1]}",
+                path=path,
+            )
+
+
 def plan_model(
     repository: pathlib.Path,
-    name: str,
-    feature_dim: Optional[int],
-    request: WarmupRequest,
+    plan_request: ModelPlanRequest,
     settings: PlanSettings,
 ) -> ModelWarmupJob:
     """Read one model's config and plan its warmup; raise if it cannot be planned."""
+    name = plan_request.name
     model_dir = find_model_dir(repository, name)
     original, config = read_config(model_dir)
     named = model_config_pb2.ModelConfig()
@@ -96,15 +145,19 @@ def plan_model(
         raise WarmupRequestError(
             "MODELS", f"'{name}'/config.pbtxt names the model '{named.name}': Triton refuses it"
         )
+    count = plan_request.count or settings.count
     plan = plan_warmup(
         named,
-        group_sizes=request.group_sizes,
-        batch_sizes=request.batch_sizes,
-        feature_dim=feature_dim,
-        count=settings.count,
+        group_sizes=plan_request.group_sizes,
+        batch_sizes=plan_request.batch_sizes,
+        feature_dim=plan_request.feature_dim,
+        count=count,
         max_samples=settings.max_samples,
         max_sample_bytes=settings.max_sample_bytes,
+        data=plan_request.data,
+        default_data=plan_request.default_data,
     )
+    _check_data_files(model_dir, named, plan_request, plan)
     rewrite = ConfigRewrite(model_dir / CONFIG_FILENAME, original, config, plan.samples)
     return ModelWarmupJob(
         name=name,
@@ -113,22 +166,58 @@ def plan_model(
         group_sizes=plan.group_sizes,
         batch_sizes=plan.batch_sizes,
         samples=len(plan.samples),
-        count=settings.count,
+        count=count,
         instances=_instance_count(rewrite),
-        replan=lambda: plan_model(repository, name, feature_dim, request, settings),
+        replan=lambda: plan_model(repository, plan_request, settings),
     )
+
+
+def repository_models(
+    repository: pathlib.Path, helper_name: str, allowed_models: Optional[FrozenSet[str]] = None
+) -> List[str]:
+    """Every model folder of the repository a request may warm, sorted.
+
+    A model folder holds a ``config.pbtxt``; the helper itself, hidden
+    folders, symlinks leading out of the repository and models outside
+    ``allowed_models`` are left out.
+    """
+    names = []
+    for entry in sorted(repository.iterdir()):
+        if not (entry / CONFIG_FILENAME).is_file() or entry.resolve().parent != repository.resolve():
+            continue
+        try:
+            check_model_name(entry.name, helper_name, allowed_models)
+        except WarmupRequestError:
+            continue
+        names.append(entry.name)
+    return names
 
 
 def plan_jobs(
     repository: pathlib.Path,
     request: WarmupRequest,
     settings: PlanSettings = PlanSettings(),
+    helper_name: str = "warmup_helper",
+    allowed_models: Optional[FrozenSet[str]] = None,
 ) -> List[ModelWarmupJob]:
-    """Plan every model of ``request``; raise before any write if one is wrong."""
-    return [
-        plan_model(repository, name, feature_dim, request, settings)
-        for name, feature_dim in zip(request.models, request.feature_dims)
-    ]
+    """Plan every model of ``request``; raise before any write if one is wrong.
+
+    With ``all_models``, every other model of the repository
+    (``repository_models``) is planned with the request's default plan.
+    """
+    plan_requests = list(request.plans)
+    if request.all_models:
+        named = set(request.models)
+        plan_requests += [
+            dataclasses.replace(request.default_plan, name=name)
+            for name in repository_models(repository, helper_name, allowed_models)
+            if name not in named
+        ]
+        if not plan_requests:
+            raise WarmupRequestError(
+                "ALL_MODELS", f"the model repository {repository} holds no model but the helper", NOT_FOUND
+            )
+    return [plan_model(repository, plan_request, settings) for plan_request in plan_requests]
 
 
 def _write_or_fall_back(rewrite: ConfigRewrite, entry: Dict) -> Optional[str]:

@@ -6,7 +6,7 @@ fixed dimensions all come from the config.
 """
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
@@ -70,6 +70,7 @@ class WarmupPlan:
     samples: Tuple[model_config_pb2.ModelWarmup, ...]
     group_sizes: Tuple[int, ...]
     batch_sizes: Tuple[int, ...]
+    feature_dim: Optional[int] = None
 
 
 def default_batch_sizes(config: model_config_pb2.ModelConfig) -> List[int]:
@@ -150,6 +151,14 @@ def sample_dims(dims: Sequence[int], group_size: int, feature_dim: Optional[int]
     return concrete
 
 
+def input_bytes(model_input: model_config_pb2.ModelInput, group_size: int, feature_dim: Optional[int]) -> int:
+    """Bytes of one input of one request (batch size 1) at this group size."""
+    elements = 1
+    for dim in sample_dims(model_input.dims, group_size, feature_dim):
+        elements *= dim
+    return elements * _ELEMENT_BYTES.get(model_input.data_type, 8)
+
+
 def sample_bytes(
     config: model_config_pb2.ModelConfig,
     group_size: int,
@@ -157,13 +166,9 @@ def sample_bytes(
     feature_dim: Optional[int],
 ) -> int:
     """Bytes of the inputs of one sample at this group and batch size."""
-    total = 0
-    for model_input in config.input:
-        elements = 1
-        for dim in sample_dims(model_input.dims, group_size, feature_dim):
-            elements *= dim
-        total += elements * _ELEMENT_BYTES.get(model_input.data_type, 8)
-    return total * batch_size
+    return batch_size * sum(
+        input_bytes(model_input, group_size, feature_dim) for model_input in config.input
+    )
 
 
 def _check_sample_bytes(
@@ -201,6 +206,36 @@ def sample_name(group_size: int, batch_size: int) -> str:
     return f"{GENERATED_PREFIX}group{group_size}_batch{batch_size}"
 
 
+def data_policies(
+    config: model_config_pb2.ModelConfig,
+    data: Optional[Mapping[str, Any]] = None,
+    default_data: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The data policy of every input: ``random``, ``zero`` or ``{"file": NAME}``.
+
+    ``data`` must name only inputs the model has; ``default_data`` (a plan's
+    defaults) applies where the model has the input. Inputs named in neither
+    get random values if they are floats, else zeros, so an input that holds
+    token ids or indices never sees an out-of-range value.
+    """
+    data = dict(data or {})
+    names = [model_input.name for model_input in config.input]
+    unknown = [name for name in data if name not in names]
+    if unknown:
+        raise WarmupRequestError(
+            "PLAN",
+            f"'{config.name}' has no input '{unknown[0]}'; its inputs are {names}",
+            path=("models", config.name, "data", unknown[0]),
+        )
+    policies = {}
+    for model_input in config.input:
+        policy = data.get(model_input.name, (default_data or {}).get(model_input.name))
+        if policy is None:
+            policy = "random" if model_input.data_type in _RANDOM_DATA_TYPES else "zero"
+        policies[model_input.name] = policy
+    return policies
+
+
 def plan_warmup(
     config: model_config_pb2.ModelConfig,
     group_sizes: Sequence[int],
@@ -209,6 +244,8 @@ def plan_warmup(
     count: int = DEFAULT_WARMUP_COUNT,
     max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES,
     max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+    data: Optional[Mapping[str, Any]] = None,
+    default_data: Optional[Mapping[str, Any]] = None,
 ) -> WarmupPlan:
     """Plan one warmup sample per group size x batch size.
 
@@ -221,6 +258,9 @@ def plan_warmup(
         count: how many times Triton runs each sample on each instance.
         max_samples: refuse plans with more samples than this.
         max_sample_bytes: refuse plans with a sample larger than this.
+        data, default_data: data policies per input (``data_policies``); a
+            file policy becomes Triton's ``input_data_file``, which Triton
+            reads from the model's ``warmup/`` folder.
 
     Raises:
         WarmupRequestError: naming the request input that cannot be planned.
@@ -250,6 +290,7 @@ def plan_warmup(
             "(warmup_helper config parameter max_warmup_samples)",
         )
     _check_sample_bytes(config, group_sizes, batch_sizes, feature_dim, max_sample_bytes)
+    policies = data_policies(config, data, default_data)
 
     samples = []
     for group_size in group_sizes:
@@ -261,9 +302,12 @@ def plan_warmup(
                 data = sample.inputs[model_input.name]
                 data.data_type = model_input.data_type
                 data.dims.extend(sample_dims(model_input.dims, group_size, feature_dim))
-                if model_input.data_type in _RANDOM_DATA_TYPES:
+                policy = policies[model_input.name]
+                if policy == "random":
                     data.random_data = True
-                else:
+                elif policy == "zero":
                     data.zero_data = True
+                else:
+                    data.input_data_file = policy["file"]
             samples.append(sample)
-    return WarmupPlan(tuple(samples), tuple(group_sizes), tuple(batch_sizes))
+    return WarmupPlan(tuple(samples), tuple(group_sizes), tuple(batch_sizes), feature_dim)

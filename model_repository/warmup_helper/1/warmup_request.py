@@ -1,12 +1,19 @@
 """Turn the tensors of one warmup_helper request into a checked ``WarmupRequest``.
 
+A request names its models one of three ways: ``MODELS`` with one shape range
+for all of them, ``ALL_MODELS`` (every model in the repository), or ``PLAN``,
+a JSON document with a plan per model (what ``warmup_models.py --plan`` sends
+from a YAML or JSON plan file). ``MODE`` picks how the models are warmed.
+
 Pure Python and numpy: no Triton imports, so the unit tests run without a
-server. Every problem raises ``WarmupRequestError`` naming the input at fault.
+server. Every problem raises ``WarmupRequestError`` naming the input at fault
+and, for ``PLAN``, the path to the wrong value inside the document.
 """
 
 import collections
 import dataclasses
-from typing import FrozenSet, Mapping, Optional, Tuple
+import json
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -14,12 +21,37 @@ import numpy as np
 INVALID_ARG = "INVALID_ARG"
 NOT_FOUND = "NOT_FOUND"
 
-REQUIRED_INPUTS = ("MODELS", "GROUP_SIZE_MIN", "GROUP_SIZE_MAX")
-OPTIONAL_INPUTS = ("FEATURE_DIMS", "BATCH_SIZES")
+# Every input the helper reads. MODELS, GROUP_SIZE_MIN and GROUP_SIZE_MAX are
+# required unless PLAN carries the plans (ALL_MODELS stands in for MODELS).
+REQUEST_INPUTS = (
+    "MODELS",
+    "GROUP_SIZE_MIN",
+    "GROUP_SIZE_MAX",
+    "FEATURE_DIMS",
+    "BATCH_SIZES",
+    "ALL_MODELS",
+    "PLAN",
+    "MODE",
+)
+
+# auto: load through the Model Loading API when the server is in explicit
+# model-control mode, else send inference requests. load / requests: force one.
+MODES = ("auto", "load", "requests")
+
+# How a plan fills one input of a sample: Triton's random_data, zero_data, or
+# input_data_file with a file under the model's warmup/ folder.
+DATA_POLICIES = ("random", "zero")
+DATA_FILE_KEY = "file"
 
 # A folder name longer than this cannot exist on Linux file systems; refusing
 # it here also keeps an absurd name away from the file system calls.
 MAX_NAME_BYTES = 255
+
+# A plan document larger than this is refused before it is parsed.
+MAX_PLAN_BYTES = 1024 * 1024
+
+_PLAN_KEYS = ("mode", "all_models", "defaults", "models")
+_MODEL_PLAN_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data")
 
 
 class WarmupRequestError(ValueError):
@@ -28,12 +60,48 @@ class WarmupRequestError(ValueError):
     Attributes:
         field: the request input (or config parameter) that is wrong.
         code: ``INVALID_ARG`` or ``NOT_FOUND``.
+        path: for ``PLAN``, the keys and list indexes that lead to the wrong
+            value in the plan document (``("models", "model-v1", "count")``);
+            the client maps it to a line of the plan file.
     """
 
-    def __init__(self, field: str, message: str, code: str = INVALID_ARG):
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, code: str = INVALID_ARG, path: Tuple = ()):
+        where = "".join(f"[{step!r}]" if isinstance(step, int) else f".{step}" for step in path)
+        super().__init__(f"{field}{where}: {message}")
         self.field = field
         self.code = code
+        self.path = tuple(path)
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelPlanRequest:
+    """What a request asks for one model.
+
+    Attributes:
+        name: the model's folder name.
+        feature_dim: trailing dim of rank >= 2 inputs; ``None`` to take it
+            from the model's config.
+        group_sizes: every group size to warm, as a ``range`` so that a huge
+            request costs nothing until the plan's size cap refuses it.
+        batch_sizes: sorted, de-duplicated batch sizes, or ``None`` for the
+            default derived from the model's config.
+        count: runs per sample on each instance; ``None`` for the helper's
+            ``warmup_count``.
+        data: input name to ``"random"``, ``"zero"`` or ``{"file": NAME}``;
+            the model must have every input named here.
+        default_data: the same from a plan's ``defaults``: it applies to the
+            inputs a model has and is ignored for the others. Inputs named in
+            neither get random values if they are floats, else zeros.
+    """
+
+    name: str
+    feature_dim: Optional[int]
+    group_sizes: range
+    batch_sizes: Optional[Tuple[int, ...]] = None
+    count: Optional[int] = None
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    default_data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,38 +109,48 @@ class WarmupRequest:
     """What one request asks for, already validated.
 
     Attributes:
-        models: target model names, in request order, no duplicates.
-        feature_dims: one per model; ``None`` where the request left it to the
-            model's config (FEATURE_DIMS absent, or 0 for that model).
-        group_sizes: every group size from GROUP_SIZE_MIN to GROUP_SIZE_MAX, as
-            a ``range`` so that a huge request costs nothing until the plan's
-            size cap refuses it.
-        batch_sizes: sorted, de-duplicated BATCH_SIZES, or ``None`` for the
-            default derived from each model's config.
+        plans: one per named model, in request order, no duplicates.
+        all_models: also warm every other model of the repository with
+            ``default_plan`` (``ALL_MODELS``, or ``all_models`` in a plan).
+        default_plan: the plan (name empty) for models ``all_models`` adds.
+        mode: one of ``MODES``.
     """
 
-    models: Tuple[str, ...]
-    feature_dims: Tuple[Optional[int], ...]
-    group_sizes: range
-    batch_sizes: Optional[Tuple[int, ...]]
+    plans: Tuple[ModelPlanRequest, ...]
+    all_models: bool = False
+    default_plan: Optional[ModelPlanRequest] = None
+    mode: str = "auto"
+
+    @property
+    def models(self) -> Tuple[str, ...]:
+        return tuple(plan.name for plan in self.plans)
 
 
-def check_model_name(name: str, helper_name: str) -> None:
-    """Refuse a name that is not a plain model folder in the repository."""
+def check_model_name(
+    name: str,
+    helper_name: str,
+    allowed_models: Optional[FrozenSet[str]] = None,
+    field: str = "MODELS",
+    path: Tuple = (),
+) -> None:
+    """Refuse a name that is not a plain model folder in the repository, or
+    that the helper's ``allowed_models`` leaves out."""
+
+    def refuse(message):
+        raise WarmupRequestError(field, message, path=path)
+
     if not name:
-        raise WarmupRequestError("MODELS", "a model name is empty")
+        refuse("a model name is empty")
     if name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-        raise WarmupRequestError(
-            "MODELS", f"'{name}' is not a plain model folder name (no '/', '\\', '..')"
-        )
+        refuse(f"'{name}' is not a plain model folder name (no '/', '\\', '..')")
     if name.startswith("."):
-        raise WarmupRequestError("MODELS", f"'{name}' is a hidden folder, not a model")
+        refuse(f"'{name}' is a hidden folder, not a model")
     if name == helper_name:
-        raise WarmupRequestError("MODELS", f"'{name}' is the warmup helper itself")
+        refuse(f"'{name}' is the warmup helper itself")
     if len(name.encode("utf-8", "replace")) > MAX_NAME_BYTES:
-        raise WarmupRequestError(
-            "MODELS", f"'{name[:40]}...' is longer than {MAX_NAME_BYTES} bytes: no folder has that name"
-        )
+        refuse(f"'{name[:40]}...' is longer than {MAX_NAME_BYTES} bytes: no folder has that name")
+    if allowed_models is not None and name not in allowed_models:
+        refuse(f"'{name}' is not in the warmup_helper's allowed_models {sorted(allowed_models)}")
 
 
 def parse_allowed_models(value: str) -> Optional[FrozenSet[str]]:
@@ -82,16 +160,25 @@ def parse_allowed_models(value: str) -> Optional[FrozenSet[str]]:
     return names or None
 
 
-def _decode_names(array: np.ndarray) -> Tuple[str, ...]:
-    names = []
+
+
+def _decode_strings(field: str, array: np.ndarray) -> Tuple[str, ...]:
+    values = []
     for raw in array.reshape(-1):
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise WarmupRequestError("MODELS", f"{raw!r} is not UTF-8") from None
-        names.append(str(raw))
-    return tuple(names)
+                raise WarmupRequestError(field, f"{raw[:40]!r} is not UTF-8") from None
+        values.append(str(raw))
+    return tuple(values)
+
+
+def _single_string(field: str, array: np.ndarray) -> str:
+    values = _decode_strings(field, array)
+    if len(values) != 1:
+        raise WarmupRequestError(field, f"must hold exactly one string, got {len(values)}")
+    return values[0]
 
 
 def _integers(field: str, array: np.ndarray) -> Tuple[int, ...]:
@@ -107,6 +194,29 @@ def _single_integer(field: str, array: np.ndarray) -> int:
     if values[0] < 1:
         raise WarmupRequestError(field, f"must be at least 1, got {values[0]}")
     return values[0]
+
+
+def _group_range(group_min: int, group_max: int, field: str = "GROUP_SIZE_MIN", path=()) -> range:
+    if group_min > group_max:
+        raise WarmupRequestError(
+            field, f"group_size_min {group_min} is greater than group_size_max {group_max}", path=path
+        )
+    return range(group_min, group_max + 1)
+
+
+def _check_batch_sizes(field: str, given: Tuple[int, ...], path=()) -> Tuple[int, ...]:
+    if not given:
+        raise WarmupRequestError(field, "is empty: leave it out for the default", path=path)
+    too_small = [value for value in given if value < 1]
+    if too_small:
+        raise WarmupRequestError(field, f"must be at least 1, got {too_small[0]}", path=path)
+    return tuple(sorted(set(given)))
+
+
+def _check_mode(mode: str, field: str = "MODE", path=()) -> str:
+    if mode not in MODES:
+        raise WarmupRequestError(field, f"must be one of {list(MODES)}, got {mode!r}", path=path)
+    return mode
 
 
 def parse_request(
@@ -127,20 +237,67 @@ def parse_request(
     Raises:
         WarmupRequestError: naming the first input that is wrong.
     """
-    for field in REQUIRED_INPUTS:
-        if inputs.get(field) is None:
-            raise WarmupRequestError(field, "is required")
+    mode = "auto"
+    if inputs.get("MODE") is not None:
+        mode = _check_mode(_single_string("MODE", inputs["MODE"]))
 
-    models = _decode_names(inputs["MODELS"])
+    if inputs.get("PLAN") is not None:
+        given = [
+            field
+            for field in ("MODELS", "ALL_MODELS", "GROUP_SIZE_MIN", "GROUP_SIZE_MAX", "FEATURE_DIMS", "BATCH_SIZES")
+            if inputs.get(field) is not None
+        ]
+        if given:
+            raise WarmupRequestError(
+                "PLAN", f"carries the whole plan: leave out {given}, or leave out PLAN"
+            )
+        text = _single_string("PLAN", inputs["PLAN"])
+        if len(text.encode("utf-8")) > MAX_PLAN_BYTES:
+            raise WarmupRequestError("PLAN", f"is larger than {MAX_PLAN_BYTES} bytes")
+        try:
+            document = json.loads(text)
+        except ValueError as error:
+            raise WarmupRequestError("PLAN", f"is not JSON: {error}") from None
+        parsed = parse_plan_document(document, helper_name, allowed_models)
+        if inputs.get("MODE") is not None:
+            parsed = dataclasses.replace(parsed, mode=mode)
+        return parsed
+
+    all_models = False
+    if inputs.get("ALL_MODELS") is not None:
+        flags = inputs["ALL_MODELS"].reshape(-1)
+        if flags.dtype != np.bool_ or len(flags) != 1:
+            raise WarmupRequestError("ALL_MODELS", "must be one BOOL")
+        all_models = bool(flags[0])
+
+    for field in ("GROUP_SIZE_MIN", "GROUP_SIZE_MAX"):
+        if inputs.get(field) is None:
+            raise WarmupRequestError(field, "is required (or send PLAN)")
+    group_sizes = _group_range(
+        _single_integer("GROUP_SIZE_MIN", inputs["GROUP_SIZE_MIN"]),
+        _single_integer("GROUP_SIZE_MAX", inputs["GROUP_SIZE_MAX"]),
+    )
+    batch_sizes = None
+    if inputs.get("BATCH_SIZES") is not None:
+        batch_sizes = _check_batch_sizes("BATCH_SIZES", _integers("BATCH_SIZES", inputs["BATCH_SIZES"]))
+
+    if all_models:
+        if inputs.get("MODELS") is not None or inputs.get("FEATURE_DIMS") is not None:
+            raise WarmupRequestError(
+                "ALL_MODELS",
+                "takes every model of the repository: leave out MODELS and FEATURE_DIMS "
+                "(each model's config gives its feature dimension; a plan file can set one per model)",
+            )
+        default_plan = ModelPlanRequest("", None, group_sizes, batch_sizes)
+        return WarmupRequest(plans=(), all_models=True, default_plan=default_plan, mode=mode)
+
+    if inputs.get("MODELS") is None:
+        raise WarmupRequestError("MODELS", "is required (or send ALL_MODELS or PLAN)")
+    models = _decode_strings("MODELS", inputs["MODELS"])
     if not models:
         raise WarmupRequestError("MODELS", "is empty: name at least one model")
     for name in models:
-        check_model_name(name, helper_name)
-        if allowed_models is not None and name not in allowed_models:
-            raise WarmupRequestError(
-                "MODELS",
-                f"'{name}' is not in the warmup_helper's allowed_models {sorted(allowed_models)}",
-            )
+        check_model_name(name, helper_name, allowed_models)
     duplicates = sorted(name for name, seen in collections.Counter(models).items() if seen > 1)
     if duplicates:
         raise WarmupRequestError("MODELS", f"names {duplicates} more than once")
@@ -159,26 +316,153 @@ def parse_request(
             raise WarmupRequestError("FEATURE_DIMS", f"must be 0 or more, got {negative[0]}")
         feature_dims = tuple(value or None for value in given)
 
-    group_min = _single_integer("GROUP_SIZE_MIN", inputs["GROUP_SIZE_MIN"])
-    group_max = _single_integer("GROUP_SIZE_MAX", inputs["GROUP_SIZE_MAX"])
-    if group_min > group_max:
-        raise WarmupRequestError(
-            "GROUP_SIZE_MIN", f"{group_min} is greater than GROUP_SIZE_MAX {group_max}"
-        )
-
-    batch_sizes = None
-    if inputs.get("BATCH_SIZES") is not None:
-        given = _integers("BATCH_SIZES", inputs["BATCH_SIZES"])
-        if not given:
-            raise WarmupRequestError("BATCH_SIZES", "is empty: leave it out for the default")
-        too_small = [value for value in given if value < 1]
-        if too_small:
-            raise WarmupRequestError("BATCH_SIZES", f"must be at least 1, got {too_small[0]}")
-        batch_sizes = tuple(sorted(set(given)))
-
-    return WarmupRequest(
-        models=models,
-        feature_dims=feature_dims,
-        group_sizes=range(group_min, group_max + 1),
-        batch_sizes=batch_sizes,
+    plans = tuple(
+        ModelPlanRequest(name, feature_dim, group_sizes, batch_sizes)
+        for name, feature_dim in zip(models, feature_dims)
     )
+    return WarmupRequest(plans=plans, mode=mode)
+
+
+def _plan_error(message: str, path: Tuple) -> WarmupRequestError:
+    return WarmupRequestError("PLAN", message, path=path)
+
+
+def _plan_mapping(value: Any, path: Tuple, what: str) -> Dict:
+    if not isinstance(value, dict):
+        raise _plan_error(f"{what} must be a mapping, got {type(value).__name__}", path)
+    return value
+
+
+def _plan_integer(value: Any, path: Tuple, minimum: int) -> int:
+    # bool is an int in Python; `count: true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _plan_error(f"must be an integer, got {value!r}", path)
+    if value < minimum:
+        raise _plan_error(f"must be at least {minimum}, got {value}", path)
+    return value
+
+
+def _plan_data(value: Any, path: Tuple) -> Dict[str, Any]:
+    """``data``: input name to ``random``, ``zero`` or ``{file: NAME}``."""
+    policies = {}
+    for input_name, policy in _plan_mapping(value, path, "data").items():
+        where = path + (input_name,)
+        if isinstance(policy, str) and policy in DATA_POLICIES:
+            policies[input_name] = policy
+            continue
+        if isinstance(policy, dict) and list(policy) == [DATA_FILE_KEY]:
+            file_name = policy[DATA_FILE_KEY]
+            if (
+                not isinstance(file_name, str)
+                or not file_name
+                or file_name.startswith("/")
+                or ".." in file_name.split("/")
+                or "\x00" in file_name
+            ):
+                raise _plan_error(
+                    f"file must name a file inside the model's warmup/ folder, got {file_name!r}",
+                    where + (DATA_FILE_KEY,),
+                )
+            policies[input_name] = {DATA_FILE_KEY: file_name}
+            continue
+        raise _plan_error(
+            f"must be one of {list(DATA_POLICIES)} or {{{DATA_FILE_KEY}: NAME}} (a file under the "
+            f"model's warmup/ folder), got {policy!r}",
+            where,
+        )
+    return policies
+
+
+def _plan_settings(value: Any, path: Tuple) -> Dict[str, Any]:
+    """Check one model's (or the defaults') settings; return them normalized."""
+    settings = _plan_mapping({} if value is None else value, path, "a model's plan")
+    unknown = [key for key in settings if key not in _MODEL_PLAN_KEYS]
+    if unknown:
+        raise _plan_error(
+            f"unknown key {unknown[0]!r}; a plan may set {list(_MODEL_PLAN_KEYS)}",
+            path + (unknown[0],),
+        )
+    checked = {}
+    if settings.get("feature_dim") is not None:
+        checked["feature_dim"] = _plan_integer(settings["feature_dim"], path + ("feature_dim",), 0) or None
+    for key in ("group_size_min", "group_size_max", "count"):
+        if settings.get(key) is not None:
+            checked[key] = _plan_integer(settings[key], path + (key,), 1)
+    if settings.get("batch_sizes") is not None:
+        sizes = settings["batch_sizes"]
+        if not isinstance(sizes, list):
+            raise _plan_error(f"must be a list of integers, got {sizes!r}", path + ("batch_sizes",))
+        checked["batch_sizes"] = _check_batch_sizes(
+            "PLAN",
+            tuple(_plan_integer(size, path + ("batch_sizes", index), 1) for index, size in enumerate(sizes)),
+            path + ("batch_sizes",),
+        )
+    if settings.get("data") is not None:
+        checked["data"] = _plan_data(settings["data"], path + ("data",))
+    return checked
+
+
+def _model_plan(
+    name: str, settings: Dict[str, Any], path: Tuple, default_data: Optional[Dict] = None
+) -> ModelPlanRequest:
+    if "group_size_max" not in settings:
+        raise _plan_error("group_size_max is required, for this model or in defaults", path)
+    group_sizes = _group_range(
+        settings.get("group_size_min", 1), settings["group_size_max"], "PLAN", path + ("group_size_min",)
+    )
+    return ModelPlanRequest(
+        name=name,
+        feature_dim=settings.get("feature_dim"),
+        group_sizes=group_sizes,
+        batch_sizes=settings.get("batch_sizes"),
+        count=settings.get("count"),
+        data=settings.get("data", {}),
+        default_data=default_data or {},
+    )
+
+
+def parse_plan_document(
+    document: Any,
+    helper_name: str,
+    allowed_models: Optional[FrozenSet[str]] = None,
+) -> WarmupRequest:
+    """Validate a plan document (the parsed YAML or JSON of a plan file).
+
+    The document holds ``mode``, ``all_models``, ``defaults`` (settings every
+    model starts from) and ``models`` (model name to its own settings, which
+    override the defaults). Settings: ``feature_dim``, ``group_size_min``
+    (default 1), ``group_size_max``, ``batch_sizes``, ``count`` and ``data``.
+
+    Raises:
+        WarmupRequestError: field ``PLAN``, with ``path`` leading to the wrong value.
+    """
+    document = _plan_mapping(document, (), "the plan")
+    unknown = [key for key in document if key not in _PLAN_KEYS]
+    if unknown:
+        raise _plan_error(f"unknown key {unknown[0]!r}; a plan has {list(_PLAN_KEYS)}", (unknown[0],))
+    mode = "auto"
+    if document.get("mode") is not None:
+        if not isinstance(document["mode"], str):
+            raise _plan_error(f"must be one of {list(MODES)}, got {document['mode']!r}", ("mode",))
+        mode = _check_mode(document["mode"], "PLAN", ("mode",))
+    all_models = document.get("all_models", False)
+    if not isinstance(all_models, bool):
+        raise _plan_error(f"must be true or false, got {all_models!r}", ("all_models",))
+    defaults = _plan_settings(document.get("defaults"), ("defaults",))
+    models = _plan_mapping(document.get("models") or {}, ("models",), "models")
+    if not models and not all_models:
+        raise _plan_error("names no model: list models, or set all_models: true", ("models",))
+
+    plans = []
+    for name, settings in models.items():
+        path = ("models", name)
+        check_model_name(str(name), helper_name, allowed_models, field="PLAN", path=path)
+        own = _plan_settings(settings, path)
+        merged = {key: value for key, value in defaults.items() if key != "data"}
+        merged.update(own)
+        plans.append(_model_plan(str(name), merged, path, defaults.get("data")))
+    default_plan = None
+    if all_models:
+        shape = {key: value for key, value in defaults.items() if key != "data"}
+        default_plan = _model_plan("", shape, ("defaults",), defaults.get("data"))
+    return WarmupRequest(plans=tuple(plans), all_models=all_models, default_plan=default_plan, mode=mode)
