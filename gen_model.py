@@ -59,8 +59,16 @@ def build_model(feature_dim: int, seed: int = DEFAULT_SEED) -> torch.jit.ScriptM
         return torch.jit.script(model)
 
 
+# Real sample data for the example plan (plans/example.yaml): a mask that keeps
+# every item, for groups of up to this many items. Triton reads a sample's
+# input_data_file from the model's warmup/ folder and takes its first bytes.
+MASK_FILE = "mask_all_items.bin"
+MASK_FILE_ITEMS = 64
+
+
 def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> list:
-    """Write ``<model>/1/model.pt`` for every example model; return the paths."""
+    """Write ``<model>/1/model.pt`` and ``<model>/warmup/mask_all_items.bin``
+    for every example model; return the paths."""
     written = []
     for model_name, feature_dim in FEATURE_DIMS.items():
         version_dir = model_repository / model_name / "1"
@@ -73,6 +81,11 @@ def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> li
         path = version_dir / "model.pt"
         build_model(feature_dim, seed).save(str(path))
         written.append(path)
+        warmup_dir = model_repository / model_name / "warmup"
+        warmup_dir.mkdir(exist_ok=True)
+        mask = warmup_dir / MASK_FILE
+        mask.write_bytes(torch.ones(MASK_FILE_ITEMS, dtype=torch.int64).numpy().tobytes())
+        written.append(mask)
     return written
 
 

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Print the state of every model in a Triton server's repository.
+"""Print the state of every model in a Triton server's repository, or wait
+until named models are READY (a readiness or startup probe).
 
 Reads the repository index (the Model Repository extension), so models that
 were never loaded are listed too, as UNAVAILABLE.
 
-Exit codes: 0 the index was read, 3 server unreachable.
+Exit codes: 0 the index was read (with --wait-ready: every named model is
+READY), 1 a named model failed to load, was refused or is not READY within
+--timeout, 3 server unreachable.
 """
 
 import argparse
 import json
 import sys
+import time
 from typing import Dict, List, Optional
 
 from tritonclient.utils import InferenceServerException
@@ -18,6 +22,7 @@ import client_flags
 
 # Connecting and reading the index is quick; a server this slow is unhealthy.
 DEFAULT_TIMEOUT_S = 30.0
+_POLL_INTERVAL_S = 0.25
 
 
 def model_states(index: List[Dict]) -> List[Dict]:
@@ -37,6 +42,64 @@ def model_states(index: List[Dict]) -> List[Dict]:
     ]
 
 
+def load_failures(index: List[Dict], models: List[str]) -> Dict[str, str]:
+    """Named models whose last load failed, with Triton's reason.
+
+    A model that is UNAVAILABLE with a reason other than "unloaded" was tried
+    and failed; one without a state was never tried and may still come.
+    """
+    failures = {}
+    for entry in index:
+        reason = entry.get("reason", "")
+        if entry["name"] in models and entry.get("state") == "UNAVAILABLE" and reason and reason != "unloaded":
+            failures[entry["name"]] = reason
+    return failures
+
+
+def wait_ready(client, args, headers) -> tuple:
+    """Poll the index until every ``--wait-ready`` model is READY.
+
+    Returns the exit code and the last index read (``None`` if none was).
+    """
+    url = client_flags.server_url(args)
+    deadline = time.monotonic() + args.timeout
+    index, last_error = None, None
+    while True:
+        try:
+            index = client_flags.repository_index(client, args.protocol, headers)
+            last_error = None
+        except (OSError, InferenceServerException) as error:
+            if not client_flags.is_unreachable(error):
+                print(f"FAILED: {url} refused the repository index: {error}", file=sys.stderr)
+                return client_flags.EXIT_FAILED, None
+            last_error = error
+        if index is not None and last_error is None:
+            states = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
+            missing = [name for name in args.wait_ready if name not in states]
+            if missing:
+                print(f"FAILED: no model {missing} in the repository of {url}", file=sys.stderr)
+                return client_flags.EXIT_FAILED, index
+            failures = load_failures(index, args.wait_ready)
+            if failures:
+                for name, reason in failures.items():
+                    print(f"FAILED: {name} did not load: {reason}", file=sys.stderr)
+                return client_flags.EXIT_FAILED, index
+            if all(states[name] == "READY" for name in args.wait_ready):
+                print(f"READY: {args.wait_ready}")
+                return client_flags.EXIT_OK, index
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_INTERVAL_S)
+    if index is None:
+        print(f"FAILED: no Triton server answered at {url} ({args.protocol}) within "
+              f"{args.timeout:g} s: {last_error}", file=sys.stderr)
+        return client_flags.EXIT_UNREACHABLE, None
+    states = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
+    waiting = {name: states.get(name) for name in args.wait_ready if states.get(name) != "READY"}
+    print(f"FAILED: not READY within {args.timeout:g} s: {waiting}", file=sys.stderr)
+    return client_flags.EXIT_FAILED, index
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1]
@@ -48,12 +111,30 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="Print the full repository index as JSON, with each model's reason "
         "when it is not READY. Default is off.",
     )
+    parser.add_argument(
+        "--wait-ready",
+        nargs="+",
+        metavar="MODEL",
+        help="Wait until these models are READY, then exit 0; exit 1 if one fails to "
+        "load or --timeout passes first. For Kubernetes readiness and startup probes.",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"Seconds --wait-ready waits. Default is {DEFAULT_TIMEOUT_S:g}.",
+    )
     args = parser.parse_args(argv)
 
     headers = client_flags.request_headers(args)
     client = client_flags.create_client(args, timeout_s=DEFAULT_TIMEOUT_S)
     url = client_flags.server_url(args)
     try:
+        if args.wait_ready:
+            code, index = wait_ready(client, args, headers)
+            if args.json and index is not None:
+                print(json.dumps(index, indent=2))
+            return code
         index = client_flags.repository_index(client, args.protocol, headers)
     except (OSError, InferenceServerException) as error:
         if client_flags.is_unreachable(error):

@@ -3,15 +3,18 @@
 
 Starts the real tritonserver from the nvidia-pytriton wheel in explicit
 model-control mode with ``--load-model=warmup_helper``, waits until it is
-ready, then either runs COMMAND and stops, or serves until Ctrl-C/SIGTERM.
-Unknown ``--flags`` are passed to tritonserver unchanged.
+ready, warms the models of a plan file if ``--warmup PLAN`` is given, then
+either runs COMMAND and stops, or serves until Ctrl-C/SIGTERM. Unknown
+``--flags`` are passed to tritonserver unchanged.
 
 Exit codes: COMMAND's own when one is given; 0 after Ctrl-C or SIGTERM; 1
-when the server cannot start or exits by itself.
+when the server cannot start, exits by itself or a planned model fails to
+warm; 2 bad usage or a bad plan file.
 
 Examples::
 
     python serve.py                               # serve ./model_repository
+    python serve.py --warmup plans/example.yaml   # start, warm, then serve
     python serve.py --working-copy -- python warmup_models.py
     python serve.py --log-verbose 1 --exit-timeout-secs=10
 """
@@ -34,6 +37,8 @@ from embedded_triton import (
     TritonNotFoundError,
     TritonStartError,
 )
+from plan_file import PlanFileError, load_plan
+import warmup_models
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -88,6 +93,14 @@ def parse_args(argv):
         "Default is a new temporary folder.",
     )
     parser.add_argument(
+        "--warmup",
+        metavar="PLAN",
+        type=pathlib.Path,
+        help="Once the server is up, warm the models of this plan file (YAML or JSON, see "
+        "plans/example.yaml) and say READY only when every one is warm; stop with exit "
+        "code 1 if one fails. Default is no warmup.",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_READY_TIMEOUT_S,
@@ -97,6 +110,12 @@ def parse_args(argv):
     unexpected = [arg for arg in passthrough if not arg.startswith("-")]
     if unexpected:
         parser.error(f"unexpected arguments {unexpected}; put a command after '--'")
+    if args.warmup is not None:
+        # A bad plan is refused before a server starts.
+        try:
+            load_plan(args.warmup)
+        except PlanFileError as error:
+            parser.error(str(error))
     return args, passthrough, command
 
 
@@ -142,6 +161,13 @@ def main(argv=None) -> int:
             f"metrics localhost:{args.metrics_port}",
             flush=True,
         )
+        if args.warmup is not None:
+            code = warmup_models.main(["-u", server.http_url, "--plan", str(args.warmup)])
+            if code != 0:
+                print(f"FAILED: the warmup of {args.warmup} did not finish (exit code {code}); "
+                      "stopping the server", file=sys.stderr, flush=True)
+                return code
+            print(f"READY: every model of {args.warmup} is warm", flush=True)
         if command:
             return subprocess.call(command)
         print("serving; press Ctrl-C to stop", flush=True)

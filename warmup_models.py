@@ -4,7 +4,9 @@
 The helper writes a model_warmup sample for every group size x batch size into
 each model's config.pbtxt and loads the model; Triton runs the samples on every
 instance before it marks the model READY. This script sends that request,
-shows the models' states while it runs, and prints a table of the results.
+shows each model's state live while it runs, and prints a table of the
+results. Models come from --models, --all (every model in the repository) or
+a plan file (--plan, YAML or JSON; see plans/example.yaml).
 
 Exit codes: 0 every model warmed, 1 a model or the request failed, 2 bad
 usage, 3 server unreachable.
@@ -12,6 +14,7 @@ usage, 3 server unreachable.
 
 import argparse
 import json
+import pathlib
 import sys
 import threading
 import time
@@ -22,6 +25,7 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 import client_flags
+from plan_file import PlanFileError, load_plan
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
 DEFAULT_GROUP_SIZE_MIN = 1
@@ -30,6 +34,7 @@ DEFAULT_GROUP_SIZE_MAX = 4
 # times: minutes on a small CPU machine, so the default is generous.
 DEFAULT_TIMEOUT_S = 900.0
 _POLL_INTERVAL_S = 0.5
+_DRAW_INTERVAL_S = 0.2
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -47,8 +52,28 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         nargs="+",
-        default=DEFAULT_MODELS,
         help=f"Models to warm up. Default is {' '.join(DEFAULT_MODELS)}.",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="Warm every model in the server's repository except the helper (the helper "
+        "lists them). Each takes its feature dimension from its config. Default is off.",
+    )
+    parser.add_argument(
+        "--plan",
+        type=pathlib.Path,
+        help="A plan file (YAML or JSON) with a plan per model: group sizes, batch sizes, "
+        "count and data per input. Replaces --models, --all and the shape flags. "
+        "See plans/example.yaml.",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "load", "requests"),
+        help="load: rewrite configs and load through the Model Loading API (warm before "
+        "READY; explicit mode only). requests: send inference requests to models that "
+        "are already READY (any mode; they serve traffic while they warm). Default is "
+        "auto: load in explicit mode, else requests (or the plan file's mode).",
     )
     parser.add_argument(
         "--feature-dims",
@@ -60,13 +85,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--group-size-min",
         type=int,
-        default=DEFAULT_GROUP_SIZE_MIN,
         help=f"Smallest group size to warm. Default is {DEFAULT_GROUP_SIZE_MIN}.",
     )
     parser.add_argument(
         "--group-size-max",
         type=int,
-        default=DEFAULT_GROUP_SIZE_MAX,
         help=f"Largest group size to warm. Default is {DEFAULT_GROUP_SIZE_MAX}.",
     )
     parser.add_argument(
@@ -87,17 +110,62 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--json", action="store_true", help="Print the helper's full JSON report. Default is off."
     )
     args = parser.parse_args(argv)
+    shape_flags = {
+        "--group-size-min": args.group_size_min,
+        "--group-size-max": args.group_size_max,
+        "--batch-sizes": args.batch_sizes,
+        "--feature-dims": args.feature_dims,
+        "--models": args.models,
+    }
+    args.plan_document = None
+    if args.plan is not None:
+        given = [flag for flag, value in shape_flags.items() if value is not None] + (
+            ["--all"] if args.all else []
+        )
+        if given:
+            parser.error(f"--plan holds the whole plan; leave out {', '.join(given)}")
+        try:
+            args.plan_document, plan = load_plan(args.plan, args.model_name)
+        except PlanFileError as error:
+            parser.error(str(error))
+        # Models the live view follows; None: every model of the repository.
+        args.watch_models = None if plan.all_models else list(plan.models)
+        return args
+    if args.all:
+        given = [flag for flag in ("--models", "--feature-dims") if shape_flags[flag] is not None]
+        if given:
+            parser.error(f"--all takes every model of the repository; leave out {', '.join(given)}")
+    else:
+        args.models = args.models or DEFAULT_MODELS
+    if args.group_size_min is None:
+        args.group_size_min = DEFAULT_GROUP_SIZE_MIN
+    if args.group_size_max is None:
+        args.group_size_max = DEFAULT_GROUP_SIZE_MAX
     if args.feature_dims is not None and len(args.feature_dims) != len(args.models):
         parser.error(
             f"--feature-dims has {len(args.feature_dims)} values for {len(args.models)} models"
         )
+    args.watch_models = None if args.all else list(args.models)
     return args
+
+
+def _strings(*values: str) -> np.ndarray:
+    return np.array([value.encode("utf-8") for value in values], dtype=np.object_)
 
 
 def build_inputs(args: argparse.Namespace) -> list:
     module = client_flags.client_module(args.protocol)
-    tensors = [
-        ("MODELS", np.array([name.encode("utf-8") for name in args.models], dtype=np.object_), "BYTES"),
+    tensors = []
+    if args.mode is not None:
+        tensors.append(("MODE", _strings(args.mode), "BYTES"))
+    if args.plan_document is not None:
+        tensors.append(("PLAN", _strings(json.dumps(args.plan_document)), "BYTES"))
+        return _tensors(module, tensors)
+    if args.all:
+        tensors.append(("ALL_MODELS", np.array([True]), "BOOL"))
+    else:
+        tensors.append(("MODELS", _strings(*args.models), "BYTES"))
+    tensors += [
         ("GROUP_SIZE_MIN", np.array([args.group_size_min], dtype=np.int64), "INT64"),
         ("GROUP_SIZE_MAX", np.array([args.group_size_max], dtype=np.int64), "INT64"),
     ]
@@ -105,6 +173,10 @@ def build_inputs(args: argparse.Namespace) -> list:
         tensors.append(("FEATURE_DIMS", np.array(args.feature_dims, dtype=np.int64), "INT64"))
     if args.batch_sizes is not None:
         tensors.append(("BATCH_SIZES", np.array(args.batch_sizes, dtype=np.int64), "INT64"))
+    return _tensors(module, tensors)
+
+
+def _tensors(module, tensors: list) -> list:
     inputs = []
     for name, array, datatype in tensors:
         tensor = module.InferInput(name, list(array.shape), datatype)
@@ -113,29 +185,66 @@ def build_inputs(args: argparse.Namespace) -> list:
     return inputs
 
 
-class StateWatcher(threading.Thread):
-    """Polls the repository index while the blocking warmup request runs.
+# Where a model's bar stands in its load: UNAVAILABLE, LOADING, then READY.
+_STAGES = {"UNAVAILABLE": 0, "UNLOADING": 0, "LOADING": 1, "READY": 2}
 
-    On a terminal it keeps one live line of states and elapsed time; elsewhere
-    (CI logs) it prints a plain line whenever a state changes.
+
+def live_state(entry: Dict, seen_loading: bool) -> str:
+    """A model's state for the live view: Triton's, or FAILED for a model
+    that went back to UNAVAILABLE with a reason after it was seen LOADING."""
+    state = entry.get("state", "UNAVAILABLE")
+    if state == "UNAVAILABLE" and seen_loading and entry.get("reason") not in (None, "", "unloaded"):
+        return "FAILED"
+    return state
+
+
+class StateWatcher:
+    """Shows each model's state while the blocking warmup request runs.
+
+    One thread polls the repository index; another redraws. On a terminal
+    each model has a progress bar (UNAVAILABLE, LOADING, READY or FAILED)
+    with the seconds since the request went out; elsewhere (CI logs) a plain
+    line is printed whenever a model's state changes.
+
+    Triton answers state queries only between loads: while it loads a model,
+    the index call waits. A poll that has waited longer than the interval
+    therefore shows the models not yet settled as LOADING. When the request
+    ends, ``finish`` sets every bar from the helper's report, which is the
+    authority on what happened.
+
+    Args:
+        models: the models to follow; ``None`` follows every model of the
+            index except the helper (``--all``, or a plan with all_models).
     """
 
-    def __init__(self, args: argparse.Namespace, models: List[str], stream):
-        super().__init__(daemon=True)
+    def __init__(self, args: argparse.Namespace, models: Optional[List[str]], stream):
         self.stream = stream
         self.models = models
-        self.client = client_flags.create_client(args, timeout_s=10)
+        self.helper = args.model_name
+        self.client = client_flags.create_client(args, timeout_s=args.timeout)
         self.protocol = args.protocol
         self.headers = client_flags.request_headers(args)
         self.refusal = None
         self.done = threading.Event()
+        self.lock = threading.Lock()
         self.started = time.monotonic()
-        self.bar = tqdm(
-            total=len(models), bar_format="{desc} [{elapsed}]", file=stream, disable=None
-        )
-        self.plain = self.bar.disable
+        self.index_states: Dict[str, str] = {}
+        self.poll_since: Optional[float] = None
+        self.shown: Dict[str, str] = {}
+        self.bars: Dict[str, tqdm] = {}
+        self.seen_loading = set()
+        # Bars on a terminal only: CI logs get one plain line per change.
+        self.plain = not (hasattr(stream, "isatty") and stream.isatty())
+        self.threads = [
+            threading.Thread(target=self._poll, daemon=True),
+            threading.Thread(target=self._draw, daemon=True),
+        ]
 
-    def states(self) -> Dict[str, str]:
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _read_index(self) -> Optional[Dict[str, str]]:
         try:
             index = client_flags.repository_index(self.client, self.protocol, self.headers)
         except InferenceServerException as error:
@@ -145,38 +254,103 @@ class StateWatcher(threading.Thread):
                 self.refusal = error.message()
                 print(f"(no live states: the server refused the repository index: "
                       f"{self.refusal}; pass -H KEY=VALUE)", file=self.stream, flush=True)
-            return {}
+            return None
         except OSError:
-            return {}
-        found = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
-        return {name: found.get(name, "?") for name in self.models}
+            return None
+        entries = {entry["name"]: entry for entry in index}
+        names = self.models if self.models is not None else sorted(n for n in entries if n != self.helper)
+        states = {}
+        for name in names:
+            entry = entries.get(name, {"state": "?"})
+            if entry.get("state") == "LOADING":
+                self.seen_loading.add(name)
+            states[name] = live_state(entry, name in self.seen_loading)
+        return states
 
-    def run(self) -> None:
-        last = None
-        # Poll at once, then every interval until stopped.
-        while True:
-            states = self.states()
-            if states:
-                text = ", ".join(f"{name} {state}" for name, state in states.items())
-                if self.plain:
-                    if text != last:
-                        elapsed = time.monotonic() - self.started
-                        print(f"[{elapsed:6.1f}s] {text}", file=self.stream, flush=True)
-                else:
-                    self.bar.set_description_str(text)
-                last = text
+    def _poll(self) -> None:
+        while not self.done.is_set():
+            with self.lock:
+                self.poll_since = time.monotonic()
+            states = self._read_index()
+            with self.lock:
+                self.poll_since = None
+                if states is not None:
+                    self.index_states = states
             if self.done.wait(_POLL_INTERVAL_S):
                 return
 
+    def _current(self) -> Dict[str, str]:
+        with self.lock:
+            states = dict(self.index_states)
+            waiting = self.poll_since is not None and time.monotonic() - self.poll_since > _POLL_INTERVAL_S
+        if waiting:
+            for name, state in states.items():
+                if state not in ("FAILED",) and self.shown.get(name) != "FAILED":
+                    states[name] = "LOADING"
+        return states
+
+    def _draw(self) -> None:
+        while not self.done.wait(_DRAW_INTERVAL_S):
+            elapsed = time.monotonic() - self.started
+            for name, state in self._current().items():
+                self._show(name, state, elapsed)
+
+    def _show(self, name: str, state: str, elapsed: float, final: bool = False) -> None:
+        changed = self.shown.get(name) != state
+        self.shown[name] = state
+        if self.plain:
+            if changed:
+                print(f"[{elapsed:6.1f}s] {name} {state}", file=self.stream, flush=True)
+            return
+        bar = self.bars.get(name)
+        if bar is None:
+            width = max(len(model) for model in (self.models or [name]))
+            bar = tqdm(
+                total=2,
+                desc=name.ljust(width),
+                # A list postfix is shown as it is (a string would get ", ").
+                bar_format="{desc} |{bar:12}| {postfix[0]}",
+                postfix=[""],
+                file=self.stream,
+                position=len(self.bars),
+                leave=True,
+            )
+            self.bars[name] = bar
+        if state in _STAGES:
+            bar.n = _STAGES[state]
+        # The clock keeps running until the report settles the model.
+        if changed or not final:
+            bar.postfix[0] = f"{state:<11} {elapsed:6.1f}s"
+            bar.refresh()
+
     def stop(self) -> None:
         self.done.set()
-        self.join(timeout=5)
-        self.bar.close()
-        self.client.close()
+        for thread in self.threads:
+            thread.join(timeout=1)
+
+    def finish(self, entries: List[Dict]) -> None:
+        """Settle every model from the helper's report, then close."""
+        self.stop()
+        for entry in entries:
+            seconds = entry.get("seconds_to_ready") or entry.get("seconds_warming")
+            elapsed = seconds if seconds is not None else time.monotonic() - self.started
+            self._show(entry["name"], entry["status"], elapsed, final=True)
+        self.close()
+
+    def close(self) -> None:
+        self.stop()
+        for bar in self.bars.values():
+            bar.close()
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001 - the poll thread may still hold it
+            pass
 
 
 def config_cell(entry: Dict) -> str:
     """What happened to the model's config.pbtxt."""
+    if entry.get("mode") == "requests":
+        return "not used"
     if entry.get("fallback"):
         return "not written"
     if entry.get("config_restored"):
@@ -199,6 +373,8 @@ def format_table(entries: List[Dict]) -> str:
     rows = [header]
     for entry in entries:
         seconds = entry.get("seconds_to_ready")
+        if seconds is None:
+            seconds = entry.get("seconds_warming")
         rows.append(
             (
                 entry["name"],
@@ -231,9 +407,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     # With --json, stdout carries the report alone, so that scripts can parse it.
     status = sys.stderr if args.json else sys.stdout
-    print(f"warming {args.models} through '{args.model_name}' at {url} ({args.protocol})",
+    what = args.plan or ("every model in the repository" if args.all else args.models)
+    print(f"warming {what} through '{args.model_name}' at {url} ({args.protocol})",
           file=status, flush=True)
-    watcher = StateWatcher(args, args.models, status)
+    watcher = StateWatcher(args, args.watch_models, status)
     watcher.start()
     started = time.monotonic()
     try:
@@ -244,22 +421,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             result = client.infer(args.model_name, build_inputs(args), headers=headers)
     except InferenceServerException as error:
-        watcher.stop()
+        watcher.close()
         print(f"FAILED: {args.model_name} refused the request: {error.message()}", file=sys.stderr)
         return client_flags.EXIT_FAILED
     except OSError as error:
-        watcher.stop()
+        watcher.close()
         print(f"FAILED: the warmup request to {url} broke off: {error}", file=sys.stderr)
         return client_flags.EXIT_FAILED
-    watcher.stop()
     elapsed = time.monotonic() - started
 
     loaded = [name.decode("utf-8") for name in result.as_numpy("LOADED_MODELS").reshape(-1)]
     report = json.loads(result.as_numpy("REPORT").reshape(-1)[0])
+    watcher.finish(report["models"])
     if args.json:
         print(json.dumps(report, indent=2))
-    print(f"model loaded: {loaded}", file=status)
+    if report.get("mode") == "requests":
+        print(f"warmed with inference requests: {loaded}", file=status)
+    else:
+        print(f"model loaded: {loaded}", file=status)
     print(format_table(report["models"]), file=status)
+    print(f"mode {report.get('mode')}: {report.get('mode_reason')}", file=status)
+    if report.get("limitation"):
+        print(f"NOTE: {report['limitation']}", file=status)
     print(f"total {elapsed:.2f} s", file=status)
     if report["failed"]:
         print(f"FAILED: Warmup failed for models: {report['failed']}", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""Reading plan files: the example parses, and every mistake names its line."""
+
+import json
+import pathlib
+
+import pytest
+
+from plan_file import PlanFileError, load_plan
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
+
+
+def write(tmp_path, text, name="plan.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_example_plan_in_the_repository_is_valid():
+    document, request = load_plan(EXAMPLE)
+    assert request.models == tuple(document["models"])
+    assert request.plans[0].data["mask"] == {"file": "mask_all_items.bin"}
+
+
+def test_json_plan_gives_the_same_request_as_yaml(tmp_path):
+    document, from_yaml = load_plan(EXAMPLE)
+    _, from_json = load_plan(write(tmp_path, json.dumps(document, indent=2), "plan.json"))
+    assert from_json == from_yaml
+
+
+# (plan text, line the error must name, words it must contain)
+BAD_FILES = {
+    "wrong type, deep": (
+        "models:\n  model-v1:\n    group_size_max: 4\n    batch_sizes: [1, 2, zero]\n",
+        4,
+        "models.model-v1.batch_sizes.2",
+    ),
+    "unknown key": ("defaults:\n  group_size_max: 4\nmodels:\n  model-v1:\n    cuont: 3\n", 5, "cuont"),
+    "bad data policy": (
+        "models:\n  m:\n    group_size_max: 2\n    data:\n      x: ones\n",
+        5,
+        "random",
+    ),
+    "count zero": ("models:\n  m:\n    group_size_max: 2\n\n    count: 0\n", 5, "at least 1"),
+    "missing group_size_max": ("models:\n  m:\n    count: 2\n", 2, "group_size_max is required"),
+    "YAML syntax": ("models:\n  m:\n    group_size_max: [1, 2\n", 4, "not valid YAML"),
+    "duplicate key": ("models:\n  m:\n    group_size_max: 2\n    group_size_max: 3\n", 4, "twice"),
+    "tab indentation": ("models:\n\tm: {}\n", 2, "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("text, line, words", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_a_mistake_names_file_and_line(tmp_path, text, line, words):
+    path = write(tmp_path, text)
+    with pytest.raises(PlanFileError) as caught:
+        load_plan(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}, line {line}: "), message
+    assert words in message
+
+
+def test_json_syntax_error_names_its_line(tmp_path):
+    path = write(tmp_path, '{\n  "models": {\n    "m": {"group_size_max": 2,}\n  }\n}\n', "plan.json")
+    with pytest.raises(PlanFileError, match=r"plan.json, line 3: not valid JSON"):
+        load_plan(path)
+
+
+def test_json_value_error_names_its_line(tmp_path):
+    text = '{\n  "models": {\n    "m": {\n      "group_size_max": 2,\n      "count": -1\n    }\n  }\n}\n'
+    with pytest.raises(PlanFileError, match=r"plan.json, line 5: models.m.count: must be at least 1"):
+        load_plan(write(tmp_path, text, "plan.json"))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(PlanFileError, match="cannot read the plan"):
+        load_plan(tmp_path / "absent.yaml")
