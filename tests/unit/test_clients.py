@@ -69,3 +69,95 @@ def test_model_states_fill_in_models_never_loaded():
         {"name": "warmup_helper", "version": "1", "state": "READY"},
         {"name": "broken", "version": "1", "state": "UNAVAILABLE"},
     ]
+
+
+def test_wait_ready_on_an_unreachable_server_exits_3_after_its_timeout():
+    result = run("query_model_states.py", "-u", f"localhost:{unused_port()}", "--wait-ready", "m", "--timeout", "0.5")
+    assert result.returncode == 3, result.stderr
+    assert "no Triton server answered" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--plan", "plans/example.yaml", "--models", "model-v1"], "leave out --models"),
+        (["--plan", "plans/example.yaml", "--group-size-max", "8"], "leave out --group-size-max"),
+        (["--plan", "plans/example.yaml", "--all"], "leave out --all"),
+        (["--all", "--models", "model-v1"], "leave out --models"),
+        (["--all", "--feature-dims", "64"], "leave out --feature-dims"),
+        (["--mode", "reload"], "invalid choice"),
+    ],
+)
+def test_conflicting_flags_exit_2(args, words):
+    result = run("warmup_models.py", *args)
+    assert result.returncode == 2
+    assert words in result.stderr
+
+
+def test_a_bad_plan_file_exits_2_naming_its_line_before_any_request(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("models:\n  model-v1:\n    group_size_max: 4\n    count: 0\n")
+    # No server listens on this port: the plan is refused before any connection.
+    result = run("warmup_models.py", "-u", f"localhost:{unused_port()}", "--plan", str(plan))
+    assert result.returncode == 2
+    assert f"{plan}, line 4: models.model-v1.count: must be at least 1" in result.stderr
+
+
+def test_serve_refuses_a_bad_plan_before_starting_a_server(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"models": {"model-v1": {"group_size_max": 4, "cuont": 3}}}')
+    result = run("serve.py", "--warmup", str(plan))
+    assert result.returncode == 2
+    assert "line 1: models.model-v1.cuont: unknown key" in result.stderr
+    assert "tritonserver" not in result.stdout
+
+
+def inputs_of(args):
+    parsed = warmup_models.parse_args(args)
+    return {tensor.name(): tensor for tensor in warmup_models.build_inputs(parsed)}, parsed
+
+
+def test_the_request_carries_the_plan_or_all_models_or_the_names():
+    tensors, parsed = inputs_of(["--plan", str(PROJECT_ROOT / "plans" / "example.yaml"), "--mode", "requests"])
+    assert sorted(tensors) == ["MODE", "PLAN"]
+    assert parsed.watch_models == ["model-v1", "model-v2", "model-v3"]
+    tensors, parsed = inputs_of(["--all", "--group-size-max", "8"])
+    assert sorted(tensors) == ["ALL_MODELS", "GROUP_SIZE_MAX", "GROUP_SIZE_MIN"]
+    assert parsed.watch_models is None
+    tensors, parsed = inputs_of([])
+    assert sorted(tensors) == ["GROUP_SIZE_MAX", "GROUP_SIZE_MIN", "MODELS"]
+    assert parsed.watch_models == warmup_models.DEFAULT_MODELS
+
+
+@pytest.mark.parametrize(
+    "entry, seen_loading, expected",
+    [
+        ({"state": "READY"}, True, "READY"),
+        ({"state": "LOADING"}, False, "LOADING"),
+        ({}, False, "UNAVAILABLE"),
+        ({"state": "UNAVAILABLE", "reason": "unloaded"}, True, "UNAVAILABLE"),
+        ({"state": "UNAVAILABLE", "reason": "bad file"}, True, "FAILED"),
+        # A reason from an earlier failure, before this warmup touched it.
+        ({"state": "UNAVAILABLE", "reason": "bad file"}, False, "UNAVAILABLE"),
+    ],
+)
+def test_live_state_calls_a_model_failed_once_it_loaded_and_fell_back(entry, seen_loading, expected):
+    assert warmup_models.live_state(entry, seen_loading) == expected
+
+
+def test_requests_mode_rows_say_the_config_was_not_used():
+    entry = {"name": "m", "status": "READY", "mode": "requests", "warmup_samples": 4, "count": 3,
+             "instances": 1, "seconds_to_ready": None, "seconds_warming": 0.25, "config_changed": False,
+             "error": None}
+    row = warmup_models.format_table([entry]).splitlines()[2].split()
+    assert row == ["m", "READY", "4", "3", "1", "0.25", "not", "used"]
+
+
+def test_load_failures_are_models_that_were_tried_and_failed():
+    index = [
+        {"name": "a", "state": "UNAVAILABLE", "reason": "unloaded"},
+        {"name": "b", "state": "UNAVAILABLE", "reason": "failed to load: bad file"},
+        {"name": "c"},
+        {"name": "d", "state": "READY"},
+    ]
+    assert query_model_states.load_failures(index, ["a", "b", "c", "d"]) == {"b": "failed to load: bad file"}
