@@ -1,0 +1,196 @@
+"""The tools as a user runs them on a server in explicit mode: a plan file with
+real sample data, --all, the readiness probe, the requests mode on demand, and
+serve.py --warmup. Each test runs the scripts as subprocesses."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import tritonclient.http as httpclient
+
+from config_rewrite import read_config
+from live_server import (
+    EXAMPLE_MODELS,
+    PROJECT_ROOT,
+    free_port,
+    load_windows,
+    model_states,
+    running_server,
+    run_script,
+    standin_runs,
+)
+
+EXAMPLE_PLAN = PROJECT_ROOT / "plans" / "example.yaml"
+# Server start plus a few loads of three models; the margin is for a busy machine.
+MODULE_TIMEOUT_S = 240
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+
+@pytest.fixture(scope="module")
+def server(template_repository, tmp_path_factory):
+    with running_server(template_repository, tmp_path_factory.mktemp("using_it")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def planned(server):
+    """The example plan file, warmed through the CLI over HTTP."""
+    return run_script("warmup_models.py", "-u", server.http_url, "--plan", str(EXAMPLE_PLAN), "--json")
+
+
+def test_plan_file_warms_each_model_with_its_own_plan(server, planned):
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    report = json.loads(planned.stdout)
+    assert report["mode"] == "load" and report["loaded"] == EXAMPLE_MODELS
+    entries = {entry["name"]: entry for entry in report["models"]}
+    # plans/example.yaml: model-v1 groups 1..8, model-v2 batch sizes 1, 4, 8,
+    # model-v3 the defaults (groups 1..4, batch sizes from its config).
+    assert entries["model-v1"]["group_sizes"] == list(range(1, 9))
+    assert entries["model-v2"]["batch_sizes"] == [1, 4, 8]
+    assert entries["model-v3"]["group_sizes"] == [1, 2, 3, 4]
+    assert [entries[name]["warmup_samples"] for name in EXAMPLE_MODELS] == [8 * 4, 4 * 3, 4 * 4]
+    assert all(entry["count"] == 3 for entry in entries.values())
+    # Plain progress lines on stderr (not a terminal), one per state change.
+    assert "model-v1 READY" in planned.stderr
+
+
+def test_real_sample_data_from_the_warmup_folder_reached_the_model(server, planned):
+    _, config = read_config(server.model_repository / "model-v1")
+    assert {sample.inputs["mask"].input_data_file for sample in config.model_warmup} == {"mask_all_items.bin"}
+    (window,) = load_windows(server, "model-v1")
+    runs = standin_runs(server, "model-v1", window)
+    assert runs
+    for run in runs:
+        batch, group = run["shapes"]["mask"]
+        # The file holds int64 ones: a mask that keeps every item, so each
+        # forward's mask sums to batch x group (zero_data would sum to 0).
+        assert run["sums"]["mask"] == batch * group, run
+
+
+def test_all_warms_every_model_the_repository_holds(server, planned):
+    result = run_script("warmup_models.py", "-u", server.http_url, "--all", "--group-size-max", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["loaded"] == sorted(path.name for path in server.model_repository.iterdir()
+                                      if path.name != "warmup_helper" and (path / "config.pbtxt").exists())
+    assert all(entry["group_sizes"] == [1, 2] for entry in report["models"])
+
+
+def test_requests_mode_on_demand_warms_without_a_reload(server, planned):
+    loads_before = {name: len(load_windows(server, name)) for name in EXAMPLE_MODELS}
+    config_before = (server.model_repository / "model-v2" / "config.pbtxt").read_bytes()
+    sent_at = time.time()
+    result = run_script(
+        "warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--mode", "requests",
+        "--models", "model-v2", "--group-size-max", "3", "--batch-sizes", "1", "4",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mode requests: MODE requests" in result.stdout
+    assert "NOTE: requests mode: each model was READY and served traffic" in result.stdout
+    assert {name: len(load_windows(server, name)) for name in EXAMPLE_MODELS} == loads_before
+    assert (server.model_repository / "model-v2" / "config.pbtxt").read_bytes() == config_before
+    runs = standin_runs(server, "model-v2", (sent_at, time.time()))
+    for group in (1, 2, 3):
+        for batch in (1, 4):
+            # One request per run with the batch dimension in front; count 3.
+            matching = [run for run in runs if run["shapes"]["x"] == [batch, group, 128]]
+            assert len(matching) == 3, (group, batch, runs)
+
+
+def test_wait_ready_exits_0_once_every_named_model_is_ready(server, planned):
+    result = run_script("query_model_states.py", "-u", server.http_url, "--wait-ready", *EXAMPLE_MODELS)
+    assert result.returncode == 0, result.stderr
+    assert f"READY: {EXAMPLE_MODELS}" in result.stdout
+
+
+def test_wait_ready_as_a_startup_probe_waits_for_the_warmup(server, planned):
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        client.unload_model("model-v3")
+    while model_states(server)["model-v3"] != "UNAVAILABLE":
+        time.sleep(0.2)
+    probe = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "query_model_states.py"), "-u", server.http_url,
+         "--wait-ready", "model-v3", "--timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)
+    assert probe.poll() is None, "the probe must wait while model-v3 is not READY"
+    warm = run_script("warmup_models.py", "-u", server.http_url, "--models", "model-v3", "--group-size-max", "2")
+    assert warm.returncode == 0, warm.stderr
+    stdout, stderr = probe.communicate(timeout=60)
+    assert probe.returncode == 0, stderr
+    # The probe said READY only after Triton's own "successfully loaded" line.
+    windows = load_windows(server, "model-v3")
+    assert windows and "READY: ['model-v3']" in stdout
+
+
+def test_wait_ready_times_out_and_names_the_missing(server, planned):
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        client.unload_model("model-v3")
+    result = run_script("query_model_states.py", "-u", server.http_url,
+                        "--wait-ready", "model-v1", "model-v3", "--timeout", "1")
+    assert result.returncode == 1
+    assert "not READY within 1 s" in result.stderr and "model-v3" in result.stderr
+    absent = run_script("query_model_states.py", "-u", server.http_url, "--wait-ready", "no-such-model")
+    assert absent.returncode == 1 and "no model ['no-such-model']" in absent.stderr
+
+
+def test_wait_ready_fails_at_once_for_a_model_that_failed_to_load(server, planned):
+    # Last in this module: a failed model makes the server-wide ready false.
+    # model-v1's config with no model.pt: Triton lists it, and the load fails.
+    broken = server.model_repository / "broken"
+    (broken / "1").mkdir(parents=True)
+    config = (server.model_repository / "model-v1" / "config.pbtxt").read_text()
+    (broken / "config.pbtxt").write_text(config.replace('name: "model-v1"', 'name: "broken"'))
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        with pytest.raises(Exception):
+            client.load_model("broken")
+    started = time.monotonic()
+    result = run_script("query_model_states.py", "-u", server.http_url,
+                        "--wait-ready", "broken", "--timeout", "60", "--json")
+    assert result.returncode == 1
+    assert time.monotonic() - started < 30, "a failed load must not wait for the timeout"
+    assert "FAILED: broken did not load" in result.stderr
+    index = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    assert index["broken"]["state"] == "UNAVAILABLE" and index["broken"]["reason"]
+
+
+def serve_with_plan(template_repository, workdir, plan, *command):
+    argv = [
+        sys.executable, str(PROJECT_ROOT / "serve.py"),
+        "--model-repository", str(template_repository), "--working-copy", "--workdir", str(workdir),
+        "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+        "--warmup", str(plan),
+    ]
+    http_url = f"localhost:{argv[argv.index('--http-port') + 1]}"
+    if command:
+        argv += ["--", *[part.replace("{url}", http_url) for part in command]]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=MODULE_TIMEOUT_S)
+
+
+def test_serve_warmup_says_ready_only_when_every_planned_model_is_warm(template_repository, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("defaults:\n  group_size_max: 2\nmodels:\n  model-v1:\n  model-v2:\n")
+    result = serve_with_plan(
+        template_repository, tmp_path / "serve", plan,
+        sys.executable, str(PROJECT_ROOT / "query_model_states.py"), "-u", "{url}",
+        "--wait-ready", "model-v1", "model-v2", "--timeout", "1",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert out.index("PASS: Warmup done") < out.index(f"READY: every model of {plan} is warm")
+    # The command ran after the warmup and found both models READY at once.
+    assert out.index(f"READY: every model of {plan}") < out.index("READY: ['model-v1', 'model-v2']")
+
+
+def test_serve_warmup_stops_with_1_when_a_planned_model_fails(template_repository, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("models:\n  no-such-model:\n    group_size_max: 2\n")
+    result = serve_with_plan(template_repository, tmp_path / "serve", plan)
+    assert result.returncode == 1
+    assert "no model 'no-such-model'" in result.stderr
+    assert "stopping the server" in result.stderr
+    assert "tritonserver stopped" in result.stdout
