@@ -198,6 +198,14 @@ def live_state(entry: Dict, seen_loading: bool) -> str:
     return state
 
 
+def _settled_after(entry: Dict) -> float:
+    """Seconds from the request to the model's end in the report."""
+    seconds = entry.get("seconds_to_ready")
+    if seconds is None:
+        seconds = entry.get("seconds_warming")
+    return seconds or 0.0
+
+
 class StateWatcher:
     """Shows each model's state while the blocking warmup request runs.
 
@@ -331,10 +339,13 @@ class StateWatcher:
     def finish(self, entries: List[Dict]) -> None:
         """Settle every model from the helper's report, then close."""
         self.stop()
+        # Plain lines in the order the models settled, so that their times
+        # rise; bars in the request's order.
+        ended = time.monotonic() - self.started
+        if self.plain:
+            entries = sorted(entries, key=lambda entry: _settled_after(entry) or ended)
         for entry in entries:
-            seconds = entry.get("seconds_to_ready") or entry.get("seconds_warming")
-            elapsed = seconds if seconds is not None else time.monotonic() - self.started
-            self._show(entry["name"], entry["status"], elapsed, final=True)
+            self._show(entry["name"], entry["status"], _settled_after(entry) or ended, final=True)
         self.close()
 
     def close(self) -> None:
