@@ -198,12 +198,9 @@ def live_state(entry: Dict, seen_loading: bool) -> str:
     return state
 
 
-def _settled_after(entry: Dict) -> float:
-    """Seconds from the request to the model's end in the report."""
-    seconds = entry.get("seconds_to_ready")
-    if seconds is None:
-        seconds = entry.get("seconds_warming")
-    return seconds or 0.0
+def _settled_after(entry: Dict) -> Optional[float]:
+    """Seconds from the first load (or request) to the model's end, from the report."""
+    return entry.get("finished_s")
 
 
 class StateWatcher:
@@ -214,11 +211,14 @@ class StateWatcher:
     with the seconds since the request went out; elsewhere (CI logs) a plain
     line is printed whenever a model's state changes.
 
-    Triton answers state queries only between loads: while it loads a model,
-    the index call waits. A poll that has waited longer than the interval
-    therefore shows the models not yet settled as LOADING. When the request
-    ends, ``finish`` sets every bar from the helper's report, which is the
-    authority on what happened.
+    Triton's index is a coarse view of a warmup: the call often waits while
+    Triton loads a model, and during a reload it keeps saying READY because
+    the old version serves. So a poll that has waited longer than the
+    interval shows the models not yet settled as LOADING, and so does a
+    model that was READY before the warmup (unless ``--mode requests``). A
+    model settles when it fails, or turns READY after it was not. When the
+    request ends, ``finish`` sets every model from the helper's report, which
+    is the authority on what happened and when.
 
     Args:
         models: the models to follow; ``None`` follows every model of the
@@ -229,8 +229,9 @@ class StateWatcher:
         self.stream = stream
         self.models = models
         self.helper = args.model_name
-        self.client = client_flags.create_client(args, timeout_s=args.timeout)
         self.protocol = args.protocol
+        # Its own client: the request's client is busy in the main thread.
+        self.client = client_flags.create_client(args, timeout_s=args.timeout)
         self.headers = client_flags.request_headers(args)
         self.refusal = None
         self.done = threading.Event()
@@ -239,6 +240,11 @@ class StateWatcher:
         self.index_states: Dict[str, str] = {}
         self.poll_since: Optional[float] = None
         self.shown: Dict[str, str] = {}
+        self.settled = set()
+        # Models READY at the first answer; whether this warmup reloads them
+        # (not with --mode requests; with auto, only the report can tell).
+        self.ready_before: Optional[set] = None
+        self.expect_loads = args.mode != "requests"
         self.bars: Dict[str, tqdm] = {}
         self.seen_loading = set()
         # Bars on a terminal only: CI logs get one plain line per change.
@@ -284,6 +290,8 @@ class StateWatcher:
                 self.poll_since = None
                 if states is not None:
                     self.index_states = states
+                    if self.ready_before is None:
+                        self.ready_before = {name for name, state in states.items() if state == "READY"}
             if self.done.wait(_POLL_INTERVAL_S):
                 return
 
@@ -291,10 +299,15 @@ class StateWatcher:
         with self.lock:
             states = dict(self.index_states)
             waiting = self.poll_since is not None and time.monotonic() - self.poll_since > _POLL_INTERVAL_S
-        if waiting:
-            for name, state in states.items():
-                if state not in ("FAILED",) and self.shown.get(name) != "FAILED":
-                    states[name] = "LOADING"
+        for name, state in states.items():
+            if name in self.settled:
+                continue
+            # While Triton loads, the query may wait: the models this warmup
+            # has not settled are loading or next in line. During a reload the
+            # index keeps saying READY (the old version serves), so a model
+            # that was READY before shows LOADING until the report settles it.
+            if waiting or (state == "READY" and name in (self.ready_before or ()) and self.expect_loads):
+                states[name] = "LOADING"
         return states
 
     def _draw(self) -> None:
@@ -305,6 +318,10 @@ class StateWatcher:
 
     def _show(self, name: str, state: str, elapsed: float, final: bool = False) -> None:
         changed = self.shown.get(name) != state
+        # FAILED, or READY for a model that was not READY before: this warmup
+        # is done with it. The report settles the rest.
+        if state == "FAILED" or (state == "READY" and name not in (self.ready_before or ())):
+            self.settled.add(name)
         self.shown[name] = state
         if self.plain:
             if changed:
@@ -327,7 +344,7 @@ class StateWatcher:
         if state in _STAGES:
             bar.n = _STAGES[state]
         # The clock keeps running until the report settles the model.
-        if changed or not final:
+        if changed or final or name not in self.settled:
             bar.postfix[0] = f"{state:<11} {elapsed:6.1f}s"
             bar.refresh()
 
@@ -342,10 +359,16 @@ class StateWatcher:
         # Plain lines in the order the models settled, so that their times
         # rise; bars in the request's order.
         ended = time.monotonic() - self.started
+        # The helper counts from its first load; planning before it takes
+        # milliseconds, so the client's clock and the helper's agree closely.
+        def settled(entry):
+            seconds = _settled_after(entry)
+            return ended if seconds is None else min(seconds, ended)
+
         if self.plain:
-            entries = sorted(entries, key=lambda entry: _settled_after(entry) or ended)
+            entries = sorted(entries, key=settled)
         for entry in entries:
-            self._show(entry["name"], entry["status"], _settled_after(entry) or ended, final=True)
+            self._show(entry["name"], entry["status"], settled(entry), final=True)
         self.close()
 
     def close(self) -> None:

@@ -159,7 +159,8 @@ def markdown(results: Dict) -> str:
         parallel = extras["parallel"]
         parts.append("## Parallel loads\n")
         parts.append(
-            f"Three models, same plan: one request (loads in parallel, `max_parallel_loads` 4) "
+            f"Three models, same plan: one request (loads in parallel, `max_parallel_loads` 4, "
+            f"which the benchmark sets; the helper's default is 1) "
             f"{parallel['one_request_s']:.2f} s; three requests one after another "
             f"{parallel['sequential_s']:.2f} s.\n"
         )

@@ -69,6 +69,16 @@ def _parameter(config, key, default=""):
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
+def _finite_sum(array):
+    """The sum of a numeric input as a float, or None (strings, or random
+    bytes that overflow: Triton's random_data can be any bit pattern)."""
+    if array.dtype == np.object_:
+        return None
+    with np.errstate(all="ignore"):
+        total = float(array.sum(dtype=np.float64))
+    return total if np.isfinite(total) else None
+
+
 class TritonPythonModel:
     """Runs one TorchScript ``model.pt`` like Triton's libtorch backend."""
 
@@ -177,10 +187,7 @@ class TritonPythonModel:
                     "shapes": shapes,
                     # Per input: the sum of its values, so a test can tell the
                     # data a warmup sample carried (zeros, a file) from random.
-                    "sums": {
-                        name: float(array.sum()) if array.dtype != np.object_ else None
-                        for name, array in zip(self.input_names, arrays)
-                    },
+                    "sums": {name: _finite_sum(array) for name, array in zip(self.input_names, arrays)},
                 }
             )
             # One write of one line on an O_APPEND file: instances in other

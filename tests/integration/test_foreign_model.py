@@ -3,6 +3,8 @@ without code changes: other input names and types, the INPUT__0 naming
 convention, a preferred batch size, two instances, and a model without
 batching."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,21 @@ def test_feature_dims_can_be_zero_for_models_that_fix_or_lack_them(server, repor
     )
     assert loaded == ["token-classifier", "unbatched-scorer"]
     assert [entry["config_changed"] for entry in again["models"]] == [False, False]
+
+
+def test_requests_mode_sends_each_shape_to_a_two_instance_and_an_unbatched_model(server, report):
+    """Every shape arrives count x instances times, each request at its own
+    shape: sent one after another, the dynamic batcher cannot merge them."""
+    sent_at = time.time()
+    inputs = warmup_inputs(["token-classifier", "unbatched-scorer"], 1, 2)
+    inputs["MODE"] = np.array([b"requests"], dtype=np.object_)
+    loaded, again = send_warmup(server, "grpc", inputs)
+    assert again["mode"] == "requests" and loaded == ["token-classifier", "unbatched-scorer"]
+    runs = standin_runs(server, "token-classifier", (sent_at, time.time()))
+    assert all(run["requests"] == 1 for run in runs)
+    for group in (1, 2):
+        for batch in (1, 2, 3, 4):
+            matching = [run for run in runs if run["shapes"]["INPUT__0"] == [batch, group]]
+            assert len(matching) == DEFAULT_WARMUP_COUNT * 2, (group, batch, runs)
+    shapes = sorted(run["shapes"]["features"] for run in standin_runs(server, "unbatched-scorer", (sent_at, time.time())))
+    assert shapes == [[1, 8]] * DEFAULT_WARMUP_COUNT + [[2, 8]] * DEFAULT_WARMUP_COUNT

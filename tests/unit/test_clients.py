@@ -161,3 +161,34 @@ def test_load_failures_are_models_that_were_tried_and_failed():
         {"name": "d", "state": "READY"},
     ]
     assert query_model_states.load_failures(index, ["a", "b", "c", "d"]) == {"b": "failed to load: bad file"}
+
+
+def watcher(mode=None, ready_before=(), index=None, settled=()):
+    args = warmup_models.parse_args(["-u", f"localhost:{unused_port()}"] + (["--mode", mode] if mode else []))
+    view = warmup_models.StateWatcher(args, ["a", "b", "c"], stream=open("/dev/null", "w"))
+    view.ready_before = set(ready_before)
+    view.index_states = dict(index or {})
+    view.settled = set(settled)
+    return view
+
+
+def test_live_view_shows_reloads_as_loading_until_the_report_settles_them():
+    # The index says READY during a reload (the old version serves).
+    view = watcher(ready_before={"a", "b"}, index={"a": "READY", "b": "READY", "c": "UNAVAILABLE"})
+    assert view._current() == {"a": "LOADING", "b": "LOADING", "c": "UNAVAILABLE"}
+    # In the requests mode nothing reloads: READY stays READY.
+    view = watcher(mode="requests", ready_before={"a"}, index={"a": "READY"})
+    assert view._current() == {"a": "READY"}
+
+
+def test_live_view_marks_unsettled_models_loading_while_the_index_waits():
+    view = watcher(index={"a": "READY", "b": "UNAVAILABLE", "c": "FAILED"}, settled={"a", "c"})
+    view.poll_since = 0.0  # a query that has waited since the clock's start
+    assert view._current() == {"a": "READY", "b": "LOADING", "c": "FAILED"}
+
+
+def test_a_model_settles_when_it_turns_ready_after_it_was_not():
+    view = watcher(ready_before={"a"})
+    view._show("b", "READY", 1.0)
+    view._show("a", "READY", 1.0)
+    assert view.settled == {"b"}

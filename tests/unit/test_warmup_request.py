@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from warmup_request import INVALID_ARG, MAX_NAME_BYTES, WarmupRequestError, parse_allowed_models, parse_request
 
@@ -240,3 +242,38 @@ def test_mode_and_all_models_inputs_are_checked(overrides, field):
     with pytest.raises(WarmupRequestError) as caught:
         parse_request(request(**overrides), HELPER)
     assert caught.value.field == field
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+setting_keys = st.sampled_from(
+    ["feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data", "other"]
+)
+settings_values = st.dictionaries(setting_keys, json_values | st.integers(0, 9), max_size=6)
+plan_documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "mode": json_values | st.sampled_from(["auto", "load", "requests"]),
+        "all_models": json_values,
+        "defaults": settings_values | json_values,
+        "models": st.dictionaries(st.text(max_size=20), settings_values | json_values, max_size=3) | json_values,
+    },
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(document=plan_documents | json_values)
+def test_any_plan_document_is_either_a_request_or_a_plan_error(document):
+    """Nothing a client can send as PLAN makes the helper raise anything but
+    a WarmupRequestError that names PLAN (or parse it into a valid request)."""
+    inputs = plan_request(None, PLAN=np.array([json.dumps(document).encode()], dtype=np.object_))
+    try:
+        parsed = parse_request(inputs, HELPER)
+    except WarmupRequestError as error:
+        assert error.field == "PLAN" and error.code == INVALID_ARG
+        return
+    for plan in parsed.plans:
+        assert len(plan.group_sizes) >= 1 and (plan.count is None or plan.count >= 1)

@@ -114,7 +114,8 @@ class TritonPythonModel:
             parameters, "lock_timeout_s", int(DEFAULT_LOCK_TIMEOUT_S)
         )
         self.allowed_models = parse_allowed_models(_parameter(parameters, "allowed_models"))
-        self.max_parallel_loads = _int_parameter(parameters, "max_parallel_loads", 4)
+        # 1 by default: parallel loads can crash Triton (README, "Known Triton issues").
+        self.max_parallel_loads = _int_parameter(parameters, "max_parallel_loads", 1)
         self.logger = pb_utils.Logger
 
         # The stub's parent process is the tritonserver that runs it.
@@ -195,7 +196,10 @@ class TritonPythonModel:
             # Loads run in worker threads; logging stays on this thread.
             entries = run_jobs(jobs, self.control, self.lock_timeout_s, self.max_parallel_loads)
         else:
-            entries = [run_requests_job(job, bls_infer, self.control.is_ready) for job in jobs]
+            entries = []
+            for job in jobs:
+                entries.append(run_requests_job(job, bls_infer, self.control.is_ready))
+                entries[-1]["finished_s"] = round(time.monotonic() - started, 6)
         for entry in entries:
             if entry["fallback"]:
                 self.logger.log_warn(f"{self.model_name}: '{entry['name']}': {entry['fallback']}")

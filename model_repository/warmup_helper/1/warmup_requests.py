@@ -4,9 +4,9 @@ inference requests over the same plan.
 A server in ``poll`` or ``none`` model-control mode refuses the Model Loading
 API, and some teams do not want a reload at all. There the helper sends each
 planned sample as an inference request (a BLS request from inside Triton) to
-the READY model: ``count`` runs per sample and instance, a batched sample as
-one request whose batch dimension is the sample's batch size, so the backend
-runs its forward at that exact shape.
+the READY model: ``count`` runs per sample and instance, one after another, a
+batched sample as one request whose batch dimension is the sample's batch
+size, so the backend runs its forward at that exact shape.
 
 The limitation, stated in every report: the model is READY and takes traffic
 while this runs, so requests that arrive before the warmup ends can still be
@@ -15,7 +15,6 @@ cold. The load mode has no such window.
 Pure Python and numpy: the caller passes the functions that reach Triton.
 """
 
-import concurrent.futures
 import pathlib
 import time
 from typing import Callable, Dict, List, Optional
@@ -111,10 +110,11 @@ def run_requests_job(
             raises when Triton answers with an error.
         is_ready: whether a model is READY.
 
-    Each sample goes its ``count`` x instances times. With several instances the
-    requests of a sample go out together, so that Triton's scheduler hands
-    them to every idle instance; it does not promise which instance runs
-    which request.
+    Each sample goes its ``count`` x instances times, one request after the
+    other: requests sent together could be merged by the dynamic batcher into
+    a larger batch, and the backend would never run the sample's own shape.
+    Triton's scheduler picks the instance of each request; it does not
+    promise that every instance sees every shape.
     """
     rng = rng or np.random.default_rng()
     config = job.rewrite.config
@@ -151,15 +151,12 @@ def run_requests_job(
         return entry
     outputs = [output.name for output in config.output]
     try:
-        with concurrent.futures.ThreadPoolExecutor(max(job.instances, 1)) as pool:
-            for sample in config.model_warmup:
-                arrays = sample_arrays(config, sample, job.model_dir, rng)
-                # A sample's own count, as Triton runs it: hand-written samples keep theirs.
-                repeats = max(sample.count, 1) * max(job.instances, 1)
-                runs = [pool.submit(infer, job.name, arrays, outputs) for _ in range(repeats)]
-                for run in runs:
-                    run.result()
-                    entry["requests_sent"] += 1
+        for sample in config.model_warmup:
+            arrays = sample_arrays(config, sample, job.model_dir, rng)
+            # A sample's own count, as Triton runs it: hand-written samples keep theirs.
+            for _ in range(max(sample.count, 1) * max(job.instances, 1)):
+                infer(job.name, arrays, outputs)
+                entry["requests_sent"] += 1
     except Exception as error:  # noqa: BLE001 - reported, not raised
         entry["error"] = f"a warmup request failed: {error}"
         return entry
