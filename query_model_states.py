@@ -92,7 +92,8 @@ def wait_ready(client, args, headers) -> tuple:
         time.sleep(_POLL_INTERVAL_S)
     if index is None:
         print(f"FAILED: no Triton server answered at {url} ({args.protocol}) within "
-              f"{args.timeout:g} s: {last_error}", file=sys.stderr)
+              f"{args.timeout:g} s (a server busy loading can also keep its index from "
+              f"answering): {last_error}", file=sys.stderr)
         return client_flags.EXIT_UNREACHABLE, None
     states = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
     waiting = {name: states.get(name) for name in args.wait_ready if states.get(name) != "READY"}
@@ -127,7 +128,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     headers = client_flags.request_headers(args)
-    client = client_flags.create_client(args, timeout_s=DEFAULT_TIMEOUT_S)
+    # A probe's --timeout bounds each call too: Triton's index call can wait
+    # while a model loads, and a probe must answer within its own period.
+    timeout_s = min(args.timeout, DEFAULT_TIMEOUT_S) if args.wait_ready else DEFAULT_TIMEOUT_S
+    client = client_flags.create_client(args, timeout_s=max(timeout_s, 1.0))
     url = client_flags.server_url(args)
     try:
         if args.wait_ready:
