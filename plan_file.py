@@ -71,6 +71,50 @@ def _duplicate_key(node: Optional[yaml.Node]) -> Optional[Tuple[str, int]]:
     return None
 
 
+def _steps_in(node: Any, text: str) -> Tuple[Tuple, str]:
+    """Split the path the helper wrote in front of an error (``.models.m[2]``)
+    into steps, guided by the document so that keys holding dots still match."""
+    steps = []
+    while text:
+        if isinstance(node, dict) and text.startswith("."):
+            # The longest key that the text continues with, then a separator.
+            keys = sorted((str(key) for key in node), key=len, reverse=True)
+            key = next((k for k in keys if text[1:].startswith(k) and text[1 + len(k):][:1] in ("", ".", "[", ":")), None)
+            if key is None:
+                break
+            steps.append(key)
+            node, text = node[key], text[1 + len(key):]
+        elif isinstance(node, list) and text.startswith("["):
+            index, _, rest = text[1:].partition("]")
+            if not index.isdigit() or int(index) >= len(node):
+                break
+            steps.append(int(index))
+            node, text = node[int(index)], rest
+        else:
+            break
+    return tuple(steps), text
+
+
+def locate_server_error(path: pathlib.Path, message: str) -> Optional[str]:
+    """The helper's error about a plan (``PLAN.models.m.data.x.file: ...``)
+    with the plan file's line in front, or ``None`` if it is not about one."""
+    marker = message.find("PLAN.")
+    if marker < 0:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = yaml.safe_load(text) if path.suffix.lower() != ".json" else json.loads(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    steps, rest = _steps_in(document, message[marker + len("PLAN"):])
+    if not steps or not rest.startswith(": "):
+        return None
+    line = _node_line(root, steps)
+    where = ".".join(str(step) for step in steps)
+    return f"{path}{f', line {line}' if line else ''}: {where}: {rest[2:]}"
+
+
 def load_plan(path: pathlib.Path, helper_name: str = "warmup_helper") -> Tuple[Any, WarmupRequest]:
     """Read and check the plan file at ``path``.
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 import client_flags
-from plan_file import PlanFileError, load_plan
+from plan_file import PlanFileError, load_plan, locate_server_error
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
 DEFAULT_GROUP_SIZE_MIN = 1
@@ -456,7 +456,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = client.infer(args.model_name, build_inputs(args), headers=headers)
     except InferenceServerException as error:
         watcher.close()
-        print(f"FAILED: {args.model_name} refused the request: {error.message()}", file=sys.stderr)
+        message = error.message()
+        # An error about the plan names its line, as the local checks do.
+        located = locate_server_error(args.plan, message) if args.plan else None
+        print(f"FAILED: {args.model_name} refused the request: {located or message}", file=sys.stderr)
         return client_flags.EXIT_FAILED
     except OSError as error:
         watcher.close()

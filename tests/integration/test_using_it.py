@@ -70,6 +70,23 @@ def test_real_sample_data_from_the_warmup_folder_reached_the_model(server, plann
         assert run["sums"]["mask"] == batch * group, run
 
 
+def test_what_only_the_server_can_check_comes_back_with_the_plan_files_line(server, planned, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "defaults:\n  group_size_max: 2\nmodels:\n  model-v1:\n    data:\n"
+        "      mask: {file: absent.bin}\n  model-v2:\n    batch_sizes: [1, 16]\n"
+    )
+    before = (server.model_repository / "model-v1" / "config.pbtxt").read_bytes()
+    result = run_script("warmup_models.py", "-u", server.http_url, "--plan", str(plan))
+    assert result.returncode == 1
+    assert f"{plan}, line 6: models.model-v1.data.mask.file: no data file" in result.stderr
+    plan.write_text(plan.read_text().replace("absent.bin", "mask_all_items.bin"))
+    result = run_script("warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--plan", str(plan))
+    assert result.returncode == 1
+    assert f"{plan}, line 8: models.model-v2.batch_sizes: 16 is too large" in result.stderr
+    assert (server.model_repository / "model-v1" / "config.pbtxt").read_bytes() == before
+
+
 def test_all_warms_every_model_the_repository_holds(server, planned):
     result = run_script("warmup_models.py", "-u", server.http_url, "--all", "--group-size-max", "2", "--json")
     assert result.returncode == 0, result.stderr

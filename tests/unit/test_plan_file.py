@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from plan_file import PlanFileError, load_plan
+from plan_file import PlanFileError, load_plan, locate_server_error
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
 
@@ -74,3 +74,19 @@ def test_json_value_error_names_its_line(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(PlanFileError, match="cannot read the plan"):
         load_plan(tmp_path / "absent.yaml")
+
+
+def test_the_helpers_error_about_a_plan_gets_the_files_line(tmp_path):
+    path = write(
+        tmp_path,
+        "models:\n  model.v1:\n    group_size_max: 2\n    data:\n      mask: {file: absent.bin}\n"
+        "    batch_sizes: [1, 9]\n",
+    )
+    message = "PLAN.models.model.v1.data.mask.file: no data file /r/model.v1/warmup/absent.bin"
+    assert locate_server_error(path, message) == (
+        f"{path}, line 5: models.model.v1.data.mask.file: no data file /r/model.v1/warmup/absent.bin"
+    )
+    assert locate_server_error(path, "PLAN.models.model.v1.batch_sizes[1]: too large").startswith(
+        f"{path}, line 6: models.model.v1.batch_sizes.1: too large"
+    )
+    assert locate_server_error(path, "MODELS: no model 'x'") is None

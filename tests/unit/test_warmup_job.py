@@ -7,7 +7,7 @@ import pytest
 
 from repository_fixtures import snapshot, warmup_request
 from warmup_job import plan_jobs, repository_models
-from warmup_request import NOT_FOUND, ModelPlanRequest, WarmupRequest, WarmupRequestError
+from warmup_request import NOT_FOUND, ModelPlanRequest, WarmupRequest, WarmupRequestError, parse_plan_document
 
 HELPER = "warmup_helper"
 
@@ -90,3 +90,23 @@ def test_a_bad_data_file_is_refused_before_anything_is_written(repository, prepa
     assert words in str(caught.value) and caught.value.code == code
     assert caught.value.path == ("models", "model-v1", "data", "mask", "file")
     assert snapshot(repository) == before
+
+
+def test_errors_for_a_plan_document_point_into_the_document(repository):
+    document = {
+        "defaults": {"group_size_max": 2, "data": {"mask": {"file": "absent.bin"}}},
+        "models": {"model-v1": {"batch_sizes": [1, 16]}, "model-v2": {}},
+    }
+    with pytest.raises(WarmupRequestError) as caught:
+        plan_jobs(repository, parse_plan_document(document, HELPER))
+    # model-v1's max_batch_size is 8: the plan key, not the BATCH_SIZES input.
+    assert (caught.value.field, caught.value.path) == ("PLAN", ("models", "model-v1", "batch_sizes"))
+    document["models"]["model-v1"] = {}
+    with pytest.raises(WarmupRequestError) as caught:
+        plan_jobs(repository, parse_plan_document(document, HELPER))
+    assert caught.value.path == ("defaults", "data", "mask", "file")
+    assert caught.value.code == NOT_FOUND
+    document = {"defaults": {"group_size_max": 2}, "models": {"no-such-model": {}}}
+    with pytest.raises(WarmupRequestError) as caught:
+        plan_jobs(repository, parse_plan_document(document, HELPER))
+    assert (caught.value.path, caught.value.code) == (("models", "no-such-model"), NOT_FOUND)

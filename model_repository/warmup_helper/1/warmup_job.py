@@ -36,6 +36,7 @@ from warmup_request import (
     WarmupRequest,
     WarmupRequestError,
     check_model_name,
+    in_plan_terms,
 )
 
 READY = "READY"
@@ -102,7 +103,10 @@ def _check_data_files(model_dir: pathlib.Path, config, plan_request: ModelPlanRe
         policy = policies[model_input.name]
         if not isinstance(policy, dict):
             continue
-        path = ("models", plan_request.name or config.name, "data", model_input.name, "file")
+        if model_input.name in plan_request.data:
+            path = ("models", plan_request.name or config.name, "data", model_input.name, "file")
+        else:
+            path = ("defaults", "data", model_input.name, "file")
         data_file = (folder / policy["file"]).resolve()
         if folder not in data_file.parents:
             raise WarmupRequestError("PLAN", f"{policy['file']!r} leads outside {folder}", path=path)
@@ -133,6 +137,17 @@ def plan_model(
     settings: PlanSettings,
 ) -> ModelWarmupJob:
     """Read one model's config and plan its warmup; raise if it cannot be planned."""
+    try:
+        return _plan_model(repository, plan_request, settings)
+    except WarmupRequestError as error:
+        raise in_plan_terms(error, plan_request) from None
+
+
+def _plan_model(
+    repository: pathlib.Path,
+    plan_request: ModelPlanRequest,
+    settings: PlanSettings,
+) -> ModelWarmupJob:
     name = plan_request.name
     model_dir = find_model_dir(repository, name)
     original, config = read_config(model_dir)
@@ -209,7 +224,7 @@ def plan_jobs(
     if request.all_models:
         named = set(request.models)
         plan_requests += [
-            dataclasses.replace(request.default_plan, name=name)
+            dataclasses.replace(request.default_plan, name=name, plan_path=("defaults",) if request.default_plan.plan_path else ())
             for name in repository_models(repository, helper_name, allowed_models)
             if name not in named
         ]

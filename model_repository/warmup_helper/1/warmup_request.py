@@ -102,6 +102,30 @@ class ModelPlanRequest:
     count: Optional[int] = None
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     default_data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Where this plan sits in a PLAN document (("models", name) or
+    # ("defaults",)); empty for a plan made from the shape inputs.
+    plan_path: Tuple = ()
+
+
+# The request input each planning error names, and the plan key that holds
+# the same setting in a PLAN document.
+PLAN_KEY_OF_INPUT = {
+    "BATCH_SIZES": "batch_sizes",
+    "FEATURE_DIMS": "feature_dim",
+    "GROUP_SIZE_MAX": "group_size_max",
+    "GROUP_SIZE_MIN": "group_size_min",
+}
+
+
+def in_plan_terms(error: WarmupRequestError, plan: ModelPlanRequest) -> WarmupRequestError:
+    """``error`` about a shape input, restated for the plan document the
+    request came from (field PLAN, path to the setting), so a plan file's
+    user is pointed at the line to change."""
+    if not plan.plan_path or error.field == "PLAN":
+        return error
+    key = PLAN_KEY_OF_INPUT.get(error.field)
+    path = plan.plan_path + ((key,) if key else ())
+    return WarmupRequestError("PLAN", error.message, error.code, path=path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,6 +442,7 @@ def _model_plan(
         count=settings.get("count"),
         data=settings.get("data", {}),
         default_data=default_data or {},
+        plan_path=path,
     )
 
 
