@@ -198,11 +198,6 @@ def live_state(entry: Dict, seen_loading: bool) -> str:
     return state
 
 
-def _settled_after(entry: Dict) -> Optional[float]:
-    """Seconds from the first load (or request) to the model's end, from the report."""
-    return entry.get("finished_s")
-
-
 class StateWatcher:
     """Shows each model's state while the blocking warmup request runs.
 
@@ -362,7 +357,7 @@ class StateWatcher:
         # The helper counts from its first load; planning before it takes
         # milliseconds, so the client's clock and the helper's agree closely.
         def settled(entry):
-            seconds = _settled_after(entry)
+            seconds = entry.get("finished_s")
             return ended if seconds is None else min(seconds, ended)
 
         if self.plain:

@@ -28,7 +28,7 @@ from model_loading import (
     server_argv,
 )
 from repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
-from warmup_job import PlanSettings, build_report, plan_jobs, run_jobs
+from warmup_job import PlanSettings, build_report, plan_jobs, run_each, run_jobs
 from warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from warmup_request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
 from warmup_requests import LIMITATION, run_requests_job
@@ -196,10 +196,7 @@ class TritonPythonModel:
             # Loads run in worker threads; logging stays on this thread.
             entries = run_jobs(jobs, self.control, self.lock_timeout_s, self.max_parallel_loads)
         else:
-            entries = []
-            for job in jobs:
-                entries.append(run_requests_job(job, bls_infer, self.control.is_ready))
-                entries[-1]["finished_s"] = round(time.monotonic() - started, 6)
+            entries = run_each(jobs, lambda job: run_requests_job(job, bls_infer, self.control.is_ready))
         for entry in entries:
             if entry["fallback"]:
                 self.logger.log_warn(f"{self.model_name}: '{entry['name']}': {entry['fallback']}")

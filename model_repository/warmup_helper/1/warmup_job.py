@@ -103,10 +103,10 @@ def _check_data_files(model_dir: pathlib.Path, config, plan_request: ModelPlanRe
         policy = policies[model_input.name]
         if not isinstance(policy, dict):
             continue
-        if model_input.name in plan_request.data:
-            path = ("models", plan_request.name or config.name, "data", model_input.name, "file")
-        else:
-            path = ("defaults", "data", model_input.name, "file")
+        # A file named in the model's own data, or in the plan's defaults.
+        own = plan_request.plan_path or ("models", plan_request.name)
+        owner = own if model_input.name in plan_request.data else ("defaults",)
+        path = owner + ("data", model_input.name, "file")
         data_file = (folder / policy["file"]).resolve()
         if folder not in data_file.parents:
             raise WarmupRequestError("PLAN", f"{policy['file']!r} leads outside {folder}", path=path)
@@ -224,7 +224,7 @@ def plan_jobs(
     if request.all_models:
         named = set(request.models)
         plan_requests += [
-            dataclasses.replace(request.default_plan, name=name, plan_path=("defaults",) if request.default_plan.plan_path else ())
+            dataclasses.replace(request.default_plan, name=name)
             for name in repository_models(repository, helper_name, allowed_models)
             if name not in named
         ]
@@ -340,12 +340,18 @@ def run_jobs(
     same: Triton crashed when a reload ran alongside a load whose warmup
     failed (README, "Known Triton issues").
     """
+    return run_each(jobs, lambda job: run_job(job, control, lock_timeout_s), max_parallel)
+
+
+def run_each(jobs: List[ModelWarmupJob], run_one: Callable[[ModelWarmupJob], Dict], max_parallel: int = 1) -> List[Dict]:
+    """``run_one`` for every job, up to ``max_parallel`` at once; entries in
+    job order, each with ``finished_s``: when the model settled, counted from
+    the first job (with jobs one after another, a model's own time does not
+    say it)."""
     started = time.monotonic()
 
     def run(job):
-        entry = run_job(job, control, lock_timeout_s)
-        # When the model settled, counted from the first load: with loads one
-        # after another, a model's own seconds_to_ready does not say it.
+        entry = run_one(job)
         entry["finished_s"] = _since(started)
         return entry
 
