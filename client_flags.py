@@ -26,13 +26,27 @@ EXIT_UNREACHABLE = 3
 GRPC_RESTRICTED_HEADER_PREFIX = "triton-grpc-protocol-"
 
 
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-u",
-        "--url",
-        help="Inference server URL. Default is localhost:8000 for HTTP and "
-        "localhost:8001 for gRPC.",
-    )
+def add_common_flags(parser: argparse.ArgumentParser, several_urls: bool = False) -> None:
+    """Add ``-u``, ``-i``, ``-v`` and ``-H`` to ``parser``.
+
+    With ``several_urls``, ``-u`` may be repeated and ``args.url`` is a list
+    (``None`` when no ``-u`` was given).
+    """
+    if several_urls:
+        parser.add_argument(
+            "-u",
+            "--url",
+            action="append",
+            help="Inference server URL; repeat it to work on several servers at once, one "
+            "thread each. Default is localhost:8000 for HTTP and localhost:8001 for gRPC.",
+        )
+    else:
+        parser.add_argument(
+            "-u",
+            "--url",
+            help="Inference server URL. Default is localhost:8000 for HTTP and "
+            "localhost:8001 for gRPC.",
+        )
     parser.add_argument(
         "-i",
         "--protocol",

@@ -6,19 +6,26 @@ each model's config.pbtxt and loads the model; Triton runs the samples on every
 instance before it marks the model READY. This script sends that request,
 shows each model's state live while it runs, and prints a table of the
 results. Models come from --models, --all (every model in the repository) or
-a plan file (--plan, YAML or JSON; see plans/example.yaml).
+a plan file (--plan, YAML or JSON; see plans/example.yaml). Give -u several
+times to warm several servers (the replicas of one deployment) at once, one
+thread per server; each server's results are printed under its URL.
 
-Exit codes: 0 every model warmed, 1 a model or the request failed, 2 bad
-usage, 3 server unreachable.
+Exit codes: 0 every model warmed (on every server), 1 a model or a request
+failed (on any server), 2 bad usage, 3 a server unreachable (and nothing
+else failed).
 """
 
 import argparse
+import copy
+import dataclasses
+import io
+import itertools
 import json
 import pathlib
 import sys
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -42,7 +49,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n")[-1],
     )
-    client_flags.add_common_flags(parser)
+    client_flags.add_common_flags(parser, several_urls=True)
     parser.add_argument(
         "-m",
         "--model-name",
@@ -110,6 +117,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--json", action="store_true", help="Print the helper's full JSON report. Default is off."
     )
     args = parser.parse_args(argv)
+    args.urls = args.url or [client_flags.DEFAULT_URLS[args.protocol]]
+    repeated = sorted({url for url in args.urls if args.urls.count(url) > 1})
+    if repeated:
+        parser.error(f"-u {', '.join(repeated)} given more than once")
+    # Each server is warmed with a copy of args whose url is its own.
+    args.url = args.urls[0]
     shape_flags = {
         "--group-size-min": args.group_size_min,
         "--group-size-max": args.group_size_max,
@@ -218,10 +231,23 @@ class StateWatcher:
     Args:
         models: the models to follow; ``None`` follows every model of the
             index except the helper (``--all``, or a plan with all_models).
+        label: put in front of every line and bar (the server's URL when
+            several servers are warmed at once).
+        positions: where the next bar goes on the terminal; shared by the
+            watchers of several servers so that their bars do not overlap.
     """
 
-    def __init__(self, args: argparse.Namespace, models: Optional[List[str]], stream):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        models: Optional[List[str]],
+        stream,
+        label: str = "",
+        positions: Optional[Iterator[int]] = None,
+    ):
         self.stream = stream
+        self.label = f"{label} " if label else ""
+        self.positions = positions if positions is not None else itertools.count()
         self.models = models
         self.helper = args.model_name
         self.protocol = args.protocol
@@ -261,7 +287,7 @@ class StateWatcher:
                 # A server that restricts its repository endpoints: the warmup
                 # still runs, only the live states are missing.
                 self.refusal = error.message()
-                print(f"(no live states: the server refused the repository index: "
+                print(f"({self.label}no live states: the server refused the repository index: "
                       f"{self.refusal}; pass -H KEY=VALUE)", file=self.stream, flush=True)
             return None
         except OSError:
@@ -320,19 +346,19 @@ class StateWatcher:
         self.shown[name] = state
         if self.plain:
             if changed:
-                print(f"[{elapsed:6.1f}s] {name} {state}", file=self.stream, flush=True)
+                print(f"[{elapsed:6.1f}s] {self.label}{name} {state}", file=self.stream, flush=True)
             return
         bar = self.bars.get(name)
         if bar is None:
             width = max(len(model) for model in (self.models or [name]))
             bar = tqdm(
                 total=2,
-                desc=name.ljust(width),
+                desc=self.label + name.ljust(width),
                 # A list postfix is shown as it is (a string would get ", ").
                 bar_format="{desc} |{bar:12}| {postfix[0]}",
                 postfix=[""],
                 file=self.stream,
-                position=len(self.bars),
+                position=next(self.positions),
                 leave=True,
             )
             self.bars[name] = bar
@@ -425,62 +451,166 @@ def format_table(entries: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+@dataclasses.dataclass
+class ServerResult:
+    """How the warmup of one server ended."""
+
+    url: str
+    exit_code: int
+    # The helper's report; None when the request did not get one.
+    report: Optional[Dict] = None
+    seconds: Optional[float] = None
+    # Why it failed, in one line; empty on success.
+    reason: str = ""
+
+
+def warm_server(
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    live: TextIO,
+    label: str = "",
+    positions: Optional[Iterator[int]] = None,
+) -> ServerResult:
+    """Send the warmup request to ``args.url`` and print its results.
+
+    The live view goes to ``live``, the table and summary to ``out`` and the
+    FAILED lines to ``err``.
+    """
     url = client_flags.server_url(args)
     headers = client_flags.request_headers(args)
     client = client_flags.create_client(args, timeout_s=args.timeout)
-    if not client_flags.server_is_live(client, headers):
-        print(f"FAILED: no Triton server answers at {url} ({args.protocol})", file=sys.stderr)
-        return client_flags.EXIT_UNREACHABLE
 
-    # With --json, stdout carries the report alone, so that scripts can parse it.
-    status = sys.stderr if args.json else sys.stdout
+    def failed(code: int, reason: str) -> ServerResult:
+        print(f"FAILED: {reason}", file=err, flush=True)
+        return ServerResult(url, code, reason=reason)
+
+    if not client_flags.server_is_live(client, headers):
+        return failed(client_flags.EXIT_UNREACHABLE, f"no Triton server answers at {url} ({args.protocol})")
+
     what = args.plan or ("every model in the repository" if args.all else args.models)
-    print(f"warming {what} through '{args.model_name}' at {url} ({args.protocol})",
-          file=status, flush=True)
-    watcher = StateWatcher(args, args.watch_models, status)
+    print(f"warming {what} through '{args.model_name}' at {url} ({args.protocol})", file=live, flush=True)
+    watcher = StateWatcher(args, args.watch_models, live, label=label, positions=positions)
     watcher.start()
     started = time.monotonic()
     try:
         if args.protocol == "grpc":
-            result = client.infer(
+            response = client.infer(
                 args.model_name, build_inputs(args), headers=headers, client_timeout=args.timeout
             )
         else:
-            result = client.infer(args.model_name, build_inputs(args), headers=headers)
+            response = client.infer(args.model_name, build_inputs(args), headers=headers)
     except InferenceServerException as error:
         watcher.close()
         message = error.message()
         # An error about the plan names its line, as the local checks do.
         located = locate_server_error(args.plan, message) if args.plan else None
-        print(f"FAILED: {args.model_name} refused the request: {located or message}", file=sys.stderr)
-        return client_flags.EXIT_FAILED
+        return failed(client_flags.EXIT_FAILED, f"{args.model_name} refused the request: {located or message}")
     except OSError as error:
         watcher.close()
-        print(f"FAILED: the warmup request to {url} broke off: {error}", file=sys.stderr)
-        return client_flags.EXIT_FAILED
+        return failed(client_flags.EXIT_FAILED, f"the warmup request to {url} broke off: {error}")
+    finally:
+        client.close()
     elapsed = time.monotonic() - started
 
-    loaded = [name.decode("utf-8") for name in result.as_numpy("LOADED_MODELS").reshape(-1)]
-    report = json.loads(result.as_numpy("REPORT").reshape(-1)[0])
+    loaded = [name.decode("utf-8") for name in response.as_numpy("LOADED_MODELS").reshape(-1)]
+    report = json.loads(response.as_numpy("REPORT").reshape(-1)[0])
     watcher.finish(report["models"])
-    if args.json:
-        print(json.dumps(report, indent=2))
     if report.get("mode") == "requests":
-        print(f"warmed with inference requests: {loaded}", file=status)
+        print(f"warmed with inference requests: {loaded}", file=out)
     else:
-        print(f"model loaded: {loaded}", file=status)
-    print(format_table(report["models"]), file=status)
-    print(f"mode {report.get('mode')}: {report.get('mode_reason')}", file=status)
+        print(f"model loaded: {loaded}", file=out)
+    print(format_table(report["models"]), file=out)
+    print(f"mode {report.get('mode')}: {report.get('mode_reason')}", file=out)
     if report.get("limitation"):
-        print(f"NOTE: {report['limitation']}", file=status)
-    print(f"total {elapsed:.2f} s", file=status)
+        print(f"NOTE: {report['limitation']}", file=out)
+    print(f"total {elapsed:.2f} s", file=out)
     if report["failed"]:
-        print(f"FAILED: Warmup failed for models: {report['failed']}", file=sys.stderr)
-        return client_flags.EXIT_FAILED
-    print(f"PASS: Warmup done for models: {loaded}", file=status)
-    return client_flags.EXIT_OK
+        failure = failed(client_flags.EXIT_FAILED, f"Warmup failed for models: {report['failed']}")
+        return dataclasses.replace(failure, report=report, seconds=elapsed)
+    print(f"PASS: Warmup done for models: {loaded}", file=out)
+    return ServerResult(url, client_flags.EXIT_OK, report=report, seconds=elapsed)
+
+
+def overall_exit_code(results: List[ServerResult]) -> int:
+    """0 when every server is warm; 3 when the only failures are servers that
+    did not answer; 1 otherwise."""
+    codes = {result.exit_code for result in results} - {client_flags.EXIT_OK}
+    if not codes:
+        return client_flags.EXIT_OK
+    if codes == {client_flags.EXIT_UNREACHABLE}:
+        return client_flags.EXIT_UNREACHABLE
+    return client_flags.EXIT_FAILED
+
+
+def warm_servers(args: argparse.Namespace, status: TextIO) -> List[ServerResult]:
+    """Warm every ``-u`` server at once, one thread each.
+
+    Live lines and bars carry the server's URL and go to ``status`` as they
+    happen; each server's table and FAILED lines are held back and printed
+    together under its URL once every server is done, so they do not
+    interleave.
+    """
+    positions = itertools.count()
+    outputs = {url: io.StringIO() for url in args.urls}
+    results: Dict[str, ServerResult] = {}
+
+    def warm(url: str) -> None:
+        server_args = copy.copy(args)
+        server_args.url = url
+        output = outputs[url]
+        try:
+            results[url] = warm_server(server_args, output, output, status, label=url, positions=positions)
+        except Exception as error:  # noqa: BLE001 - one server's surprise must not hide the others'
+            print(f"FAILED: {type(error).__name__}: {error}", file=output)
+            results[url] = ServerResult(url, client_flags.EXIT_FAILED, reason=f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=warm, args=(url,), name=f"warm {url}") for url in args.urls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for url in args.urls:
+        print(f"\n== {url} ==", file=status)
+        print(outputs[url].getvalue().rstrip("\n"), file=status)
+    return [results[url] for url in args.urls]
+
+
+def format_servers(results: List[ServerResult]) -> str:
+    """One line per server: its URL, PASS or FAILED, and models and seconds or the reason."""
+    width = max(len(result.url) for result in results)
+    lines = []
+    for result in results:
+        if result.exit_code == client_flags.EXIT_OK:
+            models = len(result.report["models"])
+            lines.append(f"{result.url.ljust(width)}  PASS    {models} models in {result.seconds:.2f} s")
+        else:
+            lines.append(f"{result.url.ljust(width)}  FAILED  {result.reason}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    # With --json, stdout carries the report alone, so that scripts can parse it.
+    status = sys.stderr if args.json else sys.stdout
+    if len(args.urls) == 1:
+        result = warm_server(args, status, sys.stderr, status)
+        if args.json and result.report is not None:
+            print(json.dumps(result.report, indent=2))
+        return result.exit_code
+
+    started = time.monotonic()
+    results = warm_servers(args, status)
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps({"servers": [dataclasses.asdict(result) for result in results]}, indent=2))
+    print(f"\n{format_servers(results)}", file=status)
+    failed = [result.url for result in results if result.exit_code != client_flags.EXIT_OK]
+    if failed:
+        print(f"FAILED: {len(failed)} of {len(results)} servers did not warm: {failed}", file=sys.stderr)
+    else:
+        print(f"PASS: {len(results)} servers warm in {elapsed:.2f} s", file=status)
+    return overall_exit_code(results)
 
 
 if __name__ == "__main__":

@@ -192,3 +192,41 @@ def test_a_model_settles_when_it_turns_ready_after_it_was_not():
     view._show("b", "READY", 1.0)
     view._show("a", "READY", 1.0)
     assert view.settled == {"b"}
+
+
+def test_several_urls_are_kept_in_order_and_a_repeated_one_exits_2(capsys):
+    args = warmup_models.parse_args(["-u", "a:8000", "-u", "b:8000", "-u", "c:8000"])
+    assert args.urls == ["a:8000", "b:8000", "c:8000"]
+    assert warmup_models.parse_args(["-i", "grpc"]).urls == ["localhost:8001"]
+    with pytest.raises(SystemExit) as raised:
+        warmup_models.parse_args(["-u", "a:8000", "-u", "b:8000", "-u", "a:8000"])
+    assert raised.value.code == 2
+    assert "-u a:8000 given more than once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "codes, expected",
+    [
+        ([0, 0, 0], 0),
+        ([0, 3], 3),
+        ([3, 3], 3),
+        ([0, 1], 1),
+        ([3, 1, 0], 1),
+    ],
+)
+def test_fan_out_exit_code_is_the_worst_server_and_unreachable_only_when_nothing_else_failed(codes, expected):
+    results = [warmup_models.ServerResult(f"s{index}:8000", code) for index, code in enumerate(codes)]
+    assert warmup_models.overall_exit_code(results) == expected
+
+
+def test_fan_out_against_servers_that_do_not_answer_reports_each_and_exits_3(capsys):
+    urls = [f"localhost:{unused_port()}" for _ in range(3)]
+
+    code = warmup_models.main([arg for url in urls for arg in ("-u", url)] + ["--timeout", "5"])
+
+    out, err = capsys.readouterr()
+    assert code == 3
+    for url in urls:
+        assert f"== {url} ==" in out
+        assert f"{url}  FAILED  no Triton server answers at {url}" in out
+    assert f"FAILED: 3 of 3 servers did not warm: {urls}" in err

@@ -1,0 +1,149 @@
+"""Replicas: one warmup_models.py call warms several servers at once.
+
+Three servers, each on its own copy of the repository (the replicas of a
+Deployment, each with the repository baked into its image), and two servers
+on one shared repository (replicas on a shared volume). Each server's own
+log and stand-in record show that its own warmup ran; on the shared volume
+the lock leaves each config written once.
+"""
+
+import collections
+import contextlib
+import json
+import shutil
+
+import pytest
+
+from config_rewrite import read_config
+from embedded_triton import free_port
+from live_server import (
+    EXAMPLE_MODELS,
+    load_windows,
+    model_states,
+    run_script,
+    running_server,
+    serving,
+    standin_runs,
+)
+from warmup_plan import GENERATED_PREFIX
+
+# Five servers start (about 3 s each); each loads the three example models
+# once (about 2 s a load, at most two at a time on two cores); twice that
+# leaves room for a loaded CI machine.
+MODULE_TIMEOUT_S = 300
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+GROUP_MAX = 2
+# The stand-in's example models batch up to 8: batch sizes 1, 2, 4, 8.
+SHAPE_FLAGS = ["--group-size-max", str(GROUP_MAX)]
+ONLY_ON_ONE_SERVER = "only-on-one-server"
+
+
+@pytest.fixture(scope="module")
+def own_copies(template_repository, tmp_path_factory):
+    """Three servers, each serving its own copy of the repository; the last
+    copy has one model more than the others."""
+    root = tmp_path_factory.mktemp("own-copies")
+    template = root / "template"
+    shutil.copytree(template_repository, template)
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for name in ("a", "b", "c"):
+            if name == "c":
+                shutil.copytree(template / "model-v1", template / ONLY_ON_ONE_SERVER)
+                config = template / ONLY_ON_ONE_SERVER / "config.pbtxt"
+                config.write_text(config.read_text().replace('name: "model-v1"', f'name: "{ONLY_ON_ONE_SERVER}"'))
+            servers.append(stack.enter_context(running_server(template, root / name)))
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def shared_volume(template_repository, tmp_path_factory):
+    """Two servers on one repository folder, as two pods on one volume."""
+    root = tmp_path_factory.mktemp("shared-volume")
+    repository = root / "model_repository"
+    shutil.copytree(template_repository, repository)
+    with serving(repository, root / "a") as first, serving(repository, root / "b") as second:
+        yield repository, [first, second]
+
+
+def fan_out(servers, *flags):
+    urls = [flag for server in servers for flag in ("-u", server.http_url)]
+    return run_script("warmup_models.py", *urls, *flags, "--json")
+
+
+def test_one_call_warms_three_servers_each_in_its_own_log(own_copies):
+    result = fan_out(own_copies, *SHAPE_FLAGS)
+
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)["servers"]
+    assert [entry["url"] for entry in outcome] == [server.http_url for server in own_copies]
+    for server, entry in zip(own_copies, outcome):
+        assert entry["exit_code"] == 0 and not entry["report"]["failed"], entry
+        states = model_states(server)
+        assert all(states[model] == "READY" for model in EXAMPLE_MODELS), states
+        log = server.log_text()
+        # The helper of this server served this server's own repository copy.
+        assert f"repository {server.model_repository}," in log
+        for model in EXAMPLE_MODELS:
+            assert f"warmup_helper: loading '{model}' with" in log, model
+            assert f"warmup_helper: '{model}' READY after" in log, model
+            # This server's stand-in ran the warmup samples inside its load.
+            (window,) = load_windows(server, model)
+            planned = next(m for m in entry["report"]["models"] if m["name"] == model)
+            warmup_forwards = standin_runs(server, model, window)
+            assert len(warmup_forwards) >= planned["warmup_samples"] * planned["count"], model
+    # Every server's results are shown under its URL, then one line each.
+    for server in own_copies:
+        assert f"== {server.http_url} ==" in result.stderr
+    assert f"PASS: {len(own_copies)} servers warm" in result.stderr
+
+
+def test_one_failing_server_fails_the_call_and_the_others_still_warm(own_copies):
+    first, _, third = own_copies
+
+    result = fan_out([first, third], "--models", ONLY_ON_ONE_SERVER, "--group-size-max", "1")
+
+    assert result.returncode == 1, result.stderr
+    first_outcome, third_outcome = json.loads(result.stdout)["servers"]
+    assert first_outcome["exit_code"] == 1 and ONLY_ON_ONE_SERVER in first_outcome["reason"]
+    assert third_outcome["exit_code"] == 0
+    assert model_states(third)[ONLY_ON_ONE_SERVER] == "READY"
+    assert ONLY_ON_ONE_SERVER not in model_states(first)
+    assert f"FAILED: 1 of 2 servers did not warm: ['{first.http_url}']" in result.stderr
+
+
+def test_a_server_that_does_not_answer_is_reported_with_exit_3(own_copies):
+    silent = f"localhost:{free_port()}"
+
+    result = run_script("warmup_models.py", "-u", own_copies[0].http_url, "-u", silent,
+                        "--models", "model-v1", "--group-size-max", "1")
+
+    assert result.returncode == 3, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith(own_copies[0].http_url) and "PASS" in line for line in lines), result.stdout
+    assert any(line.startswith(silent) and "FAILED  no Triton server answers" in line for line in lines)
+
+
+def test_replicas_on_one_volume_write_each_config_once(shared_volume):
+    repository, servers = shared_volume
+
+    result = fan_out(servers, *SHAPE_FLAGS)
+
+    assert result.returncode == 0, result.stderr
+    reports = [entry["report"] for entry in json.loads(result.stdout)["servers"]]
+    for index, model in enumerate(EXAMPLE_MODELS):
+        entries = [report["models"][index] for report in reports]
+        # Both servers planned the same samples; the lock let one write them
+        # and the other found them written.
+        assert entries[0]["warmup_samples"] == entries[1]["warmup_samples"]
+        assert sorted(entry["config_written"] for entry in entries) == [False, True], entries
+        _, config = read_config(repository / model)
+        names = [sample.name for sample in config.model_warmup]
+        assert not [name for name, seen in collections.Counter(names).items() if seen > 1], names
+        generated = [name for name in names if name.startswith(GENERATED_PREFIX)]
+        assert len(generated) == entries[0]["warmup_samples"], names
+    for server in servers:
+        assert all(model_states(server)[model] == "READY" for model in EXAMPLE_MODELS)
+    assert not list(repository.glob("*/.config.pbtxt.*.tmp"))
