@@ -3,7 +3,9 @@
 until named models are READY (a readiness or startup probe).
 
 Reads the repository index (the Model Repository extension), so models that
-were never loaded are listed too, as UNAVAILABLE.
+were never loaded are listed too, as UNAVAILABLE. ``--wait-ready --plan
+FILE`` waits for the models of the plan file the warmup used, so that a probe
+and the warmup share one list.
 
 Exit codes: 0 the index was read (with --wait-ready: every named model is
 READY), 1 a named model failed to load, was refused or is not READY within
@@ -12,6 +14,7 @@ READY), 1 a named model failed to load, was refused or is not READY within
 
 import argparse
 import json
+import pathlib
 import sys
 import time
 from typing import Dict, List, Optional
@@ -19,6 +22,7 @@ from typing import Dict, List, Optional
 from tritonclient.utils import InferenceServerException
 
 import client_flags
+from plan_file import PlanFileError, load_plan
 
 # Connecting and reading the index is quick; a server this slow is unhealthy.
 DEFAULT_TIMEOUT_S = 30.0
@@ -56,6 +60,15 @@ def load_failures(index: List[Dict], models: List[str]) -> Dict[str, str]:
     return failures
 
 
+def waited_models(index: List[Dict], args: argparse.Namespace) -> List[str]:
+    """The models ``--wait-ready`` waits for: those named, then, for a plan
+    that warms all models, every other model of the index but the helper."""
+    names = list(args.wait_ready)
+    if args.wait_all:
+        names += [entry["name"] for entry in index if entry["name"] not in names + [args.model_name]]
+    return names
+
+
 def wait_ready(client, args, headers) -> tuple:
     """Poll the index until every ``--wait-ready`` model is READY.
 
@@ -64,6 +77,7 @@ def wait_ready(client, args, headers) -> tuple:
     url = client_flags.server_url(args)
     deadline = time.monotonic() + args.timeout
     index, last_error = None, None
+    waited = list(args.wait_ready)
     while True:
         try:
             index = client_flags.repository_index(client, args.protocol, headers)
@@ -74,18 +88,19 @@ def wait_ready(client, args, headers) -> tuple:
                 return client_flags.EXIT_FAILED, None
             last_error = error
         if index is not None and last_error is None:
+            waited = waited_models(index, args)
             states = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
-            missing = [name for name in args.wait_ready if name not in states]
+            missing = [name for name in waited if name not in states]
             if missing:
                 print(f"FAILED: no model {missing} in the repository of {url}", file=sys.stderr)
                 return client_flags.EXIT_FAILED, index
-            failures = load_failures(index, args.wait_ready)
+            failures = load_failures(index, waited)
             if failures:
                 for name, reason in failures.items():
                     print(f"FAILED: {name} did not load: {reason}", file=sys.stderr)
                 return client_flags.EXIT_FAILED, index
-            if all(states[name] == "READY" for name in args.wait_ready):
-                print(f"READY: {args.wait_ready}")
+            if all(states[name] == "READY" for name in waited):
+                print(f"READY: {waited}")
                 return client_flags.EXIT_OK, index
         if time.monotonic() >= deadline:
             break
@@ -96,12 +111,12 @@ def wait_ready(client, args, headers) -> tuple:
               f"answering): {last_error}", file=sys.stderr)
         return client_flags.EXIT_UNREACHABLE, None
     states = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
-    waiting = {name: states.get(name) for name in args.wait_ready if states.get(name) != "READY"}
+    waiting = {name: states.get(name) for name in waited if states.get(name) != "READY"}
     print(f"FAILED: not READY within {args.timeout:g} s: {waiting}", file=sys.stderr)
     return client_flags.EXIT_FAILED, index
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1]
     )
@@ -114,10 +129,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument(
         "--wait-ready",
-        nargs="+",
+        nargs="*",
         metavar="MODEL",
-        help="Wait until these models are READY, then exit 0; exit 1 if one fails to "
-        "load or --timeout passes first. For Kubernetes readiness and startup probes.",
+        help="Wait until these models (and those of --plan) are READY, then exit 0; exit 1 "
+        "if one fails to load or --timeout passes first. For Kubernetes readiness and "
+        "startup probes.",
+    )
+    parser.add_argument(
+        "--plan",
+        type=pathlib.Path,
+        help="With --wait-ready: also wait for the models of this warmup plan file; for a "
+        "plan with all_models, for every model of the repository but the helper.",
+    )
+    parser.add_argument(
+        "-m",
+        "--model-name",
+        default="warmup_helper",
+        help="Name of the helper model, which --plan with all_models does not wait for. "
+        "Default is warmup_helper.",
     )
     parser.add_argument(
         "--timeout",
@@ -126,15 +155,32 @@ def main(argv: Optional[List[str]] = None) -> int:
         help=f"Seconds --wait-ready waits. Default is {DEFAULT_TIMEOUT_S:g}.",
     )
     args = parser.parse_args(argv)
+    args.wait_all = False
+    if args.plan is not None:
+        if args.wait_ready is None:
+            parser.error("--plan goes with --wait-ready")
+        try:
+            _, plan = load_plan(args.plan, args.model_name)
+        except PlanFileError as error:
+            parser.error(str(error))
+        args.wait_ready += [name for name in plan.models if name not in args.wait_ready]
+        args.wait_all = plan.all_models
+    elif args.wait_ready == []:
+        parser.error("--wait-ready needs model names or --plan")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
 
     headers = client_flags.request_headers(args)
     # A probe's --timeout bounds each call too: Triton's index call can wait
     # while a model loads, and a probe must answer within its own period.
-    timeout_s = min(args.timeout, DEFAULT_TIMEOUT_S) if args.wait_ready else DEFAULT_TIMEOUT_S
+    timeout_s = min(args.timeout, DEFAULT_TIMEOUT_S) if args.wait_ready is not None else DEFAULT_TIMEOUT_S
     client = client_flags.create_client(args, timeout_s=max(timeout_s, 1.0))
     url = client_flags.server_url(args)
     try:
-        if args.wait_ready:
+        if args.wait_ready is not None:
             code, index = wait_ready(client, args, headers)
             if args.json and index is not None:
                 print(json.dumps(index, indent=2))

@@ -230,3 +230,33 @@ def test_fan_out_against_servers_that_do_not_answer_reports_each_and_exits_3(cap
         assert f"== {url} ==" in out
         assert f"{url}  FAILED  no Triton server answers at {url}" in out
     assert f"FAILED: 3 of 3 servers did not warm: {urls}" in err
+
+
+def test_wait_ready_with_a_plan_waits_for_its_models_or_for_all_but_the_helper(tmp_path):
+    index = [{"name": name} for name in ("model-v1", "model-v2", "warmup_helper", "extra")]
+    named = tmp_path / "named.yaml"
+    named.write_text("defaults: {group_size_max: 2}\nmodels:\n  model-v2: {}\n  model-v1: {}\n")
+    every = tmp_path / "every.yaml"
+    every.write_text("all_models: true\ndefaults: {group_size_max: 2}\nmodels:\n  extra: {count: 2}\n")
+
+    def waited(*argv):
+        args = query_model_states.parse_args(list(argv))
+        return query_model_states.waited_models(index, args)
+
+    assert waited("--wait-ready", "--plan", str(named)) == ["model-v2", "model-v1"]
+    assert waited("--wait-ready", "model-v1", "--plan", str(named)) == ["model-v1", "model-v2"]
+    assert waited("--wait-ready", "--plan", str(every)) == ["extra", "model-v1", "model-v2"]
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--plan", "plans/example.yaml"], "--plan goes with --wait-ready"),
+        (["--wait-ready"], "--wait-ready needs model names or --plan"),
+    ],
+)
+def test_wait_ready_usage_errors_exit_2(argv, words, capsys):
+    with pytest.raises(SystemExit) as raised:
+        query_model_states.parse_args(argv)
+    assert raised.value.code == 2
+    assert words in capsys.readouterr().err
