@@ -5,12 +5,17 @@ here too so that an error names the file and line at fault instead of
 arriving from the server as a path. What only the server can check (the
 models exist, the inputs and data files are there) still comes back from it.
 See ``plans/example.yaml`` for the format.
+
+``python plan_file.py PLAN...`` checks plan files without a server (for CI,
+or before a server starts: deploy/entrypoint.sh does). Exit codes: 0 every
+plan is valid, 2 one is not.
 """
 
+import argparse
 import json
 import pathlib
 import sys
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import yaml
 
@@ -158,3 +163,30 @@ def load_plan(path: pathlib.Path, helper_name: str = "warmup_helper") -> Tuple[A
         at = f", line {line}" if line else ""
         raise PlanFileError(f"{path}{at}: {where}: {error.message}") from None
     return document, request
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
+    parser.add_argument("plans", nargs="+", type=pathlib.Path, metavar="PLAN", help="Plan files to check.")
+    parser.add_argument(
+        "-m",
+        "--model-name",
+        default="warmup_helper",
+        help="Name of the helper model, which a plan may not warm. Default is warmup_helper.",
+    )
+    args = parser.parse_args(argv)
+    code = 0
+    for path in args.plans:
+        try:
+            _, plan = load_plan(path, args.model_name)
+        except PlanFileError as error:
+            print(f"FAILED: {error}", file=sys.stderr)
+            code = 2
+            continue
+        models = list(plan.models) + (["every other model of the repository"] if plan.all_models else [])
+        print(f"PASS: {path}: mode {plan.mode}, models {models}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
