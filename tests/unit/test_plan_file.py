@@ -5,7 +5,10 @@ import pathlib
 
 import pytest
 
+import plan_file
 from plan_file import PlanFileError, load_plan, locate_server_error
+
+EXAMPLE_PLAN = pathlib.Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
 
@@ -90,3 +93,16 @@ def test_the_helpers_error_about_a_plan_gets_the_files_line(tmp_path):
         f"{path}, line 6: models.model.v1.batch_sizes.1: too large"
     )
     assert locate_server_error(path, "MODELS: no model 'x'") is None
+
+
+def test_the_command_line_checks_every_plan_and_exits_2_if_one_is_bad(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults: {group_size_max: 2}\nmodels:\n  m: {count: 0}\n")
+
+    assert plan_file.main([str(EXAMPLE_PLAN)]) == 0
+    assert plan_file.main([str(bad), str(EXAMPLE_PLAN)]) == 2
+
+    out, err = capsys.readouterr()
+    _, example = load_plan(EXAMPLE_PLAN)
+    assert out.count(f"PASS: {EXAMPLE_PLAN}: mode {example.mode}, models {list(example.models)}") == 2
+    assert f"FAILED: {bad}, line 3: models.m.count: must be at least 1, got 0" in err
