@@ -21,8 +21,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from embedded_triton.server import PROJECT_ROOT, free_port
 
 ENTRYPOINT = PROJECT_ROOT / "deploy" / "entrypoint.sh"
+# Where deploy/Dockerfile puts the clients, and the port the manifests use.
+IMAGE_CLIENTS_DIR = "/opt/warmup"
+IMAGE_HTTP_URL = "localhost:8000"
 # Triton unloads its models on SIGTERM and the stubs exit; then SIGKILL.
 DEFAULT_STOP_TIMEOUT_S = 60.0
+
+
+def local_command(command: Sequence[str], image_plan: str, plan: pathlib.Path, http_port: int) -> List[str]:
+    """An exec command of the manifests (a probe) mapped to this checkout:
+    the image's python3, clients folder, plan path and HTTP port become this
+    interpreter, this checkout, ``plan`` and ``http_port``."""
+    mapped = []
+    for word in command:
+        word = sys.executable if word == "python3" else word
+        word = word.replace(IMAGE_CLIENTS_DIR, str(PROJECT_ROOT)).replace(image_plan, str(plan))
+        mapped.append(word.replace(IMAGE_HTTP_URL, f"localhost:{http_port}"))
+    return mapped
 
 
 class LocalContainer:

@@ -11,19 +11,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import tritonclient.http as httpclient
 import yaml
 
-from embedded_triton.container import LocalContainer
+from embedded_triton.container import LocalContainer, local_command
 from live_server import PROJECT_ROOT
 from plan_file import load_plan
 
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
-IMAGE_CLIENTS_DIR = "/opt/warmup"
 # Start (about 3 s) plus the plan's three loads (about 2.5 s each), twice
 # over for a loaded CI machine, and the stop.
 WARM_TIMEOUT_S = 120
@@ -60,13 +58,8 @@ def configmap_plan(tmp_path):
 def probe_command(probe, plan, http_port):
     """A probe's exec command with the image's paths and port mapped to this checkout."""
     (mount,) = deployment_container()["volumeMounts"]
-    mapped = []
-    for word in deployment_container()[probe]["exec"]["command"]:
-        word = sys.executable if word == "python3" else word
-        word = word.replace(IMAGE_CLIENTS_DIR, str(PROJECT_ROOT))
-        word = word.replace(f"{mount['mountPath']}/{plan.name}", str(plan))
-        mapped.append(word.replace("localhost:8000", f"localhost:{http_port}"))
-    return mapped
+    command = deployment_container()[probe]["exec"]["command"]
+    return local_command(command, f"{mount['mountPath']}/{plan.name}", plan, http_port)
 
 
 def entrypoint(template, tmp_path, plan, *server_flags):
