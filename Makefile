@@ -43,10 +43,12 @@ integration: venv
 test-faults: venv
 	WARMUP_KILL_RUNS=20 FUZZ_EXAMPLES=1000 $(PY) -m pytest -m faults tests/integration/test_sigkill.py tests/integration/test_fuzz_requests.py
 
-# Cold vs seed-style vs this project's warmup, cost, scaling (a few minutes);
-# results in bench/results/.
+# Cold vs seed-style vs this project's warmup, cost, scaling (a few minutes),
+# then how long a replica (deploy/entrypoint.sh) takes to become ready
+# (about 3 minutes); results in bench/results/.
 bench: venv models
 	$(PY) bench/warmup_benchmark.py
+	$(PY) bench/replica_benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(MODELS)
