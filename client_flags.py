@@ -7,6 +7,7 @@ for every script.
 """
 
 import argparse
+import sys
 from typing import Dict, List, Optional
 
 import tritonclient.grpc as grpcclient
@@ -80,7 +81,9 @@ def request_headers(args: argparse.Namespace) -> Optional[Dict[str, str]]:
     for item in args.header:
         key, separator, value = item.partition("=")
         if not separator or not key:
-            raise SystemExit(f"error: --header needs KEY=VALUE, got {item!r}")
+            # SystemExit with a message would exit 1; bad usage is 2.
+            print(f"error: --header needs KEY=VALUE, got {item!r}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE)
         if args.protocol == "grpc" and not key.startswith(GRPC_RESTRICTED_HEADER_PREFIX):
             key = GRPC_RESTRICTED_HEADER_PREFIX + key
         headers[key] = value

@@ -123,6 +123,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f"-u {', '.join(repeated)} given more than once")
     # Each server is warmed with a copy of args whose url is its own.
     args.url = args.urls[0]
+    # A bad -H exits here, not inside a server's thread.
+    client_flags.request_headers(args)
     shape_flags = {
         "--group-size-min": args.group_size_min,
         "--group-size-max": args.group_size_max,

@@ -105,6 +105,18 @@ stop_and_exit() {
   exit "$code"
 }
 
+# After a step failed: after a signal, stop quietly; else say why, stop and
+# exit 1. $1 says when (for a server that exited), $2 what went wrong otherwise.
+step_failed() {
+  ((stopping)) && stop_and_exit 0
+  if [[ -n "$server_status" ]]; then
+    log "FAILED: tritonserver exited (code $server_status) $1"
+  else
+    log "FAILED: $2"
+  fi
+  stop_and_exit 1
+}
+
 # A bad plan is refused before a server starts.
 "$PYTHON" "$CLIENTS_DIR/plan_file.py" "$WARMUP_PLAN" || exit 2
 
@@ -122,24 +134,13 @@ server_pid=$!
 
 if ! run_beside_server query_model_states.py -u "localhost:$HTTP_PORT" \
   --wait-ready warmup_helper --timeout "$STARTUP_TIMEOUT_S"; then
-  ((stopping)) && stop_and_exit 0
-  if [[ -n "$server_status" ]]; then
-    log "FAILED: tritonserver exited (code $server_status) before warmup_helper was READY"
-  else
-    log "FAILED: warmup_helper was not READY within ${STARTUP_TIMEOUT_S} s"
-  fi
-  stop_and_exit 1
+  step_failed "before warmup_helper was READY" "warmup_helper was not READY within ${STARTUP_TIMEOUT_S} s"
 fi
 
 if ! run_beside_server warmup_models.py -u "localhost:$HTTP_PORT" --plan "$WARMUP_PLAN" \
   --timeout "$WARMUP_TIMEOUT_S" "${warmup_args[@]}"; then
-  ((stopping)) && stop_and_exit 0
-  if [[ -n "$server_status" ]]; then
-    log "FAILED: tritonserver exited (code $server_status) during the warmup of $WARMUP_PLAN"
-  else
-    log "FAILED: the warmup of $WARMUP_PLAN did not finish; stopping so that the pod restarts"
-  fi
-  stop_and_exit 1
+  step_failed "during the warmup of $WARMUP_PLAN" \
+    "the warmup of $WARMUP_PLAN did not finish; stopping so that the pod restarts"
 fi
 
 log "READY: every model of $WARMUP_PLAN is warm; serving"

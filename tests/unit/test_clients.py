@@ -260,3 +260,15 @@ def test_wait_ready_usage_errors_exit_2(argv, words, capsys):
         query_model_states.parse_args(argv)
     assert raised.value.code == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["warmup_models.py", "query_model_states.py"])
+def test_a_header_without_a_value_is_bad_usage_before_any_request(script):
+    # Two -u for warmup_models: the check runs before the servers' threads start.
+    urls = ["-u", f"localhost:{unused_port()}"] + (["-u", f"localhost:{unused_port()}"] if script == "warmup_models.py" else [])
+
+    result = run(script, *urls, "-H", "no-equals-sign")
+
+    assert result.returncode == 2
+    assert "--header needs KEY=VALUE, got 'no-equals-sign'" in result.stderr
+    assert "no Triton server answers" not in result.stderr
