@@ -488,6 +488,7 @@ def warm_server(
         return ServerResult(url, code, reason=reason)
 
     if not client_flags.server_is_live(client, headers):
+        client.close()
         return failed(client_flags.EXIT_UNREACHABLE, f"no Triton server answers at {url} ({args.protocol})")
 
     what = args.plan or ("every model in the repository" if args.all else args.models)
