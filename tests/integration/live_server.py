@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -165,6 +166,23 @@ def _log_time(line: str, year: int) -> float:
         f"{year}-{match['month']}-{match['day']} {match['clock']}", "%Y-%m-%d %H:%M:%S.%f"
     )
     return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def wait_for_log(server: EmbeddedTriton, texts: Sequence[str], timeout: float = 10.0) -> str:
+    """The server's log once it holds every one of ``texts``.
+
+    A Python stub's log lines reach Triton's log asynchronously (they can
+    land after the response that followed them), so a test that looks for a
+    helper's line waits a little for it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        log = server.log_text()
+        missing = [text for text in texts if text not in log]
+        if not missing:
+            return log
+        assert time.monotonic() < deadline, f"not in the log of {server.http_url} within {timeout} s: {missing}"
+        time.sleep(0.1)
 
 
 def load_windows(server: EmbeddedTriton, model: str) -> List[tuple]:

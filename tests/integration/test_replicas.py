@@ -24,6 +24,7 @@ from live_server import (
     running_server,
     serving,
     standin_runs,
+    wait_for_log,
 )
 from warmup_plan import GENERATED_PREFIX
 
@@ -83,12 +84,12 @@ def test_one_call_warms_three_servers_each_in_its_own_log(own_copies):
         assert entry["exit_code"] == 0 and not entry["report"]["failed"], entry
         states = model_states(server)
         assert all(states[model] == "READY" for model in EXAMPLE_MODELS), states
-        log = server.log_text()
-        # The helper of this server served this server's own repository copy.
-        assert f"repository {server.model_repository}," in log
+        # The helper of this server served this server's own repository
+        # copy and loaded every model.
+        wait_for_log(server, [f"repository {server.model_repository},"]
+                     + [f"warmup_helper: loading '{model}' with" for model in EXAMPLE_MODELS]
+                     + [f"warmup_helper: '{model}' READY after" for model in EXAMPLE_MODELS])
         for model in EXAMPLE_MODELS:
-            assert f"warmup_helper: loading '{model}' with" in log, model
-            assert f"warmup_helper: '{model}' READY after" in log, model
             # This server's stand-in ran the warmup samples inside its load.
             (window,) = load_windows(server, model)
             planned = next(m for m in entry["report"]["models"] if m["name"] == model)
