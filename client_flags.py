@@ -15,6 +15,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
+HELPER_MODEL = "warmup_helper"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -68,6 +69,17 @@ def add_common_flags(parser: argparse.ArgumentParser, several_urls: bool = False
         help="Send this header with every request; repeatable. For a server started with "
         "--http-restricted-api / --grpc-restricted-protocol=<apis>:KEY=VALUE, give the same "
         "KEY=VALUE: over gRPC it is sent as triton-grpc-protocol-KEY, as Triton expects.",
+    )
+
+
+def add_helper_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``-m/--model-name``: the helper model's name (a plan may not warm
+    it, and a probe does not wait for it)."""
+    parser.add_argument(
+        "-m",
+        "--model-name",
+        default=HELPER_MODEL,
+        help=f"Name of the warmup helper model. Default is {HELPER_MODEL}.",
     )
 
 

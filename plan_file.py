@@ -19,6 +19,8 @@ from typing import Any, List, Optional, Tuple
 
 import yaml
 
+import client_flags
+
 _HELPER_MODULES = pathlib.Path(__file__).resolve().parent / "model_repository" / "warmup_helper" / "1"
 if str(_HELPER_MODULES) not in sys.path:
     sys.path.insert(0, str(_HELPER_MODULES))
@@ -120,7 +122,7 @@ def locate_server_error(path: pathlib.Path, message: str) -> Optional[str]:
     return f"{path}{f', line {line}' if line else ''}: {where}: {rest[2:]}"
 
 
-def load_plan(path: pathlib.Path, helper_name: str = "warmup_helper") -> Tuple[Any, WarmupRequest]:
+def load_plan(path: pathlib.Path, helper_name: str = client_flags.HELPER_MODEL) -> Tuple[Any, WarmupRequest]:
     """Read and check the plan file at ``path``.
 
     Returns the document (to send as the PLAN input) and the parsed request.
@@ -168,12 +170,7 @@ def load_plan(path: pathlib.Path, helper_name: str = "warmup_helper") -> Tuple[A
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
     parser.add_argument("plans", nargs="+", type=pathlib.Path, metavar="PLAN", help="Plan files to check.")
-    parser.add_argument(
-        "-m",
-        "--model-name",
-        default="warmup_helper",
-        help="Name of the helper model, which a plan may not warm. Default is warmup_helper.",
-    )
+    client_flags.add_helper_flag(parser)
     args = parser.parse_args(argv)
     code = 0
     for path in args.plans:

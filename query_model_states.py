@@ -141,13 +141,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="With --wait-ready: also wait for the models of this warmup plan file; for a "
         "plan with all_models, for every model of the repository but the helper.",
     )
-    parser.add_argument(
-        "-m",
-        "--model-name",
-        default="warmup_helper",
-        help="Name of the helper model, which --plan with all_models does not wait for. "
-        "Default is warmup_helper.",
-    )
+    client_flags.add_helper_flag(parser)
     parser.add_argument(
         "--timeout",
         type=float,

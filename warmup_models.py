@@ -50,12 +50,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n")[-1],
     )
     client_flags.add_common_flags(parser, several_urls=True)
-    parser.add_argument(
-        "-m",
-        "--model-name",
-        default="warmup_helper",
-        help="Name of the helper model. Default is warmup_helper.",
-    )
+    client_flags.add_helper_flag(parser)
     parser.add_argument(
         "--models",
         nargs="+",

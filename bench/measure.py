@@ -9,6 +9,7 @@ import concurrent.futures
 import dataclasses
 import json
 import pathlib
+import shutil
 import statistics
 import sys
 import threading
@@ -21,17 +22,32 @@ import tritonclient.http as httpclient
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "model_repository" / "warmup_helper" / "1")]
 
+import gen_model  # noqa: E402
 from config_rewrite import read_config, render_config, write_atomically  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 from warmup_plan import plan_warmup  # noqa: E402
 
 HELPER = "warmup_helper"
+EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
 # Loads of three models with many samples take seconds to minutes here.
 REQUEST_TIMEOUT_S = 900
 
 COLD = "cold"
 SEED_STYLE = "seed-style"
 PROJECT = "project"
+
+
+def copy_repository(destination: pathlib.Path) -> pathlib.Path:
+    """A working copy of the project's repository at ``destination``, with
+    the example models' files generated if `make models` has not run."""
+    shutil.copytree(
+        PROJECT_ROOT / "model_repository",
+        destination,
+        ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock"),
+    )
+    if not all((destination / model / "1" / "model.pt").exists() for model in EXAMPLE_MODELS):
+        gen_model.write_models(destination)
+    return destination
 
 
 @dataclasses.dataclass(frozen=True)

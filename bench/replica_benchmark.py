@@ -37,15 +37,13 @@ from typing import Dict, List, Optional
 import yaml
 
 import measure  # noqa: F401 - sets sys.path for the project's modules
+from measure import EXAMPLE_MODELS, copy_repository
 from report import linear_fit, table
 
-import gen_model  # noqa: E402
-from embedded_triton.container import LocalContainer, local_command  # noqa: E402
+from embedded_triton import container as local_container  # noqa: E402
+from embedded_triton.container import LocalContainer  # noqa: E402
 
 PROJECT_ROOT = measure.PROJECT_ROOT
-EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
-DEPLOYMENT = PROJECT_ROOT / "deploy" / "kubernetes" / "deployment.yaml"
-CONFIGMAP = PROJECT_ROOT / "deploy" / "kubernetes" / "configmap.yaml"
 # Start plus up to 3 x 256 samples, on a 2-CPU machine shared by three replicas.
 READY_TIMEOUT_S = 600
 PROBE_RUNS = 5
@@ -82,7 +80,7 @@ def plan_file(folder: pathlib.Path, group_max: int) -> pathlib.Path:
 def configmap_plan(folder: pathlib.Path, count: Optional[int] = None) -> pathlib.Path:
     """The plan the Kubernetes manifests deploy; with ``count``, that plan
     with another count (every config changes, so every model reloads)."""
-    (text,) = yaml.safe_load(CONFIGMAP.read_text())["data"].values()
+    _, text = local_container.configmap_plan()
     document = yaml.safe_load(text)
     if count is not None:
         document["defaults"]["count"] = count
@@ -96,11 +94,7 @@ class Replicas:
 
     def __init__(self, workdir: pathlib.Path):
         self.workdir = workdir
-        self.template = workdir / "template"
-        shutil.copytree(PROJECT_ROOT / "model_repository", self.template,
-                        ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock"))
-        if not all((self.template / model / "1" / "model.pt").exists() for model in EXAMPLE_MODELS):
-            gen_model.write_models(self.template)
+        self.template = copy_repository(workdir / "template")
         self.stack = contextlib.ExitStack()
         self.count = 0
 
@@ -148,11 +142,7 @@ def measure_plan_sizes(replicas: Replicas, args) -> Dict:
 
 
 def measure_probe(container: LocalContainer, plan: pathlib.Path) -> Dict:
-    document = yaml.safe_load(DEPLOYMENT.read_text())
-    (spec,) = document["spec"]["template"]["spec"]["containers"]
-    env = {item["name"]: item["value"] for item in spec["env"]}
-    command = local_command(spec["readinessProbe"]["exec"]["command"], env["WARMUP_PLAN"], plan,
-                            container.http_port)
+    command = local_container.probe_command("readinessProbe", plan, container.http_port)
     walls = []
     for _ in range(PROBE_RUNS):
         started = time.monotonic()
@@ -161,7 +151,7 @@ def measure_probe(container: LocalContainer, plan: pathlib.Path) -> Dict:
         if finished.returncode != 0:
             raise RuntimeError(f"the readiness probe failed on a ready pod: {finished.stderr}")
     return {"runs": len(walls), "median_s": statistics.median(walls), "max_s": max(walls),
-            "period_s": spec["readinessProbe"]["periodSeconds"]}
+            "period_s": local_container.deployment_container()["readinessProbe"]["periodSeconds"]}
 
 
 def fan_out(containers: List[LocalContainer], plan: pathlib.Path) -> Dict:

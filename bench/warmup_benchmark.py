@@ -38,15 +38,24 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import measure  # noqa: F401 - sets sys.path for the project's modules
-from measure import COLD, PROJECT, SEED_STYLE, Session, Shape, percentile, plan_with_count, seed_style_config
+from measure import (
+    COLD,
+    EXAMPLE_MODELS,
+    PROJECT,
+    SEED_STYLE,
+    Session,
+    Shape,
+    copy_repository,
+    percentile,
+    plan_with_count,
+    seed_style_config,
+)
 from report import HELPER_SHARE_TARGET, RATIO_TARGET, linear_fit, markdown, plot, summarize_condition
 
-import gen_model  # noqa: E402
 from embedded_triton import EmbeddedTriton, free_port  # noqa: E402
 from warmup_plan import plan_warmup  # noqa: E402
 
 PROJECT_ROOT = measure.PROJECT_ROOT
-EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
 PER_REQUEST_MODEL = "model-v2-per-request"
 TWO_INSTANCE_MODEL = "model-v2-two-instances"
 
@@ -73,14 +82,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def working_repository(workdir: pathlib.Path) -> pathlib.Path:
     """A copy of the project's repository plus the two models only the benchmark uses."""
-    repository = workdir / "model_repository"
-    shutil.copytree(
-        PROJECT_ROOT / "model_repository",
-        repository,
-        ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock"),
-    )
-    if not all((repository / model / "1" / "model.pt").exists() for model in EXAMPLE_MODELS):
-        gen_model.write_models(repository)
+    repository = copy_repository(workdir / "model_repository")
     # The parallel-load measurement needs loads in parallel; the helper's
     # default is 1 (README, "Known Triton issues"). The benchmark's samples
     # all pass, which is when more than 1 is safe.

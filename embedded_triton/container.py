@@ -5,7 +5,8 @@ image's paths become this checkout's; everything else (the entrypoint, the
 plan, the clients it calls, the real tritonserver binary) is what a pod runs.
 The container's output is kept with the time each line arrived, so the
 tests can check what happened in which order and the benchmark can time a
-replica from its start to ready.
+replica from its start to ready. The Kubernetes manifests are read here too,
+so that their probe commands run on this machine as the kubelet runs them.
 """
 
 import contextlib
@@ -18,9 +19,12 @@ import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
 from embedded_triton.server import PROJECT_ROOT, free_port
 
 ENTRYPOINT = PROJECT_ROOT / "deploy" / "entrypoint.sh"
+KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
 # Where deploy/Dockerfile puts the clients, and the port the manifests use.
 IMAGE_CLIENTS_DIR = "/opt/warmup"
 IMAGE_HTTP_URL = "localhost:8000"
@@ -28,12 +32,35 @@ IMAGE_HTTP_URL = "localhost:8000"
 DEFAULT_STOP_TIMEOUT_S = 60.0
 
 
-def local_command(command: Sequence[str], image_plan: str, plan: pathlib.Path, http_port: int) -> List[str]:
-    """An exec command of the manifests (a probe) mapped to this checkout:
-    the image's python3, clients folder, plan path and HTTP port become this
+def manifests() -> Dict[str, dict]:
+    """Every document of deploy/kubernetes/, by kind."""
+    documents = {}
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            documents[document["kind"]] = document
+    return documents
+
+
+def deployment_container() -> dict:
+    """The one container of the Deployment's pod template."""
+    (container,) = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def configmap_plan() -> Tuple[str, str]:
+    """The ConfigMap's plan file: its name (the key) and its text."""
+    ((name, text),) = manifests()["ConfigMap"]["data"].items()
+    return name, text
+
+
+def probe_command(probe: str, plan: pathlib.Path, http_port: int) -> List[str]:
+    """The Deployment's ``probe`` exec command mapped to this checkout: the
+    image's python3, clients folder, plan path and HTTP port become this
     interpreter, this checkout, ``plan`` and ``http_port``."""
+    container = deployment_container()
+    image_plan = {item["name"]: item["value"] for item in container["env"]}["WARMUP_PLAN"]
     mapped = []
-    for word in command:
+    for word in container[probe]["exec"]["command"]:
         word = sys.executable if word == "python3" else word
         word = word.replace(IMAGE_CLIENTS_DIR, str(PROJECT_ROOT)).replace(image_plan, str(plan))
         mapped.append(word.replace(IMAGE_HTTP_URL, f"localhost:{http_port}"))

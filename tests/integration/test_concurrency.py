@@ -1,10 +1,11 @@
 """Triggers at the same time: many on one server, two servers sharing one
-repository (replicas on a shared volume), and a trigger while a model is
+repository (replicas on a shared volume, warmed by one fan-out call), and a trigger while a model is
 still loading. Every request is answered, no config ends with duplicated
 entries, and the files equal what a single request writes."""
 
 import collections
 import concurrent.futures
+import json
 import shutil
 import threading
 import time
@@ -18,6 +19,7 @@ from live_server import (
     load_windows,
     model_states,
     repository_snapshot,
+    run_script,
     send_warmup,
     serving,
     warmup_inputs,
@@ -68,33 +70,32 @@ def assert_configs_hold_one_plan(repository, models):
 
 
 def test_two_servers_on_one_volume_take_turns_per_model(servers, shared_repository):
-    first, second = servers
-    barrier = threading.Barrier(2)
+    """Replicas on a shared volume, warmed at once by one fan-out call
+    (warmup_models.py with a -u per server, one thread each)."""
+    urls = [word for server in servers for word in ("-u", server.http_url)]
+    result = run_script(
+        "warmup_models.py", *urls, "--models", *EXAMPLE_MODELS, "--group-size-max", str(GROUP_MAX),
+        "--batch-sizes", *map(str, BATCH_SIZES), "--json",
+    )
 
-    def trigger(server, protocol):
-        barrier.wait()
-        return send_warmup(server, protocol, plan(EXAMPLE_MODELS))
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(trigger, servers, ["http", "grpc"]))
-
-    for loaded, report in results:
-        assert loaded == EXAMPLE_MODELS, report
-    # The lock file serialized the writers: for each model, one server's hold
-    # ended before the other's began.
+    assert result.returncode == 0, result.stderr
+    reports = [entry["report"] for entry in json.loads(result.stdout)["servers"]]
+    for report in reports:
+        assert [entry["name"] for entry in report["models"]] == EXAMPLE_MODELS, report
     for index, model in enumerate(EXAMPLE_MODELS):
-        holds = sorted(
-            (report["models"][index]["lock"] for _, report in results), key=lambda hold: hold["held_from"]
-        )
+        entries = [report["models"][index] for report in reports]
+        # Both servers planned the same samples. The lock file serialized
+        # the writers: one server's hold ended before the other's began;
+        # the second writer found the plan written and wrote nothing.
+        assert entries[0]["warmup_samples"] == entries[1]["warmup_samples"]
+        holds = sorted((entry["lock"] for entry in entries), key=lambda hold: hold["held_from"])
         assert holds[0]["held_until"] <= holds[1]["held_from"], (model, holds)
-    # The second writer found the plan written and wrote nothing.
-    for index in range(len(EXAMPLE_MODELS)):
-        written = [report["models"][index]["config_written"] for _, report in results]
-        assert sorted(written) == [False, True]
+        assert sorted(entry["config_written"] for entry in entries) == [False, True], entries
     assert_configs_hold_one_plan(shared_repository, EXAMPLE_MODELS)
     for server in servers:
         states = model_states(server)
         assert all(states[model] == "READY" for model in EXAMPLE_MODELS)
+    assert not list(shared_repository.glob("*/.config.pbtxt.*.tmp"))
 
 
 def test_parallel_triggers_on_one_server_all_get_answers(servers, shared_repository):

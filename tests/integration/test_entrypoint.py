@@ -15,13 +15,10 @@ import time
 
 import pytest
 import tritonclient.http as httpclient
-import yaml
 
-from embedded_triton.container import LocalContainer, local_command
-from live_server import PROJECT_ROOT
+from embedded_triton.container import LocalContainer, configmap_plan, probe_command
 from plan_file import load_plan
 
-KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
 # Start (about 3 s) plus the plan's three loads (about 2.5 s each), twice
 # over for a loaded CI machine, and the stop.
 WARM_TIMEOUT_S = 120
@@ -32,34 +29,14 @@ MODULE_TIMEOUT_S = 400
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 
-def manifest(kind):
-    for path in KUBERNETES.glob("*.yaml"):
-        for document in yaml.safe_load_all(path.read_text()):
-            if document["kind"] == kind:
-                return document
-    raise LookupError(kind)
-
-
-def deployment_container():
-    (container,) = manifest("Deployment")["spec"]["template"]["spec"]["containers"]
-    return container
-
-
 @pytest.fixture
-def configmap_plan(tmp_path):
+def configmap_plan_file(tmp_path):
     """The plan of the ConfigMap, as the pod sees it at its mount path."""
-    (key, text), = manifest("ConfigMap")["data"].items()
-    path = tmp_path / "etc-warmup" / key
+    name, text = configmap_plan()
+    path = tmp_path / "etc-warmup" / name
     path.parent.mkdir()
     path.write_text(text)
     return path
-
-
-def probe_command(probe, plan, http_port):
-    """A probe's exec command with the image's paths and port mapped to this checkout."""
-    (mount,) = deployment_container()["volumeMounts"]
-    command = deployment_container()[probe]["exec"]["command"]
-    return local_command(command, f"{mount['mountPath']}/{plan.name}", plan, http_port)
 
 
 def entrypoint(template, tmp_path, plan, *server_flags):
@@ -75,11 +52,11 @@ def listening(port):
 
 
 def test_the_pod_is_ready_only_once_the_plan_is_warm_and_stops_cleanly_on_sigterm(
-    template_repository, tmp_path, configmap_plan
+    template_repository, tmp_path, configmap_plan_file
 ):
-    _, plan = load_plan(configmap_plan)
-    with entrypoint(template_repository, tmp_path, configmap_plan) as container:
-        probe = probe_command("readinessProbe", configmap_plan, container.http_port)
+    _, plan = load_plan(configmap_plan_file)
+    with entrypoint(template_repository, tmp_path, configmap_plan_file) as container:
+        probe = probe_command("readinessProbe", configmap_plan_file, container.http_port)
         answers = []
         deadline = time.monotonic() + WARM_TIMEOUT_S
         while True:
@@ -100,7 +77,7 @@ def test_the_pod_is_ready_only_once_the_plan_is_warm_and_stops_cleanly_on_sigter
             with httpclient.InferenceServerClient(f"localhost:{container.http_port}") as client:
                 assert client.get_model_config(model)["model_warmup"], model
         # The startup probe is the same check.
-        startup = subprocess.run(probe_command("startupProbe", configmap_plan, container.http_port), timeout=30)
+        startup = subprocess.run(probe_command("startupProbe", configmap_plan_file, container.http_port), timeout=30)
         assert startup.returncode == 0
 
         container.signal(signal.SIGTERM)
@@ -148,8 +125,8 @@ def test_a_plan_that_cannot_be_warmed_exits_non_zero(
     assert not listening(container.http_port)
 
 
-def test_a_server_that_exits_at_start_fails_fast_with_its_exit_code(template_repository, tmp_path, configmap_plan):
-    with entrypoint(template_repository, tmp_path, configmap_plan, "--no-such-flag") as container:
+def test_a_server_that_exits_at_start_fails_fast_with_its_exit_code(template_repository, tmp_path, configmap_plan_file):
+    with entrypoint(template_repository, tmp_path, configmap_plan_file, "--no-such-flag") as container:
         code = container.wait(WARM_TIMEOUT_S)
 
     log = container.output()
@@ -159,10 +136,10 @@ def test_a_server_that_exits_at_start_fails_fast_with_its_exit_code(template_rep
 
 
 def test_sigterm_during_the_warmup_stops_the_server_without_waiting_for_it(
-    template_repository, tmp_path, configmap_plan
+    template_repository, tmp_path, configmap_plan_file
 ):
     """A pod deleted while it warms (a rollout that moves on, a scale-down)."""
-    with entrypoint(template_repository, tmp_path, configmap_plan) as container:
+    with entrypoint(template_repository, tmp_path, configmap_plan_file) as container:
         container.wait_for_line("warming ", WARM_TIMEOUT_S)
         container.signal(signal.SIGTERM)
         code = container.wait(STOP_TIMEOUT_S)

@@ -1,20 +1,17 @@
 """Replicas: one warmup_models.py call warms several servers at once.
 
 Three servers, each on its own copy of the repository (the replicas of a
-Deployment, each with the repository baked into its image), and two servers
-on one shared repository (replicas on a shared volume). Each server's own
-log and stand-in record show that its own warmup ran; on the shared volume
-the lock leaves each config written once.
+Deployment, each with the repository baked into its image). Each server's
+own log and stand-in record show that its own warmup ran. Replicas on one
+shared volume, warmed the same way, are in test_concurrency.py.
 """
 
-import collections
 import contextlib
 import json
 import shutil
 
 import pytest
 
-from config_rewrite import read_config
 from embedded_triton import free_port
 from live_server import (
     EXAMPLE_MODELS,
@@ -22,13 +19,11 @@ from live_server import (
     model_states,
     run_script,
     running_server,
-    serving,
     standin_runs,
     wait_for_log,
 )
-from warmup_plan import GENERATED_PREFIX
 
-# Five servers start (about 3 s each); each loads the three example models
+# Three servers start (about 3 s each); each loads the three example models
 # once (about 2 s a load, at most two at a time on two cores); twice that
 # leaves room for a loaded CI machine.
 MODULE_TIMEOUT_S = 300
@@ -57,16 +52,6 @@ def own_copies(template_repository, tmp_path_factory):
                 config.write_text(config.read_text().replace('name: "model-v1"', f'name: "{ONLY_ON_ONE_SERVER}"'))
             servers.append(stack.enter_context(running_server(template, root / name)))
         yield servers
-
-
-@pytest.fixture(scope="module")
-def shared_volume(template_repository, tmp_path_factory):
-    """Two servers on one repository folder, as two pods on one volume."""
-    root = tmp_path_factory.mktemp("shared-volume")
-    repository = root / "model_repository"
-    shutil.copytree(template_repository, repository)
-    with serving(repository, root / "a") as first, serving(repository, root / "b") as second:
-        yield repository, [first, second]
 
 
 def fan_out(servers, *flags):
@@ -125,26 +110,3 @@ def test_a_server_that_does_not_answer_is_reported_with_exit_3(own_copies):
     lines = result.stdout.splitlines()
     assert any(line.startswith(own_copies[0].http_url) and "PASS" in line for line in lines), result.stdout
     assert any(line.startswith(silent) and "FAILED  no Triton server answers" in line for line in lines)
-
-
-def test_replicas_on_one_volume_write_each_config_once(shared_volume):
-    repository, servers = shared_volume
-
-    result = fan_out(servers, *SHAPE_FLAGS)
-
-    assert result.returncode == 0, result.stderr
-    reports = [entry["report"] for entry in json.loads(result.stdout)["servers"]]
-    for index, model in enumerate(EXAMPLE_MODELS):
-        entries = [report["models"][index] for report in reports]
-        # Both servers planned the same samples; the lock let one write them
-        # and the other found them written.
-        assert entries[0]["warmup_samples"] == entries[1]["warmup_samples"]
-        assert sorted(entry["config_written"] for entry in entries) == [False, True], entries
-        _, config = read_config(repository / model)
-        names = [sample.name for sample in config.model_warmup]
-        assert not [name for name, seen in collections.Counter(names).items() if seen > 1], names
-        generated = [name for name in names if name.startswith(GENERATED_PREFIX)]
-        assert len(generated) == entries[0]["warmup_samples"], names
-    for server in servers:
-        assert all(model_states(server)[model] == "READY" for model in EXAMPLE_MODELS)
-    assert not list(repository.glob("*/.config.pbtxt.*.tmp"))

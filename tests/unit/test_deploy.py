@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from embedded_triton.container import configmap_plan, deployment_container, manifests
 from plan_file import load_plan
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -35,20 +36,6 @@ IMAGE_PYTHON = "3.10"
 IMAGE_GLIBC_PLATFORMS = ["manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux2014_x86_64"]
 # Resolving against PyPI (metadata only) takes a few seconds.
 PIP_TIMEOUT_S = 180
-
-
-def manifests():
-    """Every document of deploy/kubernetes/, by kind."""
-    documents = {}
-    for path in MANIFESTS:
-        for document in yaml.safe_load_all(path.read_text()):
-            documents[document["kind"]] = document
-    return documents
-
-
-def container():
-    (only,) = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
-    return only
 
 
 def dockerfile_instructions():
@@ -135,7 +122,7 @@ def test_the_entrypoint_and_probes_run_what_the_image_holds():
     assert entrypoint == [landed["deploy/entrypoint.sh"]]
     assert ENTRYPOINT.stat().st_mode & 0o111, "the entrypoint must be executable"
     for probe in ("startupProbe", "readinessProbe"):
-        command = container()[probe]["exec"]["command"]
+        command = deployment_container()[probe]["exec"]["command"]
         assert command[1] == landed["query_model_states.py"], probe
 
 
@@ -191,10 +178,10 @@ def test_a_rolling_update_adds_a_ready_pod_before_it_removes_one():
     update = deployment["spec"]["strategy"]
     assert update["type"] == "RollingUpdate"
     assert update["rollingUpdate"]["maxUnavailable"] == 0 and update["rollingUpdate"]["maxSurge"] >= 1
-    startup, readiness = container()["startupProbe"], container()["readinessProbe"]
+    startup, readiness = deployment_container()["startupProbe"], deployment_container()["readinessProbe"]
     # The startup probe's window covers the entrypoint's own limits, so that
     # a hung warmup is ended by the entrypoint (which logs why), not by the kubelet.
-    env = {item["name"]: item["value"] for item in container()["env"]}
+    env = {item["name"]: item["value"] for item in deployment_container()["env"]}
     window = startup["periodSeconds"] * startup["failureThreshold"]
     assert window >= int(env["STARTUP_TIMEOUT_S"]) + int(env["WARMUP_TIMEOUT_S"])
     assert deployment["spec"]["progressDeadlineSeconds"] >= window
@@ -206,24 +193,24 @@ def test_a_rolling_update_adds_a_ready_pod_before_it_removes_one():
 
 def test_the_probes_wait_for_the_models_the_entrypoint_warms():
     documents = manifests()
-    env = {item["name"]: item["value"] for item in container()["env"]}
-    (mount,) = container()["volumeMounts"]
+    env = {item["name"]: item["value"] for item in deployment_container()["env"]}
+    (mount,) = deployment_container()["volumeMounts"]
     (volume,) = documents["Deployment"]["spec"]["template"]["spec"]["volumes"]
     assert volume["name"] == mount["name"] and volume["configMap"]["name"] == documents["ConfigMap"]["metadata"]["name"]
     (key,) = documents["ConfigMap"]["data"]
     plan_path = f"{mount['mountPath']}/{key}"
     assert env["WARMUP_PLAN"] == plan_path
-    http_port = next(port["containerPort"] for port in container()["ports"] if port["name"] == "http")
+    http_port = next(port["containerPort"] for port in deployment_container()["ports"] if port["name"] == "http")
     for probe in ("startupProbe", "readinessProbe"):
-        command = container()[probe]["exec"]["command"]
+        command = deployment_container()[probe]["exec"]["command"]
         assert command[command.index("--plan") + 1] == plan_path, probe
         assert command[command.index("-u") + 1] == f"localhost:{http_port}", probe
-    assert container()["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert container()["resources"]["requests"].keys() >= {"cpu", "memory"}
+    assert deployment_container()["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert deployment_container()["resources"]["requests"].keys() >= {"cpu", "memory"}
 
 
 def test_the_plan_in_the_configmap_is_valid_and_names_models_of_the_repository(tmp_path):
-    (text,) = manifests()["ConfigMap"]["data"].values()
+    _, text = configmap_plan()
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(text)
     _, plan = load_plan(plan_path)
@@ -240,5 +227,5 @@ def test_service_pdb_and_autoscaler_point_at_the_deployment():
     assert documents["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     target = documents["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", documents["Deployment"]["metadata"]["name"])
-    port_names = {port["name"] for port in container()["ports"]}
+    port_names = {port["name"] for port in deployment_container()["ports"]}
     assert {port["targetPort"] for port in documents["Service"]["spec"]["ports"]} <= port_names
