@@ -9,7 +9,10 @@ stand-in), sets the environment the stub needs, and manages the process:
   Python-backend stub processes it started;
 * its output goes to a log file;
 * ``wait_ready`` polls ``/v2/health/ready`` and fails fast, with the log's
-  tail, when the process dies.
+  tail, when the process dies;
+* when the server dies on its own (a crash), its stubs are killed at once:
+  they inherit the server's open client connections, so without that a
+  client waits out its whole timeout instead of seeing the connection close.
 """
 
 import dataclasses
@@ -21,6 +24,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +44,20 @@ DEFAULT_READY_TIMEOUT_S = 120.0
 # Triton waits for in-flight requests and unloads models before it exits.
 DEFAULT_STOP_TIMEOUT_S = 30.0
 _POLL_INTERVAL_S = 0.2
+
+
+def _kill_group_when_leader_exits(process: subprocess.Popen) -> None:
+    """SIGKILL the server's process group once the server itself has exited.
+
+    After a normal stop the group is empty or holds stubs that ``stop`` kills
+    anyway; after a crash this closes the connections the stubs inherited.
+    """
+    while process.poll() is None:
+        time.sleep(_POLL_INTERVAL_S)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class TritonNotFoundError(RuntimeError):
@@ -100,9 +118,21 @@ def assemble_backend_directory(target: pathlib.Path, install: TritonInstall) -> 
     ):
         # Copies, not symlinks: Triton refuses a backend library whose real
         # path lies outside the backend directory.
-        shutil.copy2(source, python_dir / source.name)
-    shutil.copyfile(PYTORCH_STANDIN, pytorch_dir / "model.py")
+        _replace_with_copy(source, python_dir / source.name)
+    _replace_with_copy(PYTORCH_STANDIN, pytorch_dir / "model.py")
     return target
+
+
+def _replace_with_copy(source: pathlib.Path, destination: pathlib.Path) -> None:
+    """Copy ``source`` beside ``destination``, then rename it over.
+
+    Writing into the old file fails ("Text file busy") while a stub of a
+    crashed server still runs it, and would change a library under a live
+    process; a rename leaves the old file to whoever still has it open.
+    """
+    temporary = destination.with_name(f".{destination.name}.new")
+    shutil.copy2(source, temporary)
+    os.replace(temporary, destination)
 
 
 def server_environment(install: TritonInstall, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -237,6 +267,9 @@ class EmbeddedTriton:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        threading.Thread(
+            target=_kill_group_when_leader_exits, args=(self._process,), name="triton-watch", daemon=True
+        ).start()
         return self
 
     def is_running(self) -> bool:
