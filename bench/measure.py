@@ -23,7 +23,8 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "model_repository" / "warmup_helper" / "1")]
 
 import gen_model  # noqa: E402
-from config_rewrite import read_config, render_config, write_atomically  # noqa: E402
+from config_rewrite import read_config, render_config  # noqa: E402
+from repository_guard import write_atomically  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 from warmup_plan import plan_warmup  # noqa: E402
 

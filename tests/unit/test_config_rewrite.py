@@ -9,7 +9,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import ConfigRewrite, merge_warmup, read_config, write_atomically
+from config_rewrite import ConfigRewrite, merge_warmup, read_config
+from repository_guard import BACKUP_FILENAME, write_atomically
 from warmup_job import FAILED, READY, plan_jobs, run_job
 from warmup_plan import GENERATED_PREFIX, plan_warmup
 from warmup_request import INVALID_ARG, NOT_FOUND, WarmupRequestError
@@ -95,8 +96,51 @@ def test_failed_load_restores_the_original_bytes(repository):
     assert "load failed for model 'model-v1'" in entry["error"]
     assert entry["config_restored"] is True
     assert path.read_bytes() == original
+    assert not (repository / "model-v1" / BACKUP_FILENAME).exists()
     assert control.calls == [("load", "model-v1")]
     assert entry["serving_previous_version"] is False
+
+
+def test_the_original_waits_beside_the_config_until_the_load_settles(repository):
+    """A crash during the load leaves the original for the next writer to put
+    back (repository_guard.restore_interrupted_rewrite)."""
+    path = repository / "model-v1" / "config.pbtxt"
+    backup = repository / "model-v1" / BACKUP_FILENAME
+    original = path.read_bytes()
+    seen_during_load = []
+    (job,) = plan_jobs(repository, warmup_request())
+    control = RecordingControl(fail_load=lambda name: seen_during_load.append(backup.read_bytes()))
+    entry = run_job(job, control)
+    assert entry["status"] == READY and seen_during_load == [original]
+    assert path.read_bytes() != original and not backup.exists()
+
+
+@pytest.mark.parametrize("settle", ["commit", "restore"])
+def test_commit_and_restore_drop_the_backup(repository, settle):
+    path = repository / "model-v1" / "config.pbtxt"
+    (job,) = plan_jobs(repository, warmup_request())
+    rewrite = job.rewrite
+    rewrite.apply()
+    assert rewrite.backup_path.read_bytes() == rewrite.original
+    getattr(rewrite, settle)()
+    assert not rewrite.backup_path.exists()
+    assert (path.read_bytes() == rewrite.original) == (settle == "restore")
+
+
+def test_a_config_write_that_fails_leaves_no_backup(repository, monkeypatch):
+    before = snapshot(repository)
+    (job,) = plan_jobs(repository, warmup_request())
+    replace = os.replace
+
+    def fail_for_the_config(source, target):
+        if pathlib.Path(target).name == "config.pbtxt":
+            raise OSError(28, "No space left on device")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", fail_for_the_config)
+    with pytest.raises(OSError):
+        job.rewrite.apply()
+    assert snapshot(repository) == before
 
 
 def test_failed_reload_of_a_ready_model_says_the_old_version_serves(repository):

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from config_rewrite import read_config
 from repository_fixtures import PROJECT_REPOSITORY, RecordingControl, snapshot, warmup_request
 from repository_guard import (
+    BACKUP_FILENAME,
     LOCK_FILENAME,
     ModelLockTimeout,
     clean_repository,
@@ -129,12 +131,50 @@ def test_run_job_reports_a_lock_that_stays_taken(repository, lock_holder):
 def test_clean_repository_removes_stale_temp_files_but_not_under_a_held_lock(repository, lock_holder):
     for name in ("model-v1", "model-v2"):
         (repository / name / ".config.pbtxt.abc123.tmp").write_text("half a conf")
-    removed = clean_repository(repository)
-    assert removed == [str(repository / "model-v2" / ".config.pbtxt.abc123.tmp")]
+    removed, restored = clean_repository(repository)
+    assert removed == [str(repository / "model-v2" / ".config.pbtxt.abc123.tmp")] and restored == []
     assert stale_temp_files(repository / "model-v1")
     release(lock_holder)
-    assert len(clean_repository(repository)) == 1
+    assert len(clean_repository(repository)[0]) == 1
     assert not stale_temp_files(repository / "model-v1")
+
+
+def rewritten_by_a_writer_that_died(repository, model):
+    """Rewrite ``model``'s config as a writer does before its load, then stop
+    there, as when Triton crashes during that load. Returns the original bytes."""
+    (job,) = plan_jobs(repository, warmup_request(models=(model,), feature_dims=(None,)))
+    job.rewrite.apply()
+    assert (repository / model / BACKUP_FILENAME).exists()
+    return job.rewrite.original
+
+
+def test_clean_repository_puts_back_what_a_dead_writer_rewrote_but_not_under_a_held_lock(repository, lock_holder):
+    originals = {model: rewritten_by_a_writer_that_died(repository, model) for model in ("model-v1", "model-v2")}
+    removed, restored = clean_repository(repository)
+    assert removed == [] and restored == [str(repository / "model-v2" / "config.pbtxt")]
+    assert (repository / "model-v2" / "config.pbtxt").read_bytes() == originals["model-v2"]
+    assert not (repository / "model-v2" / BACKUP_FILENAME).exists()
+    # model-v1's lock is held: its writer may be alive, so nothing is touched.
+    assert (repository / "model-v1" / "config.pbtxt").read_bytes() != originals["model-v1"]
+    release(lock_holder)
+    assert clean_repository(repository)[1] == [str(repository / "model-v1" / "config.pbtxt")]
+    assert (repository / "model-v1" / "config.pbtxt").read_bytes() == originals["model-v1"]
+
+
+def test_next_writer_puts_back_what_a_dead_writer_rewrote_then_plans_anew(repository, tmp_path_factory):
+    untouched = tmp_path_factory.mktemp("untouched") / "repository"
+    shutil.copytree(repository, untouched)
+    rewritten_by_a_writer_that_died(repository, "model-v1")
+    # The dead writer's plan (group sizes 1..3) and the next one (1..2) differ.
+    entries = {}
+    for folder in (repository, untouched):
+        (job,) = plan_jobs(folder, warmup_request(group_max=2))
+        entries[folder] = run_job(job, RecordingControl())
+        assert entries[folder]["status"] == READY
+    assert entries[repository]["interrupted_rewrite_restored"] == str(repository / "model-v1" / "config.pbtxt")
+    assert entries[untouched]["interrupted_rewrite_restored"] is None
+    # The same files as a writer that never met the dead one's leftovers writes.
+    assert snapshot(repository) == snapshot(untouched)
 
 
 @pytest.mark.parametrize("target", ["file", "folder"])
@@ -203,7 +243,7 @@ def test_sigkill_at_random_points_of_a_rewrite_leaves_the_old_or_the_new_file(re
         writer = python_child(
             f"""
             import pathlib
-            from config_rewrite import write_atomically
+            from repository_guard import write_atomically
             path = pathlib.Path({str(path)!r})
             states = [pathlib.Path(p).read_bytes() for p in {[str(p) for p in state_files]!r}]
             print("writing", flush=True)

@@ -8,21 +8,20 @@ Configs are parsed into the ``ModelConfig`` protobuf and written back with
   file or the new one, never half of one;
 * idempotent: samples this helper generated earlier are replaced, samples a
   person wrote are kept, and a config that would not change is not written;
-* reversible: ``restore`` puts the original bytes back when the load fails.
+* reversible: ``restore`` puts the original bytes back when the load fails,
+  and a copy of them waits beside the config until the load has settled, so
+  that a crash in between is undone too (``repository_guard``).
 """
 
-import os
 import pathlib
-import tempfile
 from typing import Iterable, Tuple
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from repository_guard import BACKUP_FILENAME, CONFIG_FILENAME, remove_backup, write_atomically
 from warmup_plan import GENERATED_PREFIX
 from warmup_request import NOT_FOUND, WarmupRequestError
-
-CONFIG_FILENAME = "config.pbtxt"
 
 
 def find_model_dir(repository: pathlib.Path, name: str) -> pathlib.Path:
@@ -75,43 +74,6 @@ def merge_warmup(
     return merged
 
 
-def write_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers never see a partial file.
-
-    The new file keeps the old one's permission bits (and owner, where this
-    process may set it), so a server running as another user can still read it.
-    """
-    try:
-        old = path.stat()
-    except FileNotFoundError:
-        old = None
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as temp_file:
-            temp_file.write(data)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        if old is not None:
-            os.chmod(temp_name, old.st_mode & 0o7777)
-            try:
-                os.chown(temp_name, old.st_uid, old.st_gid)
-            except PermissionError:
-                pass
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    # The rename is durable only once the folder entry itself is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def read_config(model_dir: pathlib.Path) -> Tuple[bytes, model_config_pb2.ModelConfig]:
     """Return the bytes of ``<model_dir>/config.pbtxt`` and their parsed config."""
     path = model_dir / CONFIG_FILENAME
@@ -149,14 +111,35 @@ class ConfigRewrite:
         self.changed = self.config != current
         self._applied = False
 
+    @property
+    def backup_path(self) -> pathlib.Path:
+        return self.path.parent / BACKUP_FILENAME
+
     def apply(self) -> None:
-        """Write the merged config, unless it equals what is on disk."""
-        if self.changed:
+        """Write the merged config, unless it equals what is on disk.
+
+        The original goes to ``backup_path`` first; ``restore`` or ``commit``
+        removes it once the load has settled.
+        """
+        if not self.changed:
+            return
+        write_atomically(self.backup_path, self.original)
+        try:
             write_atomically(self.path, render_config(self.config))
-            self._applied = True
+        except BaseException:
+            remove_backup(self.path.parent)
+            raise
+        self._applied = True
 
     def restore(self) -> None:
         """Put the original bytes back, if ``apply`` changed the file."""
         if self._applied:
             write_atomically(self.path, self.original)
+            remove_backup(self.path.parent)
+            self._applied = False
+
+    def commit(self) -> None:
+        """The load succeeded: keep the new config and drop the backup."""
+        if self._applied:
+            remove_backup(self.path.parent)
             self._applied = False

@@ -142,10 +142,15 @@ class TritonPythonModel:
             # anyway; the HTTP endpoint is what loads models in parallel.
             self.max_parallel_loads = 1
 
-        removed = clean_repository(self.repository)
+        removed, restored = clean_repository(self.repository)
         if removed:
             self.logger.log_warn(
                 f"{self.model_name}: removed temporary files a killed writer left: {removed}"
+            )
+        if restored:
+            self.logger.log_warn(
+                f"{self.model_name}: put back the original of {restored}: the load after "
+                "their rewrite never finished (the server was killed or crashed)"
             )
         self.logger.log_info(
             f"{self.model_name}: repository {self.repository}, {self.settings}, "

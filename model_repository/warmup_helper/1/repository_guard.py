@@ -8,6 +8,13 @@
 * ``remove_stale_temp_files``: a writer killed between creating its temporary
   file and renaming it leaves ``.config.pbtxt.*.tmp`` behind; the next holder
   of the model's lock removes it.
+* ``write_atomically``: a reader sees the old file or the new one, never half.
+* ``BACKUP_FILENAME`` and ``restore_interrupted_rewrite``: before a rewrite the
+  writer saves the original config next to it and removes that copy once the
+  load has settled. A copy found by the next holder of the lock (or by the
+  helper when it starts) means the writer died between the rewrite and the
+  end of the load, for example when Triton crashed on a failing warmup
+  sample; the original is put back, as a failed load would have.
 * ``unwritable_reason``: whether the helper may write a config at all. A file
   or folder without write permission bits is treated as read-only even when
   the server runs as root (who could write it anyway): someone made it
@@ -22,12 +29,16 @@ import fcntl
 import os
 import pathlib
 import stat
+import tempfile
 import threading
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
+CONFIG_FILENAME = "config.pbtxt"
 LOCK_FILENAME = ".warmup_helper.lock"
 TEMP_FILE_GLOB = ".config.pbtxt.*.tmp"
+# The config as it was before the rewrite whose load has not settled yet.
+BACKUP_FILENAME = ".config.pbtxt.before-warmup"
 
 # A load holds the lock of its model; a second writer waits for it. Loads of
 # big models can take minutes, so the default wait is long.
@@ -55,6 +66,74 @@ class LockHold:
             "held_from": self.held_from,
             "held_until": self.held_until,
         }
+
+
+def fsync_folder(folder: pathlib.Path) -> None:
+    """Make a rename or removal in ``folder`` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers never see a partial file.
+
+    The new file keeps the old one's permission bits (and owner, where this
+    process may set it), so a server running as another user can still read it.
+    """
+    try:
+        old = path.stat()
+    except FileNotFoundError:
+        old = None
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        if old is not None:
+            os.chmod(temp_name, old.st_mode & 0o7777)
+            try:
+                os.chown(temp_name, old.st_uid, old.st_gid)
+            except PermissionError:
+                pass
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_folder(path.parent)
+
+
+def remove_backup(model_dir: pathlib.Path) -> None:
+    """Drop the saved original: the load it guarded has settled."""
+    try:
+        (model_dir / BACKUP_FILENAME).unlink()
+    except FileNotFoundError:
+        return
+    fsync_folder(model_dir)
+
+
+def restore_interrupted_rewrite(model_dir: pathlib.Path) -> Optional[str]:
+    """Put back the config saved before a rewrite whose load never settled.
+
+    Call it while holding ``model_lock``: a live writer holds that lock from
+    the rewrite to the end of its load, so a backup found then belongs to a
+    writer that died. Returns the restored ``config.pbtxt``, or ``None``.
+    """
+    backup = model_dir / BACKUP_FILENAME
+    try:
+        original = backup.read_bytes()
+    except FileNotFoundError:
+        return None
+    config = model_dir / CONFIG_FILENAME
+    write_atomically(config, original)
+    remove_backup(model_dir)
+    return str(config)
 
 
 # fcntl locks belong to a process: two threads of one process would both get
@@ -167,22 +246,27 @@ def remove_stale_temp_files(model_dir: pathlib.Path) -> List[str]:
     return removed
 
 
-def clean_repository(repository: pathlib.Path) -> List[str]:
-    """Remove stale temporary configs from every model folder whose lock is free.
+def clean_repository(repository: pathlib.Path) -> Tuple[List[str], List[str]]:
+    """Undo what dead writers left in every model folder whose lock is free.
 
-    Run when the helper starts. A model whose lock is held (a writer on
-    another server is busy with it) is skipped: that writer cleans up itself.
+    Run when the helper starts. Returns the stale temporary configs removed
+    and the configs put back from a backup (``restore_interrupted_rewrite``).
+    A model whose lock is held (a writer on another server is busy with it)
+    is skipped: that writer cleans up itself.
     """
-    removed = []
+    removed, restored = [], []
     for model_dir in sorted(repository.iterdir()):
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
-        if not stale_temp_files(model_dir):
+        if not stale_temp_files(model_dir) and not (model_dir / BACKUP_FILENAME).exists():
             continue
         try:
             with model_lock(model_dir, timeout_s=0) as hold:
                 if hold is not None:
                     removed.extend(remove_stale_temp_files(model_dir))
+                    restored_config = restore_interrupted_rewrite(model_dir)
+                    if restored_config is not None:
+                        restored.append(restored_config)
         except ModelLockTimeout:
             continue
-    return removed
+    return removed, restored

@@ -20,6 +20,7 @@ from repository_guard import (
     ModelLockTimeout,
     model_lock,
     remove_stale_temp_files,
+    restore_interrupted_rewrite,
     unwritable_reason,
 )
 from warmup_plan import (
@@ -306,6 +307,9 @@ def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_T
             try:
                 if hold is not None:
                     entry["stale_temp_files_removed"] = remove_stale_temp_files(job.model_dir)
+                    # A writer that died between its rewrite and the end of
+                    # its load (Triton crashed) left its backup: undo first.
+                    entry["interrupted_rewrite_restored"] = restore_interrupted_rewrite(job.model_dir)
                     # Another writer may have changed the file while we waited.
                     replan_started = time.monotonic()
                     job = job.replan()
@@ -385,6 +389,12 @@ def _load(job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool]) 
         return
     entry["timings"]["load_s"] = _since(load_started)
     entry["status"] = READY
+    try:
+        job.rewrite.commit()
+    except OSError as error:
+        # The model is READY with the new config either way; a backup left
+        # behind makes the next writer put the old config back.
+        entry["error"] = f"removing {job.rewrite.backup_path} failed: {error}"
 
 
 def build_report(
