@@ -147,6 +147,19 @@ def model_states(server: EmbeddedTriton, headers: Optional[Dict[str, str]] = Non
     return {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
 
 
+def triton_crashed(server: EmbeddedTriton) -> bool:
+    """Whether tritonserver died of a segfault of its own (README, "Known
+    Triton issues": it can, tearing down an instance whose warmup failed)."""
+    return not server.is_running() and "Signal (11) received" in server.log_text()
+
+
+def restart(server: EmbeddedTriton) -> EmbeddedTriton:
+    """Start ``server`` again on the same repository, ports and log file."""
+    server.stop()
+    server.start()
+    return server.wait_ready()
+
+
 def repository_snapshot(repository: pathlib.Path) -> Dict[str, bytes]:
     """Every file's bytes, so a test can show that nothing on disk changed."""
     return {

@@ -133,19 +133,27 @@ def test_trigger_while_the_model_is_loading_waits_then_loads_its_plan(servers, s
             client.load_model("slow-to-load")
         first_load["ended"] = time.time()
 
+    loading_line = '"loading: slow-to-load:1"'
+    loads_before = server.log_text().count(loading_line)
     loader = threading.Thread(target=load_directly)
     loader.start()
-    deadline = time.monotonic() + 30
-    while model_states(server).get("slow-to-load") != "LOADING":
+    # Triton's own log line, not the repository index: on a busy machine the
+    # index call can block for the whole load and never show LOADING.
+    deadline = time.monotonic() + 60
+    while server.log_text().count(loading_line) == loads_before:
         assert time.monotonic() < deadline, "the direct load never started"
-        time.sleep(0.1)
+        time.sleep(0.05)
 
+    triggered = time.time()
     loaded, report = send_warmup(server, "grpc", plan(["slow-to-load"]))
     answered = time.time()
     loader.join()
 
     assert loaded == ["slow-to-load"] and report["models"][0]["config_written"] is True
     first, second = load_windows(server, "slow-to-load")
+    # The trigger came while the direct load was under way (its initialize
+    # sleeps SLOW_INITIALIZE_S), and its own load began only after that one.
+    assert first[0] <= triggered < first[1], (first, triggered)
     assert first[1] <= second[0] <= second[1] <= answered
     assert first_load["ended"] <= answered
     with httpclient.InferenceServerClient(server.http_url) as client:

@@ -1,12 +1,20 @@
 """A target whose load fails: reported for that model, its config.pbtxt put
 back byte for byte, the other models of the request still warmed, and the
-models that were READY still serving."""
+models that were READY still serving.
+
+A warmup sample the model rejects can crash tritonserver itself (README,
+"Known Triton issues": a segfault while Triton tears down the instance whose
+warmup failed; seen on a busy machine). Those tests then check what the
+helper still promises, that the restarted server's helper puts the config
+back, and are reported as xfailed rather than passed.
+"""
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from live_server import model_states, running_server, send_warmup, warmup_inputs
+from live_server import model_states, restart, running_server, send_warmup, triton_crashed, warmup_inputs
+from repository_guard import BACKUP_FILENAME
 from target_models import (
     write_corrupt_model,
     write_model_without_file,
@@ -31,9 +39,31 @@ def server(template_repository, tmp_path_factory):
         write_model_without_file(repository, "missing-file")
         write_python_target(repository, "fails-initialize", fail_initialize=True)
         write_picky_model(repository, "picky", PICKY_LARGEST_GROUP)
-        loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 2))
-        assert loaded == ["model-v1"]
+        warm_model_v1(server)
         yield server
+
+
+def warm_model_v1(server):
+    loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 2))
+    assert loaded == ["model-v1"]
+
+
+def send_warmup_or_xfail_on_triton_crash(server, protocol, inputs, configs):
+    """``send_warmup``; if tritonserver crashed instead of answering, restart
+    it, check that every one of ``configs`` (path: bytes before the request)
+    is back, bring the module's server back to its state, and xfail."""
+    try:
+        return send_warmup(server, protocol, inputs)
+    except Exception:
+        if not triton_crashed(server):
+            raise
+    restart(server)
+    for path, original in configs.items():
+        assert path.read_bytes() == original, f"{path} was not put back after the crash"
+        assert not (path.parent / BACKUP_FILENAME).exists()
+    warm_model_v1(server)
+    pytest.xfail("tritonserver segfaulted on the failing warmup sample (Triton's own, README "
+                 "'Known Triton issues'); the restarted helper put the config back")
 
 
 def answers(server, model="model-v1") -> bool:
@@ -59,7 +89,9 @@ FAILING_TARGETS = {
 def test_failed_target_is_reported_restored_and_the_others_warm(server, target, group_max):
     config = server.model_repository / target / "config.pbtxt"
     original = config.read_bytes()
-    loaded, report = send_warmup(server, "http", warmup_inputs([target, "model-v2"], 1, group_max))
+    loaded, report = send_warmup_or_xfail_on_triton_crash(
+        server, "http", warmup_inputs([target, "model-v2"], 1, group_max), {config: original}
+    )
 
     failed, other = report["models"]
     assert failed["status"] == "FAILED" and failed["error"].startswith("load failed")
@@ -78,7 +110,9 @@ def test_ready_model_keeps_serving_when_a_reload_with_a_rejected_sample_fails(se
     assert loaded == ["picky"]
     warmed = config.read_bytes()
 
-    loaded, report = send_warmup(server, "grpc", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP + 2))
+    loaded, report = send_warmup_or_xfail_on_triton_crash(
+        server, "grpc", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP + 2), {config: warmed}
+    )
     (entry,) = report["models"]
     assert loaded == [] and entry["status"] == "FAILED"
     assert "group size above the model's maximum" in entry["error"]

@@ -2,7 +2,9 @@
 
 Afterwards every config.pbtxt still parses and equals either its state before
 the request or the state the uninterrupted request leaves; the next start of
-the server removes any temporary file a killed rewrite left.
+the server removes any temporary file a killed rewrite left, and puts back the
+original of a config whose load the kill interrupted (the backup the writer
+keeps beside it until the load settles).
 
 `make test` runs WARMUP_KILL_RUNS=3 of these; `make test-faults` runs 20.
 Each run's delay comes from a generator seeded with the run's number, so a
@@ -19,12 +21,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from live_server import EXAMPLE_MODELS, running_server, send_warmup, serving, warmup_inputs
-from repository_guard import stale_temp_files
+from live_server import EXAMPLE_MODELS, running_server, send_warmup, serving, wait_for_log, warmup_inputs
+from repository_guard import BACKUP_FILENAME, stale_temp_files
+from target_models import write_python_target
 
 KILL_RUNS = int(os.environ.get("WARMUP_KILL_RUNS", "3"))
-# Per run: a server start, up to one warmup, a restart.
-MODULE_TIMEOUT_S = 60 + 30 * KILL_RUNS
+# Per run: a server start, up to one warmup, a restart; then one more kill.
+MODULE_TIMEOUT_S = 120 + 30 * KILL_RUNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
@@ -65,24 +68,57 @@ def test_sigkill_during_a_warmup_leaves_every_config_whole(run, reference, templ
         server.kill()
         request.join(60)
 
-    left_behind = {}
+    left_behind, interrupted = {}, []
     for model in EXAMPLE_MODELS:
         text = (repository / model / "config.pbtxt").read_bytes()
         text_format.Parse(text.decode(), model_config_pb2.ModelConfig())
         assert text in (before[model], after[model]), f"run {run}, {delay:.2f} s: {model} is neither"
         left_behind[model] = stale_temp_files(repository / model)
+        if (repository / model / BACKUP_FILENAME).exists():
+            interrupted.append(model)
 
-    # The next start cleans what a killed rewrite left.
+    # The next start cleans what a killed rewrite left and undoes a rewrite
+    # whose load the kill cut short.
     with serving(repository, tmp_path / "restarted"):
         for model in EXAMPLE_MODELS:
             assert not stale_temp_files(repository / model), (run, left_behind)
-    states = ["after" if configs(repository)[m] == after[m] else "before" for m in EXAMPLE_MODELS]
+            assert not (repository / model / BACKUP_FILENAME).exists(), run
+    restarted = configs(repository)
+    for model in interrupted:
+        assert restarted[model] == before[model], f"run {run}: {model}'s load was cut short"
+    states = ["after" if restarted[m] == after[m] else "before" for m in EXAMPLE_MODELS]
     print(f"run {run}: killed at {delay:.2f} s of {duration:.2f} s; configs {states}; "
-          f"temp files left {sum(map(len, left_behind.values()))}")
+          f"temp files left {sum(map(len, left_behind.values()))}; loads cut short {interrupted}")
 
 
-def _send_and_ignore_the_broken_connection(server):
+def test_a_server_killed_during_a_load_gets_the_original_config_back_at_restart(template_repository, tmp_path):
+    """What a Triton crash during a load leaves (README, "Known Triton
+    issues"): the rewritten config and its backup; the restart undoes it."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(template_repository, repository)
+    config = write_python_target(repository, "slow-to-load", initialize_seconds=20) / "config.pbtxt"
+    before = config.read_bytes()
+    request = warmup_inputs(["slow-to-load"], 1, 2)
+
+    with serving(repository, tmp_path / "killed") as server:
+        sender = threading.Thread(target=_send_and_ignore_the_broken_connection, args=(server, request))
+        sender.start()
+        # The model's initialize sleeps for 20 s: the kill lands inside its load.
+        wait_for_log(server, ['"loading: slow-to-load:1"'], timeout=60)
+        server.kill()
+        sender.join(60)
+    assert config.read_bytes() != before
+    assert (config.parent / BACKUP_FILENAME).read_bytes() == before
+
+    with serving(repository, tmp_path / "restarted") as restarted:
+        log = wait_for_log(restarted, ["put back the original of"])
+    assert config.read_bytes() == before
+    assert not (config.parent / BACKUP_FILENAME).exists()
+    assert str(config) in log
+
+
+def _send_and_ignore_the_broken_connection(server, request=REQUEST):
     try:
-        send_warmup(server, "http", REQUEST)
+        send_warmup(server, "http", request)
     except Exception:  # noqa: BLE001 - the server is killed under the request
         pass
