@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from live_server import model_states, restart, running_server, send_warmup, triton_crashed, warmup_inputs
-from repository_guard import BACKUP_FILENAME
+from repository_guard import backup_path
 from target_models import (
     write_corrupt_model,
     write_model_without_file,
@@ -60,7 +60,7 @@ def send_warmup_or_xfail_on_triton_crash(server, protocol, inputs, configs):
     restart(server)
     for path, original in configs.items():
         assert path.read_bytes() == original, f"{path} was not put back after the crash"
-        assert not (path.parent / BACKUP_FILENAME).exists()
+        assert not backup_path(path.parent).exists()
     warm_model_v1(server)
     pytest.xfail("tritonserver segfaulted on the failing warmup sample (Triton's own, README "
                  "'Known Triton issues'); the restarted helper put the config back")

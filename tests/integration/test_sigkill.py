@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from live_server import EXAMPLE_MODELS, running_server, send_warmup, serving, wait_for_log, warmup_inputs
-from repository_guard import BACKUP_FILENAME, stale_temp_files
+from repository_guard import backup_path, stale_temp_files
 from target_models import write_python_target
 
 KILL_RUNS = int(os.environ.get("WARMUP_KILL_RUNS", "3"))
@@ -74,7 +74,7 @@ def test_sigkill_during_a_warmup_leaves_every_config_whole(run, reference, templ
         text_format.Parse(text.decode(), model_config_pb2.ModelConfig())
         assert text in (before[model], after[model]), f"run {run}, {delay:.2f} s: {model} is neither"
         left_behind[model] = stale_temp_files(repository / model)
-        if (repository / model / BACKUP_FILENAME).exists():
+        if backup_path(repository / model).exists():
             interrupted.append(model)
 
     # The next start cleans what a killed rewrite left and undoes a rewrite
@@ -82,7 +82,7 @@ def test_sigkill_during_a_warmup_leaves_every_config_whole(run, reference, templ
     with serving(repository, tmp_path / "restarted"):
         for model in EXAMPLE_MODELS:
             assert not stale_temp_files(repository / model), (run, left_behind)
-            assert not (repository / model / BACKUP_FILENAME).exists(), run
+            assert not backup_path(repository / model).exists(), run
     restarted = configs(repository)
     for model in interrupted:
         assert restarted[model] == before[model], f"run {run}: {model}'s load was cut short"
@@ -108,12 +108,12 @@ def test_a_server_killed_during_a_load_gets_the_original_config_back_at_restart(
         server.kill()
         sender.join(60)
     assert config.read_bytes() != before
-    assert (config.parent / BACKUP_FILENAME).read_bytes() == before
+    assert backup_path(config.parent).read_bytes() == before
 
     with serving(repository, tmp_path / "restarted") as restarted:
         log = wait_for_log(restarted, ["put back the original of"])
     assert config.read_bytes() == before
-    assert not (config.parent / BACKUP_FILENAME).exists()
+    assert not backup_path(config.parent).exists()
     assert str(config) in log
 
 

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from config_rewrite import ConfigRewrite, merge_warmup, read_config
-from repository_guard import BACKUP_FILENAME, write_atomically
+from repository_guard import backup_path, write_atomically
 from warmup_job import FAILED, READY, plan_jobs, run_job
 from warmup_plan import GENERATED_PREFIX, plan_warmup
 from warmup_request import INVALID_ARG, NOT_FOUND, WarmupRequestError
@@ -96,7 +96,7 @@ def test_failed_load_restores_the_original_bytes(repository):
     assert "load failed for model 'model-v1'" in entry["error"]
     assert entry["config_restored"] is True
     assert path.read_bytes() == original
-    assert not (repository / "model-v1" / BACKUP_FILENAME).exists()
+    assert not backup_path(repository / "model-v1").exists()
     assert control.calls == [("load", "model-v1")]
     assert entry["serving_previous_version"] is False
 
@@ -105,7 +105,7 @@ def test_the_original_waits_beside_the_config_until_the_load_settles(repository)
     """A crash during the load leaves the original for the next writer to put
     back (repository_guard.restore_interrupted_rewrite)."""
     path = repository / "model-v1" / "config.pbtxt"
-    backup = repository / "model-v1" / BACKUP_FILENAME
+    backup = backup_path(repository / "model-v1")
     original = path.read_bytes()
     seen_during_load = []
     (job,) = plan_jobs(repository, warmup_request())

@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2
 from config_rewrite import read_config
 from repository_fixtures import PROJECT_REPOSITORY, RecordingControl, snapshot, warmup_request
 from repository_guard import (
-    BACKUP_FILENAME,
+    backup_path,
     LOCK_FILENAME,
     ModelLockTimeout,
     clean_repository,
@@ -144,7 +144,7 @@ def rewritten_by_a_writer_that_died(repository, model):
     there, as when Triton crashes during that load. Returns the original bytes."""
     (job,) = plan_jobs(repository, warmup_request(models=(model,), feature_dims=(None,)))
     job.rewrite.apply()
-    assert (repository / model / BACKUP_FILENAME).exists()
+    assert backup_path(repository / model).exists()
     return job.rewrite.original
 
 
@@ -153,7 +153,7 @@ def test_clean_repository_puts_back_what_a_dead_writer_rewrote_but_not_under_a_h
     removed, restored = clean_repository(repository)
     assert removed == [] and restored == [str(repository / "model-v2" / "config.pbtxt")]
     assert (repository / "model-v2" / "config.pbtxt").read_bytes() == originals["model-v2"]
-    assert not (repository / "model-v2" / BACKUP_FILENAME).exists()
+    assert not backup_path(repository / "model-v2").exists()
     # model-v1's lock is held: its writer may be alive, so nothing is touched.
     assert (repository / "model-v1" / "config.pbtxt").read_bytes() != originals["model-v1"]
     release(lock_holder)
@@ -177,11 +177,13 @@ def test_next_writer_puts_back_what_a_dead_writer_rewrote_then_plans_anew(reposi
     assert snapshot(repository) == snapshot(untouched)
 
 
-@pytest.mark.parametrize("target", ["file", "folder"])
+@pytest.mark.parametrize("target", ["file", "folder", "repository"])
 def test_read_only_config_is_never_written_and_loads_with_the_config_instead(repository, target):
     model_dir = repository / "model-v1"
     path = model_dir / "config.pbtxt"
-    os.chmod(path if target == "file" else model_dir, 0o444 if target == "file" else 0o555)
+    # A read-only repository folder could not hold the saved original.
+    made_read_only = {"file": path, "folder": model_dir, "repository": repository}[target]
+    os.chmod(made_read_only, 0o444 if target == "file" else 0o555)
     try:
         before = snapshot(repository)
         assert "read-only" in unwritable_reason(path)
@@ -195,11 +197,12 @@ def test_read_only_config_is_never_written_and_loads_with_the_config_instead(rep
         loaded = json.loads(config_text)
         assert name == "model-v1" and len(loaded["model_warmup"]) == 2 * 4
         after = snapshot(repository)
-        if target == "file":
-            # The folder is writable, so the lock file may be made there.
+        if target != "folder":
+            # The model's folder is writable, so the lock file may be made there.
             assert after.pop(f"model-v1/{LOCK_FILENAME}") == b""
         assert after == before
     finally:
+        os.chmod(repository, 0o755)
         os.chmod(model_dir, 0o755)
         os.chmod(path, 0o644)
 

@@ -9,8 +9,8 @@ Configs are parsed into the ``ModelConfig`` protobuf and written back with
 * idempotent: samples this helper generated earlier are replaced, samples a
   person wrote are kept, and a config that would not change is not written;
 * reversible: ``restore`` puts the original bytes back when the load fails,
-  and a copy of them waits beside the config until the load has settled, so
-  that a crash in between is undone too (``repository_guard``).
+  and a copy of them waits in the repository folder until the load has
+  settled, so that a crash in between is undone too (``repository_guard``).
 """
 
 import pathlib
@@ -19,7 +19,7 @@ from typing import Iterable, Tuple
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from repository_guard import BACKUP_FILENAME, CONFIG_FILENAME, remove_backup, write_atomically
+from repository_guard import CONFIG_FILENAME, backup_path, remove_backup, write_atomically
 from warmup_plan import GENERATED_PREFIX
 from warmup_request import NOT_FOUND, WarmupRequestError
 
@@ -113,7 +113,7 @@ class ConfigRewrite:
 
     @property
     def backup_path(self) -> pathlib.Path:
-        return self.path.parent / BACKUP_FILENAME
+        return backup_path(self.path.parent)
 
     def apply(self) -> None:
         """Write the merged config, unless it equals what is on disk.

@@ -9,12 +9,16 @@
   file and renaming it leaves ``.config.pbtxt.*.tmp`` behind; the next holder
   of the model's lock removes it.
 * ``write_atomically``: a reader sees the old file or the new one, never half.
-* ``BACKUP_FILENAME`` and ``restore_interrupted_rewrite``: before a rewrite the
-  writer saves the original config next to it and removes that copy once the
-  load has settled. A copy found by the next holder of the lock (or by the
-  helper when it starts) means the writer died between the rewrite and the
-  end of the load, for example when Triton crashed on a failing warmup
-  sample; the original is put back, as a failed load would have.
+* ``backup_path`` and ``restore_interrupted_rewrite``: before a rewrite the
+  writer saves the original config and removes that copy once the load has
+  settled. A copy found by the next holder of the lock (or by the helper when
+  it starts) means the writer died between the rewrite and the end of the
+  load, for example when Triton crashed on a failing warmup sample; the
+  original is put back, as a failed load would have. The copy is a hidden
+  file in the repository folder, not in the model's folder: Triton takes a
+  model whose folder lost a file since its last load as changed, and would
+  reload it on the next request; and Triton lists hidden folders of the
+  repository as models, but not files.
 * ``unwritable_reason``: whether the helper may write a config at all. A file
   or folder without write permission bits is treated as read-only even when
   the server runs as root (who could write it anyway): someone made it
@@ -37,8 +41,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 CONFIG_FILENAME = "config.pbtxt"
 LOCK_FILENAME = ".warmup_helper.lock"
 TEMP_FILE_GLOB = ".config.pbtxt.*.tmp"
-# The config as it was before the rewrite whose load has not settled yet.
-BACKUP_FILENAME = ".config.pbtxt.before-warmup"
+# ".<model>" + this, in the repository folder: the model's config as it was
+# before the rewrite whose load has not settled yet.
+BACKUP_SUFFIX = ".config.pbtxt.before-warmup"
 
 # A load holds the lock of its model; a second writer waits for it. Loads of
 # big models can take minutes, so the default wait is long.
@@ -109,13 +114,19 @@ def write_atomically(path: pathlib.Path, data: bytes) -> None:
     fsync_folder(path.parent)
 
 
+def backup_path(model_dir: pathlib.Path) -> pathlib.Path:
+    """Where the original config of ``model_dir`` waits while its load runs."""
+    return model_dir.parent / f".{model_dir.name}{BACKUP_SUFFIX}"
+
+
 def remove_backup(model_dir: pathlib.Path) -> None:
     """Drop the saved original: the load it guarded has settled."""
+    path = backup_path(model_dir)
     try:
-        (model_dir / BACKUP_FILENAME).unlink()
+        path.unlink()
     except FileNotFoundError:
         return
-    fsync_folder(model_dir)
+    fsync_folder(path.parent)
 
 
 def restore_interrupted_rewrite(model_dir: pathlib.Path) -> Optional[str]:
@@ -125,9 +136,8 @@ def restore_interrupted_rewrite(model_dir: pathlib.Path) -> Optional[str]:
     the rewrite to the end of its load, so a backup found then belongs to a
     writer that died. Returns the restored ``config.pbtxt``, or ``None``.
     """
-    backup = model_dir / BACKUP_FILENAME
     try:
-        original = backup.read_bytes()
+        original = backup_path(model_dir).read_bytes()
     except FileNotFoundError:
         return None
     config = model_dir / CONFIG_FILENAME
@@ -173,8 +183,16 @@ def folder_unwritable_reason(folder: pathlib.Path) -> Optional[str]:
 
 
 def unwritable_reason(path: pathlib.Path) -> Optional[str]:
-    """Why the helper must not replace the file ``path``, or ``None`` if it may."""
-    return folder_unwritable_reason(path.parent) or _permission_reason(path, "file")
+    """Why the helper must not replace the config ``path``, or ``None`` if it may.
+
+    The repository folder counts too: the original is saved there while the
+    load runs, and a config is never rewritten without a way back.
+    """
+    return (
+        folder_unwritable_reason(path.parent)
+        or _permission_reason(path, "file")
+        or folder_unwritable_reason(backup_path(path.parent).parent)
+    )
 
 
 @contextlib.contextmanager
@@ -227,7 +245,9 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
 
 
 def stale_temp_files(model_dir: pathlib.Path) -> List[pathlib.Path]:
-    return sorted(model_dir.glob(TEMP_FILE_GLOB))
+    """Temporary files of killed writes: of the config, and of its backup."""
+    backup = backup_path(model_dir)
+    return sorted(model_dir.glob(TEMP_FILE_GLOB)) + sorted(backup.parent.glob(f".{backup.name}.*.tmp"))
 
 
 def remove_stale_temp_files(model_dir: pathlib.Path) -> List[str]:
@@ -258,7 +278,7 @@ def clean_repository(repository: pathlib.Path) -> Tuple[List[str], List[str]]:
     for model_dir in sorted(repository.iterdir()):
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
-        if not stale_temp_files(model_dir) and not (model_dir / BACKUP_FILENAME).exists():
+        if not stale_temp_files(model_dir) and not backup_path(model_dir).exists():
             continue
         try:
             with model_lock(model_dir, timeout_s=0) as hold:
