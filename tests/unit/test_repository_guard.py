@@ -129,14 +129,20 @@ def test_run_job_reports_a_lock_that_stays_taken(repository, lock_holder):
 
 
 def test_clean_repository_removes_stale_temp_files_but_not_under_a_held_lock(repository, lock_holder):
+    half_backups = {}
     for name in ("model-v1", "model-v2"):
         (repository / name / ".config.pbtxt.abc123.tmp").write_text("half a conf")
+        # What write_atomically leaves when killed while saving the original.
+        half_backups[name] = repository / f".{backup_path(repository / name).name}.xyz789.tmp"
+        half_backups[name].write_text("half a saved conf")
     removed, restored = clean_repository(repository)
-    assert removed == [str(repository / "model-v2" / ".config.pbtxt.abc123.tmp")] and restored == []
-    assert stale_temp_files(repository / "model-v1")
+    assert removed == [
+        str(repository / "model-v2" / ".config.pbtxt.abc123.tmp"), str(half_backups["model-v2"])
+    ] and restored == []
+    assert stale_temp_files(repository / "model-v1") and half_backups["model-v1"].exists()
     release(lock_holder)
-    assert len(clean_repository(repository)[0]) == 1
-    assert not stale_temp_files(repository / "model-v1")
+    assert len(clean_repository(repository)[0]) == 2
+    assert not stale_temp_files(repository / "model-v1") and not half_backups["model-v1"].exists()
 
 
 def rewritten_by_a_writer_that_died(repository, model):

@@ -245,19 +245,12 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
 
 
 def stale_temp_files(model_dir: pathlib.Path) -> List[pathlib.Path]:
-    """Temporary files of killed writes: of the config, and of its backup."""
-    backup = backup_path(model_dir)
-    return sorted(model_dir.glob(TEMP_FILE_GLOB)) + sorted(backup.parent.glob(f".{backup.name}.*.tmp"))
+    return sorted(model_dir.glob(TEMP_FILE_GLOB))
 
 
-def remove_stale_temp_files(model_dir: pathlib.Path) -> List[str]:
-    """Remove temporary config files left by a killed writer.
-
-    Call it while holding ``model_lock``: every live writer holds that lock,
-    so a temporary file found then belongs to nobody.
-    """
+def _remove_files(paths: List[pathlib.Path]) -> List[str]:
     removed = []
-    for path in stale_temp_files(model_dir):
+    for path in paths:
         try:
             path.unlink()
         except FileNotFoundError:
@@ -266,24 +259,40 @@ def remove_stale_temp_files(model_dir: pathlib.Path) -> List[str]:
     return removed
 
 
+def remove_stale_temp_files(model_dir: pathlib.Path) -> List[str]:
+    """Remove temporary config files left by a killed writer.
+
+    Call it while holding ``model_lock``: every live writer holds that lock,
+    so a temporary file found then belongs to nobody.
+    """
+    return _remove_files(stale_temp_files(model_dir))
+
+
 def clean_repository(repository: pathlib.Path) -> Tuple[List[str], List[str]]:
     """Undo what dead writers left in every model folder whose lock is free.
 
-    Run when the helper starts. Returns the stale temporary configs removed
-    and the configs put back from a backup (``restore_interrupted_rewrite``).
+    Run when the helper starts. Returns the stale temporary files removed
+    (of configs, and of backups half-written in the repository folder) and
+    the configs put back from a backup (``restore_interrupted_rewrite``).
     A model whose lock is held (a writer on another server is busy with it)
-    is skipped: that writer cleans up itself.
+    is skipped: that writer cleans up itself. The repository folder is
+    listed once here, not on every model's load.
     """
+    entries = sorted(repository.iterdir())
+    backup_temps = [entry for entry in entries if entry.name.endswith(".tmp") and BACKUP_SUFFIX in entry.name]
     removed, restored = [], []
-    for model_dir in sorted(repository.iterdir()):
+    for model_dir in entries:
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
-        if not stale_temp_files(model_dir) and not backup_path(model_dir).exists():
+        own_backup_temps = [
+            path for path in backup_temps if path.name.startswith(f".{backup_path(model_dir).name}.")
+        ]
+        if not (stale_temp_files(model_dir) or own_backup_temps or backup_path(model_dir).exists()):
             continue
         try:
             with model_lock(model_dir, timeout_s=0) as hold:
                 if hold is not None:
-                    removed.extend(remove_stale_temp_files(model_dir))
+                    removed.extend(remove_stale_temp_files(model_dir) + _remove_files(own_backup_temps))
                     restored_config = restore_interrupted_rewrite(model_dir)
                     if restored_config is not None:
                         restored.append(restored_config)
