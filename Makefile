@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt
+MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt model_repository/text-encoder/1/model.pt
 
-.PHONY: run test unit integration test-faults bench venv models clean
+.PHONY: run test unit integration test-faults bench venv backend models clean
 
 venv: $(VENV)/.installed
 
@@ -19,37 +19,42 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# Triton's native libtorch backend, built from source once and cached in
+# .build/ (keyed by source commits, torch and compiler; libtorch_backend/).
+backend: venv
+	$(PY) -m libtorch_backend
+
 models: $(MODELS)
 
 $(MODELS): gen_model.py $(VENV)/.installed
 	$(PY) gen_model.py --model-repository model_repository
 
-run: venv models
+run: venv backend models
 	$(PY) serve.py --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
 		sh -c '$(PY) warmup_models.py -u localhost:$(HTTP_PORT) --models model-v1 model-v2 model-v3 \
 			--feature-dims 64 128 256 --group-size-min 1 --group-size-max 4 \
 		&& $(PY) query_model_states.py -u localhost:$(HTTP_PORT)'
 
-test: venv
+test: venv backend
 	$(PY) -m pytest tests
 
 unit: venv
 	$(PY) -m pytest tests/unit
 
-integration: venv
+integration: venv backend
 	$(PY) -m pytest tests/integration
 
 # The full fault battery: 20 SIGKILL runs and 1000 fuzzed requests per protocol.
-test-faults: venv
+test-faults: venv backend
 	WARMUP_KILL_RUNS=20 FUZZ_EXAMPLES=1000 $(PY) -m pytest -m faults tests/integration/test_sigkill.py tests/integration/test_fuzz_requests.py
 
 # Cold vs seed-style vs this project's warmup, cost, scaling (a few minutes),
 # then how long a replica (deploy/entrypoint.sh) takes to become ready
 # (about 3 minutes); results in bench/results/.
-bench: venv models
+bench: venv backend models
 	$(PY) bench/warmup_benchmark.py
 	$(PY) bench/replica_benchmark.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache $(MODELS)
+	rm -rf $(VENV) .build .pytest_cache $(MODELS)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -37,6 +37,7 @@ from embedded_triton import (
     TritonNotFoundError,
     TritonStartError,
 )
+from libtorch_backend import BuildError
 from plan_file import PlanFileError, load_plan
 import warmup_models
 
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
             log_verbose=args.log_verbose,
             extra_args=passthrough,
         )
-    except TritonNotFoundError as error:
+    except (TritonNotFoundError, BuildError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
 

@@ -13,6 +13,7 @@ import pathlib
 import sys
 import tempfile
 
+import libtorch_backend
 from embedded_triton.server import (
     TritonInstall,
     TritonNotFoundError,
@@ -35,11 +36,12 @@ def main(argv=None) -> int:
     args, server_flags = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         install = TritonInstall.find()
-    except TritonNotFoundError as error:
+        pytorch_backend = libtorch_backend.build(libtorch_backend.source_dir_from_environment())
+    except (TritonNotFoundError, libtorch_backend.BuildError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
     workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="embedded-triton-"))
-    backends = assemble_backend_directory(workdir / "backends", install)
+    backends = assemble_backend_directory(workdir / "backends", install, pytorch_backend)
     argv = [str(install.binary), f"--backend-directory={backends}", *server_flags]
     sys.stdout.flush()
     os.execve(install.binary, argv, server_environment(install))

@@ -84,6 +84,7 @@ class LocalContainer:
         extra_env: Optional[Dict[str, str]] = None,
     ):
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.repository = pathlib.Path(repository)
         self.log_path = pathlib.Path(workdir) / "container.log"
         self.env = {
             **os.environ,

