@@ -1,9 +1,12 @@
 """Driving a real embedded tritonserver from the integration tests.
 
 Each test module starts its own server on free ports, serving its own copy of
-the repository in a temporary folder, and shares it across the module's tests:
-a model load costs seconds here (a Python stub that imports torch per
-instance), so loads are the budget to spend carefully.
+the repository in a temporary folder, and shares it across the module's tests.
+
+What ran inside the server is read from Triton itself: its verbose log (core's
+"running warmup sample" lines, core's "prepared" line with every request's
+shapes, the libtorch backend's "executing N requests" line) and its
+statistics API. Servers therefore run with ``--log-verbose=1``.
 """
 
 import contextlib
@@ -30,13 +33,12 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROJECT_REPOSITORY = PROJECT_ROOT / "model_repository"
 EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
 
-# Loading a model with its warmup samples takes about 4 s per instance here;
-# five minutes per request leaves room for several models on a busy machine.
+# A load of an example model with its warmup samples takes well under a
+# second on the native backend; five minutes per request leaves room for
+# many models, slow targets and a busy machine.
 WARMUP_REQUEST_TIMEOUT_S = 300
-
-# The pytorch stand-in appends every forward to this file in the server's
-# workdir (PYTORCH_STANDIN_RECORD), stamped with the stub's clock.
-STANDIN_RECORD = "standin_record.jsonl"
+# The log lines the evidence below is read from are verbose level 1.
+EVIDENCE_LOG_VERBOSE = 1
 
 
 @contextlib.contextmanager
@@ -52,13 +54,15 @@ def running_server(template: pathlib.Path, workdir: pathlib.Path, **options):
 def serving(repository: pathlib.Path, workdir: pathlib.Path, **options):
     """Serve ``repository`` itself (several servers may share one); logs go to ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
+    options.setdefault("log_verbose", EVIDENCE_LOG_VERBOSE)
     server = EmbeddedTriton(
         repository,
         workdir,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
-        extra_env={"PYTORCH_STANDIN_RECORD": str(workdir / STANDIN_RECORD), "TZ": "UTC"},
+        # Log stamps (Triton's and torch's warnings) in UTC, as time.time().
+        extra_env={"TZ": "UTC"},
         **options,
     )
     server.start()
@@ -212,17 +216,148 @@ def load_windows(server: EmbeddedTriton, model: str) -> List[tuple]:
     return windows
 
 
-def standin_runs(server: EmbeddedTriton, model: str, window: Optional[tuple] = None) -> List[Dict]:
-    """The forwards the pytorch stand-in recorded for ``model``, with the
-    stub's own clock; only those inside ``window`` (start, ready) if given."""
-    record = server.workdir / STANDIN_RECORD
-    if not record.exists():
-        return []
-    runs = [json.loads(line) for line in record.read_text().splitlines()]
-    runs = [run for run in runs if run["model"] == model]
-    if window is not None:
-        runs = [run for run in runs if window[0] <= run["time"] <= window[1]]
+def _log_entries(server: EmbeddedTriton, pattern: "re.Pattern", window: Optional[tuple]) -> List[Dict]:
+    """Matches of ``pattern`` in the server's log, each with its ``time``;
+    only those inside ``window`` (start, end epoch seconds) if given."""
+    year = datetime.datetime.now(datetime.timezone.utc).year
+    entries = []
+    for line in server.log_text().splitlines():
+        match = pattern.search(line)
+        if match is None or not _LOG_LINE.match(line):
+            continue
+        entry = {**match.groupdict(), "time": _log_time(line, year)}
+        if window is None or window[0] <= entry["time"] <= window[1]:
+            entries.append(entry)
+    return entries
+
+
+_WARMUP_RUN = re.compile(
+    r"\"model '(?P<model>[^']+)' instance (?P<instance>\S+) is running warmup sample "
+    r"'(?P<sample>[^']+)' for iteration (?P<iteration>\d+)\""
+)
+_EXECUTION = re.compile(r"\"model (?P<model>\S+), instance (?P<instance>\S+), executing (?P<requests>\d+) requests\"")
+_PREPARED = re.compile(r"\] prepared: .*?, model: (?P<model>[^,]+), .*?\\ninputs:\\n(?P<inputs>.*?)\\noriginal requested outputs")
+_PREPARED_INPUT = re.compile(r"input: (?P<name>[^,]+), type: \w+, original shape: \[[^\]]*\], batch \+ shape: \[(?P<shape>[^\]]*)\]")
+
+
+def executions(server: EmbeddedTriton, model: str, window: Optional[tuple] = None) -> List[Dict]:
+    """Each ``execute`` call the libtorch backend logged for ``model``: the
+    ``instance`` and how many ``requests`` it ran as one batch."""
+    return [
+        {"instance": entry["instance"], "requests": int(entry["requests"]), "time": entry["time"]}
+        for entry in _log_entries(server, _EXECUTION, window)
+        if entry["model"] == model
+    ]
+
+
+def request_shapes(server: EmbeddedTriton, model: str, window: Optional[tuple] = None) -> List[Dict[str, List[int]]]:
+    """Each request Triton prepared for ``model``: its inputs' shapes, batch
+    dimension included (core logs every request it prepares, warmup ones too)."""
+    shapes = []
+    for entry in _log_entries(server, _PREPARED, window):
+        if entry["model"] != model:
+            continue
+        shapes.append(
+            {
+                found["name"]: [int(size) for size in found["shape"].split(",") if size]
+                for found in _PREPARED_INPUT.finditer(entry["inputs"])
+            }
+        )
+    return shapes
+
+
+def served_config(server: EmbeddedTriton, model: str) -> Dict:
+    """The config Triton serves for ``model`` (JSON), as it reports it."""
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        return client.get_model_config(model)
+
+
+def sample_shapes(config: Dict) -> Dict[str, Dict]:
+    """Per warmup sample of ``config`` (JSON): its batch size and each input's
+    shape with the batch dimension in front when the model batches."""
+    batching = int(config.get("max_batch_size", 0)) > 0
+    samples = {}
+    for sample in config.get("model_warmup", []):
+        batch = int(sample.get("batch_size", 0))
+        samples[sample["name"]] = {
+            "batch": batch,
+            "shapes": {
+                name: ([batch] if batching else []) + [int(size) for size in spec.get("dims", [])]
+                for name, spec in sample.get("inputs", {}).items()
+            },
+        }
+    return samples
+
+
+def warmup_runs(server: EmbeddedTriton, model: str, window: Optional[tuple] = None) -> List[Dict]:
+    """Each warmup run Triton logged for ``model``: ``instance``, ``sample``,
+    ``iteration``, ``requests`` (the backend's next ``execute`` on that
+    instance) and the sample's ``shapes`` from the config Triton serves now.
+
+    Read it soon after the load it is about: a later reload may serve other
+    samples.
+    """
+    samples = sample_shapes(served_config(server, model))
+    pending = {}
+    runs = []
+    # Core logs the sample, then the backend logs the execute that runs it, on
+    # the same instance's thread: pair each run with its instance's next execute.
+    year = datetime.datetime.now(datetime.timezone.utc).year
+    for line in server.log_text().splitlines():
+        if not _LOG_LINE.match(line):
+            continue
+        warmup, execution = _WARMUP_RUN.search(line), _EXECUTION.search(line)
+        if warmup and warmup["model"] == model:
+            stamp = _log_time(line, year)
+            if window is None or window[0] <= stamp <= window[1]:
+                run = {
+                    "instance": warmup["instance"],
+                    "sample": warmup["sample"],
+                    "iteration": int(warmup["iteration"]),
+                    "time": stamp,
+                    "requests": None,
+                    "shapes": samples[warmup["sample"]]["shapes"],
+                }
+                runs.append(run)
+                pending[warmup["instance"]] = run
+        elif execution and execution["model"] == model and execution["instance"] in pending:
+            pending.pop(execution["instance"])["requests"] = int(execution["requests"])
     return runs
+
+
+def model_statistics(server: EmbeddedTriton, model: str) -> Dict:
+    """Triton's statistics of ``model``'s loaded version: warmup runs count
+    in them, since they are executions of that version."""
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        (stats,) = client.get_inference_statistics(model)["model_stats"]
+    return stats
+
+
+_RECORD = re.compile(r"^\[W\d{4} [\d:.]+ .*Warning: recorded (?P<record>\{.*\}) \(function")
+
+
+def recorded_inputs(server: EmbeddedTriton, model: str, window: Optional[tuple] = None) -> List[Dict]:
+    """What a model written by ``target_models.write_recording_model`` saw:
+    per forward, its inputs' ``shapes`` and the mask's ``sums`` (torch's
+    warning lines, written from inside the libtorch backend).
+
+    Each record takes the time of the Triton line before it: torch stamps its
+    warnings from a clock that ran 0.4 s apart from Triton's here, and the
+    windows come from Triton's lines.
+    """
+    year = datetime.datetime.now(datetime.timezone.utc).year
+    records, last_stamp = [], None
+    for line in server.log_text().splitlines():
+        if _LOG_LINE.match(line):
+            last_stamp = _log_time(line, year)
+            continue
+        match = _RECORD.match(line)
+        if match is None or last_stamp is None:
+            continue
+        record = json.loads(match["record"])
+        if record["model"] == model and (window is None or window[0] <= last_stamp <= window[1]):
+            records.append({**record, "time": last_stamp})
+    return records
 
 
 def run_script(script: str, *args: str, timeout: float = WARMUP_REQUEST_TIMEOUT_S):

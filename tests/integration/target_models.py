@@ -1,13 +1,15 @@
 """Target models that misbehave on purpose, written into a test's repository.
 
-Real models only: a TorchScript file for the pytorch stand-in, or a Python
-backend model. Each one fails (or dawdles) in one specific way that a user's
-model can, so the tests can show what the helper does about it.
+Real models only: a TorchScript file that Triton's libtorch backend runs, or
+a Python backend model. Each one fails (or dawdles) in one specific way that a
+user's model can, so the tests can show what the helper does about it; the
+recording model instead reports what data reached it.
 """
 
 import pathlib
 import shutil
 import textwrap
+import warnings
 
 import torch
 
@@ -113,3 +115,34 @@ def copy_model(repository: pathlib.Path, example: str, name: str) -> pathlib.Pat
     model_dir = copy_example_config(repository, example, name)
     shutil.copy(repository / example / "1" / "model.pt", model_dir / "1" / "model.pt")
     return model_dir
+
+
+class _RecordingModel(torch.nn.Module):
+    """An example model that also reports, per forward, its inputs' shapes and
+    the mask's sum (which tells zeros, ones and random data apart; ``x`` may be
+    random bits, even NaN) as a torch warning: the libtorch backend runs TorchScript inside the
+    server, so the line lands in the server's log, stamped by torch
+    (``live_server.recorded_inputs`` reads it)."""
+
+    def __init__(self, inner: torch.jit.ScriptModule, model_name: str):
+        super().__init__()
+        self.inner = inner
+        self.model_name = model_name
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        warnings.warn(
+            'recorded {"model": "' + self.model_name + '", "shapes": {"x": ' + str(x.shape)
+            + ', "mask": ' + str(mask.shape) + '}, "sums": {"mask": ' + str(int(mask.sum().item())) + "}}"
+        )
+        return self.inner(x, mask)
+
+
+def write_recording_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    """Replace ``name``'s model file (an example model's interface) with one
+    that computes the same and records what it received."""
+    path = repository / name / "1" / "model.pt"
+    inner = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(_RecordingModel(inner, name)).save(str(path))
+    return repository / name

@@ -7,6 +7,7 @@ deploy/kubernetes/deployment.yaml runs as the kubelet would run it, with the
 image's paths and port mapped to this checkout and this server.
 """
 
+import fcntl
 import shutil
 import signal
 import socket
@@ -18,9 +19,10 @@ import tritonclient.http as httpclient
 
 from embedded_triton.container import LocalContainer, configmap_plan, probe_command
 from plan_file import load_plan
+from repository_guard import LOCK_FILENAME
 
-# Start (about 3 s) plus the plan's three loads (about 2.5 s each), twice
-# over for a loaded CI machine, and the stop.
+# Start (about 3 s), one failing probe (5 s) and the plan's three loads
+# (under a second each), with a wide margin for a loaded CI machine.
 WARM_TIMEOUT_S = 120
 # Triton unloads its models and the stubs exit on SIGTERM.
 STOP_TIMEOUT_S = 60
@@ -55,7 +57,15 @@ def test_the_pod_is_ready_only_once_the_plan_is_warm_and_stops_cleanly_on_sigter
     template_repository, tmp_path, configmap_plan_file
 ):
     _, plan = load_plan(configmap_plan_file)
-    with entrypoint(template_repository, tmp_path, configmap_plan_file) as container:
+    container = entrypoint(template_repository, tmp_path, configmap_plan_file)
+    # The whole warmup takes a few seconds on the native backend, less than
+    # the probe's own wait: hold one planned model's lock (as a replica
+    # writing it on a shared volume would) so that the warmup cannot finish
+    # until the probe has been seen to fail.
+    held_model = sorted(plan.models)[-1]
+    lock = open(container.repository / held_model / LOCK_FILENAME, "w")
+    fcntl.lockf(lock, fcntl.LOCK_EX)
+    with container:
         probe = probe_command("readinessProbe", configmap_plan_file, container.http_port)
         answers = []
         deadline = time.monotonic() + WARM_TIMEOUT_S
@@ -64,13 +74,15 @@ def test_the_pod_is_ready_only_once_the_plan_is_warm_and_stops_cleanly_on_sigter
             answers.append(code)
             if code == 0:
                 break
+            if not lock.closed:
+                lock.close()  # releases the lock: the warmup goes on
             assert container.process.poll() is None, container.output()
             assert time.monotonic() < deadline, container.output()
             time.sleep(0.5)
         log_when_ready = container.output()
 
-        # The probe failed while the server started and warmed; when it
-        # passed, Triton had loaded every planned model with its samples.
+        # The probe failed while the plan was not warm; when it passed,
+        # Triton had loaded every planned model with its samples.
         assert answers[0] != 0
         for model in plan.models:
             assert f"successfully loaded '{model}'" in log_when_ready, model

@@ -11,12 +11,21 @@ import torch
 import tritonclient.http as httpclient
 
 from config_rewrite import read_config
-from live_server import load_windows, model_states, running_server, send_warmup, standin_runs, warmup_inputs
+from live_server import (
+    executions,
+    load_windows,
+    model_states,
+    request_shapes,
+    running_server,
+    send_warmup,
+    warmup_inputs,
+    warmup_runs,
+)
 from warmup_plan import DEFAULT_WARMUP_COUNT
 
 VOCABULARY = 50
 # Server start, then two instances of the transformer and one instance of
-# the other model, each importing torch in its own stub (~5 s each).
+# the other model, and a few requests; the margin is for a busy machine.
 MODULE_TIMEOUT_S = 240
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
@@ -96,22 +105,26 @@ def test_plan_follows_each_config(server, report):
 
 def test_every_instance_ran_every_shape_before_ready(server, report):
     (window,) = load_windows(server, "token-classifier")
-    runs = standin_runs(server, "token-classifier", window)
+    runs = warmup_runs(server, "token-classifier", window)
     instances = {run["instance"] for run in runs}
     assert instances == {"token-classifier_0_0", "token-classifier_0_1"}
     for instance in instances:
         for group in (1, 2):
             for batch in (1, 2, 3, 4):
+                # A batch-N sample reaches the backend as N requests that it
+                # runs as one execute.
                 matching = [
                     run
                     for run in runs
                     if run["instance"] == instance
+                    and run["requests"] == batch
                     and run["shapes"] == {"INPUT__0": [batch, group], "INPUT__1": [batch, group]}
                 ]
-                assert len(matching) == DEFAULT_WARMUP_COUNT, (instance, group, batch)
+                assert sorted(run["iteration"] for run in matching) == list(range(1, DEFAULT_WARMUP_COUNT + 1)), (
+                    instance, group, batch)
 
     (window,) = load_windows(server, "unbatched-scorer")
-    shapes = [run["shapes"]["features"] for run in standin_runs(server, "unbatched-scorer", window)]
+    shapes = [run["shapes"]["features"] for run in warmup_runs(server, "unbatched-scorer", window)]
     assert sorted(shapes) == [[1, 8]] * DEFAULT_WARMUP_COUNT + [[2, 8]] * DEFAULT_WARMUP_COUNT
 
 
@@ -149,11 +162,14 @@ def test_requests_mode_sends_each_shape_to_a_two_instance_and_an_unbatched_model
     inputs["MODE"] = np.array([b"requests"], dtype=np.object_)
     loaded, again = send_warmup(server, "grpc", inputs)
     assert again["mode"] == "requests" and loaded == ["token-classifier", "unbatched-scorer"]
-    runs = standin_runs(server, "token-classifier", (sent_at, time.time()))
-    assert all(run["requests"] == 1 for run in runs)
+    window = (sent_at, time.time())
+    runs = executions(server, "token-classifier", window)
+    assert runs and all(run["requests"] == 1 for run in runs)
+    shapes = request_shapes(server, "token-classifier", window)
+    assert len(runs) == len(shapes)
     for group in (1, 2):
         for batch in (1, 2, 3, 4):
-            matching = [run for run in runs if run["shapes"]["INPUT__0"] == [batch, group]]
-            assert len(matching) == DEFAULT_WARMUP_COUNT * 2, (group, batch, runs)
-    shapes = sorted(run["shapes"]["features"] for run in standin_runs(server, "unbatched-scorer", (sent_at, time.time())))
+            matching = [shape for shape in shapes if shape["INPUT__0"] == [batch, group]]
+            assert len(matching) == DEFAULT_WARMUP_COUNT * 2, (group, batch, shapes)
+    shapes = sorted(shape["features"] for shape in request_shapes(server, "unbatched-scorer", window))
     assert shapes == [[1, 8]] * DEFAULT_WARMUP_COUNT + [[2, 8]] * DEFAULT_WARMUP_COUNT

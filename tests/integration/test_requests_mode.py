@@ -2,19 +2,23 @@
 model loaded at start-up) is warmed with inference requests over the plan."""
 
 import json
+import shutil
 import time
 
 import pytest
 
 from live_server import (
     EXAMPLE_MODELS,
+    executions,
     load_windows,
     model_states,
+    recorded_inputs,
     repository_snapshot,
+    request_shapes,
     running_server,
     run_script,
-    standin_runs,
 )
+from target_models import write_recording_model
 
 MODULE_TIMEOUT_S = 240
 
@@ -25,9 +29,11 @@ FEATURE_DIMS = {"model-v1": 64, "model-v2": 128, "model-v3": 256}
 
 @pytest.fixture(scope="module")
 def server(template_repository, tmp_path_factory):
-    with running_server(
-        template_repository, tmp_path_factory.mktemp("requests_mode"), model_control_mode="none"
-    ) as server:
+    # model-v1 records the data it receives; every model loads at start-up.
+    workdir = tmp_path_factory.mktemp("requests_mode")
+    template = shutil.copytree(template_repository, workdir / "template")
+    write_recording_model(template, "model-v1")
+    with running_server(template, workdir, model_control_mode="none") as server:
         yield server
 
 
@@ -49,13 +55,16 @@ def test_auto_mode_detects_the_server_and_sends_requests_to_loaded_models(server
     for entry in report["models"]:
         assert entry["served_before_warm"] is True
         assert entry["requests_sent"] == entry["warmup_samples"] * entry["count"]
-        runs = standin_runs(server, entry["name"], (sent_at, time.time()))
-        shapes = sorted(tuple(run["shapes"]["x"]) for run in runs)
+        window = (sent_at, time.time())
+        shapes = sorted(tuple(shape["x"]) for shape in request_shapes(server, entry["name"], window))
         expected = sorted(
             (batch, group, FEATURE_DIMS[entry["name"]])
             for group in (1, 2) for batch in (1, 2, 4, 8) for _ in range(entry["count"])
         )
         assert shapes == expected, entry["name"]
+        # Each request ran alone: the batcher merged none of them.
+        runs = executions(server, entry["name"], window)
+        assert len(runs) == len(expected) and all(run["requests"] == 1 for run in runs)
 
 
 def test_load_mode_is_refused_with_the_reason_and_changes_nothing(server):
@@ -82,7 +91,10 @@ def test_plan_file_works_in_requests_mode_too(server):
     result = run_script("warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--plan", str(plan))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warmed with inference requests: ['model-v1']" in result.stdout
-    runs = standin_runs(server, "model-v1", (sent_at, time.time()))
-    assert sorted(tuple(run["shapes"]["mask"]) for run in runs) == [(2, group) for group in (1, 2, 3) for _ in range(3)]
-    # The file's ones, read the way Triton reads input_data_file.
-    assert all(run["sums"]["mask"] == 2 * run["shapes"]["mask"][1] for run in runs)
+    records = recorded_inputs(server, "model-v1", (sent_at, time.time()))
+    assert sorted(tuple(record["shapes"]["mask"]) for record in records) == [
+        (2, group) for group in (1, 2, 3) for _ in range(3)
+    ]
+    # The file's ones, read the way Triton reads input_data_file, reached
+    # the model's forward.
+    assert all(record["sums"]["mask"] == 2 * record["shapes"]["mask"][1] for record in records)

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import tritonclient.http as httpclient
 
-from live_server import load_windows, repository_snapshot, running_server, send_warmup, standin_runs, warmup_inputs
+from live_server import load_windows, repository_snapshot, running_server, send_warmup, warmup_inputs, warmup_runs
 from repository_guard import LOCK_FILENAME, stale_temp_files
 from target_models import copy_model
 from warmup_plan import DEFAULT_WARMUP_COUNT
@@ -68,7 +68,7 @@ def warm_through_fallback(server, model: str, reason: str):
         served = client.get_model_config(model)
     assert len(served["model_warmup"]) == samples
     (window,) = load_windows(server, model)
-    assert len(standin_runs(server, model, window)) == samples * DEFAULT_WARMUP_COUNT
+    assert len(warmup_runs(server, model, window)) == samples * DEFAULT_WARMUP_COUNT
     return entry
 
 

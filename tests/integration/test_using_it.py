@@ -18,9 +18,11 @@ from live_server import (
     load_windows,
     model_states,
     running_server,
+    recorded_inputs,
+    request_shapes,
     run_script,
-    standin_runs,
 )
+from target_models import write_recording_model
 
 EXAMPLE_PLAN = PROJECT_ROOT / "plans" / "example.yaml"
 # Server start plus a few loads of three models; the margin is for a busy machine.
@@ -32,6 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 @pytest.fixture(scope="module")
 def server(template_repository, tmp_path_factory):
     with running_server(template_repository, tmp_path_factory.mktemp("using_it")) as server:
+        # model-v1 (not loaded yet) records the data its forward receives.
+        write_recording_model(server.model_repository, "model-v1")
         yield server
 
 
@@ -61,13 +65,13 @@ def test_real_sample_data_from_the_warmup_folder_reached_the_model(server, plann
     _, config = read_config(server.model_repository / "model-v1")
     assert {sample.inputs["mask"].input_data_file for sample in config.model_warmup} == {"mask_all_items.bin"}
     (window,) = load_windows(server, "model-v1")
-    runs = standin_runs(server, "model-v1", window)
-    assert runs
-    for run in runs:
-        batch, group = run["shapes"]["mask"]
+    records = recorded_inputs(server, "model-v1", window)
+    assert len(records) == sum(sample.count for sample in config.model_warmup)
+    for record in records:
+        batch, group = record["shapes"]["mask"]
         # The file holds int64 ones: a mask that keeps every item, so each
         # forward's mask sums to batch x group (zero_data would sum to 0).
-        assert run["sums"]["mask"] == batch * group, run
+        assert record["sums"]["mask"] == batch * group, record
 
 
 def test_what_only_the_server_can_check_comes_back_with_the_plan_files_line(server, planned, tmp_path):
@@ -109,12 +113,12 @@ def test_requests_mode_on_demand_warms_without_a_reload(server, planned):
     assert "NOTE: requests mode: each model was READY and served traffic" in result.stdout
     assert {name: len(load_windows(server, name)) for name in EXAMPLE_MODELS} == loads_before
     assert (server.model_repository / "model-v2" / "config.pbtxt").read_bytes() == config_before
-    runs = standin_runs(server, "model-v2", (sent_at, time.time()))
+    shapes = request_shapes(server, "model-v2", (sent_at, time.time()))
     for group in (1, 2, 3):
         for batch in (1, 4):
             # One request per run with the batch dimension in front; count 3.
-            matching = [run for run in runs if run["shapes"]["x"] == [batch, group, 128]]
-            assert len(matching) == 3, (group, batch, runs)
+            matching = [shape for shape in shapes if shape["x"] == [batch, group, 128]]
+            assert len(matching) == 3, (group, batch, shapes)
 
 
 def test_wait_ready_exits_0_once_every_named_model_is_ready(server, planned):

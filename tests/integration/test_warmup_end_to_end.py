@@ -22,8 +22,9 @@ from live_server import (
     running_server,
     run_script,
     send_warmup,
-    standin_runs,
+    model_statistics,
     warmup_inputs,
+    warmup_runs,
 )
 from warmup_plan import DEFAULT_WARMUP_COUNT, GENERATED_PREFIX
 
@@ -32,8 +33,8 @@ GROUP_SIZES = [1, 2, 3]
 # model-v1..v3 have max_batch_size 8 and no preferred sizes of their own.
 DEFAULT_BATCH_SIZES = [1, 2, 4, 8]
 
-# Server start (~3 s) plus three models loaded with 12 samples each (~4 s
-# each); the margin is for a loaded CI machine.
+# Server start (~3 s) plus three models loaded with 12 samples each (well
+# under a second each); the margin is for a loaded CI machine.
 MODULE_SETUP_TIMEOUT_S = 240
 # A reload of one model and a few inferences.
 SINGLE_LOAD_TIMEOUT_S = 120
@@ -110,20 +111,27 @@ def test_every_planned_shape_ran_on_the_model_before_it_was_ready(server, warmed
     for name in EXAMPLE_MODELS:
         windows = load_windows(server, name)
         assert len(windows) == 1, f"{name} was loaded {len(windows)} times"
-        # Between Triton's "loading" and "successfully loaded" lines, by the
-        # stand-in's own clock.
-        runs = standin_runs(server, name, windows[0])
+        # Between Triton's "loading" and "successfully loaded" lines.
+        runs = warmup_runs(server, name, windows[0])
         for group in GROUP_SIZES:
             for batch in DEFAULT_BATCH_SIZES:
                 # Triton hands a batch-N sample over as N requests; the
-                # stand-in must run them as one batch-N forward.
+                # libtorch backend runs them in one execute.
                 matching = [
                     run
                     for run in runs
                     if run["requests"] == batch
                     and run["shapes"] == {"x": [batch, group, FEATURE_DIMS[name]], "mask": [batch, group]}
                 ]
-                assert len(matching) == DEFAULT_WARMUP_COUNT, (name, group, batch, runs)
+                assert sorted(run["iteration"] for run in matching) == list(range(1, DEFAULT_WARMUP_COUNT + 1)), (
+                    name, group, batch, runs)
+        # Triton's statistics agree: every warmup run is an execution of the
+        # loaded version (no request has reached it yet), per batch size.
+        stats = model_statistics(server, name)
+        assert stats["execution_count"] == len(GROUP_SIZES) * len(DEFAULT_BATCH_SIZES) * DEFAULT_WARMUP_COUNT
+        assert {entry["batch_size"]: entry["compute_infer"]["count"] for entry in stats["batch_stats"]} == {
+            batch: len(GROUP_SIZES) * DEFAULT_WARMUP_COUNT for batch in DEFAULT_BATCH_SIZES
+        }
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -219,7 +227,7 @@ def test_new_plan_reloads_a_ready_model_while_it_keeps_serving(server, warmed, o
     ]
     windows = load_windows(server, "model-v1")
     assert len(windows) == 2
-    shapes = [run["shapes"]["x"] for run in standin_runs(server, "model-v1", windows[1])]
+    shapes = [run["shapes"]["x"] for run in warmup_runs(server, "model-v1", windows[1])]
     assert shapes.count([2, 5, 64]) == DEFAULT_WARMUP_COUNT
     assert shapes.count([2, 6, 64]) == DEFAULT_WARMUP_COUNT
     assert model_states(server)["model-v1"] == "READY"
