@@ -41,3 +41,34 @@ def test_seed_makes_weights_deterministic():
 def test_write_models_refuses_a_folder_without_configs(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.pbtxt"):
         gen_model.write_models(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return gen_model.build_text_encoder()
+
+
+@pytest.mark.parametrize("batch, length", [(1, 1), (3, 7), (8, gen_model.MAX_SEQUENCE_LENGTH)])
+def test_text_encoder_takes_any_batch_and_length_up_to_its_maximum(text_encoder, batch, length):
+    ids = torch.randint(0, gen_model.VOCABULARY_SIZE, (batch, length))
+    out = text_encoder(ids, torch.ones(batch, length, dtype=torch.int64))
+    assert out.shape == (batch, gen_model.EMBEDDING_DIM) and torch.isfinite(out).all()
+
+
+def test_text_encoder_refuses_a_sequence_longer_than_its_positions(text_encoder):
+    length = gen_model.MAX_SEQUENCE_LENGTH + 1
+    with pytest.raises(Exception, match="index out of range"):
+        text_encoder(torch.ones(1, length, dtype=torch.int64), torch.ones(1, length, dtype=torch.int64))
+
+
+def test_text_encoder_gives_finite_output_for_warmups_zero_data(text_encoder):
+    zeros = torch.zeros(2, 5, dtype=torch.int64)
+    assert torch.isfinite(text_encoder(zeros, zeros)).all()
+
+
+def test_text_encoder_ignores_padded_tokens(text_encoder):
+    ids = torch.tensor([[5, 6, 7, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    other_padding = ids.clone()
+    other_padding[:, 3:] = 999
+    torch.testing.assert_close(text_encoder(ids, mask), text_encoder(other_padding, mask))
