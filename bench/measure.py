@@ -30,6 +30,8 @@ from warmup_plan import plan_warmup  # noqa: E402
 
 HELPER = "warmup_helper"
 EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
+# The example whose steady compute is milliseconds (gen_model.py).
+TEXT_ENCODER = gen_model.TEXT_ENCODER
 # Loads of three models with many samples take seconds to minutes here.
 REQUEST_TIMEOUT_S = 900
 
@@ -46,7 +48,7 @@ def copy_repository(destination: pathlib.Path) -> pathlib.Path:
         destination,
         ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock"),
     )
-    if not all((destination / model / "1" / "model.pt").exists() for model in EXAMPLE_MODELS):
+    if not all((destination / model / "1" / "model.pt").exists() for model in EXAMPLE_MODELS + [TEXT_ENCODER]):
         gen_model.write_models(destination)
     return destination
 
@@ -66,12 +68,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 class Session:
-    """One client session against the server that serves ``repository``."""
+    """One client session against the server that serves ``repository`` and
+    logs to ``log_path``."""
 
-    def __init__(self, http_url: str, repository: pathlib.Path, record: pathlib.Path):
+    def __init__(self, http_url: str, repository: pathlib.Path, log_path: pathlib.Path):
         self.http_url = http_url
         self.repository = repository
-        self.record = record
+        self.log_path = log_path
         self.client = httpclient.InferenceServerClient(
             http_url, connection_timeout=REQUEST_TIMEOUT_S, network_timeout=REQUEST_TIMEOUT_S
         )
@@ -97,7 +100,8 @@ class Session:
 
     def unload(self, models: Sequence[str]) -> None:
         """Unload and wait until Triton no longer lists the models as loaded,
-        so that the next load starts fresh stub processes."""
+        so that the next load starts fresh instances (a new TorchScript
+        module, nothing profiled yet)."""
         for model in models:
             self.client.unload_model(model)
         deadline = time.monotonic() + 120
@@ -148,23 +152,50 @@ class Session:
             raise RuntimeError(f"warmup failed: {report}")
         return report
 
-    def warmup_forward_seconds(self, model: str, start: float, end: float) -> float:
-        """Seconds the stand-in spent in forwards of ``model`` between two epoch times."""
-        total = 0.0
-        for line in self.record.read_text().splitlines():
-            run = json.loads(line)
-            if run["model"] == model and start <= run["time"] <= end:
-                total += run["seconds"]
-        return total
+    def statistics(self, model: str) -> Dict:
+        """Triton's statistics of the loaded version of ``model``."""
+        return self.client.get_inference_statistics(model_name=model)["model_stats"][0]
+
+    def executions_by_batch_size(self, model: str) -> Dict[int, Dict[str, float]]:
+        """Per batch size: how many executions the backend ran and their
+        compute_infer seconds, from Triton's statistics."""
+        return {
+            int(entry["batch_size"]): {
+                "count": int(entry["compute_infer"]["count"]),
+                "seconds": int(entry["compute_infer"]["ns"]) / 1e9,
+            }
+            for entry in self.statistics(model).get("batch_stats", [])
+        }
+
+    def warmup_compute_seconds(self, model: str) -> float:
+        """compute_infer of every execution of the version just loaded: read
+        before any request, these are its warmup runs (Triton counts them in
+        the new version's statistics)."""
+        return sum(entry["seconds"] for entry in self.executions_by_batch_size(model).values())
+
+    def loads_logged(self, model: str) -> int:
+        """How many times Triton's log says it began loading ``model``."""
+        return self.log_path.read_text(errors="replace").count(f'"loading: {model}:')
 
     # -- requests ----------------------------------------------------------
 
-    def _inputs(self, model: str, shape: Shape, feature_dim: int, rng: np.random.Generator):
-        x = httpclient.InferInput("x", [shape.batch, shape.group, feature_dim], "FP32")
-        x.set_data_from_numpy(rng.standard_normal((shape.batch, shape.group, feature_dim)).astype(np.float32))
-        mask = httpclient.InferInput("mask", [shape.batch, shape.group], "INT64")
-        mask.set_data_from_numpy(np.ones((shape.batch, shape.group), dtype=np.int64))
-        return [x, mask]
+    def _inputs(self, model: str, shape: Shape, rng: np.random.Generator):
+        """Request inputs at ``shape`` for ``model``'s config: its variable
+        dimension is the group, floats are random, integers are ones (every
+        item kept, token id 1)."""
+        inputs = []
+        for spec in self.bare_config(model).input:
+            dims = [shape.group if size == -1 else int(size) for size in spec.dims]
+            dims = [shape.batch] + dims
+            if spec.data_type == model_config_pb2.TYPE_FP32:
+                data = rng.standard_normal(dims).astype(np.float32)
+                datatype = "FP32"
+            else:
+                data, datatype = np.ones(dims, dtype=np.int64), "INT64"
+            tensor = httpclient.InferInput(spec.name, dims, datatype)
+            tensor.set_data_from_numpy(data)
+            inputs.append(tensor)
+        return inputs
 
     def compute_infer(self, model: str) -> tuple:
         """(count, ns) of the model's compute_infer statistics."""
@@ -187,7 +218,7 @@ class Session:
                 return wall_ms, (ns_after - ns) / 1e6
             time.sleep(0.0005)
 
-    def measure_shapes(self, model: str, shapes: Sequence[Shape], feature_dim: int, steady_requests: int) -> List[Dict]:
+    def measure_shapes(self, model: str, shapes: Sequence[Shape], steady_requests: int) -> List[Dict]:
         """For each shape in order: the first request, then ``steady_requests`` more.
 
         A batch size b is sent as one request holding b samples ([b, g, D]):
@@ -197,7 +228,7 @@ class Session:
         """
         rng = np.random.default_rng(0)
         self.client.is_server_live()  # the connection is open before the first timed request
-        prepared = {shape: self._inputs(model, shape, feature_dim, rng) for shape in shapes}
+        prepared = {shape: self._inputs(model, shape, rng) for shape in shapes}
         rows = []
         for shape in shapes:
             first_ms, first_compute_ms = self.timed_request(model, prepared[shape])
@@ -226,16 +257,17 @@ class Session:
             )
         return rows
 
-    def throughput(self, model: str, feature_dim: int, clients: int, requests_per_client: int, group: int) -> Dict:
+    def throughput(self, model: str, clients: int, requests_per_client: int, group: int) -> Dict:
         """Batch-1 requests from ``clients`` threads at once, so that the
         dynamic batcher forms batches of up to ``clients``."""
-        stats_before = self.client.get_inference_statistics(model_name=model)["model_stats"][0]
+        stats_before = self.statistics(model)
+        batches_before = self.executions_by_batch_size(model)
         barrier = threading.Barrier(clients)
 
         def worker(seed: int) -> List[float]:
             rng = np.random.default_rng(seed)
             with httpclient.InferenceServerClient(self.http_url) as client:
-                inputs = self._inputs(model, Shape(group, 1), feature_dim, rng)
+                inputs = self._inputs(model, Shape(group, 1), rng)
                 latencies = []
                 barrier.wait()
                 for _ in range(requests_per_client):
@@ -244,11 +276,12 @@ class Session:
                     latencies.append((time.perf_counter() - started) * 1000)
                 return latencies
 
-        started, started_epoch = time.perf_counter(), time.time()
+        started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
             latencies = [value for result in pool.map(worker, range(clients)) for value in result]
         seconds = time.perf_counter() - started
-        stats_after = self.client.get_inference_statistics(model_name=model)["model_stats"][0]
+        stats_after = self.statistics(model)
+        batches_after = self.executions_by_batch_size(model)
         executions = int(stats_after["execution_count"]) - int(stats_before["execution_count"])
         inferences = int(stats_after["inference_count"]) - int(stats_before["inference_count"])
         return {
@@ -259,18 +292,13 @@ class Session:
             "latency_p99_ms": percentile(latencies, 99),
             "executions": executions,
             "mean_batch": inferences / executions if executions else None,
-            "batch_sizes_run": self.batch_sizes_run(model, started_epoch, time.time()),
+            # Executions per batch size the backend ran, from Triton's statistics.
+            "batch_sizes_run": {
+                size: entry["count"] - batches_before.get(size, {"count": 0})["count"]
+                for size, entry in sorted(batches_after.items())
+                if entry["count"] > batches_before.get(size, {"count": 0})["count"]
+            },
         }
-
-    def batch_sizes_run(self, model: str, start: float, end: float) -> Dict[int, int]:
-        """How many forwards the stand-in ran at each batch size between two epoch times."""
-        counts: Dict[int, int] = {}
-        for line in self.record.read_text().splitlines():
-            run = json.loads(line)
-            if run["model"] == model and start <= run["time"] <= end:
-                batch = next(iter(run["shapes"].values()))[0]
-                counts[batch] = counts.get(batch, 0) + 1
-        return dict(sorted(counts.items()))
 
 
 def seed_style_config(bare: model_config_pb2.ModelConfig, group_max: int) -> model_config_pb2.ModelConfig:

@@ -5,7 +5,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-RATIO_TARGET = 1.5
+# On a model whose steady compute is at least 1 ms (text-encoder): the first
+# request after READY, server-side compute_infer, at most this times steady.
+RATIO_TARGET = 1.3
 HELPER_SHARE_TARGET = 0.05
 
 
@@ -14,20 +16,39 @@ def worst(rows: List[Dict], key: str = "ratio") -> Dict:
     return max(candidates, key=lambda row: row[key])
 
 
+def excess_us(row: Dict) -> float:
+    """How much longer the first request computed than steady, in microseconds."""
+    return (row["first_compute_ms"] - row["steady_compute_p50_ms"]) * 1000
+
+
+def _label(row: Dict) -> str:
+    return f"g{row['group']}xb{row['batch']}"
+
+
 def summarize_condition(rows: List[Dict]) -> Dict:
-    """Worst and median first/steady ratios over the shapes of one model."""
+    """Worst and median first/steady ratios over the shapes of one model,
+    client wall time and server compute_infer, and the worst excess."""
     worst_wall, worst_compute = worst(rows), worst(rows, "compute_ratio")
+    worst_excess = max(rows, key=excess_us)
     return {
         "shapes": len(rows),
         "worst_ratio": worst_wall["ratio"],
-        "worst_shape": f"g{worst_wall['group']}xb{worst_wall['batch']}",
+        "worst_shape": _label(worst_wall),
         "worst_first_ms": worst_wall["first_ms"],
         "worst_steady_p50_ms": worst_wall["steady_p50_ms"],
         "worst_single_trial_ratio": max(row.get("worst_trial_ratio", row["ratio"]) for row in rows),
         "median_ratio": float(np.median([row["ratio"] for row in rows])),
         "worst_compute_ratio": worst_compute["compute_ratio"],
-        "worst_compute_shape": f"g{worst_compute['group']}xb{worst_compute['batch']}",
+        "worst_compute_shape": _label(worst_compute),
+        "worst_compute_first_ms": worst_compute["first_compute_ms"],
+        "worst_compute_steady_ms": worst_compute["steady_compute_p50_ms"],
+        "median_compute_ratio": float(np.median([row["compute_ratio"] for row in rows if row["compute_ratio"]])),
         "slowest_first_ms": max(row["first_ms"] for row in rows),
+        "steady_compute_p50_ms": float(np.median([row["steady_compute_p50_ms"] for row in rows])),
+        # Where steady compute is a tenth of a millisecond, ratios measure
+        # timer noise; the excess in microseconds says what a user feels.
+        "worst_excess_us": excess_us(worst_excess),
+        "worst_excess_shape": _label(worst_excess),
     }
 
 
@@ -47,16 +68,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: Dict) -> str:
-    parts = [f"# Warmup benchmark\n\n`{results['command']}` on {results['machine']}, {results['date']}.\n"]
-
+def _latency_section(results: Dict) -> List[str]:
     trials = results["settings"]["trials"]
-    parts.append("## First request after READY vs steady state (client wall time)\n")
+    parts = ["## First request after READY vs steady state\n"]
     parts.append(
-        f"Per shape: the first request right after READY (median over {trials} fresh load(s)) divided "
-        f"by the steady p50 of {results['settings']['steady_requests']} further requests per load. "
-        "The worst shape is shown, not the mean; 'worst single load' is the same ratio for the "
-        "slowest of the first requests.\n"
+        f"Per shape: the first request right after READY (median over {trials} fresh load(s)) against "
+        f"the steady p50 of {results['settings']['steady_requests']} further requests per load, "
+        "server-side (`compute_infer` from Triton's statistics API) and client wall time. The worst "
+        "shape is shown, not the mean. Excess: first minus steady compute_infer, in microseconds.\n"
     )
     rows = []
     for model, conditions in results["latency"].items():
@@ -67,11 +86,12 @@ def markdown(results: Dict) -> str:
                     model,
                     condition,
                     summary["shapes"],
-                    f"**{summary['worst_ratio']:.2f}x** ({summary['worst_shape']})",
-                    f"{summary['worst_first_ms']:.2f} / {summary['worst_steady_p50_ms']:.2f}",
-                    f"{summary['median_ratio']:.2f}x",
-                    f"{summary['worst_single_trial_ratio']:.2f}x",
-                    f"{summary['worst_compute_ratio']:.2f}x ({summary['worst_compute_shape']})",
+                    f"{summary['steady_compute_p50_ms']:.3f}",
+                    f"**{summary['worst_compute_ratio']:.2f}x** ({summary['worst_compute_shape']})",
+                    f"{summary['worst_compute_first_ms']:.3f} / {summary['worst_compute_steady_ms']:.3f}",
+                    f"{summary['median_compute_ratio']:.2f}x",
+                    f"{summary['worst_excess_us']:.0f} ({summary['worst_excess_shape']})",
+                    f"{summary['worst_ratio']:.2f}x ({summary['worst_shape']})",
                     f"{summary['slowest_first_ms']:.2f}",
                     f"{data['seconds_to_ready']:.2f}",
                 )
@@ -82,31 +102,57 @@ def markdown(results: Dict) -> str:
                 "model",
                 "condition",
                 "shapes",
-                "worst first / steady p50",
-                "that shape: first / p50 ms",
-                "median ratio",
-                "worst single load",
-                "worst compute_infer ratio",
-                "slowest first request ms",
+                "steady compute ms (median shape)",
+                "worst compute first / p50",
+                "that shape: first / p50 compute ms",
+                "median compute ratio",
+                "worst excess us",
+                "worst wall first / p50",
+                "slowest first request ms (wall)",
                 "s to READY",
             ),
             rows,
         )
     )
     verdict = results["targets"]
-    parts.append(
-        f"\nTarget: after this project's warmup the first request at every planned shape is at most "
-        f"{RATIO_TARGET}x its steady p50. Worst over all models and shapes: "
-        f"**{verdict['project_worst_ratio']:.2f}x** ({verdict['project_worst_where']}) -> "
-        f"{'met' if verdict['ratio_met'] else 'MISSED'}. Server-side compute_infer, worst: "
-        f"{verdict['project_worst_compute_ratio']:.2f}x.\n"
-    )
+    if "ratio_met" in verdict:
+        parts.append(
+            f"\nTarget: on {verdict['ratio_model']} (steady compute of milliseconds), after this project's "
+            f"warmup the first request at every planned shape computes at most {RATIO_TARGET}x its steady "
+            f"p50. Worst: **{verdict['ratio_compute']:.2f}x** ({verdict['ratio_where']}) -> "
+            f"{'met' if verdict['ratio_met'] else 'MISSED'}.\n"
+        )
+    excess = ", ".join(f"{model} {value:.0f} us" for model, value in verdict["worst_excess_us"].items())
+    parts.append(f"Worst excess of the first request over steady after this project's warmup: {excess}.\n")
+    return parts
 
-    cost = results["cost"]
-    parts.append("## Cost of the warmup (this project's condition, one model per request)\n")
+
+def _excess_section(results: Dict) -> List[str]:
+    parts = ["## Per shape after this project's warmup (server compute_infer)\n"]
+    rows = []
+    for model, conditions in results["latency"].items():
+        for row in conditions["project"]["shapes"]:
+            rows.append(
+                (
+                    model,
+                    _label(row),
+                    f"{row['first_compute_ms'] * 1000:.0f}",
+                    f"{row['steady_compute_p50_ms'] * 1000:.0f}",
+                    f"{excess_us(row):.0f}",
+                    f"{row['compute_ratio']:.2f}x",
+                )
+            )
+    parts.append(table(("model", "shape", "first us", "steady p50 us", "excess us", "ratio"), rows))
+    parts.append("")
+    return parts
+
+
+def _cost_section(results: Dict) -> List[str]:
+    cost, verdict = results["cost"], results["targets"]
+    parts = ["## Cost of the warmup (this project's condition, one model per request)\n"]
     parts.append(
         table(
-            ("model", "samples x runs", "s to READY", "Triton load s", "warmup forwards s", "helper's own work ms", "helper share"),
+            ("model", "samples x runs", "s to READY", "Triton load s", "warmup runs' compute s", "helper's own work ms", "helper share"),
             [
                 (
                     row["model"],
@@ -123,38 +169,45 @@ def markdown(results: Dict) -> str:
     )
     parts.append(
         f"\nHelper's own work (request check + planning + re-planning under the lock + the atomic "
-        f"write) is at most {cost['worst_helper_share'] * 100:.2f}% of the time to READY (target "
-        f"{HELPER_SHARE_TARGET * 100:.0f}%: {'met' if verdict['helper_share_met'] else 'MISSED'}).\n"
+        f"write) is at most {cost['worst_helper_share'] * 100:.2f}% of the time to READY in any trial "
+        f"(target {HELPER_SHARE_TARGET * 100:.0f}%: {'met' if verdict['helper_share_met'] else 'MISSED'}).\n"
     )
+    return parts
 
+
+def _scaling_section(results: Dict) -> List[str]:
     scaling = results["scaling"]
-    if scaling["points"]:
-        parts.append("## How the time to READY grows (one request, models unloaded first)\n")
-        parts.append(
-            table(
-                ("models", "group sizes", "batch sizes", "samples", "s to READY", "load s per model"),
-                [
-                    (
-                        ", ".join(point["models"]),
-                        f"1..{point['group_max']}",
-                        ", ".join(map(str, point["batch_sizes"])),
-                        point["samples"],
-                        f"{point['seconds']:.2f}",
-                        ", ".join(f"{value:.2f}" for value in point["load_s"]),
-                    )
-                    for point in scaling["points"]
-                ],
-            )
+    if not scaling["points"]:
+        return []
+    parts = ["## How the time to READY grows (one request, models unloaded first)\n"]
+    parts.append(
+        table(
+            ("models", "group sizes", "batch sizes", "samples", "s to READY", "load s per model"),
+            [
+                (
+                    ", ".join(point["models"]),
+                    f"1..{point['group_max']}",
+                    ", ".join(map(str, point["batch_sizes"])),
+                    point["samples"],
+                    f"{point['seconds']:.2f}",
+                    ", ".join(f"{value:.2f}" for value in point["load_s"]),
+                )
+                for point in scaling["points"]
+            ],
         )
-        fit = scaling.get("fit")
-        if fit:
-            parts.append(
-                f"\nOne model, least squares over {fit['points']} runs: time to READY = "
-                f"{fit['intercept_s']:.2f} s + {fit['per_sample_s'] * 1000:.2f} ms x samples "
-                f"(R^2 {fit['r_squared']:.3f}).\n"
-            )
+    )
+    fit = scaling.get("fit")
+    if fit:
+        parts.append(
+            f"\nOne model, least squares over {fit['points']} runs: time to READY = "
+            f"{fit['intercept_s']:.3f} s + {fit['per_sample_s'] * 1000:.2f} ms x samples "
+            f"(R^2 {fit['r_squared']:.3f}).\n"
+        )
+    return parts
 
-    extras = results["extras"]
+
+def _extras_section(results: Dict) -> List[str]:
+    extras, parts = results["extras"], []
     if "parallel" in extras:
         parallel = extras["parallel"]
         parts.append("## Parallel loads\n")
@@ -171,21 +224,20 @@ def markdown(results: Dict) -> str:
             f"model with 2 instances: {instances['two_instances_s']:.2f} s.\n"
         )
     if "throughput" in extras:
-        parts.append("## Batched execution in the pytorch stand-in (batch-1 requests from 8 clients)\n")
+        row = extras["throughput"]
+        parts.append(f"## Throughput with dynamic batching ({row['model']}, batch-1 requests from 8 clients)\n")
         parts.append(
             table(
-                ("execution", "requests/s", "p50 ms", "p99 ms", "mean batch", "forwards per batch size"),
+                ("requests/s", "p50 ms", "p99 ms", "mean batch", "executions per batch size"),
                 [
                     (
-                        name,
                         f"{row['requests_per_s']:.0f}",
                         f"{row['latency_p50_ms']:.2f}",
                         f"{row['latency_p99_ms']:.2f}",
                         f"{row['mean_batch']:.2f}" if row["mean_batch"] else "-",
                         ", ".join(f"{size}: {count}" for size, count in row["batch_sizes_run"].items()),
                     )
-                    for name, row in extras["throughput"].items()
-                ]
+                ],
             )
         )
         parts.append("")
@@ -196,6 +248,88 @@ def markdown(results: Dict) -> str:
             f"{retrigger['median_ms']:.1f} ms client-side (max {retrigger['max_ms']:.1f} ms); "
             f"reloads: {retrigger['reloads']}.\n"
         )
+    return parts
+
+
+def specialization_summary(study: Dict) -> Dict:
+    """Per order: the compute ratio at the marked warmup positions, and how
+    many shapes, by where they were warmed, came back above 1.5x steady."""
+    summary = {}
+    for order, data in study["orders"].items():
+        rows = sorted(data["rows"], key=lambda row: row["warmed_at"])
+        buckets = []
+        bounds = [0] + [mark for mark in (12, 16, 64, 256) if mark <= len(rows)]
+        if bounds[-1] < len(rows):
+            bounds.append(len(rows))
+        for low, high in zip(bounds, bounds[1:]):
+            span = rows[low:high]
+            buckets.append(
+                {
+                    "warmed": f"{low + 1}..{high}",
+                    "shapes": len(span),
+                    "above_1_5x": sum(1 for row in span if (row["compute_ratio"] or 0) > 1.5),
+                    "median_ratio": float(np.median([row["compute_ratio"] for row in span])),
+                    "worst_ratio": max(row["compute_ratio"] for row in span),
+                    "worst_excess_us": max(
+                        (row["first_compute_ms"] - row["steady_compute_p50_ms"]) * 1000 for row in span
+                    ),
+                }
+            )
+        summary[order] = {
+            "marks": {
+                mark: rows[mark - 1]["compute_ratio"] for mark in (12, 16, 64, 256) if mark <= len(rows)
+            },
+            "buckets": buckets,
+        }
+    return summary
+
+
+def _specialization_section(results: Dict) -> List[str]:
+    study = results.get("specialization")
+    if not study:
+        return []
+    parts = [
+        f"## How many warmed shapes stay fast ({study['model']}, {study['shapes']} shapes)\n",
+        "Group sizes x batch sizes 1, 2, 4, 8, warmup count 3, loaded once with the samples in plan "
+        "order and once reversed; then every shape requested (first request, then "
+        f"{study['steady_requests']} more). Ratio: first / steady p50 compute_infer, grouped by the "
+        "position at which the shape was warmed.\n",
+    ]
+    rows = []
+    for order, data in specialization_summary(study).items():
+        for bucket in data["buckets"]:
+            rows.append(
+                (
+                    order,
+                    bucket["warmed"],
+                    bucket["shapes"],
+                    f"{bucket['median_ratio']:.2f}x",
+                    f"{bucket['worst_ratio']:.2f}x",
+                    f"{bucket['worst_excess_us']:.0f}",
+                    bucket["above_1_5x"],
+                )
+            )
+    parts.append(
+        table(("warmup order", "warmed at", "shapes", "median ratio", "worst ratio", "worst excess us", "above 1.5x"), rows)
+    )
+    for order, data in specialization_summary(study).items():
+        marks = ", ".join(f"#{mark}: {ratio:.2f}x" for mark, ratio in data["marks"].items())
+        parts.append(f"\n{order}: the shape warmed at {marks}.")
+    parts.append("")
+    return parts
+
+
+def markdown(results: Dict) -> str:
+    backend = results["backend"]
+    parts = [
+        f"# Warmup benchmark\n\n`{results['command']}` on {results['machine']}, {results['date']}.\n",
+        f"Backend: Triton's native libtorch backend, `{backend['library']}`, built from pytorch_backend "
+        f"{backend['pytorch_backend_commit'][:12]} (core {backend['sources']['core'][:12]}) against torch "
+        f"{backend['torch']} with {backend['compiler']}.\n",
+    ]
+    for section in (_latency_section, _excess_section, _cost_section, _scaling_section, _extras_section,
+                    _specialization_section):
+        parts.extend(section(results))
     return "\n".join(parts) + "\n"
 
 

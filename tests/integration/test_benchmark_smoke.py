@@ -1,17 +1,20 @@
-"""The benchmark runs end to end (`--smoke`: model-v1, two shapes, one trial)
-and writes every figure it promises. The numbers themselves are for
+"""The benchmarks run end to end (`--smoke`: model-v1, two shapes, one trial;
+the crash-rate count with two failing loads) and write every figure they
+promise. The numbers themselves are for
 `make bench` to report, not for tests to time, with one exception that no
 noise can flip: the first request after this project's warmup is not slower
 than the first request of a cold load (tens of milliseconds of TorchScript
 profiling against about one)."""
 
 import json
+import pathlib
 
 import pytest
 
 from live_server import PROJECT_ROOT, run_script
 
-# A server start, three conditions, two scaling points, two throughput runs.
+# A server start, three conditions, two scaling points, two throughput runs,
+# a small specialization study; then up to four server starts of the crash count.
 MODULE_TIMEOUT_S = 300
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
@@ -52,16 +55,39 @@ def test_cost_scaling_and_extras_are_reported(results):
     assert [point["samples"] for point in data["scaling"]["points"]] == [1, 4]
     assert data["scaling"]["fit"]["points"] == 2
     throughput = data["extras"]["throughput"]
-    assert set(throughput) == {"batched (one forward per execute)", "per request"}
-    assert all(row["requests"] == 8 * data["settings"]["throughput_requests"] for row in throughput.values())
+    assert throughput["requests"] == 8 * data["settings"]["throughput_requests"]
+    # Triton's statistics account for every request the clients sent.
+    assert sum(int(size) * count for size, count in throughput["batch_sizes_run"].items()) == throughput["requests"]
     assert data["extras"]["retrigger"]["reloads"].startswith("none")
-    assert {"ratio_met", "helper_share_met", "project_worst_ratio"} <= set(data["targets"])
+    assert {"helper_share_met", "worst_excess_us"} <= set(data["targets"])
+    assert set(data["targets"]["worst_excess_us"]) == {"model-v1"}
+
+
+def test_results_name_the_backend_that_ran_them(results):
+    _, data = results
+    backend = data["backend"]
+    assert pathlib.Path(backend["library"]).name == "libtriton_pytorch.so"
+    assert len(backend["pytorch_backend_commit"]) == 40
+    assert backend["sources"]["pytorch_backend"] == backend["pytorch_backend_commit"]
+
+
+def test_specialization_study_requests_every_warmed_shape_in_both_orders(results):
+    _, data = results
+    study = data["specialization"]
+    # --smoke: group sizes 1..2 x batch sizes 1, 2.
+    assert study["shapes"] == 4 and set(study["orders"]) == {"plan order", "reversed"}
+    for order in study["orders"].values():
+        assert sorted(row["warmed_at"] for row in order["rows"]) == [1, 2, 3, 4]
+        assert all(row["first_compute_ms"] > 0 and row["steady_compute_p50_ms"] > 0 for row in order["rows"])
+    plan, reversed_ = (study["orders"][name]["rows"] for name in ("plan order", "reversed"))
+    assert [row["warmed_at"] for row in plan] == [5 - row["warmed_at"] for row in reversed_]
 
 
 def test_markdown_and_plot_are_written(results):
     output, data = results
     text = (output / "warmup_benchmark.md").read_text()
     assert "| model-v1 | project |" in text and "Cost of the warmup" in text
+    assert "Backend: Triton's native libtorch backend" in text and "How many warmed shapes stay fast" in text
     png = (output / "warmup_benchmark.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
@@ -71,3 +97,17 @@ def test_first_request_after_warmup_is_not_slower_than_cold(results):
     cold = data["latency"]["model-v1"]["cold"]["shapes"][0]
     warm = data["latency"]["model-v1"]["project"]["shapes"][0]
     assert warm["first_ms"] <= cold["first_ms"], (warm["first_ms"], cold["first_ms"])
+
+
+def test_crash_rate_counts_each_failing_load(tmp_path):
+    finished = run_script("bench/warmup_crash_rate.py", "--trials", "2", "--conditions", "idle",
+                          "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    data = json.loads((tmp_path / "warmup_crash_rate.json").read_text())
+    idle = data["conditions"]["idle"]
+    assert idle["trials"] == len(idle["outcomes"]) == 2
+    assert idle["crashes"] == sum(outcome["crashed"] for outcome in idle["outcomes"])
+    # A load either came back with Triton's warmup error or lost the server.
+    for outcome in idle["outcomes"]:
+        assert outcome["answer"] == "error" or outcome["crashed"], outcome
+    assert "| idle | 0 | 2 |" in (tmp_path / "warmup_crash_rate.md").read_text()

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
 
-from report import linear_fit, summarize_condition  # noqa: E402
+from report import linear_fit, specialization_summary, summarize_condition  # noqa: E402
 from warmup_benchmark import combine_trials, rounded  # noqa: E402
 
 
@@ -46,3 +46,26 @@ def test_linear_fit_recovers_a_line():
 
 def test_rounded_keeps_structure():
     assert rounded({"a": [1.234567, 2], "b": (0.00001,)}) == {"a": [1.2346, 2], "b": [0.0]}
+
+
+def test_summary_gives_the_worst_excess_in_microseconds_server_side():
+    rows = combine_trials([[
+        row(1, 1, 1.0, [1.0], first_compute=0.30, steady_compute=(0.10,)),
+        row(2, 1, 1.0, [1.0], first_compute=0.12, steady_compute=(0.10,)),
+    ]])
+    summary = summarize_condition(rows)
+    assert summary["worst_excess_us"] == pytest.approx(200.0) and summary["worst_excess_shape"] == "g1xb1"
+    assert summary["worst_compute_ratio"] == pytest.approx(3.0)
+
+
+def test_specialization_summary_groups_shapes_by_where_they_were_warmed():
+    rows = [
+        {"warmed_at": position, "compute_ratio": 3.0 if position > 12 else 1.0,
+         "first_compute_ms": 0.3 if position > 12 else 0.1, "steady_compute_p50_ms": 0.1}
+        for position in range(1, 17)
+    ]
+    summary = specialization_summary({"orders": {"plan order": {"rows": rows[::-1]}}})["plan order"]
+    assert [bucket["warmed"] for bucket in summary["buckets"]] == ["1..12", "13..16"]
+    assert [bucket["above_1_5x"] for bucket in summary["buckets"]] == [0, 4]
+    assert summary["marks"] == {12: 1.0, 16: 3.0}
+    assert summary["buckets"][1]["worst_excess_us"] == pytest.approx(200.0)
