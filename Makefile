@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh clone:
-#   make run   - venv, models, embedded Triton on a working copy, warmup, states
+#   make run   - venv, native libtorch backend, models, embedded Triton on a
+#                working copy, warmup, states
 #   make test  - unit and integration tests on the real embedded Triton
 PYTHON ?= python3
 VENV := .venv
@@ -31,8 +32,8 @@ $(MODELS): gen_model.py $(VENV)/.installed
 
 run: venv backend models
 	$(PY) serve.py --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
-		sh -c '$(PY) warmup_models.py -u localhost:$(HTTP_PORT) --models model-v1 model-v2 model-v3 \
-			--feature-dims 64 128 256 --group-size-min 1 --group-size-max 4 \
+		sh -c '$(PY) warmup_models.py -u localhost:$(HTTP_PORT) --models model-v1 model-v2 model-v3 text-encoder \
+			--feature-dims 64 128 256 0 --group-size-min 1 --group-size-max 4 \
 		&& $(PY) query_model_states.py -u localhost:$(HTTP_PORT)'
 
 test: venv backend
@@ -48,12 +49,15 @@ integration: venv backend
 test-faults: venv backend
 	WARMUP_KILL_RUNS=20 FUZZ_EXAMPLES=1000 $(PY) -m pytest -m faults tests/integration/test_sigkill.py tests/integration/test_fuzz_requests.py
 
-# Cold vs seed-style vs this project's warmup, cost, scaling (a few minutes),
-# then how long a replica (deploy/entrypoint.sh) takes to become ready
-# (about 3 minutes); results in bench/results/.
+# On the native libtorch backend: cold vs seed-style vs this project's warmup,
+# cost, scaling, specializations (about 2 minutes); how long a replica
+# (deploy/entrypoint.sh) takes to become ready (about 3 minutes); how often
+# tritonserver dies when a warmup sample fails (about 3 minutes). Results in
+# bench/results/.
 bench: venv backend models
 	$(PY) bench/warmup_benchmark.py
 	$(PY) bench/replica_benchmark.py
+	$(PY) bench/warmup_crash_rate.py
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache $(MODELS)

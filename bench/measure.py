@@ -23,6 +23,7 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "model_repository" / "warmup_helper" / "1")]
 
 import gen_model  # noqa: E402
+import libtorch_backend  # noqa: E402
 from config_rewrite import read_config, render_config  # noqa: E402
 from repository_guard import write_atomically  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
@@ -38,6 +39,27 @@ REQUEST_TIMEOUT_S = 900
 COLD = "cold"
 SEED_STYLE = "seed-style"
 PROJECT = "project"
+
+
+def backend_record(backend: Optional[libtorch_backend.BuiltBackend] = None) -> Dict:
+    """Which libtorch backend build ran a benchmark, for its results."""
+    backend = backend or libtorch_backend.build(libtorch_backend.source_dir_from_environment())
+    return {
+        "library": str(backend.library),
+        "pytorch_backend_commit": backend.commit,
+        "sources": backend.info["sources"],
+        "torch": backend.info["torch"],
+        "compiler": backend.info["compiler"],
+    }
+
+
+def backend_line(record: Dict) -> str:
+    """One Markdown sentence naming the backend of ``backend_record``."""
+    return (
+        f"Backend: Triton's native libtorch backend, `{record['library']}`, built from pytorch_backend "
+        f"{record['pytorch_backend_commit'][:12]} (core {record['sources']['core'][:12]}) against torch "
+        f"{record['torch']} with {record['compiler']}.\n"
+    )
 
 
 def copy_repository(destination: pathlib.Path) -> pathlib.Path:

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional
 import yaml
 
 import measure  # noqa: F401 - sets sys.path for the project's modules
-from measure import EXAMPLE_MODELS, copy_repository
+from measure import EXAMPLE_MODELS, backend_line, backend_record, copy_repository
 from report import linear_fit, table
 
 from embedded_triton import container as local_container  # noqa: E402
@@ -199,7 +199,7 @@ def measure_together(replicas: Replicas, args) -> Dict:
 def markdown(results: Dict) -> str:
     parts = [f"# Replica benchmark\n\n`{results['command']}` on {results['machine']}, {results['date']}. "
              "Every time is from the start of `deploy/entrypoint.sh` (what the container runs), on the embedded "
-             "Triton, with plans of the three example models.\n"]
+             "Triton, with plans of the three example models.\n", backend_line(results["backend"])]
     sizes = results["plan_sizes"]
     parts.append("## Time to a ready pod vs plan size (one replica at a time)\n")
     rows = []
@@ -247,6 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()},
+        "backend": backend_record(),
     }
     replicas = Replicas(workdir)
     try:

@@ -5,6 +5,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from measure import backend_line
+
 # On a model whose steady compute is at least 1 ms (text-encoder): the first
 # request after READY, server-side compute_infer, at most this times steady.
 RATIO_TARGET = 1.3
@@ -320,12 +322,9 @@ def _specialization_section(results: Dict) -> List[str]:
 
 
 def markdown(results: Dict) -> str:
-    backend = results["backend"]
     parts = [
         f"# Warmup benchmark\n\n`{results['command']}` on {results['machine']}, {results['date']}.\n",
-        f"Backend: Triton's native libtorch backend, `{backend['library']}`, built from pytorch_backend "
-        f"{backend['pytorch_backend_commit'][:12]} (core {backend['sources']['core'][:12]}) against torch "
-        f"{backend['torch']} with {backend['compiler']}.\n",
+        backend_line(results["backend"]),
     ]
     for section in (_latency_section, _excess_section, _cost_section, _scaling_section, _extras_section,
                     _specialization_section):

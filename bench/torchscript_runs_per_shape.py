@@ -2,9 +2,12 @@
 """How many runs a TorchScript model needs at a new input shape before it is fast.
 
 This is the measurement behind warmup_helper's default ``warmup_count``.
-Each example model is loaded in a fresh Python process, as each Triton
-instance is its own stub process; every (batch, group) shape is then run
-``--runs`` times in a row and each run's latency printed.
+Plain TorchScript, no Triton: each example model is loaded in a fresh Python
+process, so that nothing an earlier model ran is warm; every (batch, group)
+shape is then run ``--runs`` times in a row and each run's latency printed.
+Inside Triton's libtorch backend all models share the server process, so
+only the first model loaded pays the process's one-time costs
+(bench/results/warmup_benchmark.md).
 
 Usage::
 

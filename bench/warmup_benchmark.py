@@ -48,6 +48,7 @@ from measure import (
     SEED_STYLE,
     TEXT_ENCODER,
     Session,
+    backend_record,
     Shape,
     copy_repository,
     percentile,
@@ -373,24 +374,18 @@ def run(args) -> Dict:
     repository = working_repository(workdir)
     server = EmbeddedTriton(repository, workdir, http_port=free_port(), grpc_port=free_port(),
                             metrics_port=free_port())
-    backend = server.pytorch_backend
     results = {
         "command": " ".join(["python bench/warmup_benchmark.py", *(shlex.quote(a) for a in sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()},
         # Which backend ran every number below.
-        "backend": {
-            "library": str(backend.library),
-            "pytorch_backend_commit": backend.commit,
-            "sources": backend.info["sources"],
-            "torch": backend.info["torch"],
-            "compiler": backend.info["compiler"],
-        },
+        "backend": backend_record(server.pytorch_backend),
         "extras": {},
     }
     with server:
-        print(f"server ready at {server.http_url}; working copy in {workdir}; backend {backend.library}", flush=True)
+        print(f"server ready at {server.http_url}; working copy in {workdir}; "
+              f"backend {server.pytorch_backend.library}", flush=True)
         session = Session(server.http_url, repository, server.log_path)
         try:
             results["latency"] = measure_latency(session, args)

@@ -31,12 +31,11 @@ import time
 from typing import Dict, List, Optional
 
 import measure  # noqa: F401 - sets sys.path for the project's modules
-from measure import copy_repository
+from measure import backend_line, backend_record, copy_repository
 
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-import libtorch_backend  # noqa: E402
 from embedded_triton import EmbeddedTriton, TritonStartError, free_port  # noqa: E402
 
 PROJECT_ROOT = measure.PROJECT_ROOT
@@ -179,10 +178,9 @@ def markdown(results: Dict) -> str:
         [
             "# tritonserver crashes when a warmup sample fails\n",
             f"`{results['command']}` on {results['machine']}, {results['date']}.\n",
-            f"tritonserver {results['tritonserver']} (nvidia-pytriton wheel), Triton's native libtorch backend "
-            f"built from pytorch_backend {results['backend']['pytorch_backend_commit'][:12]} against torch "
-            f"{results['backend']['torch']}. Each trial loads a model whose one warmup sample the model "
-            "rejects in forward, through the load API; a crash restarts the server.\n",
+            f"tritonserver {results['tritonserver']} (nvidia-pytriton wheel). " + backend_line(results["backend"]),
+            "Each trial loads a model whose one warmup sample the model rejects in forward, through the "
+            "load API; a crash restarts the server.\n",
             "| condition | spinning loops | failing loads | server died | of them with Signal (11) | loads answered with the error |",
             "| --- | --- | --- | --- | --- | --- |",
             *rows,
@@ -201,16 +199,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="crash-rate-"))
     repository = repository_with_model(workdir)
-    backend = libtorch_backend.build(libtorch_backend.source_dir_from_environment())
     results = {
         "command": " ".join(["python bench/warmup_crash_rate.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "backend": {
-            "library": str(backend.library),
-            "pytorch_backend_commit": backend.commit,
-            "torch": backend.info["torch"],
-        },
+        "backend": backend_record(),
         "conditions": {},
     }
     try:
