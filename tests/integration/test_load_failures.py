@@ -33,7 +33,12 @@ PICKY_LARGEST_GROUP = 3
 
 @pytest.fixture(scope="module")
 def server(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("load_failures")) as server:
+    # After the failed reload of a READY model, Triton's shutdown counts one
+    # live model that never unloads and waits out --exit-timeout-secs (30 s
+    # by default; seen in its log): five are enough here.
+    with running_server(
+        template_repository, tmp_path_factory.mktemp("load_failures"), extra_args=["--exit-timeout-secs=5"]
+    ) as server:
         repository = server.model_repository
         write_corrupt_model(repository, "corrupt-file")
         write_model_without_file(repository, "missing-file")
