@@ -248,7 +248,14 @@ def _rapidjson(sources: Dict[str, pathlib.Path], toolchain: Toolchain, work: pat
         include = prefix / "include"
     else:
         include = pathlib.Path("/usr/include")
-        configs = sorted(pathlib.Path("/usr/lib").glob("**/cmake/RapidJSON/RapidJSONConfig.cmake"))
+        # Debian's rapidjson-dev puts its config in /usr/share/cmake; other
+        # distributions use lib/cmake.
+        configs = [
+            path
+            for root in ("/usr/share/cmake", "/usr/lib/cmake", "/usr/lib64/cmake")
+            for path in [pathlib.Path(root) / "RapidJSON" / "RapidJSONConfig.cmake"]
+            if path.exists()
+        ] + sorted(pathlib.Path("/usr/lib").glob("*/cmake/RapidJSON/RapidJSONConfig.cmake"))
         if not (include / "rapidjson" / "rapidjson.h").exists() or not configs:
             raise BuildError(
                 "RapidJSON not found: apt-get install rapidjson-dev, or put "
