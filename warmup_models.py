@@ -487,7 +487,10 @@ def warm_server(
         return failed(client_flags.EXIT_UNREACHABLE, f"no Triton server answers at {url} ({args.protocol})")
 
     what = args.plan or ("every model in the repository" if args.all else args.models)
-    print(f"warming {what} through '{args.model_name}' at {url} ({args.protocol})", file=live, flush=True)
+    # One write per line: with several -u, the servers' threads print at once
+    # and print() writes the text and its newline separately.
+    live.write(f"warming {what} through '{args.model_name}' at {url} ({args.protocol})\n")
+    live.flush()
     watcher = StateWatcher(args, args.watch_models, live, label=label, positions=positions)
     watcher.start()
     started = time.monotonic()
