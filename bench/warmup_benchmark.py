@@ -65,9 +65,6 @@ PROJECT_ROOT = measure.PROJECT_ROOT
 TWO_INSTANCE_MODEL = "model-v2-two-instances"
 SPECIALIZATION_MODEL = "model-v1"
 SPECIALIZATION_BATCHES = [1, 2, 4, 8]
-# Positions in warmup order that the report singles out: PyTorch's default
-# fusion strategy keeps 2 static + 10 dynamic specializations per graph.
-SPECIALIZATION_MARKS = (12, 16, 64, 256)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -360,6 +360,23 @@ def recorded_inputs(server: EmbeddedTriton, model: str, window: Optional[tuple] 
     return records
 
 
+def live_processes() -> List[Dict]:
+    """Every live (not zombie) process: ``pid``, ``ppid``, ``name`` and ``cmdline``."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            status = dict(line.split(":\t", 1) for line in (entry / "status").read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if not status.get("State", "").startswith("Z"):
+            found.append({"pid": int(entry.name), "ppid": int(status.get("PPid", "0")),
+                          "name": status.get("Name", "").strip(), "cmdline": cmdline})
+    return found
+
+
 def run_script(script: str, *args: str, timeout: float = WARMUP_REQUEST_TIMEOUT_S):
     """Run one of the project's scripts as a user would; return the CompletedProcess."""
     return subprocess.run(

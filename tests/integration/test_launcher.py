@@ -1,7 +1,6 @@
 """serve.py and EmbeddedTriton: pass-through flags, running a command, clean
 stops on SIGTERM with no stub left behind, and a fast failure when the server dies."""
 
-import pathlib
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import time
 import pytest
 
 from embedded_triton import EmbeddedTriton, TritonStartError
-from live_server import PROJECT_ROOT, free_port
+from live_server import PROJECT_ROOT, free_port, live_processes
 
 # A server start (~3 s with the helper's stub) plus a stop; the margin is
 # for a busy machine.
@@ -21,18 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(LAUNCHER_TEST_TIMEOUT
 
 def processes_mentioning(text: str):
     """PIDs of live processes whose command line contains ``text``."""
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        if text in cmdline and "State:\tZ" not in status:
-            found.append(int(entry.name))
-    return found
+    return [process["pid"] for process in live_processes() if text in process["cmdline"]]
 
 
 def serve_argv(template_repository, workdir, *extra):

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from live_server import model_states, running_server, send_warmup, wait_for_log, warmup_inputs
+from live_server import live_processes, model_states, running_server, send_warmup, wait_for_log, warmup_inputs
 from target_models import copy_model
 
 # Server start plus two small loads; the margin is for a busy machine.
@@ -29,19 +29,7 @@ def server(template_repository, tmp_path_factory):
 
 def children(pid: int):
     """(pid, command name) of every live process whose parent is ``pid``."""
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = dict(
-                line.split(":\t", 1) for line in (entry / "status").read_text().splitlines() if ":\t" in line
-            )
-        except OSError:
-            continue
-        if int(status.get("PPid", "0")) == pid and not status.get("State", "").startswith("Z"):
-            found.append((int(entry.name), status["Name"].strip()))
-    return found
+    return [(process["pid"], process["name"]) for process in live_processes() if process["ppid"] == pid]
 
 
 def test_triton_opens_the_built_library_from_the_backend_folder(server):
