@@ -1,19 +1,20 @@
-"""A target whose load fails: reported for that model, its config.pbtxt put
-back byte for byte, the other models of the request still warmed, and the
-models that were READY still serving.
+"""A target that cannot load or whose plan holds a sample it rejects: the
+preflight stops it before anything is written, the report names the failing
+shape with Triton's error, the other models of the request still warm, the
+models that were READY keep serving, and the server stays up.
 
-A warmup sample the model rejects can crash tritonserver itself (README,
-"Known Triton issues": a segfault while Triton tears down the instance whose
-warmup failed; seen on a busy machine). Those tests then check what the
-helper still promises, that the restarted server's helper puts the config
-back, and are reported as xfailed rather than passed.
+Before the preflight, a rejected warmup sample reached Triton as
+``model_warmup`` and could crash tritonserver itself (README, "Known Triton
+issues"); these tests then xfailed. No sample reaches Triton untried now, so
+every case must pass.
 """
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from live_server import model_states, restart, running_server, send_warmup, triton_crashed, warmup_inputs
+import gen_model
+from live_server import model_states, running_server, send_warmup, warmup_inputs
 from repository_guard import backup_path
 from target_models import (
     write_corrupt_model,
@@ -22,20 +23,18 @@ from target_models import (
     write_python_target,
 )
 
-# Server start, model-v1 and model-v2 warm, then five failed loads (each a stub
-# start) and two reloads of model-v2.
+# Server start, model-v1 warm, then a dozen requests, each with a scratch
+# copy or requests to a serving model.
 MODULE_TIMEOUT_S = 300
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 PICKY_LARGEST_GROUP = 3
+SCRATCH_PREFIX = "warmup_helper.preflight."
 
 
 @pytest.fixture(scope="module")
 def server(template_repository, tmp_path_factory):
-    # After the failed reload of a READY model, Triton's shutdown counts one
-    # live model that never unloads and waits out --exit-timeout-secs (30 s
-    # by default; seen in its log): five are enough here.
     with running_server(
         template_repository, tmp_path_factory.mktemp("load_failures"), extra_args=["--exit-timeout-secs=5"]
     ) as server:
@@ -44,31 +43,9 @@ def server(template_repository, tmp_path_factory):
         write_model_without_file(repository, "missing-file")
         write_python_target(repository, "fails-initialize", fail_initialize=True)
         write_picky_model(repository, "picky", PICKY_LARGEST_GROUP)
-        warm_model_v1(server)
+        loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 2))
+        assert loaded == ["model-v1"]
         yield server
-
-
-def warm_model_v1(server):
-    loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 2))
-    assert loaded == ["model-v1"]
-
-
-def send_warmup_or_xfail_on_triton_crash(server, protocol, inputs, configs):
-    """``send_warmup``; if tritonserver crashed instead of answering, restart
-    it, check that every one of ``configs`` (path: bytes before the request)
-    is back, bring the module's server back to its state, and xfail."""
-    try:
-        return send_warmup(server, protocol, inputs)
-    except Exception:
-        if not triton_crashed(server):
-            raise
-    restart(server)
-    for path, original in configs.items():
-        assert path.read_bytes() == original, f"{path} was not put back after the crash"
-        assert not backup_path(path.parent).exists()
-    warm_model_v1(server)
-    pytest.xfail("tritonserver segfaulted on the failing warmup sample (Triton's own, README "
-                 "'Known Triton issues'); the restarted helper put the config back")
 
 
 def answers(server, model="model-v1") -> bool:
@@ -82,46 +59,93 @@ def answers(server, model="model-v1") -> bool:
     return result.as_numpy("output").shape == (1, 16)
 
 
+def assert_no_scratch_copy_left(server):
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        for name in model_states(server):
+            assert not name.startswith(SCRATCH_PREFIX), name
+        for target in ("picky", "corrupt-file", "text-encoder"):
+            assert not client.is_model_ready(SCRATCH_PREFIX + target)
+
+
+NOT_LOADABLE = "the model does not load even without warmup samples"
+
 FAILING_TARGETS = {
-    "model file is corrupt": ("corrupt-file", 2),
-    "model file is missing": ("missing-file", 2),
-    "instance raises in initialize": ("fails-initialize", 2),
-    "a warmup sample the model rejects": ("picky", PICKY_LARGEST_GROUP + 1),
+    "model file is corrupt": ("corrupt-file", 2, NOT_LOADABLE),
+    "model file is missing": ("missing-file", 2, NOT_LOADABLE),
+    "instance raises in initialize": ("fails-initialize", 2, NOT_LOADABLE),
+    "a warmup sample the model rejects": ("picky", PICKY_LARGEST_GROUP + 1, "group size above the model's maximum"),
 }
 
 
-@pytest.mark.parametrize("target, group_max", FAILING_TARGETS.values(), ids=FAILING_TARGETS.keys())
-def test_failed_target_is_reported_restored_and_the_others_warm(server, target, group_max):
+@pytest.mark.parametrize("target, group_max, words", FAILING_TARGETS.values(), ids=FAILING_TARGETS.keys())
+def test_failed_target_is_reported_with_nothing_written_and_the_others_warm(server, target, group_max, words):
     config = server.model_repository / target / "config.pbtxt"
     original = config.read_bytes()
-    loaded, report = send_warmup_or_xfail_on_triton_crash(
-        server, "http", warmup_inputs([target, "model-v2"], 1, group_max), {config: original}
-    )
+    loaded, report = send_warmup(server, "http", warmup_inputs([target, "model-v2"], 1, group_max))
 
     failed, other = report["models"]
-    assert failed["status"] == "FAILED" and failed["error"].startswith("load failed")
-    assert failed["config_written"] is True and failed["config_restored"] is True
-    assert config.read_bytes() == original
+    assert failed["status"] == "FAILED" and failed["error"].startswith("preflight: ")
+    assert words in failed["error"] and "nothing was written or loaded" in failed["error"]
+    assert failed["preflight"]["how"] == "scratch copy" and failed["preflight"]["why"] == "model not loaded"
+    assert failed["config_written"] is False and failed["timings"]["load_s"] == 0
+    assert config.read_bytes() == original and not backup_path(config.parent).exists()
     assert other["status"] == "READY" and loaded == ["model-v2"]
+    # Absent when the model is READY with this plan already (nothing to load).
+    if other["preflight"] is not None:
+        checked = other["preflight"]["samples_checked"] + other["preflight"]["samples_known_good"]
+        assert other["preflight"]["error"] is None and checked == other["warmup_samples"]
     assert report["failed"] == [target]
     states = model_states(server)
     assert states[target] != "READY" and states["model-v1"] == "READY"
     assert server.is_running() and answers(server, "model-v1")
+    assert_no_scratch_copy_left(server)
 
 
-def test_ready_model_keeps_serving_when_a_reload_with_a_rejected_sample_fails(server):
+def test_the_failing_sample_is_named_with_its_shape(server):
+    _, report = send_warmup(server, "http", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP + 2, batch_sizes=[2]))
+    (entry,) = report["models"]
+    # Samples run in plan order: groups 1..3 pass, group 4 is the first to fail.
+    assert entry["preflight"]["samples_checked"] == PICKY_LARGEST_GROUP
+    failed = entry["preflight"]["failed_sample"]
+    assert failed["inputs"] == {"mask": [2, PICKY_LARGEST_GROUP + 1], "x": [2, PICKY_LARGEST_GROUP + 1, 64]}
+    assert failed["batch_size"] == 2 and failed["sample"] in entry["error"]
+    assert f"x [2, {PICKY_LARGEST_GROUP + 1}, 64]" in entry["error"]
+
+
+def test_ready_model_is_checked_with_requests_and_keeps_serving_when_a_sample_fails(server):
     config = server.model_repository / "picky" / "config.pbtxt"
-    loaded, _ = send_warmup(server, "http", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP))
-    assert loaded == ["picky"]
+    loaded, first = send_warmup(server, "http", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP, batch_sizes=[1]))
+    assert loaded == ["picky"] and first["models"][0]["preflight"]["how"] == "scratch copy"
     warmed = config.read_bytes()
 
-    loaded, report = send_warmup_or_xfail_on_triton_crash(
-        server, "grpc", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP + 2), {config: warmed}
+    loaded, report = send_warmup(
+        server, "grpc", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP + 2, batch_sizes=[1])
     )
     (entry,) = report["models"]
     assert loaded == [] and entry["status"] == "FAILED"
+    assert entry["preflight"]["how"] == "requests to the serving model"
+    # The three group sizes Triton already ran at the last load are not sent again.
+    assert entry["preflight"]["samples_known_good"] == PICKY_LARGEST_GROUP
+    assert entry["preflight"]["samples_checked"] == 0
     assert "group size above the model's maximum" in entry["error"]
-    assert entry["serving_previous_version"] is True and entry["config_restored"] is True
+    assert entry["serving_previous_version"] is True and entry["config_written"] is False
     assert config.read_bytes() == warmed
-    # Triton kept the version that was READY, and it still answers.
     assert model_states(server)["picky"] == "READY" and answers(server, "picky")
+    assert server.is_running()
+
+
+def test_a_transformer_asked_for_a_sequence_longer_than_its_positions_stays_untouched(server):
+    config = server.model_repository / "text-encoder" / "config.pbtxt"
+    original = config.read_bytes()
+    longest = gen_model.MAX_SEQUENCE_LENGTH
+    loaded, report = send_warmup(
+        server, "http", warmup_inputs(["text-encoder"], longest - 1, longest + 1, feature_dims=[0], batch_sizes=[1])
+    )
+    (entry,) = report["models"]
+    assert loaded == [] and entry["status"] == "FAILED"
+    assert entry["preflight"]["samples_checked"] == 2
+    assert entry["preflight"]["failed_sample"]["inputs"]["input_ids"] == [1, longest + 1]
+    assert "index out of range" in entry["error"]
+    assert config.read_bytes() == original
+    assert model_states(server)["text-encoder"] != "READY" and server.is_running()
+    assert_no_scratch_copy_left(server)

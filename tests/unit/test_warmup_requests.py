@@ -17,7 +17,7 @@ class RecordingInfer:
         self.calls = []
         self.fail = fail
 
-    def __call__(self, model, arrays, outputs):
+    def __call__(self, model, version, arrays, outputs):
         self.calls.append(
             (model, {name: array.shape for name, array in arrays.items()}, int(arrays["mask"].sum()), outputs)
         )

@@ -92,6 +92,7 @@ class ConfigRewrite:
     Attributes:
         path: the ``config.pbtxt`` file.
         original: its bytes before the rewrite.
+        current: the config those bytes hold.
         config: the merged config that ``apply`` writes.
         changed: whether the merged config differs from the file's content.
     """
@@ -105,6 +106,7 @@ class ConfigRewrite:
     ):
         self.path = path
         self.original = original
+        self.current = current
         self.config = merge_warmup(current, samples)
         # Compare parsed configs, not text: a hand-formatted file that already
         # holds this plan keeps its bytes (and its comments).

@@ -24,9 +24,11 @@ from model_loading import (
     choose_warmup_mode,
     http_url_from_argv,
     model_control_mode_from_argv,
+    process_start_time,
     restricted_headers_from_argv,
     server_argv,
 )
+from preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
 from repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
 from warmup_job import PlanSettings, build_report, plan_jobs, run_each, run_jobs
 from warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
@@ -48,6 +50,19 @@ def _error_response(message: str, code_name: str) -> "pb_utils.InferenceResponse
 
 def _parameter(parameters: dict, key: str) -> str:
     return parameters.get(key, {}).get("string_value", "").strip()
+
+
+def _bool_parameter(parameters: dict, key: str, default: bool) -> bool:
+    raw = _parameter(parameters, key).lower()
+    if raw == "":
+        return default
+    if raw in ("true", "on", "yes", "1"):
+        return True
+    if raw in ("false", "off", "no", "0"):
+        return False
+    raise pb_utils.TritonModelException(
+        f"warmup_helper config parameter {key} must be true or false, got {raw!r}"
+    )
 
 
 def _int_parameter(parameters: dict, key: str, default: int) -> int:
@@ -73,21 +88,29 @@ class BlsModelControl:
     description = "pb_utils.load_model"
 
     @staticmethod
-    def load(model_name: str, config=None) -> None:
-        if config is None:
-            pb_utils.load_model(model_name=model_name)
-        else:
-            pb_utils.load_model(model_name=model_name, config=config)
+    def load(model_name: str, config=None, files=None) -> None:
+        arguments = {"model_name": model_name}
+        if config is not None:
+            arguments["config"] = config
+        if files:
+            arguments["files"] = files
+        pb_utils.load_model(**arguments)
+
+    @staticmethod
+    def unload(model_name: str) -> None:
+        pb_utils.unload_model(model_name=model_name)
 
     @staticmethod
     def is_ready(model_name: str) -> bool:
         return pb_utils.is_model_ready(model_name=model_name)
 
 
-def bls_infer(model_name: str, arrays: dict, output_names: list) -> None:
-    """Send one inference request to ``model_name`` from inside Triton (BLS)."""
+def bls_infer(model_name: str, version: str, arrays: dict, output_names: list) -> None:
+    """Send one inference request to ``model_name`` from inside Triton (BLS);
+    ``version`` "" lets Triton pick."""
     request = pb_utils.InferenceRequest(
         model_name=model_name,
+        model_version=int(version) if version else -1,
         inputs=[pb_utils.Tensor(name, array) for name, array in arrays.items()],
         requested_output_names=output_names,
     )
@@ -125,6 +148,22 @@ class TritonPythonModel:
             self.logger.log_warn(f"{self.model_name}: cannot read the server's command line: {error}")
             argv = None
         self.server_mode = model_control_mode_from_argv(argv)
+        self.preflight = None
+        if _bool_parameter(parameters, "preflight", True):
+            try:
+                # Whole seconds of boot time make this a second off either
+                # way; earlier only means more scratch copies.
+                server_started_at = process_start_time(os.getppid()) - 2.0
+            except (OSError, ValueError, StopIteration):
+                server_started_at = None
+            self.preflight = Preflight(
+                infer=bls_infer,
+                scratch_prefix=f"{self.model_name}.preflight.",
+                max_model_bytes=_int_parameter(
+                    parameters, "preflight_max_model_bytes", DEFAULT_PREFLIGHT_MAX_MODEL_BYTES
+                ),
+                server_started_at=server_started_at,
+            )
         http_url = _parameter(parameters, "http_url") or (
             http_url_from_argv(argv) if argv is not None else None
         )
@@ -156,6 +195,7 @@ class TritonPythonModel:
             f"{self.model_name}: repository {self.repository}, {self.settings}, "
             f"allowed_models {sorted(self.allowed_models) if self.allowed_models else 'all'}, "
             f"max_parallel_loads {self.max_parallel_loads}, "
+            f"preflight {'on' if self.preflight else 'OFF'}, "
             f"loads through {self.control.description}, "
             f"server model-control mode {self.server_mode or 'unknown'}"
         )
@@ -199,10 +239,18 @@ class TritonPythonModel:
             )
         if mode == "load":
             # Loads run in worker threads; logging stays on this thread.
-            entries = run_jobs(jobs, self.control, self.lock_timeout_s, self.max_parallel_loads)
+            entries = run_jobs(
+                jobs, self.control, self.lock_timeout_s, self.max_parallel_loads, self.preflight
+            )
         else:
             entries = run_each(jobs, lambda job: run_requests_job(job, bls_infer, self.control.is_ready))
         for entry in entries:
+            checked = entry.get("preflight")
+            if checked and checked["error"] is None:
+                self.logger.log_info(
+                    f"{self.model_name}: '{entry['name']}' preflight passed: {checked['samples_checked']} "
+                    f"sample(s) checked by {checked['how']} in {checked['seconds']} s"
+                )
             if entry["fallback"]:
                 self.logger.log_warn(f"{self.model_name}: '{entry['name']}': {entry['fallback']}")
             if entry["error"]:

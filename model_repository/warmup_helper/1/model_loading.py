@@ -26,7 +26,9 @@ helper finds that header on the server's command line and sends it too.
 This module is pure Python (stdlib only) so that it is unit-testable.
 """
 
+import base64
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -131,6 +133,17 @@ def server_argv(pid: int) -> List[str]:
         return [part.decode("utf-8", "replace") for part in cmdline.read().split(b"\0") if part]
 
 
+def process_start_time(pid: int) -> float:
+    """When process ``pid`` started, in seconds since the epoch (from /proc)."""
+    with open(f"/proc/{pid}/stat", "rb") as stat_file:
+        # The command name in parentheses may hold spaces; fields follow it.
+        fields = stat_file.read().rsplit(b")", 1)[1].split()
+    started_ticks = int(fields[19])
+    with open("/proc/stat", "rb") as system_stat:
+        boot = next(int(line.split()[1]) for line in system_stat if line.startswith(b"btime "))
+    return boot + started_ticks / os.sysconf("SC_CLK_TCK")
+
+
 class HttpModelControl:
     """Load and probe models through Triton's HTTP endpoints.
 
@@ -172,18 +185,41 @@ class HttpModelControl:
     def _quoted(model_name: str) -> str:
         return urllib.parse.quote(model_name, safe="")
 
-    def load(self, model_name: str, config: Optional[str] = None) -> None:
+    def load(
+        self, model_name: str, config: Optional[str] = None, files: Optional[Dict[str, bytes]] = None
+    ) -> None:
         """Block until Triton has loaded the model (warmup included).
 
         Args:
             config: a model config as JSON to load with instead of the file's.
+            files: ``{"file:<path in the model folder>": content}``: Triton
+                loads the model from these instead of its repository (a
+                ``config`` is then required).
 
         Raises:
             ModelLoadError: with Triton's own message when the load fails.
             OSError: when the endpoint cannot be reached at all.
         """
-        body = b"" if config is None else json.dumps({"parameters": {"config": config}}).encode()
+        parameters = {} if config is None else {"config": config}
+        for name, content in (files or {}).items():
+            parameters[name] = base64.b64encode(content).decode("ascii")
+        body = json.dumps({"parameters": parameters}).encode() if parameters else b""
         self._post(f"/v2/repository/models/{self._quoted(model_name)}/load", body)
+
+    def unload(self, model_name: str) -> None:
+        """Ask Triton to unload the model (it returns before the unload ends)."""
+        self._post(f"/v2/repository/models/{self._quoted(model_name)}/unload")
+
+    def served_config(self, model_name: str) -> Optional[Dict]:
+        """The config Triton serves the model with, as JSON; ``None`` if it cannot tell."""
+        request = urllib.request.Request(
+            f"http://{self.url}/v2/models/{self._quoted(model_name)}/config", headers=self.headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except (OSError, ValueError):
+            return None
 
     def is_ready(self, model_name: str) -> bool:
         request = urllib.request.Request(

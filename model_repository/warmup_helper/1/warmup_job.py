@@ -15,6 +15,7 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 from tritonclient.grpc import model_config_pb2
 
 from config_rewrite import CONFIG_FILENAME, ConfigRewrite, config_json, find_model_dir, read_config
+from preflight import Preflight
 from repository_guard import (
     DEFAULT_LOCK_TIMEOUT_S,
     ModelLockTimeout,
@@ -262,14 +263,26 @@ def _write_or_fall_back(rewrite: ConfigRewrite, entry: Dict) -> Optional[str]:
     return config_json(rewrite.config)
 
 
-def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Dict:
-    """Rewrite the config and load the model; put the config back if the load fails.
+def run_job(
+    job: ModelWarmupJob,
+    control,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    preflight: Optional[Preflight] = None,
+) -> Dict:
+    """Check the samples, rewrite the config and load the model; put the
+    config back if the load fails.
 
     Args:
         job: from ``plan_jobs``.
-        control: has ``load(name, config=None)`` and ``is_ready(name)``
-            (``model_loading.HttpModelControl`` or the helper's BLS one).
+        control: has ``load(name, config=None, files=None)``, ``unload(name)``
+            and ``is_ready(name)`` (``model_loading.HttpModelControl`` or the
+            helper's BLS one).
         lock_timeout_s: how long to wait for another writer of the same model.
+        preflight: when given, every sample not known to pass runs once as a
+            request first (``preflight.Preflight``); one that fails stops the
+            job before anything is written or loaded. It runs whenever the
+            load would run samples: the config changes, or the model is not
+            READY (Triton then runs every sample of the file).
 
     Everything from reading the config to the end of the load happens under
     the model's lock (``repository_guard.model_lock``), so writers on several
@@ -293,9 +306,10 @@ def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_T
         "seconds_to_ready": None,
         "lock": None,
         "error": None,
+        "preflight": None,
         # Where the time went: the helper's own work (re-planning under the
-        # lock, writing the file) and Triton's load, warmup included.
-        "timings": {"replan_s": 0.0, "write_s": 0.0, "load_s": 0.0},
+        # lock, the preflight, writing the file) and Triton's load, warmup included.
+        "timings": {"replan_s": 0.0, "preflight_s": 0.0, "write_s": 0.0, "load_s": 0.0},
     }
     started = time.monotonic()
     try:
@@ -315,7 +329,8 @@ def run_job(job: ModelWarmupJob, control, lock_timeout_s: float = DEFAULT_LOCK_T
                     job = job.replan()
                     entry["timings"]["replan_s"] = _since(replan_started)
                     entry["config_changed"] = job.rewrite.changed
-                _load(job, control, entry, was_ready)
+                if _preflight_passes(job, control, entry, was_ready, preflight):
+                    _load(job, control, entry, was_ready, preflight)
             finally:
                 if hold is not None:
                     hold.held_until = time.time()
@@ -334,6 +349,7 @@ def run_jobs(
     control,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     max_parallel: int = 1,
+    preflight: Optional[Preflight] = None,
 ) -> List[Dict]:
     """``run_job`` for every job, up to ``max_parallel`` at once; entries in job order.
 
@@ -344,7 +360,7 @@ def run_jobs(
     same: Triton crashed when a reload ran alongside a load whose warmup
     failed (README, "Known Triton issues").
     """
-    return run_each(jobs, lambda job: run_job(job, control, lock_timeout_s), max_parallel)
+    return run_each(jobs, lambda job: run_job(job, control, lock_timeout_s, preflight), max_parallel)
 
 
 def run_each(jobs: List[ModelWarmupJob], run_one: Callable[[ModelWarmupJob], Dict], max_parallel: int = 1) -> List[Dict]:
@@ -369,11 +385,30 @@ def _since(started: float) -> float:
     return round(time.monotonic() - started, 6)
 
 
-def _load(job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool]) -> None:
+def _preflight_passes(
+    job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool], preflight: Optional[Preflight]
+) -> bool:
+    """Run the preflight where the load would run samples; False (and the
+    entry says why) when one failed."""
+    if preflight is None or (was_ready and not job.rewrite.changed):
+        return True
+    record = entry["preflight"] = preflight.check(job, control, was_ready)
+    entry["timings"]["preflight_s"] = record["seconds"]
+    if record["error"] is None:
+        return True
+    entry["error"] = f"preflight: {record['error']}; nothing was written or loaded"
+    entry["serving_previous_version"] = was_ready
+    return False
+
+
+def _load(
+    job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool], preflight: Optional[Preflight]
+) -> None:
     write_started = time.monotonic()
     config_override = _write_or_fall_back(job.rewrite, entry)
     entry["timings"]["write_s"] = _since(write_started)
     load_started = time.monotonic()
+    load_started_at = time.time()
     try:
         control.load(job.name, config=config_override)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
@@ -389,6 +424,9 @@ def _load(job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool]) 
         return
     entry["timings"]["load_s"] = _since(load_started)
     entry["status"] = READY
+    if preflight is not None:
+        # The serving version now runs the files as they were when the load began.
+        preflight.loaded_at[job.name] = load_started_at
     try:
         job.rewrite.commit()
     except OSError as error:

@@ -32,15 +32,6 @@ LIMITATION = (
     "(a server in explicit model-control mode) warms before READY"
 )
 
-_FLOAT_TYPES = frozenset(
-    {
-        model_config_pb2.DataType.TYPE_FP16,
-        model_config_pb2.DataType.TYPE_FP32,
-        model_config_pb2.DataType.TYPE_FP64,
-    }
-)
-
-
 def numpy_dtype(data_type: int):
     """The numpy dtype of a config ``DataType`` (``TYPE_STRING`` is bytes)."""
     name = model_config_pb2.DataType.Name(data_type)[len("TYPE_") :]
@@ -68,36 +59,47 @@ def sample_arrays(
     model_dir: pathlib.Path,
     rng: np.random.Generator,
 ) -> Dict[str, np.ndarray]:
-    """The input arrays of one request that carries ``sample`` whole.
+    """The input arrays of one request that carries ``sample`` whole, with
+    the data Triton's warmup gives it.
 
     A model that batches gets the batch dimension in front, sized to the
     sample's batch size; one that does not gets the sample's dims as they are.
+    As in core's warmup, every request of a batch carries the same data, and
+    ``random_data`` is random bytes, one buffer whose start every such input
+    takes: a float input can hold any bit pattern (NaN included), an integer
+    one any value. A string input with ``random_data`` gets empty strings, as
+    Triton gives it zeros.
     """
     batched = config.max_batch_size > 0
+    batch = [max(sample.batch_size, 1)] if batched else []
+    random_bytes = None
     arrays = {}
     for name, data in sample.inputs.items():
         dims = list(data.dims)
-        shape = ([max(sample.batch_size, 1)] if batched else []) + dims
-        dtype = numpy_dtype(data.data_type)
+        dtype = np.dtype(numpy_dtype(data.data_type))
+        elements = int(np.prod(dims, dtype=np.int64))
         if data.HasField("input_data_file"):
             one = _file_data(model_dir / "warmup" / data.input_data_file, data.data_type, dims)
-            array = np.broadcast_to(one, shape).copy() if batched else one
-        elif data.random_data and data.data_type in _FLOAT_TYPES:
-            array = rng.random(shape).astype(dtype)
-        elif data.random_data and data.data_type != model_config_pb2.DataType.TYPE_STRING:
-            # Small non-negative values: an integer input often holds indices.
-            array = rng.integers(0, 2, shape).astype(dtype)
         elif dtype == np.object_:
-            array = np.full(shape, b"", dtype=np.object_)
+            one = np.full(dims, b"", dtype=np.object_)
+        elif data.random_data:
+            needed = elements * dtype.itemsize
+            if random_bytes is None or len(random_bytes) < needed:
+                grown = rng.integers(0, 256, needed, dtype=np.uint8)
+                if random_bytes is not None:
+                    grown[: len(random_bytes)] = random_bytes
+                random_bytes = grown
+            raw = random_bytes[:needed].tobytes()
+            one = (np.frombuffer(raw, np.uint8) != 0 if dtype == np.bool_ else np.frombuffer(raw, dtype)).reshape(dims)
         else:
-            array = np.zeros(shape, dtype=dtype)
-        arrays[name] = array
+            one = np.zeros(dims, dtype=dtype)
+        arrays[name] = np.broadcast_to(one, batch + dims).copy() if batched else one.copy()
     return arrays
 
 
 def run_requests_job(
     job,
-    infer: Callable[[str, Dict[str, np.ndarray], List[str]], None],
+    infer: Callable[[str, str, Dict[str, np.ndarray], List[str]], None],
     is_ready: Callable[[str], bool],
     rng: Optional[np.random.Generator] = None,
 ) -> Dict:
@@ -106,8 +108,9 @@ def run_requests_job(
     Args:
         job: a ``warmup_job.ModelWarmupJob``; its merged config holds the
             samples to send (hand-written samples included).
-        infer: ``infer(model, arrays, output_names)`` sends one request and
-            raises when Triton answers with an error.
+        infer: ``infer(model, version, arrays, output_names)`` sends one
+            request (``version`` "" for the one Triton picks) and raises
+            when Triton answers with an error.
         is_ready: whether a model is READY.
 
     Each sample goes its ``count`` x instances times, one request after the
@@ -155,7 +158,7 @@ def run_requests_job(
             arrays = sample_arrays(config, sample, job.model_dir, rng)
             # A sample's own count, as Triton runs it: hand-written samples keep theirs.
             for _ in range(max(sample.count, 1) * max(job.instances, 1)):
-                infer(job.name, arrays, outputs)
+                infer(job.name, "", arrays, outputs)
                 entry["requests_sent"] += 1
     except Exception as error:  # noqa: BLE001 - reported, not raised
         entry["error"] = f"a warmup request failed: {error}"

@@ -1,0 +1,299 @@
+"""Run every planned sample once before Triton sees it as ``model_warmup``.
+
+A ``model_warmup`` sample that fails while a model loads can crash
+tritonserver 2.51.0 (SIGSEGV while core tears down the instance whose warmup
+failed; ``docs/triton-warmup-crash.md``), and every model it serves goes down
+with it. An inference request that fails is only an error response. So before
+a sample is written, it runs once as a request on the same model files:
+
+* **the model is READY** and its files have not changed since that version
+  loaded: each sample that the served config does not already warm goes as a
+  request to the serving model;
+* **otherwise** (not loaded, or its files changed since): a scratch copy is
+  loaded under a private name through the Model Loading API, from the
+  model's own files sent as ``file:`` overrides and its config without
+  ``model_warmup``. It never has the model's own name, so no client can reach
+  a cold model by it. Each sample goes to it as a request, then it is unloaded.
+
+A failing sample is named with Triton's error, and the model's config is
+neither rewritten nor loaded.
+
+Pure Python and numpy: the caller passes the model control and the function
+that sends a request.
+"""
+
+import dataclasses
+import pathlib
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+
+from config_rewrite import CONFIG_FILENAME, config_json
+from warmup_requests import sample_arrays
+
+# Above this many bytes of model files the scratch copy is refused (the
+# helper's parameter ``preflight_max_model_bytes``): they travel base64-encoded
+# in one load request, and Triton holds the request, its decoded files and the
+# loaded copy at once (bench/results/preflight_cost.md measures it).
+DEFAULT_PREFLIGHT_MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+# Triton reads a sample's input_data_file from this folder; it is not part of
+# what the backend loads, so the scratch copy goes without it.
+WARMUP_DATA_FOLDER = "warmup"
+
+# The backends that run TorchScript through libtorch.
+_LIBTORCH = ("pytorch", "pytorch_libtorch")
+
+# Sends one request: (model, version, input arrays, output names); raises with
+# Triton's message when the answer is an error.
+Infer = Callable[[str, str, Dict[str, np.ndarray], List[str]], None]
+
+
+class PreflightFailed(Exception):
+    """A planned sample, or the scratch copy itself, failed; nothing may be written."""
+
+
+def sample_key(sample: model_config_pb2.ModelWarmup) -> Tuple:
+    """What makes two samples run the same: batch size, and per input its
+    type, dims and data policy (the count and the name do not matter)."""
+    inputs = []
+    for name in sorted(sample.inputs):
+        data = sample.inputs[name]
+        policy = data.WhichOneof("input_data_type")
+        source = data.input_data_file if policy == "input_data_file" else None
+        inputs.append((name, data.data_type, tuple(data.dims), policy, source))
+    return (max(sample.batch_size, 1), tuple(inputs))
+
+
+def unchecked_samples(
+    config: model_config_pb2.ModelConfig, known_good: Iterable[model_config_pb2.ModelWarmup] = ()
+) -> List[model_config_pb2.ModelWarmup]:
+    """The samples of ``config`` not already known to pass, each key once, in config order."""
+    seen = {sample_key(sample) for sample in known_good}
+    unchecked = []
+    for sample in config.model_warmup:
+        key = sample_key(sample)
+        if key not in seen:
+            seen.add(key)
+            unchecked.append(sample)
+    return unchecked
+
+
+def describe_sample(config: model_config_pb2.ModelConfig, sample: model_config_pb2.ModelWarmup) -> Dict:
+    """The request shape of a sample, batch dimension included where the model batches."""
+    batch = [max(sample.batch_size, 1)] if config.max_batch_size > 0 else []
+    return {
+        "sample": sample.name,
+        "batch_size": max(sample.batch_size, 1),
+        "inputs": {name: batch + list(data.dims) for name, data in sorted(sample.inputs.items())},
+    }
+
+
+def loaded_versions(model_dir: pathlib.Path, policy: model_config_pb2.ModelVersionPolicy) -> List[str]:
+    """The version folders Triton loads under ``policy``, newest first."""
+    versions = sorted(
+        (int(entry.name) for entry in model_dir.iterdir() if entry.is_dir() and entry.name.isdigit()),
+        reverse=True,
+    )
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        chosen = versions
+    elif kind == "specific":
+        chosen = [version for version in versions if version in set(policy.specific.versions)]
+    else:
+        chosen = versions[: max(policy.latest.num_versions, 1) if kind == "latest" else 1]
+    return [str(version) for version in chosen]
+
+
+def model_files(model_dir: pathlib.Path, versions: Iterable[str]) -> List[pathlib.Path]:
+    """The files a backend loads: everything in the model's folder but its
+    config, hidden entries (the helper's lock and temporary files), the
+    warmup data folder and version folders Triton would not load."""
+    wanted = set(versions)
+    files = []
+    for entry in sorted(model_dir.iterdir()):
+        if entry.name.startswith(".") or entry.name in (CONFIG_FILENAME, WARMUP_DATA_FOLDER):
+            continue
+        if entry.is_dir() and entry.name.isdigit() and entry.name not in wanted:
+            continue
+        if entry.is_dir():
+            files.extend(
+                path
+                for path in sorted(entry.rglob("*"))
+                if path.is_file()
+                and not any(part.startswith(".") for part in path.relative_to(model_dir).parts)
+            )
+        elif entry.is_file():
+            files.append(entry)
+    return files
+
+
+def scratch_config(config: model_config_pb2.ModelConfig, scratch_name: str) -> model_config_pb2.ModelConfig:
+    """The config the scratch copy loads with.
+
+    No ``model_warmup`` (the point); one instance, of the kind the model's
+    first group asks for (every instance loads the same files); no dynamic
+    batcher (requests go one at a time, so it could only add its delay) and
+    no response cache (a cached answer would skip the model). For libtorch,
+    ``DISABLE_OPTIMIZED_EXECUTION``: the optimizing executor profiles and
+    compiles at each new shape, which the scratch copy would pay for nothing;
+    the backend sets that flag on every execute of every model, for its own
+    thread, so the served models keep theirs.
+    """
+    scratch = model_config_pb2.ModelConfig()
+    scratch.CopyFrom(config)
+    scratch.name = scratch_name
+    del scratch.model_warmup[:]
+    if scratch.instance_group:
+        first = scratch.instance_group[0]
+        group = model_config_pb2.ModelInstanceGroup(kind=first.kind, count=1, gpus=list(first.gpus[:1]))
+        del scratch.instance_group[:]
+        scratch.instance_group.append(group)
+    scratch.ClearField("dynamic_batching")
+    scratch.ClearField("response_cache")
+    if scratch.backend in _LIBTORCH or scratch.platform in _LIBTORCH:
+        scratch.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value = "true"
+    return scratch
+
+
+@dataclasses.dataclass
+class Preflight:
+    """The helper's preflight: its settings and what it knows across requests.
+
+    Args:
+        infer: sends one request (``Infer``).
+        scratch_prefix: scratch copies load as ``<prefix><model>``.
+        max_model_bytes: the largest model a scratch copy is made of.
+        server_started_at: the server's start (epoch seconds), when known:
+            files older than that are the files of any version it serves.
+    """
+
+    infer: Infer
+    scratch_prefix: str
+    max_model_bytes: int = DEFAULT_PREFLIGHT_MAX_MODEL_BYTES
+    server_started_at: Optional[float] = None
+    rng: np.random.Generator = dataclasses.field(default_factory=np.random.default_rng)
+    # When the helper last started a load of each model that then succeeded.
+    loaded_at: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def check(self, job, control, was_ready: Optional[bool]) -> Dict:
+        """Run every sample of ``job``'s planned config not known to pass.
+
+        Returns the report's ``preflight`` record; ``error`` is set when a
+        sample (or the scratch copy) failed, and ``failed_sample`` names it.
+        """
+        started = time.monotonic()
+        config = job.rewrite.config
+        versions = loaded_versions(job.model_dir, config.version_policy)
+        files = model_files(job.model_dir, versions)
+        record = {
+            "how": None,
+            "why": None,
+            "samples_checked": 0,
+            "samples_known_good": 0,
+            "failed_sample": None,
+            "error": None,
+            "model_bytes": sum(path.stat().st_size for path in files),
+            "load_s": None,
+            "seconds": None,
+        }
+        try:
+            served = self._serving_files_unchanged(job.name, files) if was_ready else None
+            if served:
+                record["how"] = "requests to the serving model"
+                record["why"] = served
+                known_good = self._served_samples(job, control)
+                samples = unchecked_samples(config, known_good)
+                record["samples_known_good"] = len(config.model_warmup) - len(samples)
+                self._send(job.name, config, samples, job.model_dir, record, versions)
+            else:
+                record["how"] = "scratch copy"
+                record["why"] = (
+                    "model files changed since the serving version loaded" if was_ready else "model not loaded"
+                )
+                self._check_scratch(job, control, config, versions, files, record)
+        except PreflightFailed as failure:
+            record["error"] = str(failure)
+        record["seconds"] = round(time.monotonic() - started, 6)
+        return record
+
+    def _serving_files_unchanged(self, name: str, files: List[pathlib.Path]) -> Optional[str]:
+        """Why the serving version runs the files on disk, or ``None`` if that
+        cannot be told (then the scratch copy checks them)."""
+        since = self.loaded_at.get(name)
+        described = "the helper's last load of it"
+        if since is None:
+            since, described = self.server_started_at, "the server started"
+        if since is None:
+            return None
+        newest = max((path.stat().st_mtime for path in files), default=0.0)
+        if newest > since:
+            return None
+        return f"its files are unchanged since {described}"
+
+    @staticmethod
+    def _served_samples(job, control) -> List[model_config_pb2.ModelWarmup]:
+        """The samples Triton ran when it loaded the serving version: from the
+        config it serves when the control can ask, else from the file."""
+        served_config = getattr(control, "served_config", None)
+        served = served_config(job.name) if served_config else None
+        if served is None:
+            return list(job.rewrite.current.model_warmup)
+        config = model_config_pb2.ModelConfig()
+        try:
+            json_format.ParseDict(served, config, ignore_unknown_fields=True)
+        except json_format.ParseError:
+            return list(job.rewrite.current.model_warmup)
+        return list(config.model_warmup)
+
+    def _check_scratch(self, job, control, config, versions, files, record) -> None:
+        if record["model_bytes"] > self.max_model_bytes:
+            raise PreflightFailed(
+                f"its files hold {record['model_bytes']} bytes, above preflight_max_model_bytes "
+                f"({self.max_model_bytes}): a scratch copy would travel in one load request. "
+                "Load the model first (its samples are then checked on the serving model), "
+                "raise preflight_max_model_bytes, or turn the preflight off"
+            )
+        if not versions:
+            raise PreflightFailed(f"{job.model_dir} holds no version folder to load")
+        samples = unchecked_samples(config)
+        if not samples:
+            return
+        scratch_name = self.scratch_prefix + job.name
+        overrides = {
+            "file:" + path.relative_to(job.model_dir).as_posix(): path.read_bytes() for path in files
+        }
+        load_started = time.monotonic()
+        try:
+            control.load(scratch_name, config=config_json(scratch_config(config, scratch_name)), files=overrides)
+        except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
+            raise PreflightFailed(f"the model does not load even without warmup samples: {error}") from None
+        finally:
+            record["load_s"] = round(time.monotonic() - load_started, 6)
+        try:
+            self._send(scratch_name, config, samples, job.model_dir, record, versions)
+        finally:
+            try:
+                control.unload(scratch_name)
+            except Exception:  # noqa: BLE001 - the scratch copy is private; its unload is best effort
+                pass
+
+    def _send(self, model, config, samples, model_dir, record, versions) -> None:
+        outputs = [output.name for output in config.output]
+        for sample in samples:
+            arrays = sample_arrays(config, sample, model_dir, self.rng)
+            for version in versions:
+                try:
+                    self.infer(model, version, arrays, outputs)
+                except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
+                    record["failed_sample"] = describe_sample(config, sample)
+                    shape = ", ".join(f"{name} {dims}" for name, dims in record["failed_sample"]["inputs"].items())
+                    raise PreflightFailed(
+                        f"sample '{sample.name}' ({shape}) failed"
+                        + (f" on version {version}" if version and len(versions) > 1 else "")
+                        + f": {error}"
+                    ) from None
+            record["samples_checked"] += 1
