@@ -35,3 +35,21 @@ def open_client():
     yield make
     for client in clients:
         client.close()
+
+
+# Figures a test measured on the real server and reports without asserting
+# them (they vary from run to run); printed at the end of the session.
+_MEASURED = []
+
+
+@pytest.fixture
+def measured():
+    """``measured(line)`` adds a line to the session's "measured" summary."""
+    return _MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _MEASURED:
+        terminalreporter.section("measured on the real server")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)

@@ -151,9 +151,14 @@ def model_states(server: EmbeddedTriton, headers: Optional[Dict[str, str]] = Non
     return {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
 
 
-def triton_crashed(server: EmbeddedTriton) -> bool:
+def triton_crashed(server: EmbeddedTriton, settle_s: float = 10.0) -> bool:
     """Whether tritonserver died of a segfault of its own (README, "Known
-    Triton issues": it can, tearing down an instance whose warmup failed)."""
+    Triton issues": it can, tearing down an instance whose warmup failed).
+
+    Clients see the connection close while the dying server still prints its
+    stack, so this waits up to ``settle_s`` for the process to end.
+    """
+    server.wait(settle_s)
     return not server.is_running() and "Signal (11) received" in server.log_text()
 
 

@@ -30,7 +30,9 @@ class TritonPythonModel:
             return parameters.get(key, {}).get("string_value", "")
 
         time.sleep(float(setting("initialize_seconds") or 0))
-        if setting("fail_initialize") == "yes":
+        refuses = setting("fail_initialize")
+        # Instance names end in their index in the group: "<model>_0_1" is the second.
+        if refuses == "yes" or (refuses == "second-instance" and not args["model_instance_name"].endswith("_0")):
             raise RuntimeError("this instance refuses to initialize")
 
     def execute(self, requests):
@@ -48,15 +50,22 @@ backend: "python"
 max_batch_size: 4
 input [ {{ name: "x" data_type: TYPE_FP32 dims: [ -1, 4 ] }} ]
 output [ {{ name: "y" data_type: TYPE_FP32 dims: [ -1 ] }} ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 parameters {{ key: "initialize_seconds" value {{ string_value: "{initialize_seconds}" }} }}
 parameters {{ key: "fail_initialize" value {{ string_value: "{fail_initialize}" }} }}
 '''
 
 
 def write_python_target(
-    repository: pathlib.Path, name: str, initialize_seconds: float = 0, fail_initialize: bool = False
+    repository: pathlib.Path,
+    name: str,
+    initialize_seconds: float = 0,
+    fail_initialize: bool = False,
+    fail_second_instance: bool = False,
 ) -> pathlib.Path:
+    """A Python backend target. ``fail_second_instance`` gives it two
+    instances of which the second refuses to start, as a second copy that
+    does not fit in memory would: one instance alone loads."""
     model_dir = repository / name
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "1" / "model.py").write_text(_PYTHON_MODEL)
@@ -64,7 +73,8 @@ def write_python_target(
         textwrap.dedent(_PYTHON_CONFIG).format(
             name=name,
             initialize_seconds=initialize_seconds,
-            fail_initialize="yes" if fail_initialize else "no",
+            fail_initialize="yes" if fail_initialize else "second-instance" if fail_second_instance else "no",
+            instances=2 if fail_second_instance else 1,
         )
     )
     return model_dir
@@ -146,3 +156,12 @@ def write_recording_model(repository: pathlib.Path, name: str) -> pathlib.Path:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.jit.script(_RecordingModel(inner, name)).save(str(path))
     return repository / name
+
+
+def write_variable_feature_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    """model-v1 under a new name whose config leaves the feature dimension
+    variable, so a plan may ask for any: its Linear(64) rejects all but 64."""
+    model_dir = copy_model(repository, "model-v1", name)
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ -1, 64 ]", "dims: [ -1, -1 ]", 1))
+    return model_dir

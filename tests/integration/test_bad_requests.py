@@ -109,7 +109,7 @@ def test_error_codes_mean_something(server, protocol, inputs, expected_status):
     assert caught.value.status() == expected_status
 
 
-def test_failed_load_is_reported_restored_and_does_not_stop_the_others(server):
+def test_a_model_that_cannot_load_is_reported_untouched_and_does_not_stop_the_others(server):
     broken_config = server.model_repository / "broken-model" / "config.pbtxt"
     original = broken_config.read_bytes()
     result = run_script(
@@ -120,7 +120,7 @@ def test_failed_load_is_reported_restored_and_does_not_stop_the_others(server):
     assert "FAILED: Warmup failed for models: ['broken-model']" in result.stderr
     assert "model loaded: ['model-v1']" in result.stdout
     broken_row = next(line for line in result.stdout.splitlines() if line.startswith("broken-model"))
-    assert "FAILED" in broken_row and "load failed" in broken_row
+    assert "FAILED" in broken_row and "preflight" in broken_row
     assert broken_config.read_bytes() == original
     states = model_states(server)
     assert states["model-v1"] == "READY" and states["broken-model"] != "READY"
@@ -129,7 +129,8 @@ def test_failed_load_is_reported_restored_and_does_not_stop_the_others(server):
     loaded, report = send_warmup(server, "grpc", warmup_inputs(["broken-model"], 1, 1))
     assert loaded == []
     (entry,) = report["models"]
-    assert entry["status"] == "FAILED" and entry["config_restored"] is True and entry["error"]
+    assert entry["status"] == "FAILED" and entry["config_written"] is False
+    assert "does not load even without warmup samples" in entry["error"]
     assert entry["serving_previous_version"] is False
     assert broken_config.read_bytes() == original
     # Still serving: live, and the warmed model answers ready. (Server-wide

@@ -42,6 +42,7 @@ def server(template_repository, tmp_path_factory):
         write_corrupt_model(repository, "corrupt-file")
         write_model_without_file(repository, "missing-file")
         write_python_target(repository, "fails-initialize", fail_initialize=True)
+        write_python_target(repository, "second-instance-fails", fail_second_instance=True)
         write_picky_model(repository, "picky", PICKY_LARGEST_GROUP)
         loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 2))
         assert loaded == ["model-v1"]
@@ -149,3 +150,19 @@ def test_a_transformer_asked_for_a_sequence_longer_than_its_positions_stays_unto
     assert config.read_bytes() == original
     assert model_states(server)["text-encoder"] != "READY" and server.is_running()
     assert_no_scratch_copy_left(server)
+
+
+def test_a_load_that_fails_after_the_preflight_passed_is_rolled_back(server):
+    """One instance loads (the scratch copy's), the second does not: the
+    preflight passes, the real load fails, and the config is put back."""
+    config = server.model_repository / "second-instance-fails" / "config.pbtxt"
+    original = config.read_bytes()
+    loaded, report = send_warmup(server, "http", warmup_inputs(["second-instance-fails", "model-v3"], 1, 2))
+    failed, other = report["models"]
+    assert failed["preflight"]["error"] is None and failed["preflight"]["samples_checked"] == failed["warmup_samples"]
+    assert failed["status"] == "FAILED" and failed["error"].startswith("load failed")
+    assert "this instance refuses to initialize" in failed["error"]
+    assert failed["config_written"] is True and failed["config_restored"] is True
+    assert config.read_bytes() == original and not backup_path(config.parent).exists()
+    assert other["status"] == "READY" and loaded == ["model-v3"]
+    assert server.is_running() and answers(server, "model-v1")
