@@ -1,0 +1,291 @@
+"""The preflight's pure logic: which samples need a run, what the scratch
+copy is made of, which way each model is checked, and that a failing sample
+stops the job before anything is written."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
+
+from config_rewrite import read_config
+from preflight import (
+    Preflight,
+    loaded_versions,
+    model_files,
+    sample_key,
+    scratch_config,
+    unchecked_samples,
+)
+from repository_fixtures import RecordingControl, snapshot, warmup_request
+from warmup_job import FAILED, READY, plan_jobs, run_job
+from warmup_requests import sample_arrays
+
+SCRATCH_PREFIX = "warmup_helper.preflight."
+
+
+class Infer:
+    """Records each request; raises for groups above ``largest_group``."""
+
+    def __init__(self, largest_group=None):
+        self.largest_group = largest_group
+        self.calls = []
+
+    def __call__(self, model, version, arrays, outputs):
+        self.calls.append((model, version, {name: array.shape for name, array in arrays.items()}))
+        if self.largest_group is not None and arrays["mask"].shape[1] > self.largest_group:
+            raise RuntimeError("group size above the model's maximum")
+
+
+class ScratchControl(RecordingControl):
+    """Also takes the scratch copy's files and unloads; can refuse the scratch load."""
+
+    def __init__(self, ready=(), refuse_scratch=False, served=None):
+        super().__init__(ready)
+        self.refuse_scratch = refuse_scratch
+        self.served = served
+        self.files = {}
+
+    def load(self, name, config=None, files=None):
+        if files is not None:
+            self.files[name] = dict(files)
+            self.calls.append(("load scratch", name, config))
+            if self.refuse_scratch:
+                raise RuntimeError("failed to load: not a TorchScript archive")
+            return
+        super().load(name, config)
+
+    def unload(self, name):
+        self.calls.append(("unload", name))
+
+    def served_config(self, name):
+        return self.served
+
+
+def files(repository):
+    """Every file but the model's lock file, which any job leaves (empty)."""
+    return {path: data for path, data in snapshot(repository).items() if not path.endswith(".warmup_helper.lock")}
+
+
+def with_model_file(repository, name="model-v1", content=b"torchscript bytes"):
+    (repository / name / "1").mkdir(exist_ok=True)
+    (repository / name / "1" / "model.pt").write_bytes(content)
+    return repository / name
+
+
+def job_for(repository, group_max=3, batch_sizes=(1,)):
+    with_model_file(repository)
+    (job,) = plan_jobs(repository, warmup_request(group_max=group_max, batch_sizes=batch_sizes))
+    return job
+
+
+def preflight(infer, **settings):
+    return Preflight(infer=infer, scratch_prefix=SCRATCH_PREFIX, **settings)
+
+
+def test_sample_key_ignores_name_and_count_but_not_shape_batch_or_data():
+    sample = model_config_pb2.ModelWarmup(name="a", batch_size=2, count=3)
+    sample.inputs["x"].data_type = model_config_pb2.DataType.TYPE_FP32
+    sample.inputs["x"].dims.extend([4, 64])
+    sample.inputs["x"].random_data = True
+    renamed = model_config_pb2.ModelWarmup()
+    renamed.CopyFrom(sample)
+    renamed.name, renamed.count = "b", 1
+    assert sample_key(renamed) == sample_key(sample)
+    for change in (
+        lambda s: setattr(s, "batch_size", 4),
+        lambda s: s.inputs["x"].dims.__setitem__(0, 5),
+        lambda s: setattr(s.inputs["x"], "zero_data", True),
+        lambda s: setattr(s.inputs["x"], "input_data_file", "x.bin"),
+    ):
+        changed = model_config_pb2.ModelWarmup()
+        changed.CopyFrom(sample)
+        change(changed)
+        assert sample_key(changed) != sample_key(sample)
+
+
+def test_unchecked_samples_skip_known_good_and_repeats_in_config_order(repository):
+    job = job_for(repository, group_max=4)
+    config = job.rewrite.config
+    known = list(config.model_warmup)[:2]
+    config.model_warmup.append(config.model_warmup[3])
+    unchecked = unchecked_samples(config, known)
+    assert [sample.name for sample in unchecked] == [sample.name for sample in config.model_warmup[2:4]]
+
+
+def test_loaded_versions_follow_the_version_policy(tmp_path):
+    for version in ("1", "2", "10", "notes"):
+        (tmp_path / version).mkdir()
+    policy = model_config_pb2.ModelVersionPolicy
+    assert loaded_versions(tmp_path, policy()) == ["10"]
+    assert loaded_versions(tmp_path, policy(latest=policy.Latest(num_versions=2))) == ["10", "2"]
+    assert loaded_versions(tmp_path, policy(all=policy.All())) == ["10", "2", "1"]
+    assert loaded_versions(tmp_path, policy(specific=policy.Specific(versions=[1, 7]))) == ["1"]
+
+
+def test_model_files_leave_out_config_hidden_files_warmup_data_and_unloaded_versions(tmp_path):
+    for path in ("config.pbtxt", ".warmup_helper.lock", "warmup/x.bin", "1/model.pt", "2/model.pt",
+                 "2/sub/vocab.txt", "2/.cache", "labels.txt"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(path)
+    names = [path.relative_to(tmp_path).as_posix() for path in model_files(tmp_path, ["2"])]
+    assert names == ["2/model.pt", "2/sub/vocab.txt", "labels.txt"]
+
+
+def test_scratch_config_has_no_warmup_one_instance_no_batcher_or_cache(repository):
+    job = job_for(repository)
+    config = job.rewrite.config
+    config.instance_group[0].count = 4
+    config.response_cache.enable = True
+    scratch = scratch_config(config, SCRATCH_PREFIX + "model-v1")
+    assert scratch.name == SCRATCH_PREFIX + "model-v1" and not scratch.model_warmup
+    assert [(group.kind, group.count) for group in scratch.instance_group] == [(config.instance_group[0].kind, 1)]
+    assert not scratch.HasField("dynamic_batching") and not scratch.HasField("response_cache")
+    assert scratch.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value == "true"
+    assert list(scratch.input) == list(config.input) and scratch.max_batch_size == config.max_batch_size
+    # The planned config itself is untouched.
+    assert config.model_warmup and config.instance_group[0].count == 4
+
+
+def test_random_data_is_tritons_random_bytes_the_same_for_every_request_of_a_batch(repository):
+    job = job_for(repository, batch_sizes=(4,))
+    sample = job.rewrite.config.model_warmup[1]
+    arrays = sample_arrays(job.rewrite.config, sample, job.model_dir, np.random.default_rng(0))
+    x = arrays["x"]
+    assert x.shape == (4, 2, 64) and x.dtype == np.float32
+    assert all((x[row].view(np.uint32) == x[0].view(np.uint32)).all() for row in range(4))
+    # Random bytes, not floats in [0, 1): some exponents leave that range.
+    assert (np.abs(x[np.isfinite(x)]) > 1).any()
+    assert not arrays["mask"].any()  # integers get zero_data
+
+
+def test_an_unloaded_model_is_checked_on_a_scratch_copy_then_written_and_loaded(repository):
+    job = job_for(repository)
+    control, infer = ScratchControl(), Infer()
+    check = preflight(infer)
+    entry = run_job(job, control, preflight=check)
+
+    assert entry["status"] == READY
+    record = entry["preflight"]
+    assert record["how"] == "scratch copy" and record["error"] is None
+    assert record["samples_checked"] == job.samples == len(infer.calls)
+    assert record["model_bytes"] == len(b"torchscript bytes")
+    scratch = SCRATCH_PREFIX + "model-v1"
+    assert control.files[scratch] == {"file:1/model.pt": b"torchscript bytes"}
+    assert [call[:2] for call in control.calls] == [("load scratch", scratch), ("unload", scratch), ("load", "model-v1")]
+    loaded_config = json_format.Parse(control.calls[0][2], model_config_pb2.ModelConfig())
+    assert loaded_config.name == scratch and not loaded_config.model_warmup
+    assert {call[0] for call in infer.calls} == {scratch}
+    assert "model-v1" in check.loaded_at
+
+
+def test_a_failing_sample_on_the_scratch_copy_stops_the_job_with_nothing_written(repository):
+    job = job_for(repository, group_max=4)
+    before = files(repository)
+    control = ScratchControl()
+    entry = run_job(job, control, preflight=preflight(Infer(largest_group=2)))
+
+    assert entry["status"] == FAILED and entry["config_written"] is False
+    assert entry["error"].startswith("preflight: sample 'warmup_helper:group3_batch1' (mask [1, 3], x [1, 3, 64])")
+    assert "group size above the model's maximum" in entry["error"]
+    assert entry["preflight"]["failed_sample"] == {
+        "sample": "warmup_helper:group3_batch1",
+        "batch_size": 1,
+        "inputs": {"mask": [1, 3], "x": [1, 3, 64]},
+    }
+    assert entry["preflight"]["samples_checked"] == 2
+    assert entry["serving_previous_version"] is False
+    # The scratch copy was unloaded; the model itself never loaded.
+    assert control.calls[-1] == ("unload", SCRATCH_PREFIX + "model-v1")
+    assert "model-v1" not in control.ready
+    assert files(repository) == before
+
+
+def test_a_model_that_does_not_load_at_all_fails_in_the_preflight(repository):
+    job = job_for(repository)
+    before = files(repository)
+    entry = run_job(job, ScratchControl(refuse_scratch=True), preflight=preflight(Infer()))
+    assert entry["status"] == FAILED
+    assert "does not load even without warmup samples: failed to load" in entry["error"]
+    assert files(repository) == before
+
+
+def test_a_model_above_the_size_limit_is_refused_before_anything_loads(repository):
+    job = job_for(repository)
+    before = files(repository)
+    control = ScratchControl()
+    entry = run_job(job, control, preflight=preflight(Infer(), max_model_bytes=10))
+    assert entry["status"] == FAILED and "above preflight_max_model_bytes (10)" in entry["error"]
+    assert control.calls == [] and files(repository) == before
+
+
+def test_a_ready_model_gets_requests_for_the_new_samples_only(repository):
+    (first,) = plan_jobs(repository, warmup_request(group_max=2, batch_sizes=(1,)))
+    with_model_file(repository)
+    served = json_format.MessageToDict(first.rewrite.config, preserving_proto_field_name=True)
+    assert run_job(first, RecordingControl())["status"] == READY
+
+    job = job_for(repository, group_max=4)
+    control, infer = ScratchControl(ready={"model-v1"}, served=served), Infer()
+    entry = run_job(job, control, preflight=preflight(infer, server_started_at=time.time() + 60))
+
+    record = entry["preflight"]
+    assert record["how"] == "requests to the serving model" and "unchanged since the server started" in record["why"]
+    assert record["samples_known_good"] == 2 and record["samples_checked"] == 2
+    assert [call[2]["mask"] for call in infer.calls] == [(1, 3), (1, 4)]
+    assert {call[0] for call in infer.calls} == {"model-v1"}
+    assert entry["status"] == READY and not control.files
+
+
+def test_a_ready_model_whose_files_changed_since_it_loaded_gets_a_scratch_copy(repository):
+    job = job_for(repository)
+    model_file = repository / "model-v1" / "1" / "model.pt"
+    check = preflight(Infer(), server_started_at=time.time() - 60)
+    check.loaded_at["model-v1"] = time.time() - 30
+    os.utime(model_file, (time.time(), time.time()))
+    entry = run_job(job, ScratchControl(ready={"model-v1"}), preflight=check)
+    assert entry["preflight"]["how"] == "scratch copy"
+    assert entry["preflight"]["why"] == "model files changed since the serving version loaded"
+
+
+def test_a_ready_model_when_the_server_start_is_unknown_gets_a_scratch_copy(repository):
+    job = job_for(repository)
+    entry = run_job(job, ScratchControl(ready={"model-v1"}), preflight=preflight(Infer()))
+    assert entry["preflight"]["how"] == "scratch copy"
+
+
+def test_a_ready_model_whose_plan_is_on_disk_already_is_not_checked(repository):
+    job = job_for(repository)
+    assert run_job(job, RecordingControl())["status"] == READY
+    (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
+    infer = Infer()
+    entry = run_job(again, ScratchControl(ready={"model-v1"}), preflight=preflight(infer))
+    assert entry["preflight"] is None and infer.calls == []
+
+
+def test_an_unloaded_model_whose_plan_is_on_disk_is_still_checked(repository):
+    """Triton runs every sample of the file when it loads the model."""
+    job = job_for(repository)
+    assert run_job(job, RecordingControl())["status"] == READY
+    (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
+    infer = Infer(largest_group=1)
+    entry = run_job(again, ScratchControl(), preflight=preflight(infer))
+    assert entry["status"] == FAILED and entry["preflight"]["failed_sample"]["inputs"]["mask"] == [1, 2]
+
+
+@pytest.mark.parametrize("version_policy", ["", "version_policy { all {} }"])
+def test_every_loaded_version_gets_each_sample(repository, version_policy):
+    with_model_file(repository)
+    (repository / "model-v1" / "2").mkdir()
+    (repository / "model-v1" / "2" / "model.pt").write_bytes(b"v2")
+    config_path = repository / "model-v1" / "config.pbtxt"
+    config_path.write_text(config_path.read_text() + version_policy)
+    (job,) = plan_jobs(repository, warmup_request(group_max=1, batch_sizes=(1,)))
+    infer, control = Infer(), ScratchControl()
+    run_job(job, control, preflight=preflight(infer))
+    expected = ["2", "1"] if version_policy else ["2"]
+    assert [call[1] for call in infer.calls] == expected
+    assert sorted(control.files[SCRATCH_PREFIX + "model-v1"]) == sorted(f"file:{v}/model.pt" for v in expected)
+    assert read_config(job.model_dir)[1].model_warmup
