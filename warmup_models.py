@@ -410,10 +410,25 @@ def config_cell(entry: Dict) -> str:
     return "rewritten" if entry.get("config_written", entry["config_changed"]) else "unchanged"
 
 
+def preflight_cell(entry: Dict) -> str:
+    """How many samples the preflight ran, where, and for how long."""
+    record = entry.get("preflight")
+    if not record:
+        return "-"
+    if record["error"]:
+        return "FAILED"
+    where = "scratch" if record["how"] == "scratch copy" else "serving"
+    return f"{record['samples_checked']} {where} {record['seconds']:.2f}s"
+
+
 def notes_cell(entry: Dict) -> str:
-    """The error, or why the config went to the load API instead of the file."""
+    """The error, or why the config went to the load API instead of the file.
+
+    A TorchScript error spans many lines; the table keeps its first line and
+    the last two (the exception, and what the helper did about it)."""
     if entry.get("error"):
-        return entry["error"]
+        lines = [line.strip() for line in entry["error"].splitlines() if line.strip()]
+        return " ... ".join([lines[0], " ".join(lines[-2:])]) if len(lines) > 3 else " ".join(lines)
     if entry.get("fallback"):
         # The reason comes before the first ';' of the helper's explanation.
         return "loaded with the planned config: " + entry["fallback"].split(";")[0]
@@ -421,7 +436,7 @@ def notes_cell(entry: Dict) -> str:
 
 
 def format_table(entries: List[Dict]) -> str:
-    header = ("model", "status", "samples", "runs", "instances", "seconds", "config", "error")
+    header = ("model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "error")
     rows = [header]
     for entry in entries:
         seconds = entry.get("seconds_to_ready")
@@ -434,6 +449,7 @@ def format_table(entries: List[Dict]) -> str:
                 str(entry["warmup_samples"]),
                 str(entry["count"]),
                 str(entry["instances"]),
+                preflight_cell(entry),
                 "-" if seconds is None else f"{seconds:.2f}",
                 config_cell(entry),
                 notes_cell(entry),

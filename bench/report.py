@@ -158,7 +158,8 @@ def _cost_section(results: Dict) -> List[str]:
     parts = ["## Cost of the warmup (this project's condition, one model per request)\n"]
     parts.append(
         table(
-            ("model", "samples x runs", "s to READY", "Triton load s", "warmup runs' compute s", "helper's own work ms", "helper share"),
+            ("model", "samples x runs", "s to READY", "Triton load s", "warmup runs' compute s",
+             "helper's own work ms", "helper share", "preflight s", "of it scratch load s", "preflight share"),
             [
                 (
                     row["model"],
@@ -168,6 +169,9 @@ def _cost_section(results: Dict) -> List[str]:
                     f"{row['warmup_forward_s']:.3f}",
                     f"{row['helper_s'] * 1000:.1f}",
                     f"{row['helper_share'] * 100:.2f}%",
+                    f"{row['preflight_s']:.3f}",
+                    f"{row['preflight_scratch_load_s']:.3f}",
+                    f"{row['preflight_share'] * 100:.0f}%",
                 )
                 for row in cost["models"]
             ],
@@ -176,8 +180,36 @@ def _cost_section(results: Dict) -> List[str]:
     parts.append(
         f"\nHelper's own work (request check + planning + re-planning under the lock + the atomic "
         f"write) is at most {cost['worst_helper_share'] * 100:.2f}% of the time to READY in any trial "
-        f"(target {HELPER_SHARE_TARGET * 100:.0f}%: {'met' if verdict['helper_share_met'] else 'MISSED'}).\n"
+        f"(target {HELPER_SHARE_TARGET * 100:.0f}%: {'met' if verdict['helper_share_met'] else 'MISSED'}). "
+        "The preflight is counted apart: each model was unloaded, so every sample ran once on a "
+        "scratch copy loaded for it (its load is the second figure) before the real load.\n"
     )
+    return parts
+
+
+def _preflight_section(results: Dict) -> List[str]:
+    study = results.get("preflight")
+    if not study:
+        return []
+    parts = ["## The preflight on a 256-sample plan\n"]
+    parts.append(
+        table(
+            ("model state before", "samples", "run by the preflight", "how", "preflight s", "s to READY", "preflight share"),
+            [
+                (
+                    row["case"],
+                    row["samples"],
+                    row["checked"],
+                    row["how"],
+                    f"{row['preflight_s']:.3f}",
+                    f"{row['seconds_to_ready']:.3f}",
+                    f"{row['share'] * 100:.0f}%",
+                )
+                for row in study["rows"]
+            ],
+        )
+    )
+    parts.append("\nMedians over the trials; s to READY includes the preflight.\n")
     return parts
 
 
@@ -188,7 +220,7 @@ def _scaling_section(results: Dict) -> List[str]:
     parts = ["## How the time to READY grows (one request, models unloaded first)\n"]
     parts.append(
         table(
-            ("models", "group sizes", "batch sizes", "samples", "s to READY", "load s per model"),
+            ("models", "group sizes", "batch sizes", "samples", "s to READY", "load s per model", "preflight s per model"),
             [
                 (
                     ", ".join(point["models"]),
@@ -197,6 +229,7 @@ def _scaling_section(results: Dict) -> List[str]:
                     point["samples"],
                     f"{point['seconds']:.2f}",
                     ", ".join(f"{value:.2f}" for value in point["load_s"]),
+                    ", ".join(f"{value:.2f}" for value in point.get("preflight_s", [])),
                 )
                 for point in scaling["points"]
             ],
@@ -218,11 +251,25 @@ def _extras_section(results: Dict) -> List[str]:
         parallel = extras["parallel"]
         parts.append("## Parallel loads\n")
         parts.append(
-            f"Three models, same plan: one request (loads in parallel, `max_parallel_loads` 4, "
-            f"which the benchmark sets; the helper's default is 1) "
-            f"{parallel['one_request_s']:.2f} s; three requests one after another "
-            f"{parallel['sequential_s']:.2f} s.\n"
+            f"{', '.join(parallel['models'])} warmed from unloaded in one request; medians of the "
+            "client's wall time.\n"
         )
+        parts.append(
+            table(
+                ("preflight", "max_parallel_loads", "s to all READY", "preflight s (sum over models)", "runs"),
+                [
+                    (
+                        "on" if run["preflight"] else "off",
+                        run["max_parallel_loads"],
+                        f"{run['median_s']:.2f}",
+                        f"{run['preflight_median_s']:.2f}",
+                        ", ".join(f"{value:.2f}" for value in run["seconds"]),
+                    )
+                    for run in parallel["runs"]
+                ],
+            )
+        )
+        parts.append("")
     if "instances" in extras:
         instances = extras["instances"]
         parts.append(
@@ -330,7 +377,7 @@ def markdown(results: Dict) -> str:
         f"# Warmup benchmark\n\n`{results['command']}` on {results['machine']}, {results['date']}.\n",
         backend_line(results["backend"]),
     ]
-    for section in (_latency_section, _excess_section, _cost_section, _scaling_section, _extras_section,
+    for section in (_latency_section, _excess_section, _cost_section, _preflight_section, _scaling_section, _extras_section,
                     _specialization_section):
         parts.extend(section(results))
     return "\n".join(parts) + "\n"

@@ -44,6 +44,7 @@ import measure  # noqa: F401 - sets sys.path for the project's modules
 from measure import (
     COLD,
     EXAMPLE_MODELS,
+    HELPER,
     PROJECT,
     SEED_STYLE,
     TEXT_ENCODER,
@@ -75,7 +76,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--steady-requests", type=int, default=50, help="Requests per shape after the first, per trial. Default is 50.")
     parser.add_argument("--trials", type=int, default=3, help="Fresh loads per model and condition; a shape's first-request latency is the median over them. Default is 3.")
     parser.add_argument("--count-sweep", type=int, nargs="*", default=[1, 2], help="Extra conditions: the project's samples with these warmup counts. Default: 1 2.")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("scaling", "parallel", "instances", "throughput", "retrigger", "specialization"), help="Sections to leave out.")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("scaling", "preflight", "parallel", "instances", "throughput", "retrigger", "specialization"), help="Sections to leave out.")
     parser.add_argument("--specialization-groups", type=int, default=64, help="Group sizes 1..N x batch sizes 1, 2, 4, 8 in the specialization study. Default is 64 (256 shapes).")
     parser.add_argument("--throughput-requests", type=int, default=200, help="Requests per client in the throughput runs. Default is 200.")
     parser.add_argument("--smoke", action="store_true", help="A minute-long run for the test suite: model-v1, two shapes, few requests, small scaling.")
@@ -225,6 +226,10 @@ def cost_of_warmup(session: Session, latency: Dict) -> Dict:
                     "triton_load_s": timings["load_s"] - forwards,
                     "helper_s": helper_s,
                     "helper_share": helper_s / entry["seconds_to_ready"],
+                    # The model was unloaded: its samples ran on a scratch copy.
+                    "preflight_s": timings["preflight_s"],
+                    "preflight_scratch_load_s": entry["preflight"]["load_s"],
+                    "preflight_share": timings["preflight_s"] / entry["seconds_to_ready"],
                 }
             )
         row = {key: statistics.median(trial[key] for trial in trials) for key in trials[0]}
@@ -256,10 +261,12 @@ def measure_scaling(session: Session, args) -> Dict:
                 "samples": sum(entry["warmup_samples"] for entry in report["models"]),
                 "seconds": report["client_seconds"],
                 "load_s": [entry["timings"]["load_s"] for entry in report["models"]],
+                "preflight_s": [entry["timings"]["preflight_s"] for entry in report["models"]],
             }
         )
         print(f"scaling: {len(models)} model(s), groups 1..{group_max}, batches {batch_sizes}: "
-              f"{points[-1]['samples']} samples, READY in {points[-1]['seconds']:.2f} s", flush=True)
+              f"{points[-1]['samples']} samples, READY in {points[-1]['seconds']:.2f} s, "
+              f"preflight {sum(points[-1]['preflight_s']):.2f} s", flush=True)
     single = [point for point in points if len(point["models"]) == 1]
     fit = None
     if len(single) >= 2:
@@ -267,13 +274,84 @@ def measure_scaling(session: Session, args) -> Dict:
     return {"points": points, "fit": fit}
 
 
-def measure_parallel(session: Session) -> Dict:
-    """One request for three models (parallel loads) vs three requests in a row."""
-    session.unload(EXAMPLE_MODELS)
-    one_request = session.trigger(EXAMPLE_MODELS, 4)["client_seconds"]
-    session.unload(EXAMPLE_MODELS)
-    sequential = sum(session.trigger([model], 4)["client_seconds"] for model in EXAMPLE_MODELS)
-    return {"one_request_s": one_request, "sequential_s": sequential}
+def set_helper_parameters(session: Session, **parameters: str) -> None:
+    """Reload warmup_helper with ``parameters`` set (its file keeps the rest)."""
+    config = session.bare_config(HELPER)
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    session.load_with_config(HELPER, config)
+
+
+def measure_parallel(session: Session, args) -> Dict:
+    """Every example model warmed from unloaded in one request: loads one at
+    a time or all at once, with the preflight on and off; medians of
+    --trials runs each. Decides the default of max_parallel_loads."""
+    models = EXAMPLE_MODELS + [TEXT_ENCODER]
+    runs = []
+    for preflight in ("true", "false"):
+        for max_parallel in ("1", str(len(models))):
+            set_helper_parameters(session, preflight=preflight, max_parallel_loads=max_parallel)
+            seconds, preflight_s = [], []
+            for _ in range(1 if args.smoke else args.trials):
+                session.unload(models)
+                report = session.trigger(models, args.group_size_max, args.batch_sizes)
+                seconds.append(report["client_seconds"])
+                preflight_s.append(sum(entry["timings"]["preflight_s"] for entry in report["models"]))
+            runs.append(
+                {
+                    "preflight": preflight == "true",
+                    "max_parallel_loads": int(max_parallel),
+                    "seconds": seconds,
+                    "median_s": statistics.median(seconds),
+                    "preflight_median_s": statistics.median(preflight_s),
+                }
+            )
+            print(f"parallel: preflight {preflight}, max_parallel_loads {max_parallel}: all "
+                  f"{len(models)} READY in {runs[-1]['median_s']:.2f} s (median)", flush=True)
+    # Back to the file's settings (the benchmark's working copy).
+    set_helper_parameters(session)
+    return {"models": models, "runs": runs}
+
+
+def measure_preflight(session: Session, args) -> Dict:
+    """The preflight's share of the time to READY for a 256-sample plan
+    (SPECIALIZATION_MODEL, group sizes 1..64 x batch sizes 1, 2, 4, 8): from
+    unloaded (a scratch copy runs every sample) and as a re-warm of the READY
+    model that knew 4 of them (requests to the serving model run the rest)."""
+    model = SPECIALIZATION_MODEL
+    group_max = 4 if args.smoke else args.specialization_groups
+    batches = [1, 2] if args.smoke else SPECIALIZATION_BATCHES
+    rows = []
+    for case in ("not loaded", "READY"):
+        trials = []
+        for _ in range(1 if args.smoke else args.trials):
+            session.unload([model])
+            session.write_config(model, session.bare_config(model))
+            if case == "READY":
+                session.trigger([model], 1, batches[:1])
+            (entry,) = session.trigger([model], group_max, batches)["models"]
+            record = entry["preflight"]
+            trials.append(
+                {
+                    "samples": entry["warmup_samples"],
+                    "checked": record["samples_checked"],
+                    "how": record["how"],
+                    "preflight_s": record["seconds"],
+                    "scratch_load_s": record["load_s"],
+                    "seconds_to_ready": entry["seconds_to_ready"],
+                    "share": record["seconds"] / entry["seconds_to_ready"],
+                }
+            )
+        row = {key: statistics.median(trial[key] for trial in trials)
+               for key in ("preflight_s", "seconds_to_ready", "share")}
+        row.update(case=case, model=model, samples=trials[0]["samples"], checked=trials[0]["checked"],
+                   how=trials[0]["how"], trials=trials)
+        rows.append(row)
+        print(f"preflight ({case}): {row['checked']} of {row['samples']} samples by {row['how']} in "
+              f"{row['preflight_s']:.2f} s of {row['seconds_to_ready']:.2f} s to READY "
+              f"({row['share'] * 100:.0f}%)", flush=True)
+    session.write_config(model, session.bare_config(model))
+    return {"rows": rows}
 
 
 def measure_instances(session: Session) -> Dict:
@@ -390,8 +468,10 @@ def run(args) -> Dict:
             if "retrigger" not in args.skip:
                 results["extras"]["retrigger"] = measure_retrigger(session, args, args.models[-1])
             results["scaling"] = measure_scaling(session, args) if "scaling" not in args.skip else {"points": []}
+            if "preflight" not in args.skip:
+                results["preflight"] = measure_preflight(session, args)
             if "parallel" not in args.skip:
-                results["extras"]["parallel"] = measure_parallel(session)
+                results["extras"]["parallel"] = measure_parallel(session, args)
             if "instances" not in args.skip:
                 results["extras"]["instances"] = measure_instances(session)
             if "throughput" not in args.skip:

@@ -30,7 +30,7 @@ MODULE_TIMEOUT_S = 300
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 PICKY_LARGEST_GROUP = 3
-SCRATCH_PREFIX = "warmup_helper.preflight."
+SCRATCH_PREFIX = ".warmup_helper.preflight."
 
 
 @pytest.fixture(scope="module")

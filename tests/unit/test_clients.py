@@ -38,24 +38,38 @@ def test_feature_dims_must_match_models_exits_2():
     assert "--feature-dims has 1 values for 2 models" in result.stderr
 
 
-def test_table_lists_each_model_with_its_error():
+def test_table_lists_each_model_with_its_preflight_and_error():
+    preflight = {"how": "scratch copy", "samples_checked": 16, "error": None, "seconds": 0.125}
     entries = [
         {"name": "model-v1", "status": "READY", "warmup_samples": 16, "count": 3, "instances": 1,
-         "seconds_to_ready": 2.5, "config_changed": True, "error": None},
+         "seconds_to_ready": 2.5, "config_changed": True, "error": None, "preflight": preflight},
         {"name": "broken", "status": "FAILED", "warmup_samples": 4, "count": 3, "instances": 2,
          "seconds_to_ready": None, "config_changed": True, "config_written": True,
-         "config_restored": True, "error": "load failed: bad file"},
+         "config_restored": True, "error": "load failed: bad file", "preflight": None},
         {"name": "read-only", "status": "READY", "warmup_samples": 4, "count": 3, "instances": 1,
          "seconds_to_ready": 1.0, "config_changed": True, "config_written": False, "error": None,
-         "fallback": "/m/read-only/config.pbtxt is read-only (mode 0444); loaded with ..."},
+         "fallback": "/m/read-only/config.pbtxt is read-only (mode 0444); loaded with ...",
+         "preflight": {**preflight, "how": "requests to the serving model", "samples_checked": 2}},
+        {"name": "picky", "status": "FAILED", "warmup_samples": 4, "count": 3, "instances": 1,
+         "seconds_to_ready": None, "config_changed": True, "config_written": False,
+         "preflight": {**preflight, "error": "sample ..."},
+         "error": "preflight: sample 'g4' (x [1, 4, 64]) failed: PyTorch execute failure: The following\n"
+                  "  File code/__torch__.py, line 18\n    ~~~ <--- HERE\nRuntimeError: too long\n"
+                  "; nothing was written or loaded"},
     ]
     lines = warmup_models.format_table(entries).splitlines()
-    assert lines[0].split() == ["model", "status", "samples", "runs", "instances", "seconds", "config", "error"]
-    assert lines[2].split() == ["model-v1", "READY", "16", "3", "1", "2.50", "rewritten"]
-    assert lines[3].split()[:7] == ["broken", "FAILED", "4", "3", "2", "-", "restored"]
+    assert lines[0].split() == ["model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "error"]
+    assert lines[2].split() == ["model-v1", "READY", "16", "3", "1", "16", "scratch", "0.12s", "2.50", "rewritten"]
+    assert lines[3].split()[:8] == ["broken", "FAILED", "4", "3", "2", "-", "-", "restored"]
     assert lines[3].endswith("load failed: bad file")
-    assert lines[4].split()[:8] == ["read-only", "READY", "4", "3", "1", "1.00", "not", "written"]
+    assert lines[4].split()[:11] == ["read-only", "READY", "4", "3", "1", "2", "serving", "0.12s", "1.00", "not", "written"]
     assert lines[4].endswith("loaded with the planned config: /m/read-only/config.pbtxt is read-only (mode 0444)")
+    # A TorchScript traceback shrinks to its first line and its exception, on one row.
+    assert len(lines) == 6 and lines[5].split()[:6] == ["picky", "FAILED", "4", "3", "1", "FAILED"]
+    assert lines[5].endswith(
+        "preflight: sample 'g4' (x [1, 4, 64]) failed: PyTorch execute failure: The following ... "
+        "RuntimeError: too long ; nothing was written or loaded"
+    )
 
 
 def test_model_states_fill_in_models_never_loaded():
@@ -150,7 +164,7 @@ def test_requests_mode_rows_say_the_config_was_not_used():
              "instances": 1, "seconds_to_ready": None, "seconds_warming": 0.25, "config_changed": False,
              "error": None}
     row = warmup_models.format_table([entry]).splitlines()[2].split()
-    assert row == ["m", "READY", "4", "3", "1", "0.25", "not", "used"]
+    assert row == ["m", "READY", "4", "3", "1", "-", "0.25", "not", "used"]
 
 
 def test_load_failures_are_models_that_were_tried_and_failed():

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from config_rewrite import read_config
@@ -23,7 +23,7 @@ from repository_fixtures import RecordingControl, snapshot, warmup_request
 from warmup_job import FAILED, READY, plan_jobs, run_job
 from warmup_requests import sample_arrays
 
-SCRATCH_PREFIX = "warmup_helper.preflight."
+SCRATCH_PREFIX = ".warmup_helper.preflight."
 
 
 class Infer:
@@ -40,22 +40,30 @@ class Infer:
 
 
 class ScratchControl(RecordingControl):
-    """Also takes the scratch copy's files and unloads; can refuse the scratch load."""
+    """Also loads scratch copies (recording their folder or their files) and
+    unloads; can refuse the scratch load."""
 
     def __init__(self, ready=(), refuse_scratch=False, served=None):
         super().__init__(ready)
         self.refuse_scratch = refuse_scratch
         self.served = served
         self.files = {}
+        self.folders = {}
 
     def load(self, name, config=None, files=None):
+        if not name.startswith(SCRATCH_PREFIX):
+            return super().load(name, config)
+        self.calls.append(("load scratch", name, config))
         if files is not None:
             self.files[name] = dict(files)
-            self.calls.append(("load scratch", name, config))
-            if self.refuse_scratch:
-                raise RuntimeError("failed to load: not a TorchScript archive")
-            return
-        super().load(name, config)
+        else:
+            folder = self.repository / name
+            self.folders[name] = {
+                entry.name: str(entry.readlink()) if entry.is_symlink() else entry.read_text()
+                for entry in folder.iterdir()
+            }
+        if self.refuse_scratch:
+            raise RuntimeError("failed to load: not a TorchScript archive")
 
     def unload(self, name):
         self.calls.append(("unload", name))
@@ -82,7 +90,13 @@ def job_for(repository, group_max=3, batch_sizes=(1,)):
 
 
 def preflight(infer, **settings):
-    return Preflight(infer=infer, scratch_prefix=SCRATCH_PREFIX, **settings)
+    return Preflight(infer=infer, **settings)
+
+
+def control_for(repository, **options):
+    control = ScratchControl(**options)
+    control.repository = repository
+    return control
 
 
 def test_sample_key_ignores_name_and_count_but_not_shape_batch_or_data():
@@ -163,28 +177,53 @@ def test_random_data_is_tritons_random_bytes_the_same_for_every_request_of_a_bat
 
 def test_an_unloaded_model_is_checked_on_a_scratch_copy_then_written_and_loaded(repository):
     job = job_for(repository)
-    control, infer = ScratchControl(), Infer()
+    control, infer = control_for(repository), Infer()
     check = preflight(infer)
     entry = run_job(job, control, preflight=check)
 
     assert entry["status"] == READY
     record = entry["preflight"]
     assert record["how"] == "scratch copy" and record["error"] is None
+    assert record["scratch"] == "a hidden folder of links to the model's files"
     assert record["samples_checked"] == job.samples == len(infer.calls)
     assert record["model_bytes"] == len(b"torchscript bytes")
     scratch = SCRATCH_PREFIX + "model-v1"
-    assert control.files[scratch] == {"file:1/model.pt": b"torchscript bytes"}
+    # The scratch folder held its own config and a link to the version folder, nothing copied.
+    folder = control.folders[scratch]
+    assert folder["1"] == str((repository / "model-v1" / "1").resolve())
+    scratch_config_seen = model_config_pb2.ModelConfig()
+    text_format.Parse(folder["config.pbtxt"], scratch_config_seen)
+    assert scratch_config_seen.name == scratch and not scratch_config_seen.model_warmup
+    assert sorted(folder) == ["1", "config.pbtxt"]
     assert [call[:2] for call in control.calls] == [("load scratch", scratch), ("unload", scratch), ("load", "model-v1")]
-    loaded_config = json_format.Parse(control.calls[0][2], model_config_pb2.ModelConfig())
-    assert loaded_config.name == scratch and not loaded_config.model_warmup
     assert {call[0] for call in infer.calls} == {scratch}
     assert "model-v1" in check.loaded_at
+    # Gone afterwards; the model's own file untouched.
+    assert not (repository / scratch).exists()
+    assert (repository / "model-v1" / "1" / "model.pt").read_bytes() == b"torchscript bytes"
+
+
+def test_a_read_only_repository_folder_gets_the_files_in_the_load_request(repository):
+    job = job_for(repository)
+    control = control_for(repository)
+    repository.chmod(0o555)
+    try:
+        entry = run_job(job, control, preflight=preflight(Infer()))
+    finally:
+        repository.chmod(0o755)
+    record = entry["preflight"]
+    assert record["error"] is None and record["scratch"].startswith("file overrides in the load request")
+    assert "read-only" in record["scratch"]
+    scratch = SCRATCH_PREFIX + "model-v1"
+    assert control.files[scratch] == {"file:1/model.pt": b"torchscript bytes"}
+    loaded_config = json_format.Parse(control.calls[0][2], model_config_pb2.ModelConfig())
+    assert loaded_config.name == scratch and not loaded_config.model_warmup
 
 
 def test_a_failing_sample_on_the_scratch_copy_stops_the_job_with_nothing_written(repository):
     job = job_for(repository, group_max=4)
     before = files(repository)
-    control = ScratchControl()
+    control = control_for(repository)
     entry = run_job(job, control, preflight=preflight(Infer(largest_group=2)))
 
     assert entry["status"] == FAILED and entry["config_written"] is False
@@ -206,19 +245,37 @@ def test_a_failing_sample_on_the_scratch_copy_stops_the_job_with_nothing_written
 def test_a_model_that_does_not_load_at_all_fails_in_the_preflight(repository):
     job = job_for(repository)
     before = files(repository)
-    entry = run_job(job, ScratchControl(refuse_scratch=True), preflight=preflight(Infer()))
+    entry = run_job(job, control_for(repository, refuse_scratch=True), preflight=preflight(Infer()))
     assert entry["status"] == FAILED
     assert "does not load even without warmup samples: failed to load" in entry["error"]
     assert files(repository) == before
 
 
-def test_a_model_above_the_size_limit_is_refused_before_anything_loads(repository):
+def test_a_model_above_the_size_limit_is_refused_where_its_files_would_travel(repository):
     job = job_for(repository)
-    before = files(repository)
-    control = ScratchControl()
-    entry = run_job(job, control, preflight=preflight(Infer(), max_model_bytes=10))
+    control = control_for(repository)
+    repository.chmod(0o555)
+    try:
+        before = files(repository)
+        entry = run_job(job, control, preflight=preflight(Infer(), max_model_bytes=10))
+    finally:
+        repository.chmod(0o755)
     assert entry["status"] == FAILED and "above preflight_max_model_bytes (10)" in entry["error"]
     assert control.calls == [] and files(repository) == before
+    # With a scratch folder, nothing travels: the limit does not apply.
+    entry = run_job(job, control_for(repository), preflight=preflight(Infer(), max_model_bytes=10))
+    assert entry["status"] == READY
+
+
+def test_a_scratch_folder_a_killed_helper_left_is_replaced_then_removed(repository):
+    job = job_for(repository)
+    leftover = repository / (SCRATCH_PREFIX + "model-v1")
+    leftover.mkdir()
+    (leftover / "1").symlink_to(repository / "model-v1" / "1", target_is_directory=True)
+    (leftover / "config.pbtxt").write_text("stale")
+    entry = run_job(job, control_for(repository), preflight=preflight(Infer()))
+    assert entry["status"] == READY and not leftover.exists()
+    assert (repository / "model-v1" / "1" / "model.pt").exists()
 
 
 def test_a_ready_model_gets_requests_for_the_new_samples_only(repository):
@@ -228,7 +285,7 @@ def test_a_ready_model_gets_requests_for_the_new_samples_only(repository):
     assert run_job(first, RecordingControl())["status"] == READY
 
     job = job_for(repository, group_max=4)
-    control, infer = ScratchControl(ready={"model-v1"}, served=served), Infer()
+    control, infer = control_for(repository, ready={"model-v1"}, served=served), Infer()
     entry = run_job(job, control, preflight=preflight(infer, server_started_at=time.time() + 60))
 
     record = entry["preflight"]
@@ -245,14 +302,14 @@ def test_a_ready_model_whose_files_changed_since_it_loaded_gets_a_scratch_copy(r
     check = preflight(Infer(), server_started_at=time.time() - 60)
     check.loaded_at["model-v1"] = time.time() - 30
     os.utime(model_file, (time.time(), time.time()))
-    entry = run_job(job, ScratchControl(ready={"model-v1"}), preflight=check)
+    entry = run_job(job, control_for(repository, ready={"model-v1"}), preflight=check)
     assert entry["preflight"]["how"] == "scratch copy"
     assert entry["preflight"]["why"] == "model files changed since the serving version loaded"
 
 
 def test_a_ready_model_when_the_server_start_is_unknown_gets_a_scratch_copy(repository):
     job = job_for(repository)
-    entry = run_job(job, ScratchControl(ready={"model-v1"}), preflight=preflight(Infer()))
+    entry = run_job(job, control_for(repository, ready={"model-v1"}), preflight=preflight(Infer()))
     assert entry["preflight"]["how"] == "scratch copy"
 
 
@@ -261,7 +318,7 @@ def test_a_ready_model_whose_plan_is_on_disk_already_is_not_checked(repository):
     assert run_job(job, RecordingControl())["status"] == READY
     (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
     infer = Infer()
-    entry = run_job(again, ScratchControl(ready={"model-v1"}), preflight=preflight(infer))
+    entry = run_job(again, control_for(repository, ready={"model-v1"}), preflight=preflight(infer))
     assert entry["preflight"] is None and infer.calls == []
 
 
@@ -271,7 +328,7 @@ def test_an_unloaded_model_whose_plan_is_on_disk_is_still_checked(repository):
     assert run_job(job, RecordingControl())["status"] == READY
     (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
     infer = Infer(largest_group=1)
-    entry = run_job(again, ScratchControl(), preflight=preflight(infer))
+    entry = run_job(again, control_for(repository), preflight=preflight(infer))
     assert entry["status"] == FAILED and entry["preflight"]["failed_sample"]["inputs"]["mask"] == [1, 2]
 
 
@@ -283,9 +340,9 @@ def test_every_loaded_version_gets_each_sample(repository, version_policy):
     config_path = repository / "model-v1" / "config.pbtxt"
     config_path.write_text(config_path.read_text() + version_policy)
     (job,) = plan_jobs(repository, warmup_request(group_max=1, batch_sizes=(1,)))
-    infer, control = Infer(), ScratchControl()
+    infer, control = Infer(), control_for(repository)
     run_job(job, control, preflight=preflight(infer))
     expected = ["2", "1"] if version_policy else ["2"]
     assert [call[1] for call in infer.calls] == expected
-    assert sorted(control.files[SCRATCH_PREFIX + "model-v1"]) == sorted(f"file:{v}/model.pt" for v in expected)
+    assert sorted(control.folders[SCRATCH_PREFIX + "model-v1"]) == sorted(expected + ["config.pbtxt"])
     assert read_config(job.model_dir)[1].model_warmup

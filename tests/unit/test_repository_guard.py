@@ -23,6 +23,7 @@ from repository_guard import (
     LOCK_FILENAME,
     ModelLockTimeout,
     clean_repository,
+    scratch_folder,
     model_lock,
     remove_stale_temp_files,
     stale_temp_files,
@@ -143,6 +144,23 @@ def test_clean_repository_removes_stale_temp_files_but_not_under_a_held_lock(rep
     release(lock_holder)
     assert len(clean_repository(repository)[0]) == 2
     assert not stale_temp_files(repository / "model-v1") and not half_backups["model-v1"].exists()
+
+
+def test_clean_repository_removes_a_dead_preflights_scratch_folder_but_not_what_it_links(repository, lock_holder):
+    folders = {}
+    for name in ("model-v1", "model-v2"):
+        (repository / name / "1").mkdir()
+        (repository / name / "1" / "model.pt").write_bytes(b"weights")
+        folders[name] = scratch_folder(repository / name)
+        folders[name].mkdir()
+        (folders[name] / "config.pbtxt").write_text("scratch")
+        (folders[name] / "1").symlink_to(repository / name / "1", target_is_directory=True)
+    removed, _ = clean_repository(repository)
+    assert removed == [str(folders["model-v2"])] and folders["model-v1"].exists()
+    release(lock_holder)
+    assert clean_repository(repository)[0] == [str(folders["model-v1"])]
+    for name in ("model-v1", "model-v2"):
+        assert not folders[name].exists() and (repository / name / "1" / "model.pt").read_bytes() == b"weights"
 
 
 def rewritten_by_a_writer_that_died(repository, model):

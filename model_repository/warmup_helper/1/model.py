@@ -158,7 +158,6 @@ class TritonPythonModel:
                 server_started_at = None
             self.preflight = Preflight(
                 infer=bls_infer,
-                scratch_prefix=f"{self.model_name}.preflight.",
                 max_model_bytes=_int_parameter(
                     parameters, "preflight_max_model_bytes", DEFAULT_PREFLIGHT_MAX_MODEL_BYTES
                 ),

@@ -32,7 +32,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 LOAD_API_CHOICES = ("auto", "http", "bls")
 DEFAULT_HTTP_PORT = 8000
@@ -133,6 +133,26 @@ def server_argv(pid: int) -> List[str]:
         return [part.decode("utf-8", "replace") for part in cmdline.read().split(b"\0") if part]
 
 
+def load_body(config: Optional[str] = None, files: Optional[Dict[str, bytes]] = None) -> List[bytes]:
+    """The JSON body of a load request, as parts to send one after another.
+
+    A model's files go base64-encoded inside the JSON. Each is encoded
+    straight to bytes and sent as its own part: no JSON escaping pass over
+    it and no joined copy of the whole body (a 20 MB model took 0.07-0.17 s
+    to encode through ``json.dumps`` alone).
+    """
+    fields = [] if config is None else [[b'"config":', json.dumps(config).encode()]]
+    for name, content in (files or {}).items():
+        fields.append([json.dumps(name).encode(), b':"', base64.b64encode(content), b'"'])
+    if not fields:
+        return []
+    parts = [b'{"parameters":{']
+    for index, field in enumerate(fields):
+        parts.extend(([b","] if index else []) + field)
+    parts.append(b"}}")
+    return parts
+
+
 def process_start_time(pid: int) -> float:
     """When process ``pid`` started, in seconds since the epoch (from /proc)."""
     with open(f"/proc/{pid}/stat", "rb") as stat_file:
@@ -163,12 +183,13 @@ class HttpModelControl:
             f" (with restricted-API header {', '.join(sorted(self.headers))})" if self.headers else ""
         )
 
-    def _post(self, path: str, body: bytes = b"") -> None:
+    def _post(self, path: str, body: Sequence[bytes] = ()) -> None:
+        """POST the concatenation of ``body``'s parts (sent one by one, never joined)."""
+        headers = dict(self.headers)
+        if body:
+            headers.update({"Content-Type": "application/json", "Content-Length": str(sum(map(len, body)))})
         request = urllib.request.Request(
-            f"http://{self.url}{path}",
-            data=body,
-            method="POST",
-            headers={**self.headers, "Content-Type": "application/json"} if body else self.headers,
+            f"http://{self.url}{path}", data=iter(body) if body else b"", method="POST", headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s):
@@ -200,11 +221,7 @@ class HttpModelControl:
             ModelLoadError: with Triton's own message when the load fails.
             OSError: when the endpoint cannot be reached at all.
         """
-        parameters = {} if config is None else {"config": config}
-        for name, content in (files or {}).items():
-            parameters[name] = base64.b64encode(content).decode("ascii")
-        body = json.dumps({"parameters": parameters}).encode() if parameters else b""
-        self._post(f"/v2/repository/models/{self._quoted(model_name)}/load", body)
+        self._post(f"/v2/repository/models/{self._quoted(model_name)}/load", load_body(config, files))
 
     def unload(self, model_name: str) -> None:
         """Ask Triton to unload the model (it returns before the unload ends)."""

@@ -10,10 +10,15 @@ a sample is written, it runs once as a request on the same model files:
   loaded: each sample that the served config does not already warm goes as a
   request to the serving model;
 * **otherwise** (not loaded, or its files changed since): a scratch copy is
-  loaded under a private name through the Model Loading API, from the
-  model's own files sent as ``file:`` overrides and its config without
-  ``model_warmup``. It never has the model's own name, so no client can reach
-  a cold model by it. Each sample goes to it as a request, then it is unloaded.
+  loaded under a private name through the Model Loading API, with the
+  model's config minus ``model_warmup``. Its folder is a hidden folder of the
+  repository holding that config and symbolic links to the model's own
+  files, so nothing is copied; in a repository folder that cannot be written
+  the files travel in the load request as ``file:`` overrides instead. It
+  never has the model's own name, so no client reaches a cold model by it.
+  Each sample goes to it as a request, then it is unloaded and its folder
+  removed (a killed helper's is removed under the model's lock by the next
+  writer, or when the helper starts).
 
 A failing sample is named with Triton's error, and the model's config is
 neither rewritten nor loaded.
@@ -22,6 +27,8 @@ Pure Python and numpy: the caller passes the model control and the function
 that sends a request.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import pathlib
 import time
@@ -31,14 +38,23 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import CONFIG_FILENAME, config_json
+from config_rewrite import CONFIG_FILENAME, config_json, render_config
+from repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
 from warmup_requests import sample_arrays
 
-# Above this many bytes of model files the scratch copy is refused (the
-# helper's parameter ``preflight_max_model_bytes``): they travel base64-encoded
-# in one load request, and Triton holds the request, its decoded files and the
-# loaded copy at once (bench/results/preflight_cost.md measures it).
+# Where the repository folder cannot take the scratch folder (read-only),
+# the model's files travel base64-encoded in the load request instead, and
+# Triton holds the request, its decoded files and the loaded copy at once:
+# above this many bytes (the helper's parameter ``preflight_max_model_bytes``)
+# the helper refuses that (bench/results/preflight_cost.md measures both ways).
 DEFAULT_PREFLIGHT_MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+# Measured with bench/warmup_benchmark.py (256 samples of model-v1 on a
+# scratch copy, 2 CPUs): see README, "What the preflight costs".
+DEFAULT_PREFLIGHT_IN_FLIGHT = 4
+
+# How the scratch copy reaches Triton when the repository folder is writable.
+LINKED_FOLDER = "a hidden folder of links to the model's files"
 
 # Triton reads a sample's input_data_file from this folder; it is not part of
 # what the backend loads, so the scratch copy goes without it.
@@ -165,16 +181,17 @@ class Preflight:
 
     Args:
         infer: sends one request (``Infer``).
-        scratch_prefix: scratch copies load as ``<prefix><model>``.
         max_model_bytes: the largest model a scratch copy is made of.
         server_started_at: the server's start (epoch seconds), when known:
             files older than that are the files of any version it serves.
     """
 
     infer: Infer
-    scratch_prefix: str
     max_model_bytes: int = DEFAULT_PREFLIGHT_MAX_MODEL_BYTES
     server_started_at: Optional[float] = None
+    # Requests in flight at once on a scratch copy (the serving model gets one
+    # at a time: its dynamic batcher could merge them).
+    in_flight: int = DEFAULT_PREFLIGHT_IN_FLIGHT
     rng: np.random.Generator = dataclasses.field(default_factory=np.random.default_rng)
     # When the helper last started a load of each model that then succeeded.
     loaded_at: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -197,6 +214,7 @@ class Preflight:
             "failed_sample": None,
             "error": None,
             "model_bytes": sum(path.stat().st_size for path in files),
+            "scratch": None,
             "load_s": None,
             "seconds": None,
         }
@@ -250,50 +268,120 @@ class Preflight:
         return list(config.model_warmup)
 
     def _check_scratch(self, job, control, config, versions, files, record) -> None:
-        if record["model_bytes"] > self.max_model_bytes:
-            raise PreflightFailed(
-                f"its files hold {record['model_bytes']} bytes, above preflight_max_model_bytes "
-                f"({self.max_model_bytes}): a scratch copy would travel in one load request. "
-                "Load the model first (its samples are then checked on the serving model), "
-                "raise preflight_max_model_bytes, or turn the preflight off"
-            )
         if not versions:
             raise PreflightFailed(f"{job.model_dir} holds no version folder to load")
         samples = unchecked_samples(config)
         if not samples:
             return
-        scratch_name = self.scratch_prefix + job.name
-        overrides = {
-            "file:" + path.relative_to(job.model_dir).as_posix(): path.read_bytes() for path in files
-        }
-        load_started = time.monotonic()
+        folder = scratch_folder(job.model_dir)
+        scratch_name = folder.name
+        scratch = scratch_config(config, scratch_name)
+        # Respected even when the server runs as root, as for config writes.
+        unwritable = folder_unwritable_reason(folder.parent)
         try:
-            control.load(scratch_name, config=config_json(scratch_config(config, scratch_name)), files=overrides)
-        except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
-            raise PreflightFailed(f"the model does not load even without warmup samples: {error}") from None
-        finally:
-            record["load_s"] = round(time.monotonic() - load_started, 6)
+            if unwritable:
+                raise OSError(unwritable)
+            record["scratch"] = self._link_scratch_folder(job.model_dir, folder, scratch, versions)
+        except OSError as error:
+            record["scratch"] = f"file overrides in the load request (no scratch folder: {error})"
         try:
-            self._send(scratch_name, config, samples, job.model_dir, record, versions)
+            load_started = time.monotonic()
+            try:
+                if record["scratch"] == LINKED_FOLDER:
+                    control.load(scratch_name)
+                else:
+                    self._check_size(record["model_bytes"])
+                    overrides = {
+                        "file:" + path.relative_to(job.model_dir).as_posix(): path.read_bytes() for path in files
+                    }
+                    control.load(scratch_name, config=config_json(scratch), files=overrides)
+            except PreflightFailed:
+                raise
+            except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
+                raise PreflightFailed(f"the model does not load even without warmup samples: {error}") from None
+            finally:
+                record["load_s"] = round(time.monotonic() - load_started, 6)
+            try:
+                # No dynamic batcher on the scratch copy: requests in flight together stay apart.
+                self._send(scratch_name, config, samples, job.model_dir, record, versions, self.in_flight)
+            finally:
+                try:
+                    control.unload(scratch_name)
+                except Exception:  # noqa: BLE001 - the scratch copy is private; its unload is best effort
+                    pass
         finally:
             try:
-                control.unload(scratch_name)
-            except Exception:  # noqa: BLE001 - the scratch copy is private; its unload is best effort
-                pass
+                remove_scratch_folder(folder)
+            except OSError:
+                pass  # the next writer of this model, or the helper's next start, removes it
 
-    def _send(self, model, config, samples, model_dir, record, versions) -> None:
+    def _check_size(self, model_bytes: int) -> None:
+        if model_bytes > self.max_model_bytes:
+            raise PreflightFailed(
+                f"its files hold {model_bytes} bytes, above preflight_max_model_bytes "
+                f"({self.max_model_bytes}), and the repository folder cannot take a scratch folder, "
+                "so a scratch copy would travel in one load request. Load the model first (its "
+                "samples are then checked on the serving model), raise preflight_max_model_bytes, "
+                "or turn the preflight off"
+            )
+
+    @staticmethod
+    def _link_scratch_folder(model_dir, folder, scratch, versions) -> str:
+        """Make ``folder`` a model Triton can load: the scratch config and
+        symbolic links to the model's loaded versions and other entries.
+        Nothing is copied, so this costs the same for any model size."""
+        remove_scratch_folder(folder)  # a killed writer's, found under the model's lock
+        folder.mkdir()
+        try:
+            write_atomically(folder / CONFIG_FILENAME, render_config(scratch))
+            wanted = set(versions)
+            for entry in sorted(model_dir.iterdir()):
+                if entry.name.startswith(".") or entry.name in (CONFIG_FILENAME, WARMUP_DATA_FOLDER):
+                    continue
+                if entry.is_dir() and entry.name.isdigit() and entry.name not in wanted:
+                    continue
+                (folder / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+        except OSError:
+            remove_scratch_folder(folder)
+            raise
+        return LINKED_FOLDER
+
+    def _send(self, model, config, samples, model_dir, record, versions, in_flight=1) -> None:
+        """Send each sample to each version; raise for the first that fails,
+        in plan order. Up to ``in_flight`` requests at once: only where no
+        dynamic batcher can merge them into a batch no sample asked for."""
         outputs = [output.name for output in config.output]
-        for sample in samples:
-            arrays = sample_arrays(config, sample, model_dir, self.rng)
-            for version in versions:
-                try:
-                    self.infer(model, version, arrays, outputs)
-                except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
-                    record["failed_sample"] = describe_sample(config, sample)
-                    shape = ", ".join(f"{name} {dims}" for name, dims in record["failed_sample"]["inputs"].items())
-                    raise PreflightFailed(
-                        f"sample '{sample.name}' ({shape}) failed"
-                        + (f" on version {version}" if version and len(versions) > 1 else "")
-                        + f": {error}"
-                    ) from None
-            record["samples_checked"] += 1
+        runs = [(index, version) for index in range(len(samples)) for version in versions]
+
+        def run(index_and_version):
+            index, version = index_and_version
+            try:
+                arrays = sample_arrays(config, samples[index], model_dir, self.rng)
+                self.infer(model, version, arrays, outputs)
+            except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
+                return error
+            return None
+
+        if in_flight > 1 and len(runs) > 1:
+            with concurrent.futures.ThreadPoolExecutor(min(in_flight, len(runs))) as pool:
+                errors = list(pool.map(run, runs))
+        else:
+            errors = []
+            for one in runs:
+                errors.append(run(one))
+                if errors[-1] is not None:
+                    break
+        passed = collections.Counter(index for (index, _), error in zip(runs, errors) if error is None)
+        record["samples_checked"] = sum(1 for count in passed.values() if count == len(versions))
+        failure = next(((runs[at], error) for at, error in enumerate(errors) if error is not None), None)
+        if failure is None:
+            return
+        (index, version), error = failure
+        sample = samples[index]
+        record["failed_sample"] = describe_sample(config, sample)
+        shape = ", ".join(f"{name} {dims}" for name, dims in record["failed_sample"]["inputs"].items())
+        raise PreflightFailed(
+            f"sample '{sample.name}' ({shape}) failed"
+            + (f" on version {version}" if version and len(versions) > 1 else "")
+            + f": {error}"
+        )

@@ -32,6 +32,7 @@ import dataclasses
 import fcntl
 import os
 import pathlib
+import shutil
 import stat
 import tempfile
 import threading
@@ -44,6 +45,8 @@ TEMP_FILE_GLOB = ".config.pbtxt.*.tmp"
 # ".<model>" + this, in the repository folder: the model's config as it was
 # before the rewrite whose load has not settled yet.
 BACKUP_SUFFIX = ".config.pbtxt.before-warmup"
+# The preflight's scratch copy of model M is the hidden folder <repository>/<prefix>M.
+SCRATCH_PREFIX = ".warmup_helper.preflight."
 
 # A load holds the lock of its model; a second writer waits for it. Loads of
 # big models can take minutes, so the default wait is long.
@@ -268,6 +271,29 @@ def remove_stale_temp_files(model_dir: pathlib.Path) -> List[str]:
     return _remove_files(stale_temp_files(model_dir))
 
 
+def scratch_folder(model_dir: pathlib.Path) -> pathlib.Path:
+    """Where the preflight puts a model's scratch copy: a hidden folder of the
+    repository, whose name is the scratch copy's model name."""
+    return model_dir.parent / f"{SCRATCH_PREFIX}{model_dir.name}"
+
+
+def remove_scratch_folder(folder: pathlib.Path) -> Optional[str]:
+    """Remove a scratch copy's folder if it exists; return its path then.
+
+    It holds a config and symbolic links to the model's own files: links are
+    removed, never followed, so the model's files stay whatever happens.
+    """
+    if not folder.is_dir() or folder.is_symlink():
+        return None
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    folder.rmdir()
+    return str(folder)
+
+
 def clean_repository(repository: pathlib.Path) -> Tuple[List[str], List[str]]:
     """Undo what dead writers left in every model folder whose lock is free.
 
@@ -287,12 +313,16 @@ def clean_repository(repository: pathlib.Path) -> Tuple[List[str], List[str]]:
         own_backup_temps = [
             path for path in backup_temps if path.name.startswith(f".{backup_path(model_dir).name}.")
         ]
-        if not (stale_temp_files(model_dir) or own_backup_temps or backup_path(model_dir).exists()):
+        scratch = scratch_folder(model_dir)
+        if not (
+            stale_temp_files(model_dir) or own_backup_temps or backup_path(model_dir).exists() or scratch.is_dir()
+        ):
             continue
         try:
             with model_lock(model_dir, timeout_s=0) as hold:
                 if hold is not None:
                     removed.extend(remove_stale_temp_files(model_dir) + _remove_files(own_backup_temps))
+                    removed.extend(filter(None, [remove_scratch_folder(scratch)]))
                     restored_config = restore_interrupted_rewrite(model_dir)
                     if restored_config is not None:
                         restored.append(restored_config)
