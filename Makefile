@@ -58,6 +58,7 @@ bench: venv backend models
 	$(PY) bench/warmup_benchmark.py
 	$(PY) bench/replica_benchmark.py
 	$(PY) bench/warmup_crash_rate.py
+	$(PY) bench/preflight_cost.py
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache $(MODELS)

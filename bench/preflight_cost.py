@@ -8,7 +8,9 @@ model size, on a fresh embedded server each time (Triton's native libtorch
 backend):
 
 * the preflight's seconds and, of them, the scratch copy's load;
-* the time to READY with the preflight on and off;
+* the time to READY with the preflight on (scratch folder of links in a
+  writable repository folder, or the files in the load request where the
+  folder is read-only) and off;
 * the peak memory (VmHWM) of tritonserver and of the helper's stub process
   above what they held before the request, with the preflight on and off.
 
@@ -95,7 +97,7 @@ def helper_stub(server_pid: int) -> int:
     raise RuntimeError("no warmup_helper stub found")
 
 
-def one_run(workdir: pathlib.Path, layers: int, preflight: bool, max_model_bytes: int) -> Dict:
+def one_run(workdir: pathlib.Path, layers: int, preflight: bool, max_model_bytes: int, read_only: bool) -> Dict:
     repository = copy_repository(workdir / "model_repository")
     model_bytes = write_model(repository, layers)
     helper_config = repository / HELPER / "config.pbtxt"
@@ -106,6 +108,9 @@ def one_run(workdir: pathlib.Path, layers: int, preflight: bool, max_model_bytes
     )
     server = EmbeddedTriton(repository, workdir, http_port=free_port(), grpc_port=free_port(),
                             metrics_port=free_port())
+    if read_only:
+        # No scratch folder can be made: the files travel in the load request.
+        repository.chmod(0o555)
     with server:
         stub = helper_stub(server.pid)
         before = {"server": memory_kib(server.pid), "stub": memory_kib(stub)}
@@ -117,12 +122,15 @@ def one_run(workdir: pathlib.Path, layers: int, preflight: bool, max_model_bytes
         finally:
             session.close()
         after = {"server": memory_kib(server.pid), "stub": memory_kib(stub)}
+    repository.chmod(0o755)
     (entry,) = report["models"]
     record = entry["preflight"] or {}
     return {
         "layers": layers,
         "model_bytes": model_bytes,
         "preflight": preflight,
+        "repository_folder": "read-only" if read_only else "writable",
+        "scratch": record.get("scratch"),
         "seconds_to_ready": entry["seconds_to_ready"],
         "client_seconds": wall,
         "preflight_s": record.get("seconds"),
@@ -144,21 +152,24 @@ def markdown(results: Dict) -> str:
         "at batch size 1 (4 samples) through warmup_helper; a fresh server for each row. Memory: "
         "peak (VmHWM) above what the process held before the request; 'after' is what tritonserver "
         "still holds with the model READY.\n",
-        "| model MiB | preflight | s to READY | preflight s | of it scratch load s | tritonserver peak MiB | tritonserver after MiB | helper stub peak MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model MiB | preflight | repository folder | s to READY | preflight s | of it scratch load s | tritonserver peak MiB | tritonserver after MiB | helper stub peak MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in results["runs"]:
         lines.append(
-            f"| {run['model_bytes'] / 2**20:.0f} | {'on' if run['preflight'] else 'off'} | "
+            f"| {run['model_bytes'] / 2**20:.0f} | {'on' if run['preflight'] else 'off'} | {run['repository_folder']} | "
             f"{run['seconds_to_ready']:.2f} | "
             + ("-" if run["preflight_s"] is None else f"{run['preflight_s']:.2f}") + " | "
             + ("-" if run["scratch_load_s"] is None else f"{run['scratch_load_s']:.2f}") + " | "
             f"{run['server_peak_mib']:.0f} | {run['server_after_mib']:.0f} | {run['stub_peak_mib']:.0f} |"
         )
     lines.append(
-        f"\nAbove `preflight_max_model_bytes` (default {DEFAULT_PREFLIGHT_MAX_MODEL_BYTES // 2**20} MiB) "
-        "the helper refuses the scratch copy and reports the model FAILED with nothing written; a "
-        "model that is already READY is checked with requests instead, whatever its size.\n"
+        "\nWith a writable repository folder the scratch copy is a hidden folder of links to the "
+        "model's files: nothing is copied. With a read-only one the files travel base64-encoded in "
+        "the load request; above `preflight_max_model_bytes` (default "
+        f"{DEFAULT_PREFLIGHT_MAX_MODEL_BYTES // 2**20} MiB) the helper refuses that and reports the "
+        "model FAILED with nothing written. A model that is already READY is checked with requests "
+        "instead, whatever its size.\n"
     )
     return "\n".join(lines) + "\n"
 
@@ -181,11 +192,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         for size in args.sizes_mib:
             layers = max(1, round(size / LAYER_MIB))
-            for preflight in (True, False):
-                run = one_run(workdir / f"{size}-{preflight}", layers, preflight,
-                              max(DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, 2 * size * 2**20))
+            for preflight, read_only in ((True, False), (True, True), (False, False)):
+                run = one_run(workdir / f"{size}-{preflight}-{read_only}", layers, preflight,
+                              max(DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, 2 * size * 2**20), read_only)
                 results["runs"].append(run)
-                print(f"{run['model_bytes'] / 2**20:.0f} MiB, preflight {'on' if preflight else 'off'}: READY in "
+                print(f"{run['model_bytes'] / 2**20:.0f} MiB, preflight {'on' if preflight else 'off'}, "
+                      f"{run['repository_folder']} repository folder: READY in "
                       f"{run['seconds_to_ready']:.2f} s, tritonserver peak +{run['server_peak_mib']:.0f} MiB, "
                       f"stub peak +{run['stub_peak_mib']:.0f} MiB", flush=True)
     finally:

@@ -191,7 +191,7 @@ def _preflight_section(results: Dict) -> List[str]:
     study = results.get("preflight")
     if not study:
         return []
-    parts = ["## The preflight on a 256-sample plan\n"]
+    parts = [f"## The preflight on a {study['rows'][0]['samples']}-sample plan\n"]
     parts.append(
         table(
             ("model state before", "samples", "run by the preflight", "how", "preflight s", "s to READY", "preflight share"),

@@ -86,7 +86,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.models, args.group_size_max, args.batch_sizes = ["model-v1"], 1, [1, 2]
         args.steady_requests, args.count_sweep, args.throughput_requests, args.trials = 10, [], 10, 1
         args.specialization_groups = 2
-        args.skip = sorted(set(args.skip) | {"parallel", "instances"})
+        args.skip = sorted(set(args.skip) | {"instances"})
     return args
 
 
@@ -286,7 +286,7 @@ def measure_parallel(session: Session, args) -> Dict:
     """Every example model warmed from unloaded in one request: loads one at
     a time or all at once, with the preflight on and off; medians of
     --trials runs each. Decides the default of max_parallel_loads."""
-    models = EXAMPLE_MODELS + [TEXT_ENCODER]
+    models = EXAMPLE_MODELS[:2] if args.smoke else EXAMPLE_MODELS + [TEXT_ENCODER]
     runs = []
     for preflight in ("true", "false"):
         for max_parallel in ("1", str(len(models))):

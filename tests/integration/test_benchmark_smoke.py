@@ -23,7 +23,10 @@ SHAPE_FIELDS = {
     "group", "batch", "first_ms", "first_ms_trials", "first_compute_ms", "steady_p50_ms", "steady_p99_ms",
     "steady_compute_p50_ms", "steady_compute_p99_ms", "ratio", "worst_trial_ratio", "compute_ratio", "steady_ms",
 }
-COST_FIELDS = {"model", "samples", "count", "seconds_to_ready", "load_s", "warmup_forward_s", "triton_load_s", "helper_s", "helper_share"}
+COST_FIELDS = {
+    "model", "samples", "count", "seconds_to_ready", "load_s", "warmup_forward_s", "triton_load_s", "helper_s",
+    "helper_share", "preflight_s", "preflight_scratch_load_s", "preflight_share",
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,34 @@ def test_cost_scaling_and_extras_are_reported(results):
     assert set(data["targets"]["worst_excess_us"]) == {"model-v1"}
 
 
+def test_preflight_and_parallel_loads_are_measured(results):
+    _, data = results
+    not_loaded, ready = data["preflight"]["rows"]
+    # --smoke: group sizes 1..4 x batch sizes 1, 2.
+    assert not_loaded["case"] == "not loaded" and not_loaded["how"] == "scratch copy"
+    assert not_loaded["samples"] == not_loaded["checked"] == 8
+    # READY with group size 1 at batch size 1 first: that one sample is known to pass.
+    assert ready["how"] == "requests to the serving model" and ready["checked"] == 7
+    for row in (not_loaded, ready):
+        assert 0 < row["preflight_s"] < row["seconds_to_ready"]
+    runs = data["extras"]["parallel"]["runs"]
+    assert [(run["preflight"], run["max_parallel_loads"]) for run in runs] == [(True, 1), (True, 2), (False, 1), (False, 2)]
+    assert all(run["preflight_median_s"] > 0 for run in runs[:2]) and all(run["preflight_median_s"] == 0 for run in runs[2:])
+
+
+def test_preflight_cost_by_model_size_covers_both_scratch_copies(tmp_path):
+    finished = run_script("bench/preflight_cost.py", "--sizes-mib", "4", "--output-dir", str(tmp_path),
+                          timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    linked, sent, off = json.loads((tmp_path / "preflight_cost.json").read_text())["runs"]
+    assert linked["scratch"].startswith("a hidden folder of links") and linked["repository_folder"] == "writable"
+    assert sent["scratch"].startswith("file overrides") and sent["repository_folder"] == "read-only"
+    assert off["preflight"] is False and off["preflight_s"] is None
+    for run in (linked, sent):
+        assert 0 < run["scratch_load_s"] <= run["preflight_s"] < run["seconds_to_ready"]
+    assert "| 4 | on | read-only |" in (tmp_path / "preflight_cost.md").read_text()
+
+
 def test_results_name_the_backend_that_ran_them(results):
     _, data = results
     backend = data["backend"]
@@ -87,6 +118,7 @@ def test_markdown_and_plot_are_written(results):
     output, data = results
     text = (output / "warmup_benchmark.md").read_text()
     assert "| model-v1 | project |" in text and "Cost of the warmup" in text
+    assert "## The preflight on a 8-sample plan" in text and "## Parallel loads" in text
     assert "Backend: Triton's native libtorch backend" in text and "How many warmed shapes stay fast" in text
     png = (output / "warmup_benchmark.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

@@ -47,7 +47,7 @@ from warmup_requests import sample_arrays
 # Triton holds the request, its decoded files and the loaded copy at once:
 # above this many bytes (the helper's parameter ``preflight_max_model_bytes``)
 # the helper refuses that (bench/results/preflight_cost.md measures both ways).
-DEFAULT_PREFLIGHT_MAX_MODEL_BYTES = 512 * 1024 * 1024
+DEFAULT_PREFLIGHT_MAX_MODEL_BYTES = 256 * 1024 * 1024
 
 # Measured with bench/warmup_benchmark.py (256 samples of model-v1 on a
 # scratch copy, 2 CPUs): see README, "What the preflight costs".
