@@ -215,8 +215,8 @@ def markdown(results: Dict) -> str:
     fit = sizes["fit"]
     parts.append(f"\nLeast squares over {len(sizes['runs'])} runs: pod ready = {fit['intercept_s']:.2f} s + "
                  f"{fit['per_sample_s'] * 1000:.2f} ms x samples (R^2 {fit['r_squared']:.3f}). The intercept is "
-                 "the server start plus one load per model; models load one at a time "
-                 "(`max_parallel_loads` 1).\n")
+                 "the server start plus one load per model, each after its preflight; up to 4 models "
+                 "load at once (`max_parallel_loads`).\n")
     together = results["together"]
     parts.append("## Replicas started at once on this machine (the ConfigMap's plan)\n")
     parts.append(table(("replicas", "samples each", "pod ready s, each", "slowest s"),

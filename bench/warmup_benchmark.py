@@ -93,14 +93,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def working_repository(workdir: pathlib.Path) -> pathlib.Path:
     """A copy of the project's repository plus the model only the benchmark uses."""
     repository = copy_repository(workdir / "model_repository")
-    # The parallel-load measurement needs loads in parallel; the helper's
-    # default is 1 (README, "Known Triton issues"). The benchmark's samples
-    # all pass, which is when more than 1 is safe.
-    helper_config = repository / "warmup_helper" / "config.pbtxt"
-    text = helper_config.read_text()
-    serial = 'key: "max_parallel_loads"\n  value { string_value: "1" }'
-    assert serial in text, "the helper's config no longer sets max_parallel_loads 1"
-    helper_config.write_text(text.replace(serial, serial.replace('"1"', '"4"')))
     shutil.copytree(repository / "model-v2", repository / TWO_INSTANCE_MODEL)
     config_path = repository / TWO_INSTANCE_MODEL / "config.pbtxt"
     config = config_path.read_text().replace('name: "model-v2"', f'name: "{TWO_INSTANCE_MODEL}"')

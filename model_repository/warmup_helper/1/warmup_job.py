@@ -354,11 +354,11 @@ def run_jobs(
     """``run_job`` for every job, up to ``max_parallel`` at once; entries in job order.
 
     Triton loads different models in parallel when their load requests arrive
-    together (measured: three models in 2.6-4.4 s instead of 6.4 s one after
-    another); each job holds only its own model's lock, so jobs for different
-    models do not wait for each other. The helper's default is 1 all the
-    same: Triton crashed when a reload ran alongside a load whose warmup
-    failed (README, "Known Triton issues").
+    together; each job holds only its own model's lock, so jobs for different
+    models do not wait for each other. The helper loads 4 at once while its
+    preflight is on and 1 while it is off, because Triton crashed when a
+    reload ran beside a load whose warmup sample failed (README, "Known
+    Triton issues").
     """
     return run_each(jobs, lambda job: run_job(job, control, lock_timeout_s, preflight), max_parallel)
 
