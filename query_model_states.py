@@ -62,10 +62,16 @@ def load_failures(index: List[Dict], models: List[str]) -> Dict[str, str]:
 
 def waited_models(index: List[Dict], args: argparse.Namespace) -> List[str]:
     """The models ``--wait-ready`` waits for: those named, then, for a plan
-    that warms all models, every other model of the index but the helper."""
+    that warms all models, every other model of the index but the helper and
+    hidden folders (as the helper's ``--all`` leaves them out; the helper's
+    preflight loads its scratch copies from such folders)."""
     names = list(args.wait_ready)
     if args.wait_all:
-        names += [entry["name"] for entry in index if entry["name"] not in names + [args.model_name]]
+        names += [
+            entry["name"]
+            for entry in index
+            if entry["name"] not in names + [args.model_name] and not entry["name"].startswith(".")
+        ]
     return names
 
 

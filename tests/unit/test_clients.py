@@ -247,7 +247,11 @@ def test_fan_out_against_servers_that_do_not_answer_reports_each_and_exits_3(cap
 
 
 def test_wait_ready_with_a_plan_waits_for_its_models_or_for_all_but_the_helper(tmp_path):
-    index = [{"name": name} for name in ("model-v1", "model-v2", "warmup_helper", "extra")]
+    # The hidden one is a preflight's scratch copy, listed while it exists.
+    index = [
+        {"name": name}
+        for name in ("model-v1", "model-v2", "warmup_helper", "extra", ".warmup_helper.preflight.extra")
+    ]
     named = tmp_path / "named.yaml"
     named.write_text("defaults: {group_size_max: 2}\nmodels:\n  model-v2: {}\n  model-v1: {}\n")
     every = tmp_path / "every.yaml"
