@@ -1,6 +1,8 @@
 """Finding the server's own HTTP endpoint and choosing how to load models."""
 
+import base64
 import os
+import time
 
 import pytest
 
@@ -15,6 +17,7 @@ from model_loading import (
     choose_warmup_mode,
     http_url_from_argv,
     model_control_mode_from_argv,
+    process_start_time,
     restricted_headers_from_argv,
     server_argv,
 )
@@ -114,6 +117,26 @@ def test_http_load_sends_the_config_and_the_restricted_header(recording_endpoint
     assert path2 == "/v2/repository/models/model%20v2/load"
     assert json.loads(body2) == {"parameters": {"config": '{"name": "model v2"}'}}
     assert headers1.get("admin-key") == headers2.get("admin-key") == "secret"
+
+
+def test_http_load_sends_files_base64_encoded_and_unloads(recording_endpoint):
+    url, seen = recording_endpoint
+    control = HttpModelControl(url)
+    content = bytes(range(256)) * 1000
+    control.load(".scratch", config='{"name": ".scratch"}', files={"file:1/model.pt": content, "file:a b": b""})
+    control.unload(".scratch")
+    (path, headers, body), (unload_path, _, unload_body) = seen
+    assert path == "/v2/repository/models/.scratch/load" and int(headers["Content-Length"]) == len(body)
+    parameters = json.loads(body)["parameters"]
+    assert parameters["config"] == '{"name": ".scratch"}'
+    assert base64.b64decode(parameters["file:1/model.pt"]) == content and parameters["file:a b"] == ""
+    assert unload_path == "/v2/repository/models/.scratch/unload" and unload_body == b""
+
+
+def test_process_start_time_is_this_process_start():
+    started = process_start_time(os.getpid())
+    # /proc/stat's boot time is whole seconds.
+    assert time.time() - 600 < started <= time.time() + 1
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ copy is made of, which way each model is checked, and that a failing sample
 stops the job before anything is written."""
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -304,13 +305,25 @@ def test_a_ready_model_whose_files_changed_since_it_loaded_gets_a_scratch_copy(r
     os.utime(model_file, (time.time(), time.time()))
     entry = run_job(job, control_for(repository, ready={"model-v1"}), preflight=check)
     assert entry["preflight"]["how"] == "scratch copy"
-    assert entry["preflight"]["why"] == "model files changed since the serving version loaded"
+    assert entry["preflight"]["why"] == "model files changed since the helper's last load of it"
 
 
 def test_a_ready_model_when_the_server_start_is_unknown_gets_a_scratch_copy(repository):
     job = job_for(repository)
     entry = run_job(job, control_for(repository, ready={"model-v1"}), preflight=preflight(Infer()))
-    assert entry["preflight"]["how"] == "scratch copy"
+    assert entry["preflight"]["how"] == "scratch copy" and "start time is unknown" in entry["preflight"]["why"]
+
+
+def test_model_files_that_vanish_fail_the_preflight_not_the_request(repository):
+    job = job_for(repository)
+    shutil.rmtree(repository / "model-v1" / "1")
+    (repository / "model-v1" / "1").write_text("a file where the version folder was")
+    check = preflight(Infer())
+    record = check.check(job, control_for(repository), was_ready=False)
+    assert "holds no version folder to load" in record["error"]
+    shutil.rmtree(repository / "model-v1")
+    record = check.check(job, control_for(repository), was_ready=False)
+    assert record["error"].startswith("reading the model's files failed")
 
 
 def test_a_ready_model_whose_plan_is_on_disk_already_is_not_checked(repository):

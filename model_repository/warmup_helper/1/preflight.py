@@ -204,8 +204,6 @@ class Preflight:
         """
         started = time.monotonic()
         config = job.rewrite.config
-        versions = loaded_versions(job.model_dir, config.version_policy)
-        files = model_files(job.model_dir, versions)
         record = {
             "how": None,
             "why": None,
@@ -213,44 +211,48 @@ class Preflight:
             "samples_known_good": 0,
             "failed_sample": None,
             "error": None,
-            "model_bytes": sum(path.stat().st_size for path in files),
+            "model_bytes": None,
             "scratch": None,
             "load_s": None,
             "seconds": None,
         }
         try:
-            served = self._serving_files_unchanged(job.name, files) if was_ready else None
-            if served:
+            try:
+                versions = loaded_versions(job.model_dir, config.version_policy)
+                files = model_files(job.model_dir, versions)
+                record["model_bytes"] = sum(path.stat().st_size for path in files)
+            except OSError as error:
+                raise PreflightFailed(f"reading the model's files failed: {error}") from None
+            serving, why = self._serving_runs_these_files(job.name, files) if was_ready else (False, None)
+            if serving:
                 record["how"] = "requests to the serving model"
-                record["why"] = served
+                record["why"] = why
                 known_good = self._served_samples(job, control)
                 samples = unchecked_samples(config, known_good)
                 record["samples_known_good"] = len(config.model_warmup) - len(samples)
                 self._send(job.name, config, samples, job.model_dir, record, versions)
             else:
                 record["how"] = "scratch copy"
-                record["why"] = (
-                    "model files changed since the serving version loaded" if was_ready else "model not loaded"
-                )
+                record["why"] = why or "model not loaded"
                 self._check_scratch(job, control, config, versions, files, record)
         except PreflightFailed as failure:
             record["error"] = str(failure)
         record["seconds"] = round(time.monotonic() - started, 6)
         return record
 
-    def _serving_files_unchanged(self, name: str, files: List[pathlib.Path]) -> Optional[str]:
-        """Why the serving version runs the files on disk, or ``None`` if that
-        cannot be told (then the scratch copy checks them)."""
+    def _serving_runs_these_files(self, name: str, files: List[pathlib.Path]) -> Tuple[bool, str]:
+        """Whether the READY version runs the files on disk, and why it is
+        known (else the scratch copy checks them)."""
         since = self.loaded_at.get(name)
         described = "the helper's last load of it"
         if since is None:
             since, described = self.server_started_at, "the server started"
         if since is None:
-            return None
+            return False, "the server's start time is unknown, so the files the serving version runs are too"
         newest = max((path.stat().st_mtime for path in files), default=0.0)
         if newest > since:
-            return None
-        return f"its files are unchanged since {described}"
+            return False, f"model files changed since {described}"
+        return True, f"its files are unchanged since {described}"
 
     @staticmethod
     def _served_samples(job, control) -> List[model_config_pb2.ModelWarmup]:
