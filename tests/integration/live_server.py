@@ -338,7 +338,9 @@ def model_statistics(server: EmbeddedTriton, model: str) -> Dict:
     return stats
 
 
-_RECORD = re.compile(r"^\[W\d{4} [\d:.]+ .*Warning: recorded (?P<record>\{.*\}) \(function")
+# Searched anywhere in a line: threads of the server write without a lock, so
+# a warning can land after another line's text, before its newline.
+_RECORD = re.compile(r"\[W\d{4} [\d:.]+ [^\]]*\] Warning: recorded (?P<record>\{.*?\}) \(function")
 
 
 def recorded_inputs(server: EmbeddedTriton, model: str, window: Optional[tuple] = None) -> List[Dict]:
@@ -355,8 +357,7 @@ def recorded_inputs(server: EmbeddedTriton, model: str, window: Optional[tuple] 
     for line in server.log_text().splitlines():
         if _LOG_LINE.match(line):
             last_stamp = _log_time(line, year)
-            continue
-        match = _RECORD.match(line)
+        match = _RECORD.search(line)
         if match is None or last_stamp is None:
             continue
         record = json.loads(match["record"])

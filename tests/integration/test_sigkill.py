@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from live_server import EXAMPLE_MODELS, running_server, send_warmup, serving, wait_for_log, warmup_inputs
-from repository_guard import backup_path, stale_temp_files
+from repository_guard import SCRATCH_PREFIX, backup_path, stale_temp_files
 from target_models import write_python_target
 
 KILL_RUNS = int(os.environ.get("WARMUP_KILL_RUNS", "3"))
@@ -76,6 +76,8 @@ def test_sigkill_during_a_warmup_leaves_every_config_whole(run, reference, templ
         left_behind[model] = stale_temp_files(repository / model)
         if backup_path(repository / model).exists():
             interrupted.append(model)
+    # A kill during a preflight leaves its scratch folder (links only).
+    scratch_left = sorted(path.name for path in repository.glob(f"{SCRATCH_PREFIX}*"))
 
     # The next start cleans what a killed rewrite left and undoes a rewrite
     # whose load the kill cut short.
@@ -83,12 +85,14 @@ def test_sigkill_during_a_warmup_leaves_every_config_whole(run, reference, templ
         for model in EXAMPLE_MODELS:
             assert not stale_temp_files(repository / model), (run, left_behind)
             assert not backup_path(repository / model).exists(), run
+        assert not list(repository.glob(f"{SCRATCH_PREFIX}*")), (run, scratch_left)
     restarted = configs(repository)
     for model in interrupted:
         assert restarted[model] == before[model], f"run {run}: {model}'s load was cut short"
     states = ["after" if restarted[m] == after[m] else "before" for m in EXAMPLE_MODELS]
     print(f"run {run}: killed at {delay:.2f} s of {duration:.2f} s; configs {states}; "
-          f"temp files left {sum(map(len, left_behind.values()))}; loads cut short {interrupted}")
+          f"temp files left {sum(map(len, left_behind.values()))}; loads cut short {interrupted}; "
+          f"scratch folders left {scratch_left}")
 
 
 def test_a_server_killed_during_a_load_gets_the_original_config_back_at_restart(template_repository, tmp_path):
