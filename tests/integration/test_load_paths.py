@@ -31,6 +31,9 @@ def test_bls_load_warms_a_model(template_repository, tmp_path):
         assert loaded == ["model-v1"]
         assert report["models"][0]["warmup_samples"] == 4
         assert model_states(server)["model-v1"] == "READY"
+        # The preflight's scratch copy loaded through pb_utils.load_model too.
+        preflight = report["models"][0]["preflight"]
+        assert preflight["how"] == "scratch copy" and preflight["samples_checked"] == 4
 
         # A read-only config goes to pb_utils.load_model(config=...) instead.
         config = server.model_repository / "model-v2" / "config.pbtxt"
@@ -42,3 +45,15 @@ def test_bls_load_warms_a_model(template_repository, tmp_path):
         assert config.read_bytes() == original
         with httpclient.InferenceServerClient(server.http_url) as client:
             assert len(client.get_model_config("model-v2")["model_warmup"]) == 4
+
+        # A read-only repository folder: the scratch copy's files go to
+        # pb_utils.load_model(files=...), the planned config to its config.
+        server.model_repository.chmod(0o555)
+        try:
+            loaded, report = send_warmup(server, "http", warmup_inputs(["model-v3"], 1, 1, batch_sizes=[1]))
+        finally:
+            server.model_repository.chmod(0o755)
+        (entry,) = report["models"]
+        assert loaded == ["model-v3"], entry
+        assert entry["preflight"]["scratch"].startswith("file overrides in the load request")
+        assert entry["preflight"]["samples_checked"] == 1 and entry["fallback"]
