@@ -124,17 +124,23 @@ def loaded_versions(model_dir: pathlib.Path, policy: model_config_pb2.ModelVersi
     return [str(version) for version in chosen]
 
 
-def model_files(model_dir: pathlib.Path, versions: Iterable[str]) -> List[pathlib.Path]:
-    """The files a backend loads: everything in the model's folder but its
-    config, hidden entries (the helper's lock and temporary files), the
-    warmup data folder and version folders Triton would not load."""
+def model_entries(model_dir: pathlib.Path, versions: Iterable[str]) -> List[pathlib.Path]:
+    """The top-level entries a backend loads from: everything in the model's
+    folder but its config, hidden entries (the helper's lock and temporary
+    files), the warmup data folder and version folders Triton would not load."""
     wanted = set(versions)
+    return [
+        entry
+        for entry in sorted(model_dir.iterdir())
+        if not (entry.name.startswith(".") or entry.name in (CONFIG_FILENAME, WARMUP_DATA_FOLDER))
+        and not (entry.is_dir() and entry.name.isdigit() and entry.name not in wanted)
+    ]
+
+
+def model_files(model_dir: pathlib.Path, versions: Iterable[str]) -> List[pathlib.Path]:
+    """Every file of ``model_entries``, hidden ones inside folders left out."""
     files = []
-    for entry in sorted(model_dir.iterdir()):
-        if entry.name.startswith(".") or entry.name in (CONFIG_FILENAME, WARMUP_DATA_FOLDER):
-            continue
-        if entry.is_dir() and entry.name.isdigit() and entry.name not in wanted:
-            continue
+    for entry in model_entries(model_dir, versions):
         if entry.is_dir():
             files.extend(
                 path
@@ -279,26 +285,25 @@ class Preflight:
         scratch_name = folder.name
         scratch = scratch_config(config, scratch_name)
         # Respected even when the server runs as root, as for config writes.
-        unwritable = folder_unwritable_reason(folder.parent)
-        try:
-            if unwritable:
-                raise OSError(unwritable)
-            record["scratch"] = self._link_scratch_folder(job.model_dir, folder, scratch, versions)
-        except OSError as error:
-            record["scratch"] = f"file overrides in the load request (no scratch folder: {error})"
+        no_folder = folder_unwritable_reason(folder.parent)
+        if no_folder is None:
+            try:
+                record["scratch"] = self._link_scratch_folder(job.model_dir, folder, scratch, versions)
+            except OSError as error:
+                no_folder = str(error)
+        if no_folder is not None:
+            record["scratch"] = f"file overrides in the load request (no scratch folder: {no_folder})"
+            self._check_size(record["model_bytes"])
         try:
             load_started = time.monotonic()
             try:
-                if record["scratch"] == LINKED_FOLDER:
+                if no_folder is None:
                     control.load(scratch_name)
                 else:
-                    self._check_size(record["model_bytes"])
                     overrides = {
                         "file:" + path.relative_to(job.model_dir).as_posix(): path.read_bytes() for path in files
                     }
                     control.load(scratch_name, config=config_json(scratch), files=overrides)
-            except PreflightFailed:
-                raise
             except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
                 raise PreflightFailed(f"the model does not load even without warmup samples: {error}") from None
             finally:
@@ -336,12 +341,7 @@ class Preflight:
         folder.mkdir()
         try:
             write_atomically(folder / CONFIG_FILENAME, render_config(scratch))
-            wanted = set(versions)
-            for entry in sorted(model_dir.iterdir()):
-                if entry.name.startswith(".") or entry.name in (CONFIG_FILENAME, WARMUP_DATA_FOLDER):
-                    continue
-                if entry.is_dir() and entry.name.isdigit() and entry.name not in wanted:
-                    continue
+            for entry in model_entries(model_dir, versions):
                 (folder / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
         except OSError:
             remove_scratch_folder(folder)
