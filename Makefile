@@ -15,26 +15,30 @@ MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# The pinned tools, then this package itself, editable: the helper's model.py,
+# the clients, the tests and the benchmarks all import triton_warmup from here,
+# and the embedded server's Python stubs run this venv's Python.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 # Triton's native libtorch backend, built from source once and cached in
 # .build/ (keyed by source commits, torch and compiler; libtorch_backend/).
 backend: venv
-	$(PY) -m libtorch_backend
+	$(PY) -m triton_warmup.libtorch_backend
 
 models: $(MODELS)
 
-$(MODELS): gen_model.py $(VENV)/.installed
+$(MODELS): triton_warmup/example_models.py $(VENV)/.installed
 	$(PY) gen_model.py --model-repository model_repository
 
 run: venv backend models
-	$(PY) serve.py --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
-		sh -c '$(PY) warmup_models.py -u localhost:$(HTTP_PORT) --models model-v1 model-v2 model-v3 text-encoder \
+	$(VENV)/bin/triton-warmup-serve --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
+		sh -c '$(VENV)/bin/triton-warmup -u localhost:$(HTTP_PORT) --models model-v1 model-v2 model-v3 text-encoder \
 			--feature-dims 64 128 256 0 --group-size-min 1 --group-size-max 4 \
-		&& $(PY) query_model_states.py -u localhost:$(HTTP_PORT)'
+		&& $(VENV)/bin/triton-warmup-states -u localhost:$(HTTP_PORT)'
 
 test: venv backend
 	$(PY) -m pytest tests
@@ -55,10 +59,10 @@ test-faults: venv backend
 # tritonserver dies when a warmup sample fails (about 3 minutes). Results in
 # bench/results/.
 bench: venv backend models
-	$(PY) bench/warmup_benchmark.py
-	$(PY) bench/replica_benchmark.py
-	$(PY) bench/warmup_crash_rate.py
-	$(PY) bench/preflight_cost.py
+	$(PY) -m bench.warmup_benchmark
+	$(PY) -m bench.replica_benchmark
+	$(PY) -m bench.warmup_crash_rate
+	$(PY) -m bench.preflight_cost
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache $(MODELS)

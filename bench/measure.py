@@ -18,18 +18,16 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tritonclient.http as httpclient
+from tritonclient.grpc import model_config_pb2
+
+from triton_warmup import HELPER_MODEL as HELPER
+from triton_warmup import example_models as gen_model
+from triton_warmup import libtorch_backend
+from triton_warmup.helper.config_rewrite import read_config, render_config
+from triton_warmup.helper.repository_guard import write_atomically
+from triton_warmup.helper.warmup_plan import plan_warmup
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "model_repository" / "warmup_helper" / "1")]
-
-import gen_model  # noqa: E402
-import libtorch_backend  # noqa: E402
-from config_rewrite import read_config, render_config  # noqa: E402
-from repository_guard import write_atomically  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
-from warmup_plan import plan_warmup  # noqa: E402
-
-HELPER = "warmup_helper"
 EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
 # The example whose steady compute is milliseconds (gen_model.py).
 TEXT_ENCODER = gen_model.TEXT_ENCODER

@@ -33,14 +33,12 @@ import textwrap
 import time
 from typing import Dict, List, Optional
 
-import measure  # noqa: F401 - sets sys.path for the project's modules
-from measure import HELPER, Session, backend_line, backend_record, copy_repository
+from bench.measure import PROJECT_ROOT, HELPER, Session, backend_line, backend_record, copy_repository
 
-import torch  # noqa: E402
-from embedded_triton import EmbeddedTriton, free_port  # noqa: E402
-from preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES  # noqa: E402
+import torch
+from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES
 
-PROJECT_ROOT = measure.PROJECT_ROOT
 MODEL = "wide-stack"
 WIDTH = 1024
 LAYER_MIB = WIDTH * WIDTH * 4 / 2**20
@@ -182,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
     results = {
-        "command": " ".join(["python bench/preflight_cost.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.preflight_cost", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "backend": backend_record(),

@@ -36,14 +36,12 @@ from typing import Dict, List, Optional
 
 import yaml
 
-import measure  # noqa: F401 - sets sys.path for the project's modules
-from measure import EXAMPLE_MODELS, backend_line, backend_record, copy_repository
-from report import linear_fit, table
+from bench.measure import PROJECT_ROOT, EXAMPLE_MODELS, backend_line, backend_record, copy_repository
+from bench.report import linear_fit, table
 
-from embedded_triton import container as local_container  # noqa: E402
-from embedded_triton.container import LocalContainer  # noqa: E402
+from triton_warmup.embedded import container as local_container
+from triton_warmup.embedded.container import LocalContainer
 
-PROJECT_ROOT = measure.PROJECT_ROOT
 # Start plus up to 3 x 256 samples, on a 2-CPU machine shared by three replicas.
 READY_TIMEOUT_S = 600
 PROBE_RUNS = 5
@@ -243,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="replica-bench-"))
     results = {
-        "command": " ".join(["python bench/replica_benchmark.py", *(shlex.quote(a) for a in sys.argv[1:])]),
+        "command": " ".join(["python -m bench.replica_benchmark", *(shlex.quote(a) for a in sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()},

@@ -5,7 +5,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from measure import backend_line
+from bench.measure import backend_line
 
 # On a model whose steady compute is at least 1 ms (text-encoder): the first
 # request after READY, server-side compute_infer, at most this times steady.

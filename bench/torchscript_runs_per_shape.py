@@ -11,7 +11,7 @@ only the first model loaded pays the process's one-time costs
 
 Usage::
 
-    python bench/torchscript_runs_per_shape.py --model-repository model_repository
+    python -m bench.torchscript_runs_per_shape --model-repository model_repository
 """
 
 import argparse
@@ -24,8 +24,7 @@ import warnings
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import gen_model  # noqa: E402
+from triton_warmup import example_models as gen_model
 
 warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=DeprecationWarning)
 

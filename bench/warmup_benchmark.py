@@ -40,8 +40,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-import measure  # noqa: F401 - sets sys.path for the project's modules
-from measure import (
+from bench.measure import (
+    PROJECT_ROOT,
     COLD,
     EXAMPLE_MODELS,
     HELPER,
@@ -56,13 +56,12 @@ from measure import (
     plan_with_count,
     seed_style_config,
 )
-from report import HELPER_SHARE_TARGET, RATIO_TARGET, linear_fit, markdown, plot, summarize_condition
+from bench.report import HELPER_SHARE_TARGET, RATIO_TARGET, linear_fit, markdown, plot, summarize_condition
 
-from embedded_triton import EmbeddedTriton, free_port  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
-from warmup_plan import plan_warmup  # noqa: E402
+from triton_warmup.embedded import EmbeddedTriton, free_port
+from tritonclient.grpc import model_config_pb2
+from triton_warmup.helper.warmup_plan import plan_warmup
 
-PROJECT_ROOT = measure.PROJECT_ROOT
 TWO_INSTANCE_MODEL = "model-v2-two-instances"
 SPECIALIZATION_MODEL = "model-v1"
 SPECIALIZATION_BATCHES = [1, 2, 4, 8]
@@ -442,7 +441,7 @@ def run(args) -> Dict:
     server = EmbeddedTriton(repository, workdir, http_port=free_port(), grpc_port=free_port(),
                             metrics_port=free_port())
     results = {
-        "command": " ".join(["python bench/warmup_benchmark.py", *(shlex.quote(a) for a in sys.argv[1:])]),
+        "command": " ".join(["python -m bench.warmup_benchmark", *(shlex.quote(a) for a in sys.argv[1:])]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()},

@@ -30,15 +30,13 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-import measure  # noqa: F401 - sets sys.path for the project's modules
-from measure import backend_line, backend_record, copy_repository
+from bench.measure import PROJECT_ROOT, backend_line, backend_record, copy_repository
 
-import tritonclient.http as httpclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
-from embedded_triton import EmbeddedTriton, TritonStartError, free_port  # noqa: E402
+from triton_warmup.embedded import EmbeddedTriton, TritonStartError, free_port
 
-PROJECT_ROOT = measure.PROJECT_ROOT
 MODEL = "rejects-its-warmup"
 # model-v1's Linear layer takes 64 features; the sample sends one more.
 REJECTED_FEATURES = 65
@@ -200,7 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="crash-rate-"))
     repository = repository_with_model(workdir)
     results = {
-        "command": " ".join(["python bench/warmup_crash_rate.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.warmup_crash_rate", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "backend": backend_record(),

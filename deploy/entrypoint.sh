@@ -17,8 +17,9 @@
 #   WARMUP_TIMEOUT_S   seconds for the whole warmup
 #   WARMUP_ARGS        more warmup_models.py flags, e.g. "-H admin-key=secret"
 #   TRITONSERVER       the server command; NVIDIA's image has tritonserver on
-#                      PATH (the tests use "python -m embedded_triton")
-#   PYTHON, CLIENTS_DIR  the interpreter and the folder of the clients
+#                      PATH (the tests use "python -m triton_warmup.embedded")
+# The clients are the triton_warmup package's commands (triton-warmup,
+# triton-warmup-states, triton-warmup-check-plan), found on PATH.
 # Arguments go to tritonserver unchanged (--log-verbose=1, --exit-timeout-secs=...).
 #
 # Exit codes: 0 the server stopped cleanly after a signal; 1 the server did
@@ -32,8 +33,6 @@ readonly GRPC_PORT=${GRPC_PORT:-8001}
 readonly METRICS_PORT=${METRICS_PORT:-8002}
 readonly STARTUP_TIMEOUT_S=${STARTUP_TIMEOUT_S:-120}
 readonly WARMUP_TIMEOUT_S=${WARMUP_TIMEOUT_S:-900}
-readonly PYTHON=${PYTHON:-python3}
-readonly CLIENTS_DIR=${CLIENTS_DIR:-/opt/warmup}
 read -r -a server_command <<< "${TRITONSERVER:-tritonserver}"
 read -r -a warmup_args <<< "${WARMUP_ARGS:-}"
 
@@ -68,11 +67,11 @@ wait_for_server() {
   done
 }
 
-# Run a client script in the background and wait for it or for the server,
+# Run a client command in the background and wait for it or for the server,
 # whichever ends first: a server that dies mid-warmup ends the wait at once,
 # and a signal is handled at once instead of after the client ends.
 run_beside_server() {
-  "$PYTHON" "$CLIENTS_DIR/$1" "${@:2}" &
+  "$@" &
   client_pid=$!
   local finished="" status=0
   while [[ -z "${finished:-}" ]]; do
@@ -118,7 +117,7 @@ step_failed() {
 }
 
 # A bad plan is refused before a server starts.
-"$PYTHON" "$CLIENTS_DIR/plan_file.py" "$WARMUP_PLAN" || exit 2
+triton-warmup-check-plan "$WARMUP_PLAN" || exit 2
 
 trap on_signal TERM INT
 log "starting ${server_command[*]} on $MODEL_REPOSITORY"
@@ -132,12 +131,12 @@ log "starting ${server_command[*]} on $MODEL_REPOSITORY"
   "$@" &
 server_pid=$!
 
-if ! run_beside_server query_model_states.py -u "localhost:$HTTP_PORT" \
+if ! run_beside_server triton-warmup-states -u "localhost:$HTTP_PORT" \
   --wait-ready warmup_helper --timeout "$STARTUP_TIMEOUT_S"; then
   step_failed "before warmup_helper was READY" "warmup_helper was not READY within ${STARTUP_TIMEOUT_S} s"
 fi
 
-if ! run_beside_server warmup_models.py -u "localhost:$HTTP_PORT" --plan "$WARMUP_PLAN" \
+if ! run_beside_server triton-warmup -u "localhost:$HTTP_PORT" --plan "$WARMUP_PLAN" \
   --timeout "$WARMUP_TIMEOUT_S" "${warmup_args[@]}"; then
   step_failed "during the warmup of $WARMUP_PLAN" \
     "the warmup of $WARMUP_PLAN did not finish; stopping so that the pod restarts"

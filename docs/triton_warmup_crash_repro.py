@@ -15,7 +15,7 @@ the server again. ``--busy`` keeps every core busy with spinning shell loops
 meanwhile (the crash is then more frequent).
 
 The server command defaults to this project's embedded Triton
-(``python -m embedded_triton``, run from the project root: the wheel's
+(``python -m triton_warmup.embedded``, run from the project root: the wheel's
 tritonserver 2.51.0 with Triton's libtorch backend). Inside NVIDIA's container
 pass ``--tritonserver tritonserver``; the script adds the repository, port and
 model-control flags either way.
@@ -161,7 +161,7 @@ def main() -> int:
     parser.add_argument("--failure", choices=("warmup", "corrupt-file"), default="warmup",
                         help="What fails: the warmup sample (default), or the instance's initialization "
                              "(a model.pt that is not TorchScript, no warmup sample).")
-    parser.add_argument("--tritonserver", default=f"{shlex.quote(sys.executable)} -m embedded_triton",
+    parser.add_argument("--tritonserver", default=f"{shlex.quote(sys.executable)} -m triton_warmup.embedded",
                         help="Command that starts tritonserver. Default: this project's embedded Triton.")
     args = parser.parse_args()
 

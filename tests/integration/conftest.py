@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-import gen_model
+from triton_warmup import example_models as gen_model
 from live_server import PROJECT_REPOSITORY, client_for
 
 

@@ -27,7 +27,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import np_to_triton_dtype
 
-from embedded_triton import EmbeddedTriton, free_port
+from triton_warmup.embedded import EmbeddedTriton, free_port
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROJECT_REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -383,10 +383,11 @@ def live_processes() -> List[Dict]:
     return found
 
 
-def run_script(script: str, *args: str, timeout: float = WARMUP_REQUEST_TIMEOUT_S):
-    """Run one of the project's scripts as a user would; return the CompletedProcess."""
+def run_module(module: str, *args: str, timeout: float = WARMUP_REQUEST_TIMEOUT_S):
+    """Run ``python -m module`` from the project's root, as ``make bench``
+    does; return the CompletedProcess."""
     return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / script), *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from triton_warmup.client import warm as warm_cli
 from live_server import (
     client_for,
     model_states,
     repository_snapshot,
-    run_script,
     running_server,
     send_warmup,
     warmup_inputs,
@@ -109,11 +109,10 @@ def test_error_codes_mean_something(server, protocol, inputs, expected_status):
     assert caught.value.status() == expected_status
 
 
-def test_a_model_that_cannot_load_is_reported_untouched_and_does_not_stop_the_others(server):
+def test_a_model_that_cannot_load_is_reported_untouched_and_does_not_stop_the_others(run_cli, server):
     broken_config = server.model_repository / "broken-model" / "config.pbtxt"
     original = broken_config.read_bytes()
-    result = run_script(
-        "warmup_models.py", "-u", server.http_url, "--models", "broken-model", "model-v1",
+    result = run_cli(warm_cli.main, "-u", server.http_url, "--models", "broken-model", "model-v1",
         "--group-size-max", "2",
     )
     assert result.returncode == 1, result.stdout + result.stderr

@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-from live_server import PROJECT_ROOT, run_script
+from live_server import PROJECT_ROOT, run_module
 
 # A server start, three conditions, two scaling points, two throughput runs,
 # a small specialization study; then up to four server starts of the crash count.
@@ -32,7 +32,7 @@ COST_FIELDS = {
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     output = tmp_path_factory.mktemp("bench")
-    finished = run_script("bench/warmup_benchmark.py", "--smoke", "--output-dir", str(output), timeout=MODULE_TIMEOUT_S - 30)
+    finished = run_module("bench.warmup_benchmark", "--smoke", "--output-dir", str(output), timeout=MODULE_TIMEOUT_S - 30)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     return output, json.loads((output / "warmup_benchmark.json").read_text())
 
@@ -82,7 +82,7 @@ def test_preflight_and_parallel_loads_are_measured(results):
 
 
 def test_preflight_cost_by_model_size_covers_both_scratch_copies(tmp_path):
-    finished = run_script("bench/preflight_cost.py", "--sizes-mib", "4", "--output-dir", str(tmp_path),
+    finished = run_module("bench.preflight_cost", "--sizes-mib", "4", "--output-dir", str(tmp_path),
                           timeout=MODULE_TIMEOUT_S - 30)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     linked, sent, off = json.loads((tmp_path / "preflight_cost.json").read_text())["runs"]
@@ -132,7 +132,7 @@ def test_first_request_after_warmup_is_not_slower_than_cold(results):
 
 
 def test_crash_rate_counts_each_failing_load(tmp_path):
-    finished = run_script("bench/warmup_crash_rate.py", "--trials", "2", "--conditions", "idle",
+    finished = run_module("bench.warmup_crash_rate", "--trials", "2", "--conditions", "idle",
                           "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     data = json.loads((tmp_path / "warmup_crash_rate.json").read_text())

@@ -13,19 +13,19 @@ import time
 import pytest
 import tritonclient.http as httpclient
 
-from config_rewrite import read_config
+from triton_warmup.helper.config_rewrite import read_config
+from triton_warmup.client import warm as warm_cli
 from live_server import (
     EXAMPLE_MODELS,
     load_windows,
     model_states,
     repository_snapshot,
-    run_script,
     send_warmup,
     serving,
     warmup_inputs,
 )
 from target_models import write_python_target
-from warmup_plan import GENERATED_PREFIX
+from triton_warmup.helper.warmup_plan import GENERATED_PREFIX
 
 # Two servers start; each loads three models once; the slow model loads twice.
 MODULE_TIMEOUT_S = 300
@@ -69,12 +69,11 @@ def assert_configs_hold_one_plan(repository, models):
         assert len(generated) == GROUP_MAX * len(BATCH_SIZES), f"{model}: {names}"
 
 
-def test_two_servers_on_one_volume_take_turns_per_model(servers, shared_repository):
+def test_two_servers_on_one_volume_take_turns_per_model(run_cli, servers, shared_repository):
     """Replicas on a shared volume, warmed at once by one fan-out call
     (warmup_models.py with a -u per server, one thread each)."""
     urls = [word for server in servers for word in ("-u", server.http_url)]
-    result = run_script(
-        "warmup_models.py", *urls, "--models", *EXAMPLE_MODELS, "--group-size-max", str(GROUP_MAX),
+    result = run_cli(warm_cli.main, *urls, "--models", *EXAMPLE_MODELS, "--group-size-max", str(GROUP_MAX),
         "--batch-sizes", *map(str, BATCH_SIZES), "--json",
     )
 

@@ -17,9 +17,9 @@ import time
 import pytest
 import tritonclient.http as httpclient
 
-from embedded_triton.container import LocalContainer, configmap_plan, probe_command
-from plan_file import load_plan
-from repository_guard import LOCK_FILENAME
+from triton_warmup.embedded.container import LocalContainer, configmap_plan, probe_command
+from triton_warmup.client.plan_file import load_plan
+from triton_warmup.helper.repository_guard import LOCK_FILENAME
 
 # Start (about 3 s), one failing probe (5 s) and the plan's three loads
 # (under a second each), with a wide margin for a loaded CI machine.

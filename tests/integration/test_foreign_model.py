@@ -10,7 +10,7 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 
-from config_rewrite import read_config
+from triton_warmup.helper.config_rewrite import read_config
 from live_server import (
     executions,
     load_windows,
@@ -21,7 +21,7 @@ from live_server import (
     warmup_inputs,
     warmup_runs,
 )
-from warmup_plan import DEFAULT_WARMUP_COUNT
+from triton_warmup.helper.warmup_plan import DEFAULT_WARMUP_COUNT
 
 VOCABULARY = 50
 # Server start, then two instances of the transformer and one instance of

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
 from live_server import client_for, repository_snapshot, running_server, send_warmup, warmup_inputs
-from warmup_request import REQUEST_INPUTS
+from triton_warmup.helper.request import REQUEST_INPUTS
 
 EXAMPLES_PER_PROTOCOL = int(os.environ.get("FUZZ_EXAMPLES", "260"))
 # Server start plus a few ms per case.

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from embedded_triton import EmbeddedTriton, TritonStartError
+from triton_warmup.embedded import EmbeddedTriton, TritonStartError
 from live_server import PROJECT_ROOT, free_port, live_processes
 
 # A server start (~3 s with the helper's stub) plus a stop; the margin is

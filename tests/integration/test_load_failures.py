@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-import gen_model
+from triton_warmup import example_models as gen_model
 from live_server import model_states, running_server, send_warmup, warmup_inputs
-from repository_guard import backup_path
+from triton_warmup.helper.repository_guard import backup_path
 from target_models import (
     write_corrupt_model,
     write_model_without_file,

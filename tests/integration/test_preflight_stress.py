@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-import gen_model
+from triton_warmup import example_models as gen_model
 from live_server import (
     restart,
     running_server,

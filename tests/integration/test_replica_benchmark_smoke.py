@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from live_server import PROJECT_ROOT, run_script
+from live_server import PROJECT_ROOT, run_module
 
 # Four replica starts one after another, two at once, two fan-out re-warms:
 # about a minute here.
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     output = tmp_path_factory.mktemp("replica-bench")
-    finished = run_script("bench/replica_benchmark.py", "--smoke", "--output-dir", str(output),
+    finished = run_module("bench.replica_benchmark", "--smoke", "--output-dir", str(output),
                           timeout=MODULE_TIMEOUT_S - 30)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     return output, json.loads((output / "replica_benchmark.json").read_text())

@@ -12,12 +12,12 @@ import shutil
 
 import pytest
 
-from embedded_triton import free_port
+from triton_warmup.embedded import free_port
+from triton_warmup.client import warm as warm_cli
 from live_server import (
     EXAMPLE_MODELS,
     load_windows,
     model_states,
-    run_script,
     running_server,
     wait_for_log,
     warmup_runs,
@@ -54,13 +54,13 @@ def own_copies(template_repository, tmp_path_factory):
         yield servers
 
 
-def fan_out(servers, *flags):
+def fan_out(run_cli, servers, *flags):
     urls = [flag for server in servers for flag in ("-u", server.http_url)]
-    return run_script("warmup_models.py", *urls, *flags, "--json")
+    return run_cli(warm_cli.main, *urls, *flags, "--json")
 
 
 def test_one_call_warms_three_servers_each_in_its_own_log(own_copies):
-    result = fan_out(own_copies, *SHAPE_FLAGS)
+    result = fan_out(run_cli, own_copies, *SHAPE_FLAGS)
 
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)["servers"]
@@ -89,7 +89,7 @@ def test_one_call_warms_three_servers_each_in_its_own_log(own_copies):
 def test_one_failing_server_fails_the_call_and_the_others_still_warm(own_copies):
     first, _, third = own_copies
 
-    result = fan_out([first, third], "--models", ONLY_ON_ONE_SERVER, "--group-size-max", "1")
+    result = fan_out(run_cli, [first, third], "--models", ONLY_ON_ONE_SERVER, "--group-size-max", "1")
 
     assert result.returncode == 1, result.stderr
     first_outcome, third_outcome = json.loads(result.stdout)["servers"]
@@ -100,10 +100,10 @@ def test_one_failing_server_fails_the_call_and_the_others_still_warm(own_copies)
     assert f"FAILED: 1 of 2 servers did not warm: ['{first.http_url}']" in result.stderr
 
 
-def test_a_server_that_does_not_answer_is_reported_with_exit_3(own_copies):
+def test_a_server_that_does_not_answer_is_reported_with_exit_3(run_cli, own_copies):
     silent = f"localhost:{free_port()}"
 
-    result = run_script("warmup_models.py", "-u", own_copies[0].http_url, "-u", silent,
+    result = run_cli(warm_cli.main, "-u", own_copies[0].http_url, "-u", silent,
                         "--models", "model-v1", "--group-size-max", "1")
 
     assert result.returncode == 3, result.stderr

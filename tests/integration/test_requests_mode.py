@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from triton_warmup.client import warm as warm_cli
 from live_server import (
     EXAMPLE_MODELS,
     executions,
@@ -16,7 +17,6 @@ from live_server import (
     repository_snapshot,
     request_shapes,
     running_server,
-    run_script,
 )
 from target_models import write_recording_model
 
@@ -37,12 +37,12 @@ def server(template_repository, tmp_path_factory):
         yield server
 
 
-def test_auto_mode_detects_the_server_and_sends_requests_to_loaded_models(server):
+def test_auto_mode_detects_the_server_and_sends_requests_to_loaded_models(run_cli, server):
     assert [model_states(server)[name] for name in EXAMPLE_MODELS] == ["READY"] * 3
     before = repository_snapshot(server.model_repository)
     loads_before = {name: len(load_windows(server, name)) for name in EXAMPLE_MODELS}
     sent_at = time.time()
-    result = run_script("warmup_models.py", "-u", server.http_url, "--group-size-max", "2", "--json")
+    result = run_cli(warm_cli.main, "-u", server.http_url, "--group-size-max", "2", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["mode"] == "requests"
@@ -67,9 +67,9 @@ def test_auto_mode_detects_the_server_and_sends_requests_to_loaded_models(server
         assert len(runs) == len(expected) and all(run["requests"] == 1 for run in runs)
 
 
-def test_load_mode_is_refused_with_the_reason_and_changes_nothing(server):
+def test_load_mode_is_refused_with_the_reason_and_changes_nothing(run_cli, server):
     before = repository_snapshot(server.model_repository)
-    result = run_script("warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--mode", "load",
+    result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--mode", "load",
                         "--models", "model-v1", "--group-size-max", "2")
     assert result.returncode == 1
     assert "MODE: load needs a server in explicit model-control mode" in result.stderr
@@ -77,9 +77,9 @@ def test_load_mode_is_refused_with_the_reason_and_changes_nothing(server):
     assert repository_snapshot(server.model_repository) == before
 
 
-def test_plan_file_works_in_requests_mode_too(server):
+def test_plan_file_works_in_requests_mode_too(run_cli, server):
     sent_at = time.time()
-    result = run_script("warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--plan",
+    result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--plan",
                         str(server.model_repository.parent.parent / "plan.yaml"))
     # The plan file does not exist: a usage error before any request.
     assert result.returncode == 2 and "cannot read the plan" in result.stderr
@@ -88,7 +88,7 @@ def test_plan_file_works_in_requests_mode_too(server):
         "models:\n  model-v1:\n    group_size_max: 3\n    batch_sizes: [2]\n"
         "    data:\n      mask: {file: mask_all_items.bin}\n"
     )
-    result = run_script("warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--plan", str(plan))
+    result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--plan", str(plan))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warmed with inference requests: ['model-v1']" in result.stdout
     records = recorded_inputs(server, "model-v1", (sent_at, time.time()))

@@ -9,10 +9,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from triton_warmup.client import warm as warm_cli, states as states_cli
 from live_server import (
     model_states,
     repository_snapshot,
-    run_script,
     running_server,
     send_warmup,
     template_with_helper_parameters,
@@ -58,13 +58,13 @@ def header_flag():
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_repository_endpoints_refuse_clients_without_the_header(locked, protocol):
+def test_repository_endpoints_refuse_clients_without_the_header(run_cli, locked, protocol):
     url = locked.grpc_url if protocol == "grpc" else locked.http_url
-    refused = run_script("query_model_states.py", "-u", url, "-i", protocol)
+    refused = run_cli(states_cli.main, "-u", url, "-i", protocol)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "restricted" in refused.stderr and HEADER_KEY in refused.stderr
 
-    allowed = run_script("query_model_states.py", "-u", url, "-i", protocol, *header_flag())
+    allowed = run_cli(states_cli.main, "-u", url, "-i", protocol, *header_flag())
     assert allowed.returncode == 0, allowed.stderr
     assert "'name': 'warmup_helper'" in allowed.stdout
 
@@ -78,11 +78,10 @@ def test_repository_endpoints_refuse_clients_without_the_header(locked, protocol
         client.unload_model("model-v3", headers=headers)
 
 
-def test_warmup_through_a_restricted_server(locked):
+def test_warmup_through_a_restricted_server(run_cli, locked):
     """The helper loads through the restricted HTTP endpoint: it finds the
     header on the server's command line."""
-    result = run_script(
-        "warmup_models.py", "-u", locked.http_url, *header_flag(),
+    result = run_cli(warm_cli.main, "-u", locked.http_url, *header_flag(),
         "--models", "model-v1", "--group-size-max", "2", "--batch-sizes", "1", "2",
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -94,8 +93,7 @@ def test_warmup_through_a_restricted_server(locked):
     # Without the header the warmup itself still runs (inference is not
     # restricted here); only the live states are missing, and it says so.
     # A new plan, so that the request lasts a reload.
-    result = run_script(
-        "warmup_models.py", "-u", locked.http_url,
+    result = run_cli(warm_cli.main, "-u", locked.http_url,
         "--models", "model-v1", "--group-size-max", "3", "--batch-sizes", "1", "2",
     )
     assert result.returncode == 0, result.stdout + result.stderr

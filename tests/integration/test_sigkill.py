@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from live_server import EXAMPLE_MODELS, running_server, send_warmup, serving, wait_for_log, warmup_inputs
-from repository_guard import SCRATCH_PREFIX, backup_path, stale_temp_files
+from triton_warmup.helper.repository_guard import SCRATCH_PREFIX, backup_path, stale_temp_files
 from target_models import write_python_target
 
 KILL_RUNS = int(os.environ.get("WARMUP_KILL_RUNS", "3"))

@@ -12,9 +12,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from live_server import load_windows, repository_snapshot, running_server, send_warmup, warmup_inputs, warmup_runs
-from repository_guard import LOCK_FILENAME, stale_temp_files
+from triton_warmup.helper.repository_guard import LOCK_FILENAME, stale_temp_files
 from target_models import copy_model
-from warmup_plan import DEFAULT_WARMUP_COUNT
+from triton_warmup.helper.warmup_plan import DEFAULT_WARMUP_COUNT
 
 # Server start and four loads of about 2 s each.
 MODULE_TIMEOUT_S = 180

@@ -10,7 +10,8 @@ import time
 import pytest
 import tritonclient.http as httpclient
 
-from config_rewrite import read_config
+from triton_warmup.helper.config_rewrite import read_config
+from triton_warmup.client import warm as warm_cli, states as states_cli
 from live_server import (
     EXAMPLE_MODELS,
     PROJECT_ROOT,
@@ -20,7 +21,6 @@ from live_server import (
     running_server,
     recorded_inputs,
     request_shapes,
-    run_script,
 )
 from target_models import write_recording_model
 
@@ -40,9 +40,9 @@ def server(template_repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def planned(server):
+def planned(run_cli, server):
     """The example plan file, warmed through the CLI over HTTP."""
-    return run_script("warmup_models.py", "-u", server.http_url, "--plan", str(EXAMPLE_PLAN), "--json")
+    return run_cli(warm_cli.main, "-u", server.http_url, "--plan", str(EXAMPLE_PLAN), "--json")
 
 
 def test_plan_file_warms_each_model_with_its_own_plan(server, planned):
@@ -81,25 +81,25 @@ def test_real_sample_data_from_the_warmup_folder_reached_the_model(server, plann
         assert record["sums"]["mask"] == batch * group, record
 
 
-def test_what_only_the_server_can_check_comes_back_with_the_plan_files_line(server, planned, tmp_path):
+def test_what_only_the_server_can_check_comes_back_with_the_plan_files_line(run_cli, server, planned, tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         "defaults:\n  group_size_max: 2\nmodels:\n  model-v1:\n    data:\n"
         "      mask: {file: absent.bin}\n  model-v2:\n    batch_sizes: [1, 16]\n"
     )
     before = (server.model_repository / "model-v1" / "config.pbtxt").read_bytes()
-    result = run_script("warmup_models.py", "-u", server.http_url, "--plan", str(plan))
+    result = run_cli(warm_cli.main, "-u", server.http_url, "--plan", str(plan))
     assert result.returncode == 1
     assert f"{plan}, line 6: models.model-v1.data.mask.file: no data file" in result.stderr
     plan.write_text(plan.read_text().replace("absent.bin", "mask_all_items.bin"))
-    result = run_script("warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--plan", str(plan))
+    result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--plan", str(plan))
     assert result.returncode == 1
     assert f"{plan}, line 8: models.model-v2.batch_sizes: 16 is too large" in result.stderr
     assert (server.model_repository / "model-v1" / "config.pbtxt").read_bytes() == before
 
 
-def test_all_warms_every_model_the_repository_holds(server, planned):
-    result = run_script("warmup_models.py", "-u", server.http_url, "--all", "--group-size-max", "2", "--json")
+def test_all_warms_every_model_the_repository_holds(run_cli, server, planned):
+    result = run_cli(warm_cli.main, "-u", server.http_url, "--all", "--group-size-max", "2", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["loaded"] == sorted(path.name for path in server.model_repository.iterdir()
@@ -107,12 +107,11 @@ def test_all_warms_every_model_the_repository_holds(server, planned):
     assert all(entry["group_sizes"] == [1, 2] for entry in report["models"])
 
 
-def test_requests_mode_on_demand_warms_without_a_reload(server, planned):
+def test_requests_mode_on_demand_warms_without_a_reload(run_cli, server, planned):
     loads_before = {name: len(load_windows(server, name)) for name in EXAMPLE_MODELS}
     config_before = (server.model_repository / "model-v2" / "config.pbtxt").read_bytes()
     sent_at = time.time()
-    result = run_script(
-        "warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--mode", "requests",
+    result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--mode", "requests",
         "--models", "model-v2", "--group-size-max", "3", "--batch-sizes", "1", "4",
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -128,13 +127,13 @@ def test_requests_mode_on_demand_warms_without_a_reload(server, planned):
             assert len(matching) == 3, (group, batch, shapes)
 
 
-def test_wait_ready_exits_0_once_every_named_model_is_ready(server, planned):
-    result = run_script("query_model_states.py", "-u", server.http_url, "--wait-ready", *EXAMPLE_MODELS)
+def test_wait_ready_exits_0_once_every_named_model_is_ready(run_cli, server, planned):
+    result = run_cli(states_cli.main, "-u", server.http_url, "--wait-ready", *EXAMPLE_MODELS)
     assert result.returncode == 0, result.stderr
     assert f"READY: {EXAMPLE_MODELS}" in result.stdout
 
 
-def test_wait_ready_as_a_startup_probe_waits_for_the_warmup(server, planned):
+def test_wait_ready_as_a_startup_probe_waits_for_the_warmup(run_cli, server, planned):
     with httpclient.InferenceServerClient(server.http_url) as client:
         client.unload_model("model-v3")
     while model_states(server)["model-v3"] != "UNAVAILABLE":
@@ -146,7 +145,7 @@ def test_wait_ready_as_a_startup_probe_waits_for_the_warmup(server, planned):
     )
     time.sleep(1.5)
     assert probe.poll() is None, "the probe must wait while model-v3 is not READY"
-    warm = run_script("warmup_models.py", "-u", server.http_url, "--models", "model-v3", "--group-size-max", "2")
+    warm = run_cli(warm_cli.main, "-u", server.http_url, "--models", "model-v3", "--group-size-max", "2")
     assert warm.returncode == 0, warm.stderr
     stdout, stderr = probe.communicate(timeout=60)
     assert probe.returncode == 0, stderr
@@ -155,18 +154,18 @@ def test_wait_ready_as_a_startup_probe_waits_for_the_warmup(server, planned):
     assert windows and "READY: ['model-v3']" in stdout
 
 
-def test_wait_ready_times_out_and_names_the_missing(server, planned):
+def test_wait_ready_times_out_and_names_the_missing(run_cli, server, planned):
     with httpclient.InferenceServerClient(server.http_url) as client:
         client.unload_model("model-v3")
-    result = run_script("query_model_states.py", "-u", server.http_url,
+    result = run_cli(states_cli.main, "-u", server.http_url,
                         "--wait-ready", "model-v1", "model-v3", "--timeout", "1")
     assert result.returncode == 1
     assert "not READY within 1 s" in result.stderr and "model-v3" in result.stderr
-    absent = run_script("query_model_states.py", "-u", server.http_url, "--wait-ready", "no-such-model")
+    absent = run_cli(states_cli.main, "-u", server.http_url, "--wait-ready", "no-such-model")
     assert absent.returncode == 1 and "no model ['no-such-model']" in absent.stderr
 
 
-def test_wait_ready_fails_at_once_for_a_model_that_failed_to_load(server, planned):
+def test_wait_ready_fails_at_once_for_a_model_that_failed_to_load(run_cli, server, planned):
     # Last in this module: a failed model makes the server-wide ready false.
     # model-v1's config with no model.pt: Triton lists it, and the load fails.
     broken = server.model_repository / "broken"
@@ -177,7 +176,7 @@ def test_wait_ready_fails_at_once_for_a_model_that_failed_to_load(server, planne
         with pytest.raises(Exception):
             client.load_model("broken")
     started = time.monotonic()
-    result = run_script("query_model_states.py", "-u", server.http_url,
+    result = run_cli(states_cli.main, "-u", server.http_url,
                         "--wait-ready", "broken", "--timeout", "60", "--json")
     assert result.returncode == 1
     assert time.monotonic() - started < 30, "a failed load must not wait for the timeout"

@@ -14,19 +14,19 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from config_rewrite import read_config
+from triton_warmup.helper.config_rewrite import read_config
+from triton_warmup.client import warm as warm_cli, states as states_cli
 from live_server import (
     EXAMPLE_MODELS,
     load_windows,
     model_states,
     running_server,
-    run_script,
     send_warmup,
     model_statistics,
     warmup_inputs,
     warmup_runs,
 )
-from warmup_plan import DEFAULT_WARMUP_COUNT, GENERATED_PREFIX
+from triton_warmup.helper.warmup_plan import DEFAULT_WARMUP_COUNT, GENERATED_PREFIX
 
 FEATURE_DIMS = {"model-v1": 64, "model-v2": 128, "model-v3": 256}
 GROUP_SIZES = [1, 2, 3]
@@ -54,11 +54,9 @@ def states_before(server):
 
 
 @pytest.fixture(scope="module")
-def warmed(server, states_before):
+def warmed(run_cli, server, states_before):
     """The CLI's warmup of model-v1..v3 over HTTP, as a user runs it."""
-    result = run_script(
-        "warmup_models.py",
-        "-u", server.http_url,
+    result = run_cli(warm_cli.main, "-u", server.http_url,
         "--models", *EXAMPLE_MODELS,
         "--feature-dims", *(str(FEATURE_DIMS[name]) for name in EXAMPLE_MODELS),
         "--group-size-min", str(GROUP_SIZES[0]),
@@ -81,10 +79,10 @@ def test_cli_reports_every_model_warm(warmed):
     assert len(table_rows) == 3 and all(" READY " in row for row in table_rows)
 
 
-def test_models_are_ready_after_the_warmup(server, warmed):
+def test_models_are_ready_after_the_warmup(run_cli, server, warmed):
     states = model_states(server)
     assert [states[name] for name in EXAMPLE_MODELS] == ["READY"] * 3
-    printed = run_script("query_model_states.py", "-u", server.http_url)
+    printed = run_cli(states_cli.main, "-u", server.http_url)
     assert printed.returncode == 0
     for name in EXAMPLE_MODELS:
         assert f"{{'name': '{name}', 'version': '1', 'state': 'READY'}}" in printed.stdout
@@ -168,9 +166,8 @@ def test_same_request_again_over_grpc_changes_and_reloads_nothing(server, warmed
 
 
 @pytest.mark.timeout(SINGLE_LOAD_TIMEOUT_S)
-def test_clients_over_grpc_print_json_for_scripts(server, warmed):
-    result = run_script(
-        "warmup_models.py", "-i", "grpc", "-u", server.grpc_url, "--json",
+def test_clients_over_grpc_print_json_for_scripts(run_cli, server, warmed):
+    result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--json",
         "--models", *EXAMPLE_MODELS,
         "--group-size-min", str(GROUP_SIZES[0]), "--group-size-max", str(GROUP_SIZES[-1]),
     )
@@ -180,7 +177,7 @@ def test_clients_over_grpc_print_json_for_scripts(server, warmed):
     assert [entry["config_changed"] for entry in report["models"]] == [False] * 3
     assert "PASS: Warmup done" in result.stderr
 
-    index = run_script("query_model_states.py", "-i", "grpc", "-u", server.grpc_url, "--json")
+    index = run_cli(states_cli.main, "-i", "grpc", "-u", server.grpc_url, "--json")
     assert index.returncode == 0
     states = {entry["name"]: entry.get("state") for entry in json.loads(index.stdout)}
     assert {name: states[name] for name in EXAMPLE_MODELS} == dict.fromkeys(EXAMPLE_MODELS, "READY")

@@ -3,8 +3,8 @@
 import pathlib
 import shutil
 
-from warmup_job import READY, plan_jobs, run_job
-from warmup_request import ModelPlanRequest, WarmupRequest
+from triton_warmup.helper.load_jobs import READY, plan_jobs, run_job
+from triton_warmup.helper.request import ModelPlanRequest, WarmupRequest
 
 PROJECT_REPOSITORY = pathlib.Path(__file__).resolve().parents[2] / "model_repository"
 

@@ -1,14 +1,9 @@
 """The benchmark's pure arithmetic: combining trials, summaries, the fit."""
 
-import pathlib
-import sys
-
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
-
-from report import linear_fit, specialization_summary, summarize_condition  # noqa: E402
-from warmup_benchmark import combine_trials, rounded  # noqa: E402
+from bench.report import linear_fit, specialization_summary, summarize_condition
+from bench.warmup_benchmark import combine_trials, rounded
 
 
 def row(group, batch, first, steady, first_compute=0.5, steady_compute=(0.5,)):

@@ -2,14 +2,15 @@
 
 import pathlib
 import socket
-import subprocess
-import sys
 
 import pytest
 
-import query_model_states
-import warmup_models
+from triton_warmup.client import states as query_model_states
+from triton_warmup.client import warm as warmup_models
+from triton_warmup.embedded import serve
+
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
+MAINS = {"warmup_models.py": warmup_models.main, "query_model_states.py": query_model_states.main, "serve.py": serve.main}
 
 
 def unused_port():
@@ -18,22 +19,16 @@ def unused_port():
         return sock.getsockname()[1]
 
 
-def run(script, *args):
-    return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / script), *args], capture_output=True, text=True, timeout=60
-    )
-
-
 @pytest.mark.parametrize("script", ["warmup_models.py", "query_model_states.py"])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_unreachable_server_exits_3(script, protocol):
-    result = run(script, "-i", protocol, "-u", f"localhost:{unused_port()}")
+def test_unreachable_server_exits_3(run_cli, script, protocol):
+    result = run_cli(MAINS[script], "-i", protocol, "-u", f"localhost:{unused_port()}")
     assert result.returncode == 3, result.stderr
     assert "FAILED" in result.stderr
 
 
-def test_feature_dims_must_match_models_exits_2():
-    result = run("warmup_models.py", "--models", "a", "b", "--feature-dims", "64")
+def test_feature_dims_must_match_models_exits_2(run_cli):
+    result = run_cli(MAINS["warmup_models.py"], "--models", "a", "b", "--feature-dims", "64")
     assert result.returncode == 2
     assert "--feature-dims has 1 values for 2 models" in result.stderr
 
@@ -85,8 +80,8 @@ def test_model_states_fill_in_models_never_loaded():
     ]
 
 
-def test_wait_ready_on_an_unreachable_server_exits_3_after_its_timeout():
-    result = run("query_model_states.py", "-u", f"localhost:{unused_port()}", "--wait-ready", "m", "--timeout", "0.5")
+def test_wait_ready_on_an_unreachable_server_exits_3_after_its_timeout(run_cli):
+    result = run_cli(MAINS["query_model_states.py"], "-u", f"localhost:{unused_port()}", "--wait-ready", "m", "--timeout", "0.5")
     assert result.returncode == 3, result.stderr
     assert "no Triton server answered" in result.stderr
 
@@ -102,25 +97,25 @@ def test_wait_ready_on_an_unreachable_server_exits_3_after_its_timeout():
         (["--mode", "reload"], "invalid choice"),
     ],
 )
-def test_conflicting_flags_exit_2(args, words):
-    result = run("warmup_models.py", *args)
+def test_conflicting_flags_exit_2(run_cli, args, words):
+    result = run_cli(MAINS["warmup_models.py"], *args)
     assert result.returncode == 2
     assert words in result.stderr
 
 
-def test_a_bad_plan_file_exits_2_naming_its_line_before_any_request(tmp_path):
+def test_a_bad_plan_file_exits_2_naming_its_line_before_any_request(run_cli, tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("models:\n  model-v1:\n    group_size_max: 4\n    count: 0\n")
     # No server listens on this port: the plan is refused before any connection.
-    result = run("warmup_models.py", "-u", f"localhost:{unused_port()}", "--plan", str(plan))
+    result = run_cli(MAINS["warmup_models.py"], "-u", f"localhost:{unused_port()}", "--plan", str(plan))
     assert result.returncode == 2
     assert f"{plan}, line 4: models.model-v1.count: must be at least 1" in result.stderr
 
 
-def test_serve_refuses_a_bad_plan_before_starting_a_server(tmp_path):
+def test_serve_refuses_a_bad_plan_before_starting_a_server(run_cli, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text('{"models": {"model-v1": {"group_size_max": 4, "cuont": 3}}}')
-    result = run("serve.py", "--warmup", str(plan))
+    result = run_cli(MAINS["serve.py"], "--warmup", str(plan))
     assert result.returncode == 2
     assert "line 1: models.model-v1.cuont: unknown key" in result.stderr
     assert "tritonserver" not in result.stdout
@@ -281,11 +276,11 @@ def test_wait_ready_usage_errors_exit_2(argv, words, capsys):
 
 
 @pytest.mark.parametrize("script", ["warmup_models.py", "query_model_states.py"])
-def test_a_header_without_a_value_is_bad_usage_before_any_request(script):
+def test_a_header_without_a_value_is_bad_usage_before_any_request(run_cli, script):
     # Two -u for warmup_models: the check runs before the servers' threads start.
     urls = ["-u", f"localhost:{unused_port()}"] + (["-u", f"localhost:{unused_port()}"] if script == "warmup_models.py" else [])
 
-    result = run(script, *urls, "-H", "no-equals-sign")
+    result = run_cli(MAINS[script], *urls, "-H", "no-equals-sign")
 
     assert result.returncode == 2
     assert "--header needs KEY=VALUE, got 'no-equals-sign'" in result.stderr

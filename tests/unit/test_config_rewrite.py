@@ -9,11 +9,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import ConfigRewrite, merge_warmup, read_config
-from repository_guard import backup_path, write_atomically
-from warmup_job import FAILED, READY, plan_jobs, run_job
-from warmup_plan import GENERATED_PREFIX, plan_warmup
-from warmup_request import INVALID_ARG, NOT_FOUND, WarmupRequestError
+from triton_warmup.helper.config_rewrite import ConfigRewrite, merge_warmup, read_config
+from triton_warmup.helper.repository_guard import backup_path, write_atomically
+from triton_warmup.helper.load_jobs import FAILED, READY, plan_jobs, run_job
+from triton_warmup.helper.warmup_plan import GENERATED_PREFIX, plan_warmup
+from triton_warmup.helper.request import INVALID_ARG, NOT_FOUND, WarmupRequestError
 from repository_fixtures import RecordingControl, apply, snapshot, warmup_request
 
 HAND_WRITTEN = """

@@ -7,8 +7,8 @@ import pathlib
 import subprocess
 import sys
 
-import libtorch_backend
-from embedded_triton import server
+from triton_warmup import libtorch_backend
+from triton_warmup.embedded import server
 
 
 def test_options_become_flags_in_explicit_mode(tmp_path):

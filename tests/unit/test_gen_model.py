@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-import gen_model
-
-
+from triton_warmup import example_models as gen_model
 @pytest.fixture(scope="module")
 def model():
     return gen_model.build_model(feature_dim=64)

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from libtorch_backend import source_build as backend_build
+from triton_warmup.libtorch_backend import source_build as backend_build
 
 
 def git(folder: pathlib.Path, *args: str) -> str:

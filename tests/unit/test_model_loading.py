@@ -10,7 +10,7 @@ import http.server
 import json
 import threading
 
-from model_loading import (
+from triton_warmup.helper.model_loading import (
     HttpModelControl,
     ModelLoadError,
     choose_model_control,

@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
-import plan_file
-from plan_file import PlanFileError, load_plan, locate_server_error
+from triton_warmup.client import plan_file
+from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_server_error
 
 EXAMPLE_PLAN = pathlib.Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
 

@@ -11,8 +11,8 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import read_config
-from preflight import (
+from triton_warmup.helper.config_rewrite import read_config
+from triton_warmup.helper.preflight import (
     Preflight,
     loaded_versions,
     model_files,
@@ -21,8 +21,8 @@ from preflight import (
     unchecked_samples,
 )
 from repository_fixtures import RecordingControl, snapshot, warmup_request
-from warmup_job import FAILED, READY, plan_jobs, run_job
-from warmup_requests import sample_arrays
+from triton_warmup.helper.load_jobs import FAILED, READY, plan_jobs, run_job
+from triton_warmup.helper.requests_mode import sample_arrays
 
 SCRATCH_PREFIX = ".warmup_helper.preflight."
 

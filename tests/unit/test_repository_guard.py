@@ -16,9 +16,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import read_config
+from triton_warmup.helper.config_rewrite import read_config
 from repository_fixtures import PROJECT_REPOSITORY, RecordingControl, snapshot, warmup_request
-from repository_guard import (
+from triton_warmup.helper.repository_guard import (
     backup_path,
     LOCK_FILENAME,
     ModelLockTimeout,
@@ -29,17 +29,11 @@ from repository_guard import (
     stale_temp_files,
     unwritable_reason,
 )
-from warmup_job import READY, plan_jobs, run_job, run_jobs
-
-HELPER_DIR = PROJECT_REPOSITORY / "warmup_helper" / "1"
-
+from triton_warmup.helper.load_jobs import READY, plan_jobs, run_job, run_jobs
 
 def python_child(code: str, *args: str, **kwargs) -> subprocess.Popen:
-    """A Python process that can import the helper's modules."""
-    prelude = f"import sys; sys.path.insert(0, {str(HELPER_DIR)!r})\n"
-    return subprocess.Popen(
-        [sys.executable, "-c", prelude + textwrap.dedent(code), *args], text=True, **kwargs
-    )
+    """Another Python process (another writer) running ``code``."""
+    return subprocess.Popen([sys.executable, "-c", "import sys\n" + textwrap.dedent(code), *args], text=True, **kwargs)
 
 
 @pytest.fixture
@@ -48,7 +42,7 @@ def lock_holder(repository):
     child = python_child(
         f"""
         import pathlib
-        from repository_guard import model_lock
+        from triton_warmup.helper.repository_guard import model_lock
         with model_lock(pathlib.Path({str(repository / "model-v1")!r})):
             print("locked", flush=True)
             sys.stdin.readline()
@@ -270,7 +264,7 @@ def test_sigkill_at_random_points_of_a_rewrite_leaves_the_old_or_the_new_file(re
         writer = python_child(
             f"""
             import pathlib
-            from repository_guard import write_atomically
+            from triton_warmup.helper.repository_guard import write_atomically
             path = pathlib.Path({str(path)!r})
             states = [pathlib.Path(p).read_bytes() for p in {[str(p) for p in state_files]!r}]
             print("writing", flush=True)
@@ -298,8 +292,8 @@ def test_sigkill_at_random_points_of_a_rewrite_leaves_the_old_or_the_new_file(re
 
 DISK_FULL_CHILD = """
 import json, pathlib, resource, signal
-from warmup_job import plan_jobs, run_job
-from warmup_request import ModelPlanRequest, WarmupRequest
+from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.helper.request import ModelPlanRequest, WarmupRequest
 
 class Control:
     calls = []

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from repository_fixtures import snapshot, warmup_request
-from warmup_job import plan_jobs, repository_models
-from warmup_request import NOT_FOUND, ModelPlanRequest, WarmupRequest, WarmupRequestError, parse_plan_document
+from triton_warmup.helper.load_jobs import plan_jobs, repository_models
+from triton_warmup.helper.request import NOT_FOUND, ModelPlanRequest, WarmupRequest, WarmupRequestError, parse_plan_document
 
 HELPER = "warmup_helper"
 

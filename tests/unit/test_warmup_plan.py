@@ -4,13 +4,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from warmup_plan import (
+from triton_warmup.helper.warmup_plan import (
     GENERATED_PREFIX,
     default_batch_sizes,
     plan_warmup,
     sample_dims,
 )
-from warmup_request import WarmupRequestError
+from triton_warmup.helper.request import WarmupRequestError
 
 EXAMPLE = """
 name: "model-v2"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warmup_request import INVALID_ARG, MAX_NAME_BYTES, WarmupRequestError, parse_allowed_models, parse_request
+from triton_warmup.helper.request import INVALID_ARG, MAX_NAME_BYTES, WarmupRequestError, parse_allowed_models, parse_request
 
 HELPER = "warmup_helper"
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from repository_fixtures import snapshot, warmup_request
-from warmup_job import plan_jobs
-from warmup_request import WarmupRequest
-from warmup_requests import FAILED, READY, run_requests_job, sample_arrays
+from triton_warmup.helper.load_jobs import plan_jobs
+from triton_warmup.helper.request import WarmupRequest
+from triton_warmup.helper.requests_mode import FAILED, READY, run_requests_job, sample_arrays
 
 
 class RecordingInfer:

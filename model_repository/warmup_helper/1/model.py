@@ -19,7 +19,7 @@ import traceback
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from model_loading import (
+from triton_warmup.helper.model_loading import (
     choose_model_control,
     choose_warmup_mode,
     http_url_from_argv,
@@ -28,17 +28,17 @@ from model_loading import (
     restricted_headers_from_argv,
     server_argv,
 )
-from preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
+from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
 
 # Models loaded at once when the preflight is on: 4 example models warmed
 # from unloaded in one request took 1.00 s instead of 1.16 s (median of 5)
 # on 2 CPUs (bench/results/warmup_benchmark.md, "Parallel loads").
 DEFAULT_PARALLEL_LOADS = 4
-from repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
-from warmup_job import PlanSettings, build_report, plan_jobs, run_each, run_jobs
-from warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
-from warmup_request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
-from warmup_requests import LIMITATION, run_requests_job
+from triton_warmup.helper.repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
+from triton_warmup.helper.load_jobs import PlanSettings, build_report, plan_jobs, run_each, run_jobs
+from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
+from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
+from triton_warmup.helper.requests_mode import LIMITATION, run_requests_job
 
 
 def _error_code(name: str):

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Serve a model repository on the embedded tritonserver.
 
 Starts the real tritonserver from the nvidia-pytriton wheel in explicit
@@ -13,10 +12,10 @@ warm; 2 bad usage or a bad plan file.
 
 Examples::
 
-    python serve.py                               # serve ./model_repository
-    python serve.py --warmup plans/example.yaml   # start, warm, then serve
-    python serve.py --working-copy -- python warmup_models.py
-    python serve.py --log-verbose 1 --exit-timeout-secs=10
+    triton-warmup-serve                               # serve ./model_repository
+    triton-warmup-serve --warmup plans/example.yaml   # start, warm, then serve
+    triton-warmup-serve --working-copy -- triton-warmup --all
+    triton-warmup-serve --log-verbose 1 --exit-timeout-secs=10
 """
 
 import argparse
@@ -27,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from embedded_triton import (
+from triton_warmup.embedded import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
@@ -37,11 +36,9 @@ from embedded_triton import (
     TritonNotFoundError,
     TritonStartError,
 )
-from libtorch_backend import BuildError
-from plan_file import PlanFileError, load_plan
-import warmup_models
-
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent
+from triton_warmup.libtorch_backend import BuildError
+from triton_warmup.client.plan_file import PlanFileError, load_plan
+from triton_warmup.client import warm
 
 
 def parse_args(argv):
@@ -59,7 +56,7 @@ def parse_args(argv):
     parser.add_argument(
         "--model-repository",
         type=pathlib.Path,
-        default=PROJECT_ROOT / "model_repository",
+        default=pathlib.Path("model_repository"),
         help="Model repository to serve. Default is ./model_repository.",
     )
     parser.add_argument(
@@ -163,7 +160,7 @@ def main(argv=None) -> int:
             flush=True,
         )
         if args.warmup is not None:
-            code = warmup_models.main(["-u", server.http_url, "--plan", str(args.warmup)])
+            code = warm.main(["-u", server.http_url, "--plan", str(args.warmup)])
             if code != 0:
                 print(f"FAILED: the warmup of {args.warmup} did not finish (exit code {code}); "
                       "stopping the server", file=sys.stderr, flush=True)

@@ -31,9 +31,8 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Sequence
 
-import libtorch_backend
-
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+from triton_warmup import HELPER_MODEL, libtorch_backend
+from triton_warmup.libtorch_backend.source_build import PROJECT_ROOT
 
 # The name a backend built from core's sources links against; the wheel
 # renamed its copy (auditwheel), and the backend must use that one.
@@ -42,7 +41,6 @@ UPSTREAM_CORE_LIBRARY = "libtritonserver.so"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
-HELPER_MODEL = "warmup_helper"
 
 # The server itself is ready in a few seconds; the helper's stub imports numpy
 # and protobuf first. A minute leaves room for a loaded 2-core machine.

@@ -1,4 +1,4 @@
-"""``python -m embedded_triton [--workdir DIR] [tritonserver flags]``: become tritonserver.
+"""``python -m triton_warmup.embedded [--workdir DIR] [tritonserver flags]``: become tritonserver.
 
 Scripts written for NVIDIA's Triton image call ``tritonserver`` from PATH
 (deploy/entrypoint.sh does). On this machine that command is this module:
@@ -13,8 +13,8 @@ import pathlib
 import sys
 import tempfile
 
-import libtorch_backend
-from embedded_triton.server import (
+from triton_warmup import libtorch_backend
+from triton_warmup.embedded.server import (
     TritonInstall,
     TritonNotFoundError,
     assemble_backend_directory,
@@ -24,7 +24,7 @@ from embedded_triton.server import (
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m embedded_triton",
+        prog="python -m triton_warmup.embedded",
         description=__doc__.split("\n\n")[0],
         usage="%(prog)s [--workdir DIR] [tritonserver flags]",
     )

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
-from warmup_request import WarmupRequestError
+from triton_warmup.helper.request import WarmupRequestError
 
 DataType = model_config_pb2.DataType
 

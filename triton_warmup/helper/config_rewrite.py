@@ -19,9 +19,9 @@ from typing import Iterable, Tuple
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from repository_guard import CONFIG_FILENAME, backup_path, remove_backup, write_atomically
-from warmup_plan import GENERATED_PREFIX
-from warmup_request import NOT_FOUND, WarmupRequestError
+from triton_warmup.helper.repository_guard import CONFIG_FILENAME, backup_path, remove_backup, write_atomically
+from triton_warmup.helper.warmup_plan import GENERATED_PREFIX
+from triton_warmup.helper.request import NOT_FOUND, WarmupRequestError
 
 
 def find_model_dir(repository: pathlib.Path, name: str) -> pathlib.Path:

@@ -34,7 +34,9 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
-PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The checkout this package is installed from (editable: `make venv`): the
+# build cache lives in it and the sources beside it.
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CACHE_ROOT = PROJECT_ROOT / ".build" / "libtorch_backend"
 # This project's machines carry the sources beside the checkout.
 DEFAULT_SOURCE_DIR = PROJECT_ROOT.parent / "shared" / "triton-src"

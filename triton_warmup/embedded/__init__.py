@@ -1,6 +1,6 @@
 """Run the real tritonserver from the nvidia-pytriton wheel on this machine."""
 
-from embedded_triton.server import (
+from triton_warmup.embedded.server import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,

@@ -5,7 +5,7 @@ toolchain at hand, building it first when the cache lacks it; README.md beside
 this file tells how, and what differs from NVIDIA's image.
 """
 
-from libtorch_backend.source_build import (
+from triton_warmup.libtorch_backend.source_build import (
     LIBRARY_NAME,
     BuildError,
     BuiltBackend,

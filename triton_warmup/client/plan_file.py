@@ -19,13 +19,8 @@ from typing import Any, List, Optional, Tuple
 
 import yaml
 
-import client_flags
-
-_HELPER_MODULES = pathlib.Path(__file__).resolve().parent / "model_repository" / "warmup_helper" / "1"
-if str(_HELPER_MODULES) not in sys.path:
-    sys.path.insert(0, str(_HELPER_MODULES))
-
-from warmup_request import WarmupRequest, WarmupRequestError, parse_plan_document  # noqa: E402
+from triton_warmup.client import flags as client_flags
+from triton_warmup.helper.request import WarmupRequest, WarmupRequestError, parse_plan_document
 
 
 class PlanFileError(ValueError):

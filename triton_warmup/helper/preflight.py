@@ -38,9 +38,9 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import CONFIG_FILENAME, config_json, render_config
-from repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
-from warmup_requests import sample_arrays
+from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, config_json, render_config
+from triton_warmup.helper.repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
+from triton_warmup.helper.requests_mode import sample_arrays
 
 # Where the repository folder cannot take the scratch folder (read-only),
 # the model's files travel base64-encoded in the load request instead, and

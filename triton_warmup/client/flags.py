@@ -14,8 +14,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from triton_warmup import HELPER_MODEL
+
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
-HELPER_MODEL = "warmup_helper"
 
 EXIT_OK = 0
 EXIT_FAILED = 1

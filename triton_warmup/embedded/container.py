@@ -1,6 +1,6 @@
 """Run deploy/entrypoint.sh on this machine the way the container runs it.
 
-The image's ``tritonserver`` becomes ``python -m embedded_triton`` and the
+The image's ``tritonserver`` becomes ``python -m triton_warmup.embedded`` and the
 image's paths become this checkout's; everything else (the entrypoint, the
 plan, the clients it calls, the real tritonserver binary) is what a pod runs.
 The container's output is kept with the time each line arrived, so the
@@ -21,12 +21,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from embedded_triton.server import PROJECT_ROOT, free_port
+from triton_warmup.embedded.server import PROJECT_ROOT, free_port
 
 ENTRYPOINT = PROJECT_ROOT / "deploy" / "entrypoint.sh"
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
-# Where deploy/Dockerfile puts the clients, and the port the manifests use.
-IMAGE_CLIENTS_DIR = "/opt/warmup"
+# The folder of this interpreter's commands (the package's console scripts),
+# which the image has on PATH; and the port the manifests use.
+COMMANDS_DIR = pathlib.Path(sys.executable).parent
 IMAGE_HTTP_URL = "localhost:8000"
 # Triton unloads its models on SIGTERM and the stubs exit; then SIGKILL.
 DEFAULT_STOP_TIMEOUT_S = 60.0
@@ -55,14 +56,14 @@ def configmap_plan() -> Tuple[str, str]:
 
 def probe_command(probe: str, plan: pathlib.Path, http_port: int) -> List[str]:
     """The Deployment's ``probe`` exec command mapped to this checkout: the
-    image's python3, clients folder, plan path and HTTP port become this
-    interpreter, this checkout, ``plan`` and ``http_port``."""
+    image's command, plan path and HTTP port become this venv's command,
+    ``plan`` and ``http_port``."""
     container = deployment_container()
     image_plan = {item["name"]: item["value"] for item in container["env"]}["WARMUP_PLAN"]
     mapped = []
     for word in container[probe]["exec"]["command"]:
-        word = sys.executable if word == "python3" else word
-        word = word.replace(IMAGE_CLIENTS_DIR, str(PROJECT_ROOT)).replace(image_plan, str(plan))
+        word = str(COMMANDS_DIR / word) if (COMMANDS_DIR / word).is_file() and not mapped else word
+        word = word.replace(image_plan, str(plan))
         mapped.append(word.replace(IMAGE_HTTP_URL, f"localhost:{http_port}"))
     return mapped
 
@@ -93,9 +94,9 @@ class LocalContainer:
             "HTTP_PORT": str(self.http_port),
             "GRPC_PORT": str(self.grpc_port),
             "METRICS_PORT": str(self.metrics_port),
-            "TRITONSERVER": f"{sys.executable} -m embedded_triton --workdir {pathlib.Path(workdir) / 'server'}",
-            "PYTHON": sys.executable,
-            "CLIENTS_DIR": str(PROJECT_ROOT),
+            "TRITONSERVER": f"{sys.executable} -m triton_warmup.embedded --workdir {pathlib.Path(workdir) / 'server'}",
+            # The image has the package's commands on PATH; here they are in this venv.
+            "PATH": f"{COMMANDS_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
             **(extra_env or {}),
         }
         self.argv = [str(ENTRYPOINT), *server_flags]

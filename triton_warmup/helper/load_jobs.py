@@ -14,9 +14,11 @@ from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
-from config_rewrite import CONFIG_FILENAME, ConfigRewrite, config_json, find_model_dir, read_config
-from preflight import Preflight
-from repository_guard import (
+from triton_warmup import HELPER_MODEL
+
+from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, ConfigRewrite, config_json, find_model_dir, read_config
+from triton_warmup.helper.preflight import Preflight
+from triton_warmup.helper.repository_guard import (
     DEFAULT_LOCK_TIMEOUT_S,
     ModelLockTimeout,
     model_lock,
@@ -24,7 +26,7 @@ from repository_guard import (
     restore_interrupted_rewrite,
     unwritable_reason,
 )
-from warmup_plan import (
+from triton_warmup.helper.warmup_plan import (
     DEFAULT_MAX_SAMPLE_BYTES,
     DEFAULT_MAX_WARMUP_SAMPLES,
     DEFAULT_WARMUP_COUNT,
@@ -32,7 +34,7 @@ from warmup_plan import (
     input_bytes,
     plan_warmup,
 )
-from warmup_request import (
+from triton_warmup.helper.request import (
     NOT_FOUND,
     ModelPlanRequest,
     WarmupRequest,
@@ -214,7 +216,7 @@ def plan_jobs(
     repository: pathlib.Path,
     request: WarmupRequest,
     settings: PlanSettings = PlanSettings(),
-    helper_name: str = "warmup_helper",
+    helper_name: str = HELPER_MODEL,
     allowed_models: Optional[FrozenSet[str]] = None,
 ) -> List[ModelWarmupJob]:
     """Plan every model of ``request``; raise before any write if one is wrong.

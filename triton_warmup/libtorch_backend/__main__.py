@@ -9,7 +9,7 @@ import json
 import pathlib
 import sys
 
-from libtorch_backend.source_build import SOURCE_DIR_VARIABLE, BuildError, build, source_dir_from_environment
+from triton_warmup.libtorch_backend.source_build import SOURCE_DIR_VARIABLE, BuildError, build, source_dir_from_environment
 
 
 def main(argv=None) -> int:

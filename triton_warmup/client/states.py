@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Print the state of every model in a Triton server's repository, or wait
+until named models are READY (a readiness or startup probe).
+
+Reads the repository index (the Model Repository extension), so models that
+were never loaded are listed too, as UNAVAILABLE. ``--wait-ready --plan
+FILE`` waits for the models of the plan file the warmup used, so that a probe
+and the warmup share one list.
+
+Exit codes: 0 the index was read (with --wait-ready: every named model is
+READY), 1 a named model failed to load, was refused or is not READY within
+--timeout, 3 server unreachable.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Dict, List, Optional
+
+from tritonclient.utils import InferenceServerException
+
+from triton_warmup.client import flags as client_flags
+from triton_warmup.client.plan_file import PlanFileError, load_plan
+
+# Connecting and reading the index is quick; a server this slow is unhealthy.
+DEFAULT_TIMEOUT_S = 30.0
+_POLL_INTERVAL_S = 0.25
+
+
+def model_states(index: List[Dict]) -> List[Dict]:
+    """``name``, ``version`` and ``state`` of each model, as Triton reports them.
+
+    A model Triton never tried to load has no version or state in the index;
+    it is shown with version '' and state UNAVAILABLE, which is what the
+    per-model ready endpoint answers for it.
+    """
+    return [
+        {
+            "name": entry["name"],
+            "version": entry.get("version", ""),
+            "state": entry.get("state", "UNAVAILABLE"),
+        }
+        for entry in index
+    ]
+
+
+def load_failures(index: List[Dict], models: List[str]) -> Dict[str, str]:
+    """Named models whose last load failed, with Triton's reason.
+
+    A model that is UNAVAILABLE with a reason other than "unloaded" was tried
+    and failed; one without a state was never tried and may still come.
+    """
+    failures = {}
+    for entry in index:
+        reason = entry.get("reason", "")
+        if entry["name"] in models and entry.get("state") == "UNAVAILABLE" and reason and reason != "unloaded":
+            failures[entry["name"]] = reason
+    return failures
+
+
+def waited_models(index: List[Dict], args: argparse.Namespace) -> List[str]:
+    """The models ``--wait-ready`` waits for: those named, then, for a plan
+    that warms all models, every other model of the index but the helper and
+    hidden folders (as the helper's ``--all`` leaves them out; the helper's
+    preflight loads its scratch copies from such folders)."""
+    names = list(args.wait_ready)
+    if args.wait_all:
+        names += [
+            entry["name"]
+            for entry in index
+            if entry["name"] not in names + [args.model_name] and not entry["name"].startswith(".")
+        ]
+    return names
+
+
+def wait_ready(client, args, headers) -> tuple:
+    """Poll the index until every ``--wait-ready`` model is READY.
+
+    Returns the exit code and the last index read (``None`` if none was).
+    """
+    url = client_flags.server_url(args)
+    deadline = time.monotonic() + args.timeout
+    index, last_error = None, None
+    waited = list(args.wait_ready)
+    while True:
+        try:
+            index = client_flags.repository_index(client, args.protocol, headers)
+            last_error = None
+        except (OSError, InferenceServerException) as error:
+            if not client_flags.is_unreachable(error):
+                print(f"FAILED: {url} refused the repository index: {error}", file=sys.stderr)
+                return client_flags.EXIT_FAILED, None
+            last_error = error
+        if index is not None and last_error is None:
+            waited = waited_models(index, args)
+            states = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
+            missing = [name for name in waited if name not in states]
+            if missing:
+                print(f"FAILED: no model {missing} in the repository of {url}", file=sys.stderr)
+                return client_flags.EXIT_FAILED, index
+            failures = load_failures(index, waited)
+            if failures:
+                for name, reason in failures.items():
+                    print(f"FAILED: {name} did not load: {reason}", file=sys.stderr)
+                return client_flags.EXIT_FAILED, index
+            if all(states[name] == "READY" for name in waited):
+                print(f"READY: {waited}")
+                return client_flags.EXIT_OK, index
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_INTERVAL_S)
+    if index is None:
+        print(f"FAILED: no Triton server answered at {url} ({args.protocol}) within "
+              f"{args.timeout:g} s (a server busy loading can also keep its index from "
+              f"answering): {last_error}", file=sys.stderr)
+        return client_flags.EXIT_UNREACHABLE, None
+    states = {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
+    waiting = {name: states.get(name) for name in waited if states.get(name) != "READY"}
+    print(f"FAILED: not READY within {args.timeout:g} s: {waiting}", file=sys.stderr)
+    return client_flags.EXIT_FAILED, index
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1]
+    )
+    client_flags.add_common_flags(parser)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="Print the full repository index as JSON, with each model's reason "
+        "when it is not READY. Default is off.",
+    )
+    parser.add_argument(
+        "--wait-ready",
+        nargs="*",
+        metavar="MODEL",
+        help="Wait until these models (and those of --plan) are READY, then exit 0; exit 1 "
+        "if one fails to load or --timeout passes first. For Kubernetes readiness and "
+        "startup probes.",
+    )
+    parser.add_argument(
+        "--plan",
+        type=pathlib.Path,
+        help="With --wait-ready: also wait for the models of this warmup plan file; for a "
+        "plan with all_models, for every model of the repository but the helper.",
+    )
+    client_flags.add_helper_flag(parser)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"Seconds --wait-ready waits. Default is {DEFAULT_TIMEOUT_S:g}.",
+    )
+    args = parser.parse_args(argv)
+    args.wait_all = False
+    if args.plan is not None:
+        if args.wait_ready is None:
+            parser.error("--plan goes with --wait-ready")
+        try:
+            _, plan = load_plan(args.plan, args.model_name)
+        except PlanFileError as error:
+            parser.error(str(error))
+        args.wait_ready += [name for name in plan.models if name not in args.wait_ready]
+        args.wait_all = plan.all_models
+    elif args.wait_ready == []:
+        parser.error("--wait-ready needs model names or --plan")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+
+    headers = client_flags.request_headers(args)
+    # A probe's --timeout bounds each call too: Triton's index call can wait
+    # while a model loads, and a probe must answer within its own period.
+    timeout_s = min(args.timeout, DEFAULT_TIMEOUT_S) if args.wait_ready is not None else DEFAULT_TIMEOUT_S
+    client = client_flags.create_client(args, timeout_s=max(timeout_s, 1.0))
+    url = client_flags.server_url(args)
+    try:
+        if args.wait_ready is not None:
+            code, index = wait_ready(client, args, headers)
+            if args.json and index is not None:
+                print(json.dumps(index, indent=2))
+            return code
+        index = client_flags.repository_index(client, args.protocol, headers)
+    except (OSError, InferenceServerException) as error:
+        if client_flags.is_unreachable(error):
+            print(f"FAILED: no Triton server answers at {url} ({args.protocol}): {error}", file=sys.stderr)
+            return client_flags.EXIT_UNREACHABLE
+        print(f"FAILED: {url} refused the repository index: {error}", file=sys.stderr)
+        return client_flags.EXIT_FAILED
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(index, indent=2))
+    else:
+        print(model_states(index))
+    return client_flags.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Write the example TorchScript models ``model-v1``..``model-v3`` and ``text-encoder``.
+
+model-v1..v3 are the same small network with a different feature dimension.
+Each request carries a group of ``G`` feature vectors ``x`` ``[G, D]`` and a
+``mask`` ``[G]`` that says which of them are real; the model pools the real
+ones and projects them to ``OUTPUT_DIM`` values. Triton adds the batch
+dimension, so the scripted ``forward`` sees ``x`` ``[B, G, D]`` and ``mask``
+``[B, G]``. Their steady compute is about 0.1 ms.
+
+``text-encoder`` is a small transformer sentence encoder: token ids and an
+attention mask ``[S]`` (S up to ``MAX_SEQUENCE_LENGTH``) in, an embedding of
+``EMBEDDING_DIM`` out. Its steady compute is a few milliseconds on one
+thread, so first-request ratios measure warmup rather than timer noise.
+
+Usage::
+
+    python gen_model.py --model-repository model_repository
+"""
+
+import argparse
+import pathlib
+import sys
+import warnings
+
+import torch
+
+FEATURE_DIMS = {"model-v1": 64, "model-v2": 128, "model-v3": 256}
+HIDDEN_DIM = 128
+OUTPUT_DIM = 16
+DEFAULT_SEED = 0
+
+TEXT_ENCODER = "text-encoder"
+VOCABULARY_SIZE = 1000
+# Positions beyond this have no embedding: a longer sequence fails in
+# forward, as it does in real transformers.
+MAX_SEQUENCE_LENGTH = 128
+MODEL_DIM = 256
+ATTENTION_HEADS = 4
+FEED_FORWARD_DIM = 1024
+# Six layers put the smallest shape's steady compute above 1 ms on one
+# thread of this project's 2-core machine (four gave about 0.7 ms).
+ENCODER_LAYERS = 6
+EMBEDDING_DIM = 64
+
+
+class MaskedPoolingEncoder(torch.nn.Module):
+    """Encode every item of a group, then average the items the mask keeps."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.encode = torch.nn.Sequential(
+            torch.nn.Linear(feature_dim, HIDDEN_DIM),
+            torch.nn.GELU(),
+            torch.nn.Linear(HIDDEN_DIM, HIDDEN_DIM),
+        )
+        self.head = torch.nn.Linear(HIDDEN_DIM, OUTPUT_DIM)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        encoded = self.encode(x)
+        weights = (mask != 0).to(encoded.dtype).unsqueeze(-1)
+        # A group whose mask is all zeros (warmup sends zero_data for integer
+        # inputs) pools to zeros instead of dividing by zero.
+        kept = weights.sum(dim=-2).clamp(min=1.0)
+        pooled = (encoded * weights).sum(dim=-2) / kept
+        return self.head(pooled)
+
+
+class TextEncoder(torch.nn.Module):
+    """Token and position embeddings, a transformer encoder, then the mean of
+    the unpadded positions projected to ``EMBEDDING_DIM``."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = torch.nn.Embedding(VOCABULARY_SIZE, MODEL_DIM)
+        self.positions = torch.nn.Embedding(MAX_SEQUENCE_LENGTH, MODEL_DIM)
+        layer = torch.nn.TransformerEncoderLayer(
+            MODEL_DIM, ATTENTION_HEADS, FEED_FORWARD_DIM, dropout=0.0, batch_first=True
+        )
+        self.encoder = torch.nn.TransformerEncoder(layer, ENCODER_LAYERS, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(MODEL_DIM, EMBEDDING_DIM)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device).unsqueeze(0)
+        hidden = self.tokens(input_ids) + self.positions(positions)
+        padding = attention_mask == 0
+        # A sequence without a real token (warmup's zero data) attends to all
+        # positions instead of none, which would give NaN.
+        padding = padding & padding.logical_not().any(dim=1, keepdim=True)
+        hidden = self.encoder(hidden, src_key_padding_mask=padding)
+        weights = (attention_mask != 0).to(hidden.dtype).unsqueeze(-1)
+        return self.head((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0))
+
+
+def _script(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    # torch 2.13 marks torch.jit.script deprecated, but TorchScript is the
+    # format Triton's libtorch backend loads, so it is the one to write.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=DeprecationWarning)
+        return torch.jit.script(model.eval())
+
+
+def build_model(feature_dim: int, seed: int = DEFAULT_SEED) -> torch.jit.ScriptModule:
+    """Return the scripted encoder for ``feature_dim`` with seeded weights."""
+    torch.manual_seed(seed)
+    return _script(MaskedPoolingEncoder(feature_dim))
+
+
+def build_text_encoder(seed: int = DEFAULT_SEED) -> torch.jit.ScriptModule:
+    """Return the scripted ``text-encoder`` with seeded weights."""
+    torch.manual_seed(seed)
+    return _script(TextEncoder())
+
+
+# Real sample data for the example plan (plans/example.yaml): a mask that keeps
+# every item, for groups of up to this many items. Triton reads a sample's
+# input_data_file from the model's warmup/ folder and takes its first bytes.
+MASK_FILE = "mask_all_items.bin"
+MASK_FILE_ITEMS = 64
+
+
+def _model_file(model_repository: pathlib.Path, model_name: str) -> pathlib.Path:
+    if not (model_repository / model_name / "config.pbtxt").is_file():
+        raise FileNotFoundError(
+            f"{model_repository / model_name / 'config.pbtxt'} is missing: "
+            "--model-repository must point at this project's model_repository"
+        )
+    version_dir = model_repository / model_name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    return version_dir / "model.pt"
+
+
+def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> list:
+    """Write ``<model>/1/model.pt`` for every example model and
+    ``<model>/warmup/mask_all_items.bin`` for model-v1..v3; return the paths."""
+    written = []
+    for model_name, feature_dim in FEATURE_DIMS.items():
+        path = _model_file(model_repository, model_name)
+        build_model(feature_dim, seed).save(str(path))
+        written.append(path)
+        warmup_dir = model_repository / model_name / "warmup"
+        warmup_dir.mkdir(exist_ok=True)
+        mask = warmup_dir / MASK_FILE
+        mask.write_bytes(torch.ones(MASK_FILE_ITEMS, dtype=torch.int64).numpy().tobytes())
+        written.append(mask)
+    path = _model_file(model_repository, TEXT_ENCODER)
+    build_text_encoder(seed).save(str(path))
+    written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model-repository",
+        type=pathlib.Path,
+        default=pathlib.Path("model_repository"),
+        help="Model repository that holds model-v1..model-v3 and text-encoder. "
+        "Default is ./model_repository.",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"Weight seed. Default is {DEFAULT_SEED}."
+    )
+    args = parser.parse_args(argv)
+    try:
+        for path in write_models(args.model_repository, args.seed):
+            print(f"wrote {path}")
+    except FileNotFoundError as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
