@@ -49,9 +49,11 @@ unit: venv
 integration: venv backend
 	$(PY) -m pytest tests/integration
 
-# The full fault battery: 20 SIGKILL runs and 1000 fuzzed requests per protocol.
+# The full fault battery: 20 SIGKILL runs, 1000 fuzzed requests per protocol,
+# and 30 bad plans with the preflight off (how often tritonserver crashes).
 test-faults: venv backend
-	WARMUP_KILL_RUNS=20 FUZZ_EXAMPLES=1000 $(PY) -m pytest -m faults tests/integration/test_sigkill.py tests/integration/test_fuzz_requests.py
+	WARMUP_KILL_RUNS=20 FUZZ_EXAMPLES=1000 PREFLIGHT_OFF_PLANS=30 $(PY) -m pytest -m faults \
+		tests/integration/test_sigkill.py tests/integration/test_fuzz_requests.py tests/integration/test_preflight_stress.py
 
 # On the native libtorch backend: cold vs seed-style vs this project's warmup,
 # cost, scaling, specializations (about 2 minutes); how long a replica

@@ -7,11 +7,9 @@ of measurements it makes.
 
 import concurrent.futures
 import dataclasses
-import json
 import pathlib
 import shutil
 import statistics
-import sys
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
@@ -20,9 +18,9 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2
 
-from triton_warmup import HELPER_MODEL as HELPER
 from triton_warmup import example_models as gen_model
 from triton_warmup import libtorch_backend
+from triton_warmup.client.warm import request_warmup
 from triton_warmup.helper.config_rewrite import read_config, render_config
 from triton_warmup.helper.repository_guard import write_atomically
 from triton_warmup.helper.warmup_plan import plan_warmup
@@ -158,19 +156,13 @@ class Session:
         }
         if batch_sizes is not None:
             inputs["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
-        tensors = []
-        for name, array in inputs.items():
-            tensor = httpclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == np.object_ else "INT64")
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
         started = time.perf_counter()
-        result = self.client.infer(HELPER, tensors)
+        _, parsed = request_warmup(self.client, "http", inputs, timeout_s=REQUEST_TIMEOUT_S)
         wall = time.perf_counter() - started
-        report = json.loads(result.as_numpy("REPORT").reshape(-1)[0])
-        report["client_seconds"] = wall
-        if report["failed"]:
-            raise RuntimeError(f"warmup failed: {report}")
-        return report
+        if parsed.failed:
+            raise RuntimeError(f"warmup failed: {parsed.to_dict()}")
+        # The benchmarks keep the report as the JSON the helper sent, with the client's time.
+        return {**parsed.to_dict(), "client_seconds": wall}
 
     def statistics(self, model: str) -> Dict:
         """Triton's statistics of the loaded version of ``model``."""

@@ -3,7 +3,7 @@
 
 A model that is not loaded has its samples checked on a scratch copy that the
 helper loads from the model's own files, sent base64-encoded in one load
-request (model_repository/warmup_helper/1/preflight.py). This measures, per
+request (triton_warmup/helper/preflight.py). This measures, per
 model size, on a fresh embedded server each time (Triton's native libtorch
 backend):
 
@@ -33,7 +33,8 @@ import textwrap
 import time
 from typing import Dict, List, Optional
 
-from bench.measure import PROJECT_ROOT, HELPER, Session, backend_line, backend_record, copy_repository
+from triton_warmup import HELPER_MODEL as HELPER
+from bench.measure import PROJECT_ROOT, Session, backend_line, backend_record, copy_repository
 
 import torch
 from triton_warmup.embedded import EmbeddedTriton, free_port

@@ -10,7 +10,7 @@
    ready against the plan's samples.
 2. Replicas at once: 1..--replicas entrypoints started together on this one
    machine, as a scale-up whose pods share a node's CPUs.
-3. Fan-out: one warmup_models.py call with a -u per running replica re-warms
+3. Fan-out: one `triton-warmup` call with a -u per running replica re-warms
    them all with a changed plan (every config changes, every model reloads).
 4. The Deployment's readiness probe command, timed on a ready pod.
 
@@ -155,7 +155,7 @@ def measure_probe(container: LocalContainer, plan: pathlib.Path) -> Dict:
 def fan_out(containers: List[LocalContainer], plan: pathlib.Path) -> Dict:
     urls = [word for container in containers for word in ("-u", container.http_url)]
     started = time.monotonic()
-    finished = subprocess.run([sys.executable, str(PROJECT_ROOT / "warmup_models.py"), *urls, "--plan", str(plan),
+    finished = subprocess.run([str(pathlib.Path(sys.executable).parent / "triton-warmup"), *urls, "--plan", str(plan),
                                "--json"], capture_output=True, text=True, timeout=READY_TIMEOUT_S)
     wall = time.monotonic() - started
     if finished.returncode != 0:
@@ -222,7 +222,7 @@ def markdown(results: Dict) -> str:
                          f"{max(row['pod_ready_s']):.2f}") for row in together["together"]]))
     parts.append("\nThey share this machine's CPUs, as pods on one node do; on separate nodes each would take "
                  "the one-replica time.\n")
-    parts.append("## Re-warming running replicas with one `warmup_models.py` call (fan-out)\n")
+    parts.append("## Re-warming running replicas with one `triton-warmup` call (fan-out)\n")
     parts.append("The ConfigMap's plan with count 2, to every running replica, then with count 1 to the first "
                  "alone: every config changes, so every model reloads.\n")
     parts.append(table(("servers", "models reloaded", "call s", "per server s"),

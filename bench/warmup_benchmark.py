@@ -38,13 +38,13 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
+from triton_warmup import HELPER_MODEL as HELPER
 from bench.measure import (
     PROJECT_ROOT,
     COLD,
     EXAMPLE_MODELS,
-    HELPER,
     PROJECT,
     SEED_STYLE,
     TEXT_ENCODER,

@@ -1,12 +1,15 @@
 """Fixtures shared by the integration tests; the server driving lives in live_server.py."""
 
+import contextlib
 import pathlib
 import shutil
+from typing import Optional
 
 import pytest
 
 from triton_warmup import example_models as gen_model
-from live_server import PROJECT_REPOSITORY, client_for
+from triton_warmup.embedded import EmbeddedTriton
+from live_server import PROJECT_REPOSITORY, client_for, running_server, serving
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +23,33 @@ def template_repository(tmp_path_factory) -> pathlib.Path:
     )
     gen_model.write_models(repository)
     return repository
+
+
+@pytest.fixture(scope="module")
+def start_server(template_repository, tmp_path_factory):
+    """The one way the integration tests get a server for a module:
+    ``start_server(name, template=None, shared=None, **options)`` starts a
+    real embedded tritonserver and returns it, ready; every server it started
+    stops when the module's tests are done.
+
+    Args:
+        name: names the server's folder (its log and repository live there).
+        template: the repository to copy; default the project's, with models.
+        shared: serve this repository folder itself instead of a copy
+            (several servers on one volume).
+        options: ``EmbeddedTriton`` options (``extra_args``, ``log_verbose``,
+            ``model_control_mode``).
+    """
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, template: Optional[pathlib.Path] = None, shared: Optional[pathlib.Path] = None,
+                  **options) -> EmbeddedTriton:
+            workdir = tmp_path_factory.mktemp(name)
+            if shared is not None:
+                return stack.enter_context(serving(shared, workdir, **options))
+            return stack.enter_context(running_server(template or template_repository, workdir, **options))
+
+        yield start
 
 
 @pytest.fixture

@@ -18,19 +18,22 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
-from tritonclient.utils import np_to_triton_dtype
 
+from triton_warmup.client.warm import request_warmup
 from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.report import WarmupReport
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROJECT_REPOSITORY = PROJECT_ROOT / "model_repository"
+# The package's console scripts, installed beside this interpreter (make venv).
+COMMANDS = pathlib.Path(sys.executable).parent
 EXAMPLE_MODELS = ["model-v1", "model-v2", "model-v3"]
 
 # A load of an example model with its warmup samples takes well under a
@@ -104,26 +107,13 @@ def send_warmup(
     server: EmbeddedTriton,
     protocol: str,
     inputs: Dict[str, Optional[np.ndarray]],
-):
-    """Send one request to warmup_helper; return (LOADED_MODELS, REPORT dict).
-
-    ``inputs`` maps input names to arrays; the Triton datatype follows the
-    array's dtype, so tests can send wrong types on purpose.
-    """
-    module = grpcclient if protocol == "grpc" else httpclient
-    tensors = []
-    for name, array in inputs.items():
-        datatype = "BYTES" if array.dtype == np.object_ else np_to_triton_dtype(array.dtype)
-        tensor = module.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
+) -> Tuple[List[str], WarmupReport]:
+    """Send one request to warmup_helper with the client's own code
+    (``triton_warmup.client.warm.request_warmup``); return LOADED_MODELS and
+    the report. Each array's dtype gives its Triton datatype, so tests can
+    send wrong types on purpose."""
     with client_for(server, protocol) as client:
-        if protocol == "grpc":
-            result = client.infer("warmup_helper", tensors, client_timeout=WARMUP_REQUEST_TIMEOUT_S)
-        else:
-            result = client.infer("warmup_helper", tensors)
-    loaded = [name.decode() for name in result.as_numpy("LOADED_MODELS").reshape(-1)]
-    return loaded, json.loads(result.as_numpy("REPORT").reshape(-1)[0])
+        return request_warmup(client, protocol, inputs, timeout_s=WARMUP_REQUEST_TIMEOUT_S)
 
 
 def warmup_inputs(
@@ -152,7 +142,7 @@ def model_states(server: EmbeddedTriton, headers: Optional[Dict[str, str]] = Non
 
 
 def triton_crashed(server: EmbeddedTriton, settle_s: float = 10.0) -> bool:
-    """Whether tritonserver died of a segfault of its own (README, "Known
+    """Whether tritonserver died of a segfault of its own (docs/safety.md, "Known
     Triton issues": it can, tearing down an instance whose warmup failed).
 
     Clients see the connection close while the dying server still prints its

@@ -12,7 +12,6 @@ from live_server import (
     client_for,
     model_states,
     repository_snapshot,
-    running_server,
     send_warmup,
     warmup_inputs,
 )
@@ -24,24 +23,24 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("bad_requests")) as server:
-        repository = server.model_repository
-        (repository / "no-config" / "1").mkdir(parents=True)
-        (repository / "bad-config" / "1").mkdir(parents=True)
-        (repository / "bad-config" / "config.pbtxt").write_text('name: "bad-config"\ninput [ { name: ')
-        broken = repository / "broken-model"
-        (broken / "1").mkdir(parents=True)
-        config = (repository / "model-v1" / "config.pbtxt").read_text()
-        (broken / "config.pbtxt").write_text(config.replace('name: "model-v1"', 'name: "broken-model"'))
-        (broken / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
-        # A complete, valid model that lies outside the repository, reached
-        # through a symlink inside it, and one in a hidden folder.
-        outside = server.workdir / "outside" / "escaped"
-        shutil.copytree(repository / "model-v1", outside)
-        (repository / "escaped").symlink_to(outside, target_is_directory=True)
-        shutil.copytree(repository / "model-v1", repository / ".hidden-model")
-        yield server
+def server(start_server):
+    server = start_server("bad_requests")
+    repository = server.model_repository
+    (repository / "no-config" / "1").mkdir(parents=True)
+    (repository / "bad-config" / "1").mkdir(parents=True)
+    (repository / "bad-config" / "config.pbtxt").write_text('name: "bad-config"\ninput [ { name: ')
+    broken = repository / "broken-model"
+    (broken / "1").mkdir(parents=True)
+    config = (repository / "model-v1" / "config.pbtxt").read_text()
+    (broken / "config.pbtxt").write_text(config.replace('name: "model-v1"', 'name: "broken-model"'))
+    (broken / "1" / "model.pt").write_bytes(b"this is not a TorchScript archive")
+    # A complete, valid model that lies outside the repository, reached
+    # through a symlink inside it, and one in a hidden folder.
+    outside = server.workdir / "outside" / "escaped"
+    shutil.copytree(repository / "model-v1", outside)
+    (repository / "escaped").symlink_to(outside, target_is_directory=True)
+    shutil.copytree(repository / "model-v1", repository / ".hidden-model")
+    return server
 
 
 def ids(values):
@@ -127,10 +126,10 @@ def test_a_model_that_cannot_load_is_reported_untouched_and_does_not_stop_the_ot
     # The JSON report says the same, and the server still serves.
     loaded, report = send_warmup(server, "grpc", warmup_inputs(["broken-model"], 1, 1))
     assert loaded == []
-    (entry,) = report["models"]
-    assert entry["status"] == "FAILED" and entry["config_written"] is False
-    assert "does not load even without warmup samples" in entry["error"]
-    assert entry["serving_previous_version"] is False
+    (entry,) = report.models
+    assert entry.status == "FAILED" and entry.config_written is False
+    assert "does not load even without warmup samples" in entry.error
+    assert entry.serving_previous_version is False
     assert broken_config.read_bytes() == original
     # Still serving: live, and the warmed model answers ready. (Server-wide
     # readiness turns false while a model is in the failed state: Triton's
@@ -140,13 +139,13 @@ def test_a_model_that_cannot_load_is_reported_untouched_and_does_not_stop_the_ot
 
 
 def test_repeated_failed_loads_do_not_take_the_server_down(server):
-    """A failed pb_utils.load_model can abort this Triton (README, "Known
+    """A failed pb_utils.load_model can abort this Triton (docs/safety.md, "Known
     Triton issue"); the helper's default load path must survive a run of them."""
     broken_config = server.model_repository / "broken-model" / "config.pbtxt"
     original = broken_config.read_bytes()
     for attempt in range(5):
         loaded, report = send_warmup(server, "http", warmup_inputs(["broken-model"], 1, 1))
-        assert loaded == [] and report["models"][0]["status"] == "FAILED", attempt
+        assert loaded == [] and report.models[0].status == "FAILED", attempt
         assert server.is_running(), f"tritonserver died after failed load {attempt + 1}"
     assert broken_config.read_bytes() == original
     with client_for(server, "http") as http:

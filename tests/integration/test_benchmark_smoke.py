@@ -11,7 +11,7 @@ import pathlib
 
 import pytest
 
-from live_server import PROJECT_ROOT, run_module
+from live_server import run_module
 
 # A server start, three conditions, two scaling points, two throughput runs,
 # a small specialization study; then up to four server starts of the crash count.

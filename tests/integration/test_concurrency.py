@@ -15,13 +15,13 @@ import tritonclient.http as httpclient
 
 from triton_warmup.helper.config_rewrite import read_config
 from triton_warmup.client import warm as warm_cli
+from triton_warmup.report import WarmupReport
 from live_server import (
     EXAMPLE_MODELS,
     load_windows,
     model_states,
     repository_snapshot,
     send_warmup,
-    serving,
     warmup_inputs,
 )
 from target_models import write_python_target
@@ -51,11 +51,9 @@ def shared_repository(template_repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(shared_repository, tmp_path_factory):
+def servers(start_server, shared_repository):
     """Two servers, as two replicas, on the same repository folder."""
-    workdir = tmp_path_factory.mktemp("replicas")
-    with serving(shared_repository, workdir / "a") as first, serving(shared_repository, workdir / "b") as second:
-        yield first, second
+    return start_server("replica-a", shared=shared_repository), start_server("replica-b", shared=shared_repository)
 
 
 def assert_configs_hold_one_plan(repository, models):
@@ -71,25 +69,25 @@ def assert_configs_hold_one_plan(repository, models):
 
 def test_two_servers_on_one_volume_take_turns_per_model(run_cli, servers, shared_repository):
     """Replicas on a shared volume, warmed at once by one fan-out call
-    (warmup_models.py with a -u per server, one thread each)."""
+    (triton-warmup with a -u per server, one thread each)."""
     urls = [word for server in servers for word in ("-u", server.http_url)]
     result = run_cli(warm_cli.main, *urls, "--models", *EXAMPLE_MODELS, "--group-size-max", str(GROUP_MAX),
         "--batch-sizes", *map(str, BATCH_SIZES), "--json",
     )
 
     assert result.returncode == 0, result.stderr
-    reports = [entry["report"] for entry in json.loads(result.stdout)["servers"]]
+    reports = [WarmupReport.from_dict(entry["report"]) for entry in json.loads(result.stdout)["servers"]]
     for report in reports:
-        assert [entry["name"] for entry in report["models"]] == EXAMPLE_MODELS, report
+        assert [entry.name for entry in report.models] == EXAMPLE_MODELS, report
     for index, model in enumerate(EXAMPLE_MODELS):
-        entries = [report["models"][index] for report in reports]
+        entries = [report.models[index] for report in reports]
         # Both servers planned the same samples. The lock file serialized
         # the writers: one server's hold ended before the other's began;
         # the second writer found the plan written and wrote nothing.
-        assert entries[0]["warmup_samples"] == entries[1]["warmup_samples"]
-        holds = sorted((entry["lock"] for entry in entries), key=lambda hold: hold["held_from"])
-        assert holds[0]["held_until"] <= holds[1]["held_from"], (model, holds)
-        assert sorted(entry["config_written"] for entry in entries) == [False, True], entries
+        assert entries[0].warmup_samples == entries[1].warmup_samples
+        holds = sorted((entry.lock for entry in entries), key=lambda hold: hold.held_from)
+        assert holds[0].held_until <= holds[1].held_from, (model, holds)
+        assert sorted(entry.config_written for entry in entries) == [False, True], entries
     assert_configs_hold_one_plan(shared_repository, EXAMPLE_MODELS)
     for server in servers:
         states = model_states(server)
@@ -112,12 +110,12 @@ def test_parallel_triggers_on_one_server_all_get_answers(servers, shared_reposit
         results = [future.result() for future in futures]
 
     for subset, (loaded, report) in zip(subsets, results):
-        assert loaded == subset and not report["failed"], report
+        assert loaded == subset and not report.failed, report
     assert_configs_hold_one_plan(shared_repository, EXAMPLE_MODELS)
     # The files are what a single request writes: one more changes nothing.
     before = repository_snapshot(shared_repository)
     loaded, report = send_warmup(server, "http", plan(EXAMPLE_MODELS))
-    assert not any(entry["config_changed"] for entry in report["models"])
+    assert not any(entry.config_changed for entry in report.models)
     assert repository_snapshot(shared_repository) == before
 
 
@@ -148,7 +146,7 @@ def test_trigger_while_the_model_is_loading_waits_then_loads_its_plan(servers, s
     answered = time.time()
     loader.join()
 
-    assert loaded == ["slow-to-load"] and report["models"][0]["config_written"] is True
+    assert loaded == ["slow-to-load"] and report.models[0].config_written is True
     first, second = load_windows(server, "slow-to-load")
     # The trigger came while the direct load was under way (its initialize
     # sleeps SLOW_INITIALIZE_S), and its own load began only after that one.

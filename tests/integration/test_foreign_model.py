@@ -16,7 +16,6 @@ from live_server import (
     load_windows,
     model_states,
     request_shapes,
-    running_server,
     send_warmup,
     warmup_inputs,
     warmup_runs,
@@ -74,14 +73,14 @@ def write_model(folder, config, module):
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
+def server(start_server):
     torch.manual_seed(0)
-    with running_server(template_repository, tmp_path_factory.mktemp("foreign"), log_verbose=1) as server:
-        repository = server.model_repository
-        write_model(repository / "token-classifier", TOKEN_CLASSIFIER_CONFIG, torch.jit.script(TokenClassifier().eval()))
-        scorer = torch.nn.Linear(8, 2).eval()
-        write_model(repository / "unbatched-scorer", UNBATCHED_CONFIG, torch.jit.trace(scorer, torch.zeros(3, 8)))
-        yield server
+    server = start_server("foreign")
+    repository = server.model_repository
+    write_model(repository / "token-classifier", TOKEN_CLASSIFIER_CONFIG, torch.jit.script(TokenClassifier().eval()))
+    scorer = torch.nn.Linear(8, 2).eval()
+    write_model(repository / "unbatched-scorer", UNBATCHED_CONFIG, torch.jit.trace(scorer, torch.zeros(3, 8)))
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +91,11 @@ def report(server):
 
 
 def test_plan_follows_each_config(server, report):
-    token, scorer = report["models"]
+    token, scorer = report.models
     # Batch sizes: powers of two up to 4, plus the preferred 3.
-    assert token["batch_sizes"] == [1, 2, 3, 4] and token["warmup_samples"] == 2 * 4
-    assert token["instances"] == 2
-    assert scorer["batch_sizes"] == [1] and scorer["warmup_samples"] == 2
+    assert token.batch_sizes == [1, 2, 3, 4] and token.warmup_samples == 2 * 4
+    assert token.instances == 2
+    assert scorer.batch_sizes == [1] and scorer.warmup_samples == 2
     _, config = read_config(server.model_repository / "token-classifier")
     sample = config.model_warmup[0]
     # Token ids get zeros, never random values that could leave the vocabulary.
@@ -151,7 +150,7 @@ def test_feature_dims_can_be_zero_for_models_that_fix_or_lack_them(server, repor
         server, "grpc", warmup_inputs(["token-classifier", "unbatched-scorer"], 1, 2, feature_dims=[0, 8])
     )
     assert loaded == ["token-classifier", "unbatched-scorer"]
-    assert [entry["config_changed"] for entry in again["models"]] == [False, False]
+    assert [entry.config_changed for entry in again.models] == [False, False]
 
 
 def test_requests_mode_sends_each_shape_to_a_two_instance_and_an_unbatched_model(server, report):
@@ -161,7 +160,7 @@ def test_requests_mode_sends_each_shape_to_a_two_instance_and_an_unbatched_model
     inputs = warmup_inputs(["token-classifier", "unbatched-scorer"], 1, 2)
     inputs["MODE"] = np.array([b"requests"], dtype=np.object_)
     loaded, again = send_warmup(server, "grpc", inputs)
-    assert again["mode"] == "requests" and loaded == ["token-classifier", "unbatched-scorer"]
+    assert again.mode == "requests" and loaded == ["token-classifier", "unbatched-scorer"]
     window = (sent_at, time.time())
     runs = executions(server, "token-classifier", window)
     assert runs and all(run["requests"] == 1 for run in runs)

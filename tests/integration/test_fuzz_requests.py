@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from live_server import client_for, repository_snapshot, running_server, send_warmup, warmup_inputs
+from live_server import client_for, repository_snapshot, send_warmup, warmup_inputs
 from triton_warmup.helper.request import REQUEST_INPUTS
 
 EXAMPLES_PER_PROTOCOL = int(os.environ.get("FUZZ_EXAMPLES", "260"))
@@ -39,9 +39,8 @@ ACCEPTED_STATUS = {
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("fuzz")) as server:
-        yield server
+def server(start_server):
+    return start_server("fuzz")
 
 
 def base():

@@ -1,4 +1,4 @@
-"""serve.py and EmbeddedTriton: pass-through flags, running a command, clean
+"""triton-warmup-serve and EmbeddedTriton: pass-through flags, running a command, clean
 stops on SIGTERM with no stub left behind, and a fast failure when the server dies."""
 
 import signal
@@ -9,7 +9,7 @@ import time
 import pytest
 
 from triton_warmup.embedded import EmbeddedTriton, TritonStartError
-from live_server import PROJECT_ROOT, free_port, live_processes
+from live_server import COMMANDS, free_port, live_processes
 
 # A server start (~3 s with the helper's stub) plus a stop; the margin is
 # for a busy machine.
@@ -25,7 +25,7 @@ def processes_mentioning(text: str):
 
 def serve_argv(template_repository, workdir, *extra):
     return [
-        sys.executable, str(PROJECT_ROOT / "serve.py"),
+        str(COMMANDS / "triton-warmup-serve"),
         "--model-repository", str(template_repository),
         "--working-copy", "--workdir", str(workdir),
         "--http-port", str(free_port()), "--grpc-port", str(free_port()),

@@ -4,7 +4,7 @@ shape with Triton's error, the other models of the request still warm, the
 models that were READY keep serving, and the server stays up.
 
 Before the preflight, a rejected warmup sample reached Triton as
-``model_warmup`` and could crash tritonserver itself (README, "Known Triton
+``model_warmup`` and could crash tritonserver itself (docs/safety.md, "Known Triton
 issues"); these tests then xfailed. No sample reaches Triton untried now, so
 every case must pass.
 """
@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from triton_warmup import example_models as gen_model
-from live_server import model_states, running_server, send_warmup, warmup_inputs
+from live_server import model_states, send_warmup, warmup_inputs
 from triton_warmup.helper.repository_guard import backup_path
 from target_models import (
     write_corrupt_model,
@@ -34,19 +34,17 @@ SCRATCH_PREFIX = ".warmup_helper.preflight."
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
-    with running_server(
-        template_repository, tmp_path_factory.mktemp("load_failures"), extra_args=["--exit-timeout-secs=5"]
-    ) as server:
-        repository = server.model_repository
-        write_corrupt_model(repository, "corrupt-file")
-        write_model_without_file(repository, "missing-file")
-        write_python_target(repository, "fails-initialize", fail_initialize=True)
-        write_python_target(repository, "second-instance-fails", fail_second_instance=True)
-        write_picky_model(repository, "picky", PICKY_LARGEST_GROUP)
-        loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 2))
-        assert loaded == ["model-v1"]
-        yield server
+def server(start_server):
+    server = start_server("load_failures", extra_args=["--exit-timeout-secs=5"])
+    repository = server.model_repository
+    write_corrupt_model(repository, "corrupt-file")
+    write_model_without_file(repository, "missing-file")
+    write_python_target(repository, "fails-initialize", fail_initialize=True)
+    write_python_target(repository, "second-instance-fails", fail_second_instance=True)
+    write_picky_model(repository, "picky", PICKY_LARGEST_GROUP)
+    loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 2))
+    assert loaded == ["model-v1"]
+    return server
 
 
 def answers(server, model="model-v1") -> bool:
@@ -84,18 +82,18 @@ def test_failed_target_is_reported_with_nothing_written_and_the_others_warm(serv
     original = config.read_bytes()
     loaded, report = send_warmup(server, "http", warmup_inputs([target, "model-v2"], 1, group_max))
 
-    failed, other = report["models"]
-    assert failed["status"] == "FAILED" and failed["error"].startswith("preflight: ")
-    assert words in failed["error"] and "nothing was written or loaded" in failed["error"]
-    assert failed["preflight"]["how"] == "scratch copy" and failed["preflight"]["why"] == "model not loaded"
-    assert failed["config_written"] is False and failed["timings"]["load_s"] == 0
+    failed, other = report.models
+    assert failed.status == "FAILED" and failed.error.startswith("preflight: ")
+    assert words in failed.error and "nothing was written or loaded" in failed.error
+    assert failed.preflight.how == "scratch copy" and failed.preflight.why == "model not loaded"
+    assert failed.config_written is False and failed.timings.load_s == 0
     assert config.read_bytes() == original and not backup_path(config.parent).exists()
-    assert other["status"] == "READY" and loaded == ["model-v2"]
+    assert other.status == "READY" and loaded == ["model-v2"]
     # Absent when the model is READY with this plan already (nothing to load).
-    if other["preflight"] is not None:
-        checked = other["preflight"]["samples_checked"] + other["preflight"]["samples_known_good"]
-        assert other["preflight"]["error"] is None and checked == other["warmup_samples"]
-    assert report["failed"] == [target]
+    if other.preflight is not None:
+        checked = other.preflight.samples_checked + other.preflight.samples_known_good
+        assert other.preflight.error is None and checked == other.warmup_samples
+    assert report.failed == [target]
     states = model_states(server)
     assert states[target] != "READY" and states["model-v1"] == "READY"
     assert server.is_running() and answers(server, "model-v1")
@@ -104,32 +102,32 @@ def test_failed_target_is_reported_with_nothing_written_and_the_others_warm(serv
 
 def test_the_failing_sample_is_named_with_its_shape(server):
     _, report = send_warmup(server, "http", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP + 2, batch_sizes=[2]))
-    (entry,) = report["models"]
+    (entry,) = report.models
     # Samples run in plan order: groups 1..3 pass, group 4 is the first to fail.
-    assert entry["preflight"]["samples_checked"] == PICKY_LARGEST_GROUP
-    failed = entry["preflight"]["failed_sample"]
+    assert entry.preflight.samples_checked == PICKY_LARGEST_GROUP
+    failed = entry.preflight.failed_sample
     assert failed["inputs"] == {"mask": [2, PICKY_LARGEST_GROUP + 1], "x": [2, PICKY_LARGEST_GROUP + 1, 64]}
-    assert failed["batch_size"] == 2 and failed["sample"] in entry["error"]
-    assert f"x [2, {PICKY_LARGEST_GROUP + 1}, 64]" in entry["error"]
+    assert failed["batch_size"] == 2 and failed["sample"] in entry.error
+    assert f"x [2, {PICKY_LARGEST_GROUP + 1}, 64]" in entry.error
 
 
 def test_ready_model_is_checked_with_requests_and_keeps_serving_when_a_sample_fails(server):
     config = server.model_repository / "picky" / "config.pbtxt"
     loaded, first = send_warmup(server, "http", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP, batch_sizes=[1]))
-    assert loaded == ["picky"] and first["models"][0]["preflight"]["how"] == "scratch copy"
+    assert loaded == ["picky"] and first.models[0].preflight.how == "scratch copy"
     warmed = config.read_bytes()
 
     loaded, report = send_warmup(
         server, "grpc", warmup_inputs(["picky"], 1, PICKY_LARGEST_GROUP + 2, batch_sizes=[1])
     )
-    (entry,) = report["models"]
-    assert loaded == [] and entry["status"] == "FAILED"
-    assert entry["preflight"]["how"] == "requests to the serving model"
+    (entry,) = report.models
+    assert loaded == [] and entry.status == "FAILED"
+    assert entry.preflight.how == "requests to the serving model"
     # The three group sizes Triton already ran at the last load are not sent again.
-    assert entry["preflight"]["samples_known_good"] == PICKY_LARGEST_GROUP
-    assert entry["preflight"]["samples_checked"] == 0
-    assert "group size above the model's maximum" in entry["error"]
-    assert entry["serving_previous_version"] is True and entry["config_written"] is False
+    assert entry.preflight.samples_known_good == PICKY_LARGEST_GROUP
+    assert entry.preflight.samples_checked == 0
+    assert "group size above the model's maximum" in entry.error
+    assert entry.serving_previous_version is True and entry.config_written is False
     assert config.read_bytes() == warmed
     assert model_states(server)["picky"] == "READY" and answers(server, "picky")
     assert server.is_running()
@@ -142,11 +140,11 @@ def test_a_transformer_asked_for_a_sequence_longer_than_its_positions_stays_unto
     loaded, report = send_warmup(
         server, "http", warmup_inputs(["text-encoder"], longest - 1, longest + 1, feature_dims=[0], batch_sizes=[1])
     )
-    (entry,) = report["models"]
-    assert loaded == [] and entry["status"] == "FAILED"
-    assert entry["preflight"]["samples_checked"] == 2
-    assert entry["preflight"]["failed_sample"]["inputs"]["input_ids"] == [1, longest + 1]
-    assert "index out of range" in entry["error"]
+    (entry,) = report.models
+    assert loaded == [] and entry.status == "FAILED"
+    assert entry.preflight.samples_checked == 2
+    assert entry.preflight.failed_sample["inputs"]["input_ids"] == [1, longest + 1]
+    assert "index out of range" in entry.error
     assert config.read_bytes() == original
     assert model_states(server)["text-encoder"] != "READY" and server.is_running()
     assert_no_scratch_copy_left(server)
@@ -158,11 +156,11 @@ def test_a_load_that_fails_after_the_preflight_passed_is_rolled_back(server):
     config = server.model_repository / "second-instance-fails" / "config.pbtxt"
     original = config.read_bytes()
     loaded, report = send_warmup(server, "http", warmup_inputs(["second-instance-fails", "model-v3"], 1, 2))
-    failed, other = report["models"]
-    assert failed["preflight"]["error"] is None and failed["preflight"]["samples_checked"] == failed["warmup_samples"]
-    assert failed["status"] == "FAILED" and failed["error"].startswith("load failed")
-    assert "this instance refuses to initialize" in failed["error"]
-    assert failed["config_written"] is True and failed["config_restored"] is True
+    failed, other = report.models
+    assert failed.preflight.error is None and failed.preflight.samples_checked == failed.warmup_samples
+    assert failed.status == "FAILED" and failed.error.startswith("load failed")
+    assert "this instance refuses to initialize" in failed.error
+    assert failed.config_written is True and failed.config_restored is True
     assert config.read_bytes() == original and not backup_path(config.parent).exists()
-    assert other["status"] == "READY" and loaded == ["model-v3"]
+    assert other.status == "READY" and loaded == ["model-v3"]
     assert server.is_running() and answers(server, "model-v1")

@@ -29,19 +29,19 @@ def test_bls_load_warms_a_model(template_repository, tmp_path):
         assert "loads through pb_utils.load_model" in server.log_text()
         loaded, report = send_warmup(server, "grpc", warmup_inputs(["model-v1"], 1, 2, batch_sizes=[1, 4]))
         assert loaded == ["model-v1"]
-        assert report["models"][0]["warmup_samples"] == 4
+        assert report.models[0].warmup_samples == 4
         assert model_states(server)["model-v1"] == "READY"
         # The preflight's scratch copy loaded through pb_utils.load_model too.
-        preflight = report["models"][0]["preflight"]
-        assert preflight["how"] == "scratch copy" and preflight["samples_checked"] == 4
+        preflight = report.models[0].preflight
+        assert preflight.how == "scratch copy" and preflight.samples_checked == 4
 
         # A read-only config goes to pb_utils.load_model(config=...) instead.
         config = server.model_repository / "model-v2" / "config.pbtxt"
         config.chmod(0o444)
         original = config.read_bytes()
         loaded, report = send_warmup(server, "http", warmup_inputs(["model-v2"], 1, 2, batch_sizes=[1, 4]))
-        (entry,) = report["models"]
-        assert loaded == ["model-v2"] and "read-only" in entry["fallback"]
+        (entry,) = report.models
+        assert loaded == ["model-v2"] and "read-only" in entry.fallback
         assert config.read_bytes() == original
         with httpclient.InferenceServerClient(server.http_url) as client:
             assert len(client.get_model_config("model-v2")["model_warmup"]) == 4
@@ -53,7 +53,7 @@ def test_bls_load_warms_a_model(template_repository, tmp_path):
             loaded, report = send_warmup(server, "http", warmup_inputs(["model-v3"], 1, 1, batch_sizes=[1]))
         finally:
             server.model_repository.chmod(0o755)
-        (entry,) = report["models"]
+        (entry,) = report.models
         assert loaded == ["model-v3"], entry
-        assert entry["preflight"]["scratch"].startswith("file overrides in the load request")
-        assert entry["preflight"]["samples_checked"] == 1 and entry["fallback"]
+        assert entry.preflight.scratch.startswith("file overrides in the load request")
+        assert entry.preflight.samples_checked == 1 and entry.fallback

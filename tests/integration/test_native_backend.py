@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from live_server import live_processes, model_states, running_server, send_warmup, wait_for_log, warmup_inputs
+from live_server import live_processes, model_states, send_warmup, wait_for_log, warmup_inputs
 from target_models import copy_model
 
 # Server start plus two small loads; the margin is for a busy machine.
@@ -17,14 +17,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("native")) as server:
-        model_dir = copy_model(server.model_repository, "model-v1", TWO_INSTANCES)
-        config = model_dir / "config.pbtxt"
-        config.write_text(config.read_text().replace("count: 1", "count: 2"))
-        loaded, report = send_warmup(server, "http", warmup_inputs(["model-v1", TWO_INSTANCES], 1, 1))
-        assert loaded == ["model-v1", TWO_INSTANCES], report
-        yield server
+def server(start_server):
+    server = start_server("native")
+    model_dir = copy_model(server.model_repository, "model-v1", TWO_INSTANCES)
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text().replace("count: 1", "count: 2"))
+    loaded, report = send_warmup(server, "http", warmup_inputs(["model-v1", TWO_INSTANCES], 1, 1))
+    assert loaded == ["model-v1", TWO_INSTANCES], report
+    return server
 
 
 def children(pid: int):

@@ -4,14 +4,15 @@ Each bad plan names a real model and a shape its code rejects (a group size
 above what a picky encoder takes, a feature dimension a Linear(64) refuses, a
 sequence longer than the text encoder's position table). Both cores are kept
 busy by spinning shell loops, the condition under which Triton crashed most
-often (README, "Known Triton issues").
+often (docs/safety.md, "Known Triton issues").
 
 With the preflight (the helper's default) every plan must come back FAILED,
 naming its failing sample, with the server still up: that is asserted. The
 same plans sent to a helper whose preflight is off let the rejected samples
 reach Triton as ``model_warmup``; how often tritonserver then dies is
-measured in the same run and reported, not asserted (it varies from run to
-run).
+measured and reported, not asserted (it varies from run to run). That half
+restarts a crashed server again and again, so it is part of the fault
+battery (``make test-faults``, PREFLIGHT_OFF_PLANS=30), not of ``make test``.
 """
 
 import contextlib
@@ -32,6 +33,8 @@ from live_server import (
 from target_models import write_picky_model, write_variable_feature_model
 
 BAD_PLANS = 30
+# Plans sent with the preflight off; 0 (make test) skips that measurement.
+PREFLIGHT_OFF_PLANS = int(os.environ.get("PREFLIGHT_OFF_PLANS", "0"))
 PICKY_LARGEST_GROUP = 3
 
 # Two servers, 30 requests each, and a restart after every crash without the preflight.
@@ -75,10 +78,7 @@ def with_targets(server):
 
 
 def test_no_bad_plan_crashes_triton_with_the_preflight(template_repository, tmp_path, measured):
-    without = template_with_helper_parameters(template_repository, tmp_path / "without", preflight="false")
     with_preflight = running_server(template_repository, tmp_path / "on", extra_args=["--exit-timeout-secs=5"])
-    without_preflight = running_server(without, tmp_path / "off", extra_args=["--exit-timeout-secs=5"])
-
     crashes_with = 0
     with with_preflight as server, busy_cores():
         with_targets(server)
@@ -93,17 +93,25 @@ def test_no_bad_plan_crashes_triton_with_the_preflight(template_repository, tmp_
                 crashes_with += 1
                 restart(server)
                 continue
-            (entry,) = report["models"]
-            assert loaded == [] and entry["status"] == "FAILED", (trial, entry)
-            assert entry["preflight"]["failed_sample"] is not None and words in entry["error"], (trial, entry)
+            (entry,) = report.models
+            assert loaded == [] and entry.status == "FAILED", (trial, entry)
+            assert entry.preflight.failed_sample is not None and words in entry.error, (trial, entry)
             assert (server.model_repository / model / "config.pbtxt").read_bytes() == before
         assert server.is_running()
+    measured(f"{BAD_PLANS} bad plans, both cores busy, preflight on: tritonserver crashed {crashes_with} times")
+    assert crashes_with == 0
 
+
+@pytest.mark.faults
+@pytest.mark.skipif(PREFLIGHT_OFF_PLANS == 0, reason="the fault battery's measurement (PREFLIGHT_OFF_PLANS)")
+def test_how_often_triton_crashes_without_the_preflight(template_repository, tmp_path, measured):
+    without = template_with_helper_parameters(template_repository, tmp_path / "without", preflight="false")
+    without_preflight = running_server(without, tmp_path / "off", extra_args=["--exit-timeout-secs=5"])
     crashes_without = 0
     answered_without = 0
     with without_preflight as server, busy_cores():
         with_targets(server)
-        for trial in range(BAD_PLANS):
+        for trial in range(PREFLIGHT_OFF_PLANS):
             try:
                 _, report = send_warmup(server, "http", bad_plan(trial)[1])
             except Exception:
@@ -112,10 +120,9 @@ def test_no_bad_plan_crashes_triton_with_the_preflight(template_repository, tmp_
                 crashes_without += 1
                 restart(server)
                 continue
-            answered_without += report["models"][0]["status"] == "FAILED"
+            answered_without += report.models[0].status == "FAILED"
 
     measured(
-        f"{BAD_PLANS} bad plans, both cores busy: tritonserver crashed {crashes_with} times with the "
-        f"preflight, {crashes_without} times without it ({answered_without} failed loads answered)"
+        f"{PREFLIGHT_OFF_PLANS} bad plans, both cores busy, preflight OFF: tritonserver crashed "
+        f"{crashes_without} times ({answered_without} failed loads answered)"
     )
-    assert crashes_with == 0

@@ -1,4 +1,4 @@
-"""Replicas: one warmup_models.py call warms several servers at once.
+"""Replicas: one triton-warmup call warms several servers at once.
 
 Three servers, each on its own copy of the repository (the replicas of a
 Deployment, each with the repository baked into its image). Each server's
@@ -6,7 +6,6 @@ own log shows that its own warmup ran. Replicas on one
 shared volume, warmed the same way, are in test_concurrency.py.
 """
 
-import contextlib
 import json
 import shutil
 
@@ -18,7 +17,6 @@ from live_server import (
     EXAMPLE_MODELS,
     load_windows,
     model_states,
-    running_server,
     wait_for_log,
     warmup_runs,
 )
@@ -37,21 +35,19 @@ ONLY_ON_ONE_SERVER = "only-on-one-server"
 
 
 @pytest.fixture(scope="module")
-def own_copies(template_repository, tmp_path_factory):
+def own_copies(start_server, template_repository, tmp_path_factory):
     """Three servers, each serving its own copy of the repository; the last
     copy has one model more than the others."""
-    root = tmp_path_factory.mktemp("own-copies")
-    template = root / "template"
+    template = tmp_path_factory.mktemp("own-copies") / "template"
     shutil.copytree(template_repository, template)
-    with contextlib.ExitStack() as stack:
-        servers = []
-        for name in ("a", "b", "c"):
-            if name == "c":
-                shutil.copytree(template / "model-v1", template / ONLY_ON_ONE_SERVER)
-                config = template / ONLY_ON_ONE_SERVER / "config.pbtxt"
-                config.write_text(config.read_text().replace('name: "model-v1"', f'name: "{ONLY_ON_ONE_SERVER}"'))
-            servers.append(stack.enter_context(running_server(template, root / name)))
-        yield servers
+    servers = []
+    for name in ("a", "b", "c"):
+        if name == "c":
+            shutil.copytree(template / "model-v1", template / ONLY_ON_ONE_SERVER)
+            config = template / ONLY_ON_ONE_SERVER / "config.pbtxt"
+            config.write_text(config.read_text().replace('name: "model-v1"', f'name: "{ONLY_ON_ONE_SERVER}"'))
+        servers.append(start_server(f"replica-{name}", template))
+    return servers
 
 
 def fan_out(run_cli, servers, *flags):
@@ -59,7 +55,7 @@ def fan_out(run_cli, servers, *flags):
     return run_cli(warm_cli.main, *urls, *flags, "--json")
 
 
-def test_one_call_warms_three_servers_each_in_its_own_log(own_copies):
+def test_one_call_warms_three_servers_each_in_its_own_log(run_cli, own_copies):
     result = fan_out(run_cli, own_copies, *SHAPE_FLAGS)
 
     assert result.returncode == 0, result.stderr
@@ -86,7 +82,7 @@ def test_one_call_warms_three_servers_each_in_its_own_log(own_copies):
     assert f"PASS: {len(own_copies)} servers warm" in result.stderr
 
 
-def test_one_failing_server_fails_the_call_and_the_others_still_warm(own_copies):
+def test_one_failing_server_fails_the_call_and_the_others_still_warm(run_cli, own_copies):
     first, _, third = own_copies
 
     result = fan_out(run_cli, [first, third], "--models", ONLY_ON_ONE_SERVER, "--group-size-max", "1")

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from triton_warmup.client import warm as warm_cli
+from triton_warmup.report import WarmupReport
 from live_server import (
     EXAMPLE_MODELS,
     executions,
@@ -16,7 +17,6 @@ from live_server import (
     recorded_inputs,
     repository_snapshot,
     request_shapes,
-    running_server,
 )
 from target_models import write_recording_model
 
@@ -28,13 +28,11 @@ FEATURE_DIMS = {"model-v1": 64, "model-v2": 128, "model-v3": 256}
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
+def server(start_server, template_repository, tmp_path_factory):
     # model-v1 records the data it receives; every model loads at start-up.
-    workdir = tmp_path_factory.mktemp("requests_mode")
-    template = shutil.copytree(template_repository, workdir / "template")
+    template = shutil.copytree(template_repository, tmp_path_factory.mktemp("requests_mode") / "template")
     write_recording_model(template, "model-v1")
-    with running_server(template, workdir, model_control_mode="none") as server:
-        yield server
+    return start_server("requests_mode", template, model_control_mode="none")
 
 
 def test_auto_mode_detects_the_server_and_sends_requests_to_loaded_models(run_cli, server):
@@ -44,26 +42,26 @@ def test_auto_mode_detects_the_server_and_sends_requests_to_loaded_models(run_cl
     sent_at = time.time()
     result = run_cli(warm_cli.main, "-u", server.http_url, "--group-size-max", "2", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout)
-    assert report["mode"] == "requests"
-    assert "runs in none model-control mode" in report["mode_reason"]
-    assert "served traffic while it was warmed" in report["limitation"]
-    assert report["loaded"] == EXAMPLE_MODELS
+    report = WarmupReport.from_dict(json.loads(result.stdout))
+    assert report.mode == "requests"
+    assert "runs in none model-control mode" in report.mode_reason
+    assert "served traffic while it was warmed" in report.limitation
+    assert report.loaded == EXAMPLE_MODELS
     # Nothing on disk changed and nothing was reloaded.
     assert repository_snapshot(server.model_repository) == before
     assert {name: len(load_windows(server, name)) for name in EXAMPLE_MODELS} == loads_before
-    for entry in report["models"]:
-        assert entry["served_before_warm"] is True
-        assert entry["requests_sent"] == entry["warmup_samples"] * entry["count"]
+    for entry in report.models:
+        assert entry.served_before_warm is True
+        assert entry.requests_sent == entry.warmup_samples * entry.count
         window = (sent_at, time.time())
-        shapes = sorted(tuple(shape["x"]) for shape in request_shapes(server, entry["name"], window))
+        shapes = sorted(tuple(shape["x"]) for shape in request_shapes(server, entry.name, window))
         expected = sorted(
-            (batch, group, FEATURE_DIMS[entry["name"]])
-            for group in (1, 2) for batch in (1, 2, 4, 8) for _ in range(entry["count"])
+            (batch, group, FEATURE_DIMS[entry.name])
+            for group in (1, 2) for batch in (1, 2, 4, 8) for _ in range(entry.count)
         )
-        assert shapes == expected, entry["name"]
+        assert shapes == expected, entry.name
         # Each request ran alone: the batcher merged none of them.
-        runs = executions(server, entry["name"], window)
+        runs = executions(server, entry.name, window)
         assert len(runs) == len(expected) and all(run["requests"] == 1 for run in runs)
 
 

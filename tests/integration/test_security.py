@@ -13,7 +13,6 @@ from triton_warmup.client import warm as warm_cli, states as states_cli
 from live_server import (
     model_states,
     repository_snapshot,
-    running_server,
     send_warmup,
     template_with_helper_parameters,
     warmup_inputs,
@@ -35,22 +34,19 @@ PLAN_CAP = 6
 
 
 @pytest.fixture(scope="module")
-def locked(template_repository, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("locked")
+def locked(start_server, template_repository, tmp_path_factory):
     template = template_with_helper_parameters(
         template_repository,
-        workdir / "template",
+        tmp_path_factory.mktemp("locked") / "template",
         allowed_models=",".join(ALLOWED),
         max_warmup_samples=str(PLAN_CAP),
     )
-    with running_server(template, workdir / "server", extra_args=RESTRICTED_FLAGS) as server:
-        yield server
+    return start_server("locked", template, extra_args=RESTRICTED_FLAGS)
 
 
 @pytest.fixture(scope="module")
-def default(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("default")) as server:
-        yield server
+def default(start_server):
+    return start_server("default")
 
 
 def header_flag():
@@ -126,4 +122,4 @@ def test_plan_cap_comes_from_the_helper_config(locked, default):
 
     # The default cap (1024) takes it.
     loaded, report = send_warmup(default, "http", warmup_inputs(["model-v3"], 1, 4, batch_sizes=[1, 2]))
-    assert loaded == ["model-v3"] and report["models"][0]["warmup_samples"] == 8
+    assert loaded == ["model-v3"] and report.models[0].warmup_samples == 8

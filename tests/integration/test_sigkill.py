@@ -96,7 +96,7 @@ def test_sigkill_during_a_warmup_leaves_every_config_whole(run, reference, templ
 
 
 def test_a_server_killed_during_a_load_gets_the_original_config_back_at_restart(template_repository, tmp_path):
-    """What a Triton crash during a load leaves (README, "Known Triton
+    """What a Triton crash during a load leaves (docs/safety.md, "Known Triton
     issues"): the rewritten config and its backup; the restart undoes it."""
     repository = tmp_path / "model_repository"
     shutil.copytree(template_repository, repository)

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import tritonclient.http as httpclient
 
-from live_server import load_windows, repository_snapshot, running_server, send_warmup, warmup_inputs, warmup_runs
+from live_server import load_windows, repository_snapshot, send_warmup, warmup_inputs, warmup_runs
 from triton_warmup.helper.repository_guard import LOCK_FILENAME, stale_temp_files
 from target_models import copy_model
 from triton_warmup.helper.warmup_plan import DEFAULT_WARMUP_COUNT
@@ -43,9 +43,8 @@ def mounted(target, *options: str):
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("unwritable")) as server:
-        yield server
+def server(start_server):
+    return start_server("unwritable")
 
 
 def warm_through_fallback(server, model: str, reason: str):
@@ -55,9 +54,9 @@ def warm_through_fallback(server, model: str, reason: str):
     before = repository_snapshot(model_dir)
     before.pop(LOCK_FILENAME, None)
     loaded, report = send_warmup(server, "http", warmup_inputs([model], 1, GROUP_MAX, batch_sizes=BATCH_SIZES))
-    (entry,) = report["models"]
-    assert loaded == [model] and entry["status"] == "READY", entry
-    assert entry["config_written"] is False and reason in entry["fallback"], entry["fallback"]
+    (entry,) = report.models
+    assert loaded == [model] and entry.status == "READY", entry
+    assert entry.config_written is False and reason in entry.fallback, entry.fallback
     after = repository_snapshot(model_dir)
     after.pop(LOCK_FILENAME, None)  # a writable folder may hold the lock file
     assert after == before and not stale_temp_files(model_dir)
@@ -114,4 +113,4 @@ def test_disk_full_while_writing(server):
                     ballast.write(b"\0" * 4096)
             assert caught.value.errno == errno.ENOSPC
         entry = warm_through_fallback(server, "model-on-full-disk", "No space left on device")
-        assert json.dumps(entry)  # the report is plain JSON
+        assert json.dumps(entry.to_dict())  # the report is plain JSON

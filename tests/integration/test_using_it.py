@@ -1,10 +1,9 @@
 """The tools as a user runs them on a server in explicit mode: a plan file with
 real sample data, --all, the readiness probe, the requests mode on demand, and
-serve.py --warmup. Each test runs the scripts as subprocesses."""
+triton-warmup-serve --warmup. Each test runs the scripts as subprocesses."""
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
@@ -12,13 +11,14 @@ import tritonclient.http as httpclient
 
 from triton_warmup.helper.config_rewrite import read_config
 from triton_warmup.client import warm as warm_cli, states as states_cli
+from triton_warmup.report import WarmupReport
 from live_server import (
+    COMMANDS,
     EXAMPLE_MODELS,
     PROJECT_ROOT,
     free_port,
     load_windows,
     model_states,
-    running_server,
     recorded_inputs,
     request_shapes,
 )
@@ -32,11 +32,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("using_it")) as server:
-        # model-v1 (not loaded yet) records the data its forward receives.
-        write_recording_model(server.model_repository, "model-v1")
-        yield server
+def server(start_server):
+    server = start_server("using_it")
+    # model-v1 (not loaded yet) records the data its forward receives.
+    write_recording_model(server.model_repository, "model-v1")
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +47,16 @@ def planned(run_cli, server):
 
 def test_plan_file_warms_each_model_with_its_own_plan(server, planned):
     assert planned.returncode == 0, planned.stdout + planned.stderr
-    report = json.loads(planned.stdout)
-    assert report["mode"] == "load" and report["loaded"] == EXAMPLE_MODELS
-    entries = {entry["name"]: entry for entry in report["models"]}
+    report = WarmupReport.from_dict(json.loads(planned.stdout))
+    assert report.mode == "load" and report.loaded == EXAMPLE_MODELS
+    entries = {entry.name: entry for entry in report.models}
     # plans/example.yaml: model-v1 groups 1..8, model-v2 batch sizes 1, 4, 8,
     # model-v3 the defaults (groups 1..4, batch sizes from its config).
-    assert entries["model-v1"]["group_sizes"] == list(range(1, 9))
-    assert entries["model-v2"]["batch_sizes"] == [1, 4, 8]
-    assert entries["model-v3"]["group_sizes"] == [1, 2, 3, 4]
-    assert [entries[name]["warmup_samples"] for name in EXAMPLE_MODELS] == [8 * 4, 4 * 3, 4 * 4]
-    assert all(entry["count"] == 3 for entry in entries.values())
+    assert entries["model-v1"].group_sizes == list(range(1, 9))
+    assert entries["model-v2"].batch_sizes == [1, 4, 8]
+    assert entries["model-v3"].group_sizes == [1, 2, 3, 4]
+    assert [entries[name].warmup_samples for name in EXAMPLE_MODELS] == [8 * 4, 4 * 3, 4 * 4]
+    assert all(entry.count == 3 for entry in entries.values())
     # Plain progress lines on stderr (not a terminal), one per state change.
     assert "model-v1 READY" in planned.stderr
 
@@ -69,8 +69,8 @@ def test_real_sample_data_from_the_warmup_folder_reached_the_model(server, plann
     # records are counted over the whole log: with models loading at once,
     # torch's stderr and Triton's log lines do not keep their order well
     # enough to cut it at the load's window.)
-    (entry,) = [entry for entry in json.loads(planned.stdout)["models"] if entry["name"] == "model-v1"]
-    assert entry["preflight"]["samples_checked"] == len(config.model_warmup)
+    entry = WarmupReport.from_dict(json.loads(planned.stdout)).entry("model-v1")
+    assert entry.preflight.samples_checked == len(config.model_warmup)
     records = recorded_inputs(server, "model-v1")
     assert len(records) == len(config.model_warmup) + sum(sample.count for sample in config.model_warmup)
     assert len(load_windows(server, "model-v1")) == 1
@@ -101,10 +101,10 @@ def test_what_only_the_server_can_check_comes_back_with_the_plan_files_line(run_
 def test_all_warms_every_model_the_repository_holds(run_cli, server, planned):
     result = run_cli(warm_cli.main, "-u", server.http_url, "--all", "--group-size-max", "2", "--json")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["loaded"] == sorted(path.name for path in server.model_repository.iterdir()
+    report = WarmupReport.from_dict(json.loads(result.stdout))
+    assert report.loaded == sorted(path.name for path in server.model_repository.iterdir()
                                       if path.name != "warmup_helper" and (path / "config.pbtxt").exists())
-    assert all(entry["group_sizes"] == [1, 2] for entry in report["models"])
+    assert all(entry.group_sizes == [1, 2] for entry in report.models)
 
 
 def test_requests_mode_on_demand_warms_without_a_reload(run_cli, server, planned):
@@ -139,7 +139,7 @@ def test_wait_ready_as_a_startup_probe_waits_for_the_warmup(run_cli, server, pla
     while model_states(server)["model-v3"] != "UNAVAILABLE":
         time.sleep(0.2)
     probe = subprocess.Popen(
-        [sys.executable, str(PROJECT_ROOT / "query_model_states.py"), "-u", server.http_url,
+        [str(COMMANDS / "triton-warmup-states"), "-u", server.http_url,
          "--wait-ready", "model-v3", "--timeout", "120"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -187,7 +187,7 @@ def test_wait_ready_fails_at_once_for_a_model_that_failed_to_load(run_cli, serve
 
 def serve_with_plan(template_repository, workdir, plan, *command):
     argv = [
-        sys.executable, str(PROJECT_ROOT / "serve.py"),
+        str(COMMANDS / "triton-warmup-serve"),
         "--model-repository", str(template_repository), "--working-copy", "--workdir", str(workdir),
         "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
         "--warmup", str(plan),
@@ -203,7 +203,7 @@ def test_serve_warmup_says_ready_only_when_every_planned_model_is_warm(template_
     plan.write_text("defaults:\n  group_size_max: 2\nmodels:\n  model-v1:\n  model-v2:\n")
     result = serve_with_plan(
         template_repository, tmp_path / "serve", plan,
-        sys.executable, str(PROJECT_ROOT / "query_model_states.py"), "-u", "{url}",
+        str(COMMANDS / "triton-warmup-states"), "-u", "{url}",
         "--wait-ready", "model-v1", "model-v2", "--timeout", "1",
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -16,11 +16,11 @@ import tritonclient.http as httpclient
 
 from triton_warmup.helper.config_rewrite import read_config
 from triton_warmup.client import warm as warm_cli, states as states_cli
+from triton_warmup.report import WarmupReport
 from live_server import (
     EXAMPLE_MODELS,
     load_windows,
     model_states,
-    running_server,
     send_warmup,
     model_statistics,
     warmup_inputs,
@@ -43,9 +43,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_SETUP_TIMEOUT_
 
 
 @pytest.fixture(scope="module")
-def server(template_repository, tmp_path_factory):
-    with running_server(template_repository, tmp_path_factory.mktemp("end_to_end"), log_verbose=1) as server:
-        yield server
+def server(start_server):
+    return start_server("end_to_end")
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +158,7 @@ def test_same_request_again_over_grpc_changes_and_reloads_nothing(server, warmed
         warmup_inputs(EXAMPLE_MODELS, GROUP_SIZES[0], GROUP_SIZES[-1], [FEATURE_DIMS[n] for n in EXAMPLE_MODELS]),
     )
     assert loaded == EXAMPLE_MODELS
-    assert [entry["config_changed"] for entry in report["models"]] == [False] * 3
+    assert [entry.config_changed for entry in report.models] == [False] * 3
     after = {name: (server.model_repository / name / "config.pbtxt").read_bytes() for name in EXAMPLE_MODELS}
     assert after == before
     assert server.log_text().count('"loading: model-v') == loads_before
@@ -172,9 +171,9 @@ def test_clients_over_grpc_print_json_for_scripts(run_cli, server, warmed):
         "--group-size-min", str(GROUP_SIZES[0]), "--group-size-max", str(GROUP_SIZES[-1]),
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["loaded"] == EXAMPLE_MODELS and report["failed"] == []
-    assert [entry["config_changed"] for entry in report["models"]] == [False] * 3
+    report = WarmupReport.from_dict(json.loads(result.stdout))
+    assert report.loaded == EXAMPLE_MODELS and report.failed == []
+    assert [entry.config_changed for entry in report.models] == [False] * 3
     assert "PASS: Warmup done" in result.stderr
 
     index = run_cli(states_cli.main, "-i", "grpc", "-u", server.grpc_url, "--json")
@@ -215,8 +214,8 @@ def test_new_plan_reloads_a_ready_model_while_it_keeps_serving(server, warmed, o
         sender.join()
 
     assert loaded == ["model-v1"]
-    (entry,) = report["models"]
-    assert entry["config_changed"] is True and entry["warmup_samples"] == 2
+    (entry,) = report.models
+    assert entry.config_changed is True and entry.warmup_samples == 2
     _, config = read_config(server.model_repository / "model-v1")
     assert sorted(sample.name for sample in config.model_warmup) == [
         f"{GENERATED_PREFIX}group5_batch2",

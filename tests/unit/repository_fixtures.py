@@ -3,8 +3,12 @@
 import pathlib
 import shutil
 
-from triton_warmup.helper.load_jobs import READY, plan_jobs, run_job
-from triton_warmup.helper.request import ModelPlanRequest, WarmupRequest
+import numpy as np
+
+from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.report import Status
+from triton_warmup import HELPER_MODEL
+from triton_warmup.helper.request import parse_request
 
 PROJECT_REPOSITORY = pathlib.Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -26,13 +30,17 @@ def snapshot(folder):
 
 
 def warmup_request(models=("model-v1",), group_max=3, batch_sizes=None, feature_dims=None):
-    feature_dims = feature_dims or (None,) * len(models)
-    return WarmupRequest(
-        plans=tuple(
-            ModelPlanRequest(name, feature_dim, range(1, group_max + 1), batch_sizes)
-            for name, feature_dim in zip(models, feature_dims)
-        )
-    )
+    """The checked request that the seed's tensors make (MODELS, FEATURE_DIMS, ...)."""
+    inputs = {
+        "MODELS": np.array([name.encode() for name in models], dtype=np.object_),
+        "GROUP_SIZE_MIN": np.array([1], dtype=np.int64),
+        "GROUP_SIZE_MAX": np.array([group_max], dtype=np.int64),
+    }
+    if feature_dims is not None:
+        inputs["FEATURE_DIMS"] = np.array([dim or 0 for dim in feature_dims], dtype=np.int64)
+    if batch_sizes is not None:
+        inputs["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
+    return parse_request(inputs, HELPER_MODEL)
 
 
 class RecordingControl:
@@ -57,6 +65,6 @@ class RecordingControl:
 def apply(repository, request):
     """Plan and run ``request`` the way the helper does, with a control that loads anything."""
     for job in plan_jobs(repository, request):
-        assert run_job(job, RecordingControl())["status"] == READY
+        assert run_job(job, RecordingControl()).status == Status.READY
 
 

@@ -6,11 +6,13 @@ import socket
 import pytest
 
 from triton_warmup.client import states as query_model_states
+from triton_warmup.client import live_view
 from triton_warmup.client import warm as warmup_models
 from triton_warmup.embedded import serve
+from triton_warmup.report import ModelEntry
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
-MAINS = {"warmup_models.py": warmup_models.main, "query_model_states.py": query_model_states.main, "serve.py": serve.main}
+MAINS = {"triton-warmup": warmup_models.main, "triton-warmup-states": query_model_states.main, "triton-warmup-serve": serve.main}
 
 
 def unused_port():
@@ -19,7 +21,7 @@ def unused_port():
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("script", ["warmup_models.py", "query_model_states.py"])
+@pytest.mark.parametrize("script", ["triton-warmup", "triton-warmup-states"])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_unreachable_server_exits_3(run_cli, script, protocol):
     result = run_cli(MAINS[script], "-i", protocol, "-u", f"localhost:{unused_port()}")
@@ -28,7 +30,7 @@ def test_unreachable_server_exits_3(run_cli, script, protocol):
 
 
 def test_feature_dims_must_match_models_exits_2(run_cli):
-    result = run_cli(MAINS["warmup_models.py"], "--models", "a", "b", "--feature-dims", "64")
+    result = run_cli(MAINS["triton-warmup"], "--models", "a", "b", "--feature-dims", "64")
     assert result.returncode == 2
     assert "--feature-dims has 1 values for 2 models" in result.stderr
 
@@ -37,7 +39,8 @@ def test_table_lists_each_model_with_its_preflight_and_error():
     preflight = {"how": "scratch copy", "samples_checked": 16, "error": None, "seconds": 0.125}
     entries = [
         {"name": "model-v1", "status": "READY", "warmup_samples": 16, "count": 3, "instances": 1,
-         "seconds_to_ready": 2.5, "config_changed": True, "error": None, "preflight": preflight},
+         "seconds_to_ready": 2.5, "config_changed": True, "config_written": True, "error": None,
+         "preflight": preflight},
         {"name": "broken", "status": "FAILED", "warmup_samples": 4, "count": 3, "instances": 2,
          "seconds_to_ready": None, "config_changed": True, "config_written": True,
          "config_restored": True, "error": "load failed: bad file", "preflight": None},
@@ -52,7 +55,7 @@ def test_table_lists_each_model_with_its_preflight_and_error():
                   "  File code/__torch__.py, line 18\n    ~~~ <--- HERE\nRuntimeError: too long\n"
                   "; nothing was written or loaded"},
     ]
-    lines = warmup_models.format_table(entries).splitlines()
+    lines = warmup_models.format_table([ModelEntry.from_dict(entry) for entry in entries]).splitlines()
     assert lines[0].split() == ["model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "error"]
     assert lines[2].split() == ["model-v1", "READY", "16", "3", "1", "16", "scratch", "0.12s", "2.50", "rewritten"]
     assert lines[3].split()[:8] == ["broken", "FAILED", "4", "3", "2", "-", "-", "restored"]
@@ -81,7 +84,7 @@ def test_model_states_fill_in_models_never_loaded():
 
 
 def test_wait_ready_on_an_unreachable_server_exits_3_after_its_timeout(run_cli):
-    result = run_cli(MAINS["query_model_states.py"], "-u", f"localhost:{unused_port()}", "--wait-ready", "m", "--timeout", "0.5")
+    result = run_cli(MAINS["triton-warmup-states"], "-u", f"localhost:{unused_port()}", "--wait-ready", "m", "--timeout", "0.5")
     assert result.returncode == 3, result.stderr
     assert "no Triton server answered" in result.stderr
 
@@ -98,7 +101,7 @@ def test_wait_ready_on_an_unreachable_server_exits_3_after_its_timeout(run_cli):
     ],
 )
 def test_conflicting_flags_exit_2(run_cli, args, words):
-    result = run_cli(MAINS["warmup_models.py"], *args)
+    result = run_cli(MAINS["triton-warmup"], *args)
     assert result.returncode == 2
     assert words in result.stderr
 
@@ -107,7 +110,7 @@ def test_a_bad_plan_file_exits_2_naming_its_line_before_any_request(run_cli, tmp
     plan = tmp_path / "plan.yaml"
     plan.write_text("models:\n  model-v1:\n    group_size_max: 4\n    count: 0\n")
     # No server listens on this port: the plan is refused before any connection.
-    result = run_cli(MAINS["warmup_models.py"], "-u", f"localhost:{unused_port()}", "--plan", str(plan))
+    result = run_cli(MAINS["triton-warmup"], "-u", f"localhost:{unused_port()}", "--plan", str(plan))
     assert result.returncode == 2
     assert f"{plan}, line 4: models.model-v1.count: must be at least 1" in result.stderr
 
@@ -115,7 +118,7 @@ def test_a_bad_plan_file_exits_2_naming_its_line_before_any_request(run_cli, tmp
 def test_serve_refuses_a_bad_plan_before_starting_a_server(run_cli, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text('{"models": {"model-v1": {"group_size_max": 4, "cuont": 3}}}')
-    result = run_cli(MAINS["serve.py"], "--warmup", str(plan))
+    result = run_cli(MAINS["triton-warmup-serve"], "--warmup", str(plan))
     assert result.returncode == 2
     assert "line 1: models.model-v1.cuont: unknown key" in result.stderr
     assert "tritonserver" not in result.stdout
@@ -123,7 +126,7 @@ def test_serve_refuses_a_bad_plan_before_starting_a_server(run_cli, tmp_path):
 
 def inputs_of(args):
     parsed = warmup_models.parse_args(args)
-    return {tensor.name(): tensor for tensor in warmup_models.build_inputs(parsed)}, parsed
+    return warmup_models.request_arrays(parsed), parsed
 
 
 def test_the_request_carries_the_plan_or_all_models_or_the_names():
@@ -151,14 +154,14 @@ def test_the_request_carries_the_plan_or_all_models_or_the_names():
     ],
 )
 def test_live_state_calls_a_model_failed_once_it_loaded_and_fell_back(entry, seen_loading, expected):
-    assert warmup_models.live_state(entry, seen_loading) == expected
+    assert live_view.live_state(entry, seen_loading) == expected
 
 
 def test_requests_mode_rows_say_the_config_was_not_used():
     entry = {"name": "m", "status": "READY", "mode": "requests", "warmup_samples": 4, "count": 3,
              "instances": 1, "seconds_to_ready": None, "seconds_warming": 0.25, "config_changed": False,
              "error": None}
-    row = warmup_models.format_table([entry]).splitlines()[2].split()
+    row = warmup_models.format_table([ModelEntry.from_dict(entry)]).splitlines()[2].split()
     assert row == ["m", "READY", "4", "3", "1", "-", "0.25", "not", "used"]
 
 
@@ -174,7 +177,7 @@ def test_load_failures_are_models_that_were_tried_and_failed():
 
 def watcher(mode=None, ready_before=(), index=None, settled=()):
     args = warmup_models.parse_args(["-u", f"localhost:{unused_port()}"] + (["--mode", mode] if mode else []))
-    view = warmup_models.StateWatcher(args, ["a", "b", "c"], stream=open("/dev/null", "w"))
+    view = live_view.StateWatcher(args, ["a", "b", "c"], stream=open("/dev/null", "w"))
     view.ready_before = set(ready_before)
     view.index_states = dict(index or {})
     view.settled = set(settled)
@@ -275,10 +278,10 @@ def test_wait_ready_usage_errors_exit_2(argv, words, capsys):
     assert words in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("script", ["warmup_models.py", "query_model_states.py"])
+@pytest.mark.parametrize("script", ["triton-warmup", "triton-warmup-states"])
 def test_a_header_without_a_value_is_bad_usage_before_any_request(run_cli, script):
     # Two -u for warmup_models: the check runs before the servers' threads start.
-    urls = ["-u", f"localhost:{unused_port()}"] + (["-u", f"localhost:{unused_port()}"] if script == "warmup_models.py" else [])
+    urls = ["-u", f"localhost:{unused_port()}"] + (["-u", f"localhost:{unused_port()}"] if script == "triton-warmup" else [])
 
     result = run_cli(MAINS[script], *urls, "-H", "no-equals-sign")
 

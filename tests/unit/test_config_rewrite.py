@@ -2,7 +2,6 @@
 
 import os
 import pathlib
-import shutil
 import stat
 
 import pytest
@@ -11,7 +10,8 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.config_rewrite import ConfigRewrite, merge_warmup, read_config
 from triton_warmup.helper.repository_guard import backup_path, write_atomically
-from triton_warmup.helper.load_jobs import FAILED, READY, plan_jobs, run_job
+from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.report import Status
 from triton_warmup.helper.warmup_plan import GENERATED_PREFIX, plan_warmup
 from triton_warmup.helper.request import INVALID_ARG, NOT_FOUND, WarmupRequestError
 from repository_fixtures import RecordingControl, apply, snapshot, warmup_request
@@ -92,13 +92,13 @@ def test_failed_load_restores_the_original_bytes(repository):
 
     control = RecordingControl(fail_load=fail)
     entry = run_job(job, control)
-    assert entry["status"] == FAILED
-    assert "load failed for model 'model-v1'" in entry["error"]
-    assert entry["config_restored"] is True
+    assert entry.status == Status.FAILED
+    assert "load failed for model 'model-v1'" in entry.error
+    assert entry.config_restored is True
     assert path.read_bytes() == original
     assert not backup_path(repository / "model-v1").exists()
     assert control.calls == [("load", "model-v1")]
-    assert entry["serving_previous_version"] is False
+    assert entry.serving_previous_version is False
 
 
 def test_the_original_waits_beside_the_config_until_the_load_settles(repository):
@@ -111,7 +111,7 @@ def test_the_original_waits_beside_the_config_until_the_load_settles(repository)
     (job,) = plan_jobs(repository, warmup_request())
     control = RecordingControl(fail_load=lambda name: seen_during_load.append(backup.read_bytes()))
     entry = run_job(job, control)
-    assert entry["status"] == READY and seen_during_load == [original]
+    assert entry.status == Status.READY and seen_during_load == [original]
     assert path.read_bytes() != original and not backup.exists()
 
 
@@ -147,9 +147,9 @@ def test_failed_reload_of_a_ready_model_says_the_old_version_serves(repository):
     (job,) = plan_jobs(repository, warmup_request())
     control = RecordingControl(ready={"model-v1"}, fail_load=lambda name: 1 / 0)
     entry = run_job(job, control)
-    assert entry["status"] == FAILED and "division by zero" in entry["error"]
+    assert entry.status == Status.FAILED and "division by zero" in entry.error
     assert control.calls == [("load", "model-v1")]
-    assert entry["serving_previous_version"] is True
+    assert entry.serving_previous_version is True
 
 
 def test_report_entry_of_a_successful_load(repository):
@@ -157,9 +157,9 @@ def test_report_entry_of_a_successful_load(repository):
     control = RecordingControl()
     entry = run_job(job, control)
     assert control.calls == [("load", "model-v1")]
-    assert entry["status"] == READY and entry["error"] is None
-    assert entry["warmup_samples"] == 2 * 4 and entry["instances"] == 1
-    assert entry["seconds_to_ready"] >= 0 and entry["config_changed"] is True
+    assert entry.status == Status.READY and entry.error is None
+    assert entry.warmup_samples == 2 * 4 and entry.instances == 1
+    assert entry.seconds_to_ready >= 0 and entry.config_changed is True
 
 
 @pytest.mark.parametrize(

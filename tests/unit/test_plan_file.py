@@ -6,7 +6,8 @@ import pathlib
 import pytest
 
 from triton_warmup.client import plan_file
-from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_server_error
+from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_plan_error
+from triton_warmup.helper.request import WarmupRequestError
 
 EXAMPLE_PLAN = pathlib.Path(__file__).resolve().parents[2] / "plans" / "example.yaml"
 
@@ -85,14 +86,19 @@ def test_the_helpers_error_about_a_plan_gets_the_files_line(tmp_path):
         "models:\n  model.v1:\n    group_size_max: 2\n    data:\n      mask: {file: absent.bin}\n"
         "    batch_sizes: [1, 9]\n",
     )
-    message = "PLAN.models.model.v1.data.mask.file: no data file /r/model.v1/warmup/absent.bin"
-    assert locate_server_error(path, message) == (
+    # The error as the helper sends it: its text, then itself as JSON.
+    missing = WarmupRequestError(
+        "PLAN", "no data file /r/model.v1/warmup/absent.bin", path=("models", "model.v1", "data", "mask", "file")
+    )
+    received = WarmupRequestError.from_message(f"[request id: 7] {missing.response_message()}")
+    assert (received.field, received.path, received.message) == (missing.field, missing.path, missing.message)
+    assert locate_plan_error(path, received) == (
         f"{path}, line 5: models.model.v1.data.mask.file: no data file /r/model.v1/warmup/absent.bin"
     )
-    assert locate_server_error(path, "PLAN.models.model.v1.batch_sizes[1]: too large").startswith(
-        f"{path}, line 6: models.model.v1.batch_sizes.1: too large"
-    )
-    assert locate_server_error(path, "MODELS: no model 'x'") is None
+    too_large = WarmupRequestError("PLAN", "too large", path=("models", "model.v1", "batch_sizes", 1))
+    assert locate_plan_error(path, too_large) == f"{path}, line 6: models.model.v1.batch_sizes.1: too large"
+    assert locate_plan_error(path, WarmupRequestError("MODELS", "no model 'x'")) is None
+    assert WarmupRequestError.from_message("MODELS: no model 'x'") is None
 
 
 def test_the_command_line_checks_every_plan_and_exits_2_if_one_is_bad(tmp_path, capsys):

@@ -21,7 +21,8 @@ from triton_warmup.helper.preflight import (
     unchecked_samples,
 )
 from repository_fixtures import RecordingControl, snapshot, warmup_request
-from triton_warmup.helper.load_jobs import FAILED, READY, plan_jobs, run_job
+from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.report import Status
 from triton_warmup.helper.requests_mode import sample_arrays
 
 SCRATCH_PREFIX = ".warmup_helper.preflight."
@@ -182,12 +183,12 @@ def test_an_unloaded_model_is_checked_on_a_scratch_copy_then_written_and_loaded(
     check = preflight(infer)
     entry = run_job(job, control, preflight=check)
 
-    assert entry["status"] == READY
-    record = entry["preflight"]
-    assert record["how"] == "scratch copy" and record["error"] is None
-    assert record["scratch"] == "a hidden folder of links to the model's files"
-    assert record["samples_checked"] == job.samples == len(infer.calls)
-    assert record["model_bytes"] == len(b"torchscript bytes")
+    assert entry.status == Status.READY
+    record = entry.preflight
+    assert record.how == "scratch copy" and record.error is None
+    assert record.scratch == "a hidden folder of links to the model's files"
+    assert record.samples_checked == job.samples == len(infer.calls)
+    assert record.model_bytes == len(b"torchscript bytes")
     scratch = SCRATCH_PREFIX + "model-v1"
     # The scratch folder held its own config and a link to the version folder, nothing copied.
     folder = control.folders[scratch]
@@ -212,9 +213,9 @@ def test_a_read_only_repository_folder_gets_the_files_in_the_load_request(reposi
         entry = run_job(job, control, preflight=preflight(Infer()))
     finally:
         repository.chmod(0o755)
-    record = entry["preflight"]
-    assert record["error"] is None and record["scratch"].startswith("file overrides in the load request")
-    assert "read-only" in record["scratch"]
+    record = entry.preflight
+    assert record.error is None and record.scratch.startswith("file overrides in the load request")
+    assert "read-only" in record.scratch
     scratch = SCRATCH_PREFIX + "model-v1"
     assert control.files[scratch] == {"file:1/model.pt": b"torchscript bytes"}
     loaded_config = json_format.Parse(control.calls[0][2], model_config_pb2.ModelConfig())
@@ -227,16 +228,16 @@ def test_a_failing_sample_on_the_scratch_copy_stops_the_job_with_nothing_written
     control = control_for(repository)
     entry = run_job(job, control, preflight=preflight(Infer(largest_group=2)))
 
-    assert entry["status"] == FAILED and entry["config_written"] is False
-    assert entry["error"].startswith("preflight: sample 'warmup_helper:group3_batch1' (mask [1, 3], x [1, 3, 64])")
-    assert "group size above the model's maximum" in entry["error"]
-    assert entry["preflight"]["failed_sample"] == {
+    assert entry.status == Status.FAILED and entry.config_written is False
+    assert entry.error.startswith("preflight: sample 'warmup_helper:group3_batch1' (mask [1, 3], x [1, 3, 64])")
+    assert "group size above the model's maximum" in entry.error
+    assert entry.preflight.failed_sample == {
         "sample": "warmup_helper:group3_batch1",
         "batch_size": 1,
         "inputs": {"mask": [1, 3], "x": [1, 3, 64]},
     }
-    assert entry["preflight"]["samples_checked"] == 2
-    assert entry["serving_previous_version"] is False
+    assert entry.preflight.samples_checked == 2
+    assert entry.serving_previous_version is False
     # The scratch copy was unloaded; the model itself never loaded.
     assert control.calls[-1] == ("unload", SCRATCH_PREFIX + "model-v1")
     assert "model-v1" not in control.ready
@@ -247,8 +248,8 @@ def test_a_model_that_does_not_load_at_all_fails_in_the_preflight(repository):
     job = job_for(repository)
     before = files(repository)
     entry = run_job(job, control_for(repository, refuse_scratch=True), preflight=preflight(Infer()))
-    assert entry["status"] == FAILED
-    assert "does not load even without warmup samples: failed to load" in entry["error"]
+    assert entry.status == Status.FAILED
+    assert "does not load even without warmup samples: failed to load" in entry.error
     assert files(repository) == before
 
 
@@ -261,11 +262,11 @@ def test_a_model_above_the_size_limit_is_refused_where_its_files_would_travel(re
         entry = run_job(job, control, preflight=preflight(Infer(), max_model_bytes=10))
     finally:
         repository.chmod(0o755)
-    assert entry["status"] == FAILED and "above preflight_max_model_bytes (10)" in entry["error"]
+    assert entry.status == Status.FAILED and "above preflight_max_model_bytes (10)" in entry.error
     assert control.calls == [] and files(repository) == before
     # With a scratch folder, nothing travels: the limit does not apply.
     entry = run_job(job, control_for(repository), preflight=preflight(Infer(), max_model_bytes=10))
-    assert entry["status"] == READY
+    assert entry.status == Status.READY
 
 
 def test_a_scratch_folder_a_killed_helper_left_is_replaced_then_removed(repository):
@@ -275,7 +276,7 @@ def test_a_scratch_folder_a_killed_helper_left_is_replaced_then_removed(reposito
     (leftover / "1").symlink_to(repository / "model-v1" / "1", target_is_directory=True)
     (leftover / "config.pbtxt").write_text("stale")
     entry = run_job(job, control_for(repository), preflight=preflight(Infer()))
-    assert entry["status"] == READY and not leftover.exists()
+    assert entry.status == Status.READY and not leftover.exists()
     assert (repository / "model-v1" / "1" / "model.pt").exists()
 
 
@@ -283,18 +284,18 @@ def test_a_ready_model_gets_requests_for_the_new_samples_only(repository):
     (first,) = plan_jobs(repository, warmup_request(group_max=2, batch_sizes=(1,)))
     with_model_file(repository)
     served = json_format.MessageToDict(first.rewrite.config, preserving_proto_field_name=True)
-    assert run_job(first, RecordingControl())["status"] == READY
+    assert run_job(first, RecordingControl()).status == Status.READY
 
     job = job_for(repository, group_max=4)
     control, infer = control_for(repository, ready={"model-v1"}, served=served), Infer()
     entry = run_job(job, control, preflight=preflight(infer, server_started_at=time.time() + 60))
 
-    record = entry["preflight"]
-    assert record["how"] == "requests to the serving model" and "unchanged since the server started" in record["why"]
-    assert record["samples_known_good"] == 2 and record["samples_checked"] == 2
+    record = entry.preflight
+    assert record.how == "requests to the serving model" and "unchanged since the server started" in record.why
+    assert record.samples_known_good == 2 and record.samples_checked == 2
     assert [call[2]["mask"] for call in infer.calls] == [(1, 3), (1, 4)]
     assert {call[0] for call in infer.calls} == {"model-v1"}
-    assert entry["status"] == READY and not control.files
+    assert entry.status == Status.READY and not control.files
 
 
 def test_a_ready_model_whose_files_changed_since_it_loaded_gets_a_scratch_copy(repository):
@@ -304,14 +305,14 @@ def test_a_ready_model_whose_files_changed_since_it_loaded_gets_a_scratch_copy(r
     check.loaded_at["model-v1"] = time.time() - 30
     os.utime(model_file, (time.time(), time.time()))
     entry = run_job(job, control_for(repository, ready={"model-v1"}), preflight=check)
-    assert entry["preflight"]["how"] == "scratch copy"
-    assert entry["preflight"]["why"] == "model files changed since the helper's last load of it"
+    assert entry.preflight.how == "scratch copy"
+    assert entry.preflight.why == "model files changed since the helper's last load of it"
 
 
 def test_a_ready_model_when_the_server_start_is_unknown_gets_a_scratch_copy(repository):
     job = job_for(repository)
     entry = run_job(job, control_for(repository, ready={"model-v1"}), preflight=preflight(Infer()))
-    assert entry["preflight"]["how"] == "scratch copy" and "start time is unknown" in entry["preflight"]["why"]
+    assert entry.preflight.how == "scratch copy" and "start time is unknown" in entry.preflight.why
 
 
 def test_model_files_that_vanish_fail_the_preflight_not_the_request(repository):
@@ -320,29 +321,29 @@ def test_model_files_that_vanish_fail_the_preflight_not_the_request(repository):
     (repository / "model-v1" / "1").write_text("a file where the version folder was")
     check = preflight(Infer())
     record = check.check(job, control_for(repository), was_ready=False)
-    assert "holds no version folder to load" in record["error"]
+    assert "holds no version folder to load" in record.error
     shutil.rmtree(repository / "model-v1")
     record = check.check(job, control_for(repository), was_ready=False)
-    assert record["error"].startswith("reading the model's files failed")
+    assert record.error.startswith("reading the model's files failed")
 
 
 def test_a_ready_model_whose_plan_is_on_disk_already_is_not_checked(repository):
     job = job_for(repository)
-    assert run_job(job, RecordingControl())["status"] == READY
+    assert run_job(job, RecordingControl()).status == Status.READY
     (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
     infer = Infer()
     entry = run_job(again, control_for(repository, ready={"model-v1"}), preflight=preflight(infer))
-    assert entry["preflight"] is None and infer.calls == []
+    assert entry.preflight is None and infer.calls == []
 
 
 def test_an_unloaded_model_whose_plan_is_on_disk_is_still_checked(repository):
     """Triton runs every sample of the file when it loads the model."""
     job = job_for(repository)
-    assert run_job(job, RecordingControl())["status"] == READY
+    assert run_job(job, RecordingControl()).status == Status.READY
     (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
     infer = Infer(largest_group=1)
     entry = run_job(again, control_for(repository), preflight=preflight(infer))
-    assert entry["status"] == FAILED and entry["preflight"]["failed_sample"]["inputs"]["mask"] == [1, 2]
+    assert entry.status == Status.FAILED and entry.preflight.failed_sample["inputs"]["mask"] == [1, 2]
 
 
 @pytest.mark.parametrize("version_policy", ["", "version_policy { all {} }"])

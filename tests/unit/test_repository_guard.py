@@ -3,7 +3,6 @@ temp files a killed writer leaves, read-only files and a full disk."""
 
 import json
 import os
-import pathlib
 import random
 import shutil
 import signal
@@ -17,7 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.config_rewrite import read_config
-from repository_fixtures import PROJECT_REPOSITORY, RecordingControl, snapshot, warmup_request
+from repository_fixtures import RecordingControl, snapshot, warmup_request
 from triton_warmup.helper.repository_guard import (
     backup_path,
     LOCK_FILENAME,
@@ -29,7 +28,8 @@ from triton_warmup.helper.repository_guard import (
     stale_temp_files,
     unwritable_reason,
 )
-from triton_warmup.helper.load_jobs import READY, plan_jobs, run_job, run_jobs
+from triton_warmup.helper.load_jobs import plan_jobs, run_job, run_jobs
+from triton_warmup.report import ModelEntry, Status
 
 def python_child(code: str, *args: str, **kwargs) -> subprocess.Popen:
     """Another Python process (another writer) running ``code``."""
@@ -108,7 +108,7 @@ def test_run_job_waits_for_the_lock_and_plans_from_what_the_other_writer_left(re
     release(lock_holder)
 
     entry = run_job(job, RecordingControl())
-    assert entry["status"] == READY and entry["lock"]["waited_s"] >= 0
+    assert entry.status == Status.READY and entry.lock.waited_s >= 0
     _, after = read_config(repository / "model-v1")
     names = [sample.name for sample in after.model_warmup]
     assert names[0] == "written meanwhile" and len(names) == 1 + 2 * 4
@@ -119,7 +119,7 @@ def test_run_job_reports_a_lock_that_stays_taken(repository, lock_holder):
     (job,) = plan_jobs(repository, warmup_request())
     control = RecordingControl()
     entry = run_job(job, control, lock_timeout_s=0.2)
-    assert entry["status"] != READY and "stayed locked" in entry["error"]
+    assert entry.status != Status.READY and "stayed locked" in entry.error
     assert control.calls == [] and snapshot(repository) == before
 
 
@@ -188,9 +188,9 @@ def test_next_writer_puts_back_what_a_dead_writer_rewrote_then_plans_anew(reposi
     for folder in (repository, untouched):
         (job,) = plan_jobs(folder, warmup_request(group_max=2))
         entries[folder] = run_job(job, RecordingControl())
-        assert entries[folder]["status"] == READY
-    assert entries[repository]["interrupted_rewrite_restored"] == str(repository / "model-v1" / "config.pbtxt")
-    assert entries[untouched]["interrupted_rewrite_restored"] is None
+        assert entries[folder].status == Status.READY
+    assert entries[repository].interrupted_rewrite_restored == str(repository / "model-v1" / "config.pbtxt")
+    assert entries[untouched].interrupted_rewrite_restored is None
     # The same files as a writer that never met the dead one's leftovers writes.
     assert snapshot(repository) == snapshot(untouched)
 
@@ -208,8 +208,8 @@ def test_read_only_config_is_never_written_and_loads_with_the_config_instead(rep
         (job,) = plan_jobs(repository, warmup_request(group_max=2))
         control = RecordingControl()
         entry = run_job(job, control)
-        assert entry["status"] == READY and entry["config_written"] is False
-        assert "read-only" in entry["fallback"] and "Model Loading API" in entry["fallback"]
+        assert entry.status == Status.READY and entry.config_written is False
+        assert "read-only" in entry.fallback and "Model Loading API" in entry.fallback
         # The load got the planned config, as the JSON Triton takes.
         ((_, name, config_text),) = control.calls
         loaded = json.loads(config_text)
@@ -310,7 +310,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 control = Control()
 entry = run_job(job, control)
-print(json.dumps({"entry": entry, "loaded_with_config": control.calls}))
+print(json.dumps({"entry": entry.to_dict(), "loaded_with_config": control.calls}))
 """
 
 
@@ -322,9 +322,9 @@ def test_a_write_that_fails_half_way_keeps_the_old_config_and_falls_back(reposit
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     result = json.loads(out)
-    entry = result["entry"]
-    assert entry["status"] == READY and entry["config_written"] is False
-    assert "File too large" in entry["fallback"], entry["fallback"]
+    entry = ModelEntry.from_dict(result["entry"])
+    assert entry.status == Status.READY and entry.config_written is False
+    assert "File too large" in entry.fallback, entry.fallback
     assert result["loaded_with_config"] == [True]
     # The old config is whole and no temp file is left; only the lock file is new.
     after = snapshot(repository)
@@ -348,8 +348,8 @@ def test_run_jobs_loads_models_in_parallel_and_keeps_their_order(repository):
     jobs = plan_jobs(repository, warmup_request(models=("model-v2", "model-v1"), feature_dims=(128, 64)))
     # Both loads must be in flight together, or the barrier breaks.
     entries = run_jobs(jobs, BarrierControl(parties=2), max_parallel=2)
-    assert [entry["name"] for entry in entries] == ["model-v2", "model-v1"]
-    assert all(entry["status"] == READY for entry in entries)
+    assert [entry.name for entry in entries] == ["model-v2", "model-v1"]
+    assert all(entry.status == Status.READY for entry in entries)
 
 
 class OverlapControl(RecordingControl):
@@ -374,5 +374,5 @@ def test_run_jobs_one_at_a_time_when_asked(repository):
     jobs = plan_jobs(repository, warmup_request(models=("model-v2", "model-v1"), feature_dims=(128, 64)))
     control = OverlapControl()
     entries = run_jobs(jobs, control, max_parallel=1)
-    assert [entry["status"] for entry in entries] == [READY, READY]
+    assert [entry.status for entry in entries] == [Status.READY, Status.READY]
     assert control.most == 1

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triton_warmup.helper.request import INVALID_ARG, MAX_NAME_BYTES, WarmupRequestError, parse_allowed_models, parse_request
+from triton_warmup.helper.request import (
+    INVALID_ARG,
+    MAX_NAME_BYTES,
+    WarmupRequestError,
+    document_from_tensors,
+    parse_allowed_models,
+    parse_plan_document,
+    parse_request,
+)
 
 HELPER = "warmup_helper"
 
@@ -277,3 +285,39 @@ def test_any_plan_document_is_either_a_request_or_a_plan_error(document):
         return
     for plan in parsed.plans:
         assert len(plan.group_sizes) >= 1 and (plan.count is None or plan.count >= 1)
+
+
+def test_the_tensors_stand_for_a_plan_document_and_pass_the_same_validator():
+    inputs = {
+        "MODELS": np.array([b"model-v1", b"text-encoder"], dtype=np.object_),
+        "FEATURE_DIMS": np.array([64, 0], dtype=np.int64),
+        "GROUP_SIZE_MIN": np.array([2], dtype=np.int64),
+        "GROUP_SIZE_MAX": np.array([4], dtype=np.int64),
+        "BATCH_SIZES": np.array([8, 1], dtype=np.int64),
+        "MODE": np.array([b"load"], dtype=np.object_),
+    }
+    document = document_from_tensors(inputs)
+    assert document == {
+        "mode": "load",
+        "defaults": {"group_size_min": 2, "group_size_max": 4, "batch_sizes": [8, 1]},
+        "models": {"model-v1": {"feature_dim": 64}, "text-encoder": {"feature_dim": 0}},
+    }
+    from_tensors = parse_request(inputs, "warmup_helper")
+    from_plan = parse_plan_document(document, "warmup_helper")
+    assert from_tensors.plans == from_plan.plans and from_tensors.mode == from_plan.mode == "load"
+    assert not from_tensors.from_plan and from_plan.from_plan
+
+
+def test_a_value_error_names_the_tensor_and_keeps_the_documents_path():
+    inputs = {
+        "MODELS": np.array([b"model-v1"], dtype=np.object_),
+        "GROUP_SIZE_MIN": np.array([1], dtype=np.int64),
+        "GROUP_SIZE_MAX": np.array([2], dtype=np.int64),
+        "BATCH_SIZES": np.array([4, 0], dtype=np.int64),
+    }
+    with pytest.raises(WarmupRequestError) as caught:
+        parse_request(inputs, "warmup_helper")
+    error = caught.value
+    assert (error.field, error.path) == ("BATCH_SIZES", ("defaults", "batch_sizes", 1))
+    assert str(error) == "BATCH_SIZES: must be at least 1, got 0"
+    assert WarmupRequestError.from_message(error.response_message()).to_dict() == error.to_dict()

@@ -2,12 +2,12 @@
 
 import dataclasses
 import numpy as np
-import pytest
 
 from repository_fixtures import snapshot, warmup_request
 from triton_warmup.helper.load_jobs import plan_jobs
 from triton_warmup.helper.request import WarmupRequest
-from triton_warmup.helper.requests_mode import FAILED, READY, run_requests_job, sample_arrays
+from triton_warmup.helper.requests_mode import run_requests_job, sample_arrays
+from triton_warmup.report import Status
 
 
 class RecordingInfer:
@@ -36,13 +36,13 @@ def test_each_sample_goes_count_times_at_its_shape_with_the_batch_in_front(repos
     infer = RecordingInfer()
     before = snapshot(repository)
     entry = run_requests_job(job, infer, is_ready=lambda name: True)
-    assert entry["status"] == READY and entry["mode"] == "requests"
-    assert entry["served_before_warm"] is True
+    assert entry.status == Status.READY and entry.mode == "requests"
+    assert entry.served_before_warm is True
     shapes = sorted((call[1]["x"], call[1]["mask"]) for call in infer.calls)
     expected = sorted(
         ((batch, group, 64), (batch, group)) for group in (1, 2) for batch in (1, 4) for _ in range(2)
     )
-    assert shapes == expected and entry["requests_sent"] == len(expected)
+    assert shapes == expected and entry.requests_sent == len(expected)
     assert {call[3][0] for call in infer.calls} == {"output"}
     # Nothing on disk changes in this mode.
     assert snapshot(repository) == before
@@ -77,11 +77,11 @@ def test_zero_policy_sends_zeros(repository):
 def test_a_model_that_is_not_ready_is_reported_not_warmed(repository):
     infer = RecordingInfer()
     entry = run_requests_job(job_for(repository), infer, is_ready=lambda name: False)
-    assert entry["status"] == FAILED and "not READY" in entry["error"]
+    assert entry.status == Status.FAILED and "not READY" in entry.error
     assert infer.calls == []
 
 
 def test_a_failing_request_fails_the_model_with_tritons_message(repository):
     entry = run_requests_job(job_for(repository), RecordingInfer(fail=True), is_ready=lambda name: True)
-    assert entry["status"] == FAILED
-    assert "model-v1 refused: bad input" in entry["error"]
+    assert entry.status == Status.FAILED
+    assert "model-v1 refused: bad input" in entry.error

@@ -6,7 +6,7 @@ arriving from the server as a path. What only the server can check (the
 models exist, the inputs and data files are there) still comes back from it.
 See ``plans/example.yaml`` for the format.
 
-``python plan_file.py PLAN...`` checks plan files without a server (for CI,
+``triton-warmup-check-plan PLAN...`` checks plan files without a server (for CI,
 or before a server starts: deploy/entrypoint.sh does). Exit codes: 0 every
 plan is valid, 2 one is not.
 """
@@ -73,48 +73,27 @@ def _duplicate_key(node: Optional[yaml.Node]) -> Optional[Tuple[str, int]]:
     return None
 
 
-def _steps_in(node: Any, text: str) -> Tuple[Tuple, str]:
-    """Split the path the helper wrote in front of an error (``.models.m[2]``)
-    into steps, guided by the document so that keys holding dots still match."""
-    steps = []
-    while text:
-        if isinstance(node, dict) and text.startswith("."):
-            # The longest key that the text continues with, then a separator.
-            keys = sorted((str(key) for key in node), key=len, reverse=True)
-            key = next((k for k in keys if text[1:].startswith(k) and text[1 + len(k):][:1] in ("", ".", "[", ":")), None)
-            if key is None:
-                break
-            steps.append(key)
-            node, text = node[key], text[1 + len(key):]
-        elif isinstance(node, list) and text.startswith("["):
-            index, _, rest = text[1:].partition("]")
-            if not index.isdigit() or int(index) >= len(node):
-                break
-            steps.append(int(index))
-            node, text = node[int(index)], rest
-        else:
-            break
-    return tuple(steps), text
+def _read_document(path: pathlib.Path) -> Tuple[Any, Optional[yaml.Node]]:
+    text = path.read_text(encoding="utf-8")
+    document = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    try:
+        return document, yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return document, None  # valid JSON that PyYAML reads differently: no line numbers
 
 
-def locate_server_error(path: pathlib.Path, message: str) -> Optional[str]:
-    """The helper's error about a plan (``PLAN.models.m.data.x.file: ...``)
-    with the plan file's line in front, or ``None`` if it is not about one."""
-    marker = message.find("PLAN.")
-    if marker < 0:
+def locate_plan_error(path: pathlib.Path, error: WarmupRequestError) -> Optional[str]:
+    """The helper's error about the plan at ``path`` with the file's line in
+    front, or ``None`` when the error is not about the plan document."""
+    if error.field != "PLAN":
         return None
     try:
-        text = path.read_text(encoding="utf-8")
-        document = yaml.safe_load(text) if path.suffix.lower() != ".json" else json.loads(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _, root = _read_document(path)
     except (OSError, ValueError, yaml.YAMLError):
-        return None
-    steps, rest = _steps_in(document, message[marker + len("PLAN"):])
-    if not steps or not rest.startswith(": "):
-        return None
-    line = _node_line(root, steps)
-    where = ".".join(str(step) for step in steps)
-    return f"{path}{f', line {line}' if line else ''}: {where}: {rest[2:]}"
+        root = None
+    line = _node_line(root, error.path) if root is not None else None
+    where = ".".join(str(step) for step in error.path) or "the plan"
+    return f"{path}{f', line {line}' if line else ''}: {where}: {error.message}"
 
 
 def load_plan(path: pathlib.Path, helper_name: str = client_flags.HELPER_MODEL) -> Tuple[Any, WarmupRequest]:
@@ -155,10 +134,7 @@ def load_plan(path: pathlib.Path, helper_name: str = client_flags.HELPER_MODEL) 
     try:
         request = parse_plan_document(document, helper_name)
     except WarmupRequestError as error:
-        line = _node_line(root, error.path)
-        where = ".".join(str(step) for step in error.path) or "the plan"
-        at = f", line {line}" if line else ""
-        raise PlanFileError(f"{path}{at}: {where}: {error.message}") from None
+        raise PlanFileError(locate_plan_error(path, error)) from None
     return document, request
 
 

@@ -25,14 +25,17 @@ import pathlib
 import sys
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, TextIO
+from typing import Dict, Iterator, List, Optional, TextIO, Tuple
 
 import numpy as np
-from tqdm import tqdm
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from triton_warmup import HELPER_MODEL
 from triton_warmup.client import flags as client_flags
-from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_server_error
+from triton_warmup.client.live_view import StateWatcher
+from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_plan_error
+from triton_warmup.helper.request import WarmupRequestError
+from triton_warmup.report import ModelEntry, WarmupReport
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
 DEFAULT_GROUP_SIZE_MIN = 1
@@ -40,8 +43,6 @@ DEFAULT_GROUP_SIZE_MAX = 4
 # Several models, each loading its instances and running every sample count
 # times: minutes on a small CPU machine, so the default is generous.
 DEFAULT_TIMEOUT_S = 900.0
-_POLL_INTERVAL_S = 0.5
-_DRAW_INTERVAL_S = 0.2
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -163,292 +164,113 @@ def _strings(*values: str) -> np.ndarray:
     return np.array([value.encode("utf-8") for value in values], dtype=np.object_)
 
 
-def build_inputs(args: argparse.Namespace) -> list:
-    module = client_flags.client_module(args.protocol)
-    tensors = []
+def request_arrays(args: argparse.Namespace) -> Dict[str, np.ndarray]:
+    """The warmup request's inputs: ``PLAN`` for a plan file, else the
+    seed's tensors for the flags (the helper turns them into a plan)."""
+    arrays = {}
     if args.mode is not None:
-        tensors.append(("MODE", _strings(args.mode), "BYTES"))
+        arrays["MODE"] = _strings(args.mode)
     if args.plan_document is not None:
-        tensors.append(("PLAN", _strings(json.dumps(args.plan_document)), "BYTES"))
-        return _tensors(module, tensors)
+        arrays["PLAN"] = _strings(json.dumps(args.plan_document))
+        return arrays
     if args.all:
-        tensors.append(("ALL_MODELS", np.array([True]), "BOOL"))
+        arrays["ALL_MODELS"] = np.array([True])
     else:
-        tensors.append(("MODELS", _strings(*args.models), "BYTES"))
-    tensors += [
-        ("GROUP_SIZE_MIN", np.array([args.group_size_min], dtype=np.int64), "INT64"),
-        ("GROUP_SIZE_MAX", np.array([args.group_size_max], dtype=np.int64), "INT64"),
-    ]
+        arrays["MODELS"] = _strings(*args.models)
+    arrays["GROUP_SIZE_MIN"] = np.array([args.group_size_min], dtype=np.int64)
+    arrays["GROUP_SIZE_MAX"] = np.array([args.group_size_max], dtype=np.int64)
     if args.feature_dims is not None:
-        tensors.append(("FEATURE_DIMS", np.array(args.feature_dims, dtype=np.int64), "INT64"))
+        arrays["FEATURE_DIMS"] = np.array(args.feature_dims, dtype=np.int64)
     if args.batch_sizes is not None:
-        tensors.append(("BATCH_SIZES", np.array(args.batch_sizes, dtype=np.int64), "INT64"))
-    return _tensors(module, tensors)
+        arrays["BATCH_SIZES"] = np.array(args.batch_sizes, dtype=np.int64)
+    return arrays
 
 
-def _tensors(module, tensors: list) -> list:
+def infer_inputs(protocol: str, arrays: Dict[str, np.ndarray]) -> list:
+    """``InferInput`` tensors for ``arrays``; each one's Triton datatype
+    follows its numpy dtype."""
+    module = client_flags.client_module(protocol)
     inputs = []
-    for name, array, datatype in tensors:
+    for name, array in arrays.items():
+        datatype = "BYTES" if array.dtype == np.object_ else np_to_triton_dtype(array.dtype)
         tensor = module.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     return inputs
 
 
-# Where a model's bar stands in its load: UNAVAILABLE, LOADING, then READY.
-_STAGES = {"UNAVAILABLE": 0, "UNLOADING": 0, "LOADING": 1, "READY": 2}
+def request_warmup(
+    client,
+    protocol: str,
+    arrays: Dict[str, np.ndarray],
+    helper: str = HELPER_MODEL,
+    headers: Optional[Dict[str, str]] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Tuple[List[str], WarmupReport]:
+    """Send one warmup request; return ``LOADED_MODELS`` and the report.
 
-
-def live_state(entry: Dict, seen_loading: bool) -> str:
-    """A model's state for the live view: Triton's, or FAILED for a model
-    that went back to UNAVAILABLE with a reason after it was seen LOADING."""
-    state = entry.get("state", "UNAVAILABLE")
-    if state == "UNAVAILABLE" and seen_loading and entry.get("reason") not in (None, "", "unloaded"):
-        return "FAILED"
-    return state
-
-
-class StateWatcher:
-    """Shows each model's state while the blocking warmup request runs.
-
-    One thread polls the repository index; another redraws. On a terminal
-    each model has a progress bar (UNAVAILABLE, LOADING, READY or FAILED)
-    with the seconds since the request went out; elsewhere (CI logs) a plain
-    line is printed whenever a model's state changes.
-
-    Triton's index is a coarse view of a warmup: the call often waits while
-    Triton loads a model, and during a reload it keeps saying READY because
-    the old version serves. So a poll that has waited longer than the
-    interval shows the models not yet settled as LOADING, and so does a
-    model that was READY before the warmup (unless ``--mode requests``). A
-    model settles when it fails, or turns READY after it was not. When the
-    request ends, ``finish`` sets every model from the helper's report, which
-    is the authority on what happened and when.
-
-    Args:
-        models: the models to follow; ``None`` follows every model of the
-            index except the helper (``--all``, or a plan with all_models).
-        label: put in front of every line and bar (the server's URL when
-            several servers are warmed at once).
-        positions: where the next bar goes on the terminal; shared by the
-            watchers of several servers so that their bars do not overlap.
+    Raises:
+        InferenceServerException: the helper refused the request
+            (``WarmupRequestError.from_message`` reads the error back).
     """
-
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        models: Optional[List[str]],
-        stream,
-        label: str = "",
-        positions: Optional[Iterator[int]] = None,
-    ):
-        self.stream = stream
-        self.label = f"{label} " if label else ""
-        self.positions = positions if positions is not None else itertools.count()
-        self.models = models
-        self.helper = args.model_name
-        self.protocol = args.protocol
-        # Its own client: the request's client is busy in the main thread.
-        self.client = client_flags.create_client(args, timeout_s=args.timeout)
-        self.headers = client_flags.request_headers(args)
-        self.refusal = None
-        self.done = threading.Event()
-        self.lock = threading.Lock()
-        self.started = time.monotonic()
-        self.index_states: Dict[str, str] = {}
-        self.poll_since: Optional[float] = None
-        self.shown: Dict[str, str] = {}
-        self.settled = set()
-        # Models READY at the first answer; whether this warmup reloads them
-        # (not with --mode requests; with auto, only the report can tell).
-        self.ready_before: Optional[set] = None
-        self.expect_loads = args.mode != "requests"
-        self.bars: Dict[str, tqdm] = {}
-        self.seen_loading = set()
-        # Bars on a terminal only: CI logs get one plain line per change.
-        self.plain = not (hasattr(stream, "isatty") and stream.isatty())
-        self.threads = [
-            threading.Thread(target=self._poll, daemon=True),
-            threading.Thread(target=self._draw, daemon=True),
-        ]
-
-    def start(self) -> None:
-        for thread in self.threads:
-            thread.start()
-
-    def _read_index(self) -> Optional[Dict[str, str]]:
-        try:
-            index = client_flags.repository_index(self.client, self.protocol, self.headers)
-        except InferenceServerException as error:
-            if not client_flags.is_unreachable(error) and self.refusal is None:
-                # A server that restricts its repository endpoints: the warmup
-                # still runs, only the live states are missing.
-                self.refusal = error.message()
-                print(f"({self.label}no live states: the server refused the repository index: "
-                      f"{self.refusal}; pass -H KEY=VALUE)", file=self.stream, flush=True)
-            return None
-        except OSError:
-            return None
-        entries = {entry["name"]: entry for entry in index}
-        names = self.models if self.models is not None else sorted(n for n in entries if n != self.helper)
-        states = {}
-        for name in names:
-            entry = entries.get(name, {"state": "?"})
-            if entry.get("state") == "LOADING":
-                self.seen_loading.add(name)
-            states[name] = live_state(entry, name in self.seen_loading)
-        return states
-
-    def _poll(self) -> None:
-        while not self.done.is_set():
-            with self.lock:
-                self.poll_since = time.monotonic()
-            states = self._read_index()
-            with self.lock:
-                self.poll_since = None
-                if states is not None:
-                    self.index_states = states
-                    if self.ready_before is None:
-                        self.ready_before = {name for name, state in states.items() if state == "READY"}
-            if self.done.wait(_POLL_INTERVAL_S):
-                return
-
-    def _current(self) -> Dict[str, str]:
-        with self.lock:
-            states = dict(self.index_states)
-            waiting = self.poll_since is not None and time.monotonic() - self.poll_since > _POLL_INTERVAL_S
-        for name, state in states.items():
-            if name in self.settled:
-                continue
-            # While Triton loads, the query may wait: the models this warmup
-            # has not settled are loading or next in line. During a reload the
-            # index keeps saying READY (the old version serves), so a model
-            # that was READY before shows LOADING until the report settles it.
-            if waiting or (state == "READY" and name in (self.ready_before or ()) and self.expect_loads):
-                states[name] = "LOADING"
-        return states
-
-    def _draw(self) -> None:
-        while not self.done.wait(_DRAW_INTERVAL_S):
-            elapsed = time.monotonic() - self.started
-            for name, state in self._current().items():
-                self._show(name, state, elapsed)
-
-    def _show(self, name: str, state: str, elapsed: float, final: bool = False) -> None:
-        changed = self.shown.get(name) != state
-        # FAILED, or READY for a model that was not READY before: this warmup
-        # is done with it. The report settles the rest.
-        if state == "FAILED" or (state == "READY" and name not in (self.ready_before or ())):
-            self.settled.add(name)
-        self.shown[name] = state
-        if self.plain:
-            if changed:
-                print(f"[{elapsed:6.1f}s] {self.label}{name} {state}", file=self.stream, flush=True)
-            return
-        bar = self.bars.get(name)
-        if bar is None:
-            width = max(len(model) for model in (self.models or [name]))
-            bar = tqdm(
-                total=2,
-                desc=self.label + name.ljust(width),
-                # A list postfix is shown as it is (a string would get ", ").
-                bar_format="{desc} |{bar:12}| {postfix[0]}",
-                postfix=[""],
-                file=self.stream,
-                position=next(self.positions),
-                leave=True,
-            )
-            self.bars[name] = bar
-        if state in _STAGES:
-            bar.n = _STAGES[state]
-        # The clock keeps running until the report settles the model.
-        if changed or final or name not in self.settled:
-            bar.postfix[0] = f"{state:<11} {elapsed:6.1f}s"
-            bar.refresh()
-
-    def stop(self) -> None:
-        self.done.set()
-        for thread in self.threads:
-            thread.join(timeout=1)
-
-    def finish(self, entries: List[Dict]) -> None:
-        """Settle every model from the helper's report, then close."""
-        self.stop()
-        # Plain lines in the order the models settled, so that their times
-        # rise; bars in the request's order.
-        ended = time.monotonic() - self.started
-        # The helper counts from its first load; planning before it takes
-        # milliseconds, so the client's clock and the helper's agree closely.
-        def settled(entry):
-            seconds = entry.get("finished_s")
-            return ended if seconds is None else min(seconds, ended)
-
-        if self.plain:
-            entries = sorted(entries, key=settled)
-        for entry in entries:
-            self._show(entry["name"], entry["status"], settled(entry), final=True)
-        self.close()
-
-    def close(self) -> None:
-        self.stop()
-        for bar in self.bars.values():
-            bar.close()
-        try:
-            self.client.close()
-        except Exception:  # noqa: BLE001 - the poll thread may still hold it
-            pass
+    inputs = infer_inputs(protocol, arrays)
+    if protocol == "grpc":
+        response = client.infer(helper, inputs, headers=headers, client_timeout=timeout_s)
+    else:
+        response = client.infer(helper, inputs, headers=headers)
+    loaded = [name.decode("utf-8") for name in response.as_numpy("LOADED_MODELS").reshape(-1)]
+    report = WarmupReport.from_dict(json.loads(response.as_numpy("REPORT").reshape(-1)[0]))
+    return loaded, report
 
 
-def config_cell(entry: Dict) -> str:
+def config_cell(entry: ModelEntry) -> str:
     """What happened to the model's config.pbtxt."""
-    if entry.get("mode") == "requests":
+    if entry.mode == "requests":
         return "not used"
-    if entry.get("fallback"):
+    if entry.fallback:
         return "not written"
-    if entry.get("config_restored"):
+    if entry.config_restored:
         return "restored"
-    return "rewritten" if entry.get("config_written", entry["config_changed"]) else "unchanged"
+    return "rewritten" if entry.config_written else "unchanged"
 
 
-def preflight_cell(entry: Dict) -> str:
+def preflight_cell(entry: ModelEntry) -> str:
     """How many samples the preflight ran, where, and for how long."""
-    record = entry.get("preflight")
-    if not record:
+    record = entry.preflight
+    if record is None:
         return "-"
-    if record["error"]:
+    if not record.passed:
         return "FAILED"
-    where = "scratch" if record["how"] == "scratch copy" else "serving"
-    return f"{record['samples_checked']} {where} {record['seconds']:.2f}s"
+    where = "scratch" if record.how == "scratch copy" else "serving"
+    return f"{record.samples_checked} {where} {record.seconds:.2f}s"
 
 
-def notes_cell(entry: Dict) -> str:
+def notes_cell(entry: ModelEntry) -> str:
     """The error, or why the config went to the load API instead of the file.
 
     A TorchScript error spans many lines; the table keeps its first line and
     the last two (the exception, and what the helper did about it)."""
-    if entry.get("error"):
-        lines = [line.strip() for line in entry["error"].splitlines() if line.strip()]
+    if entry.error:
+        lines = [line.strip() for line in entry.error.splitlines() if line.strip()]
         return " ... ".join([lines[0], " ".join(lines[-2:])]) if len(lines) > 3 else " ".join(lines)
-    if entry.get("fallback"):
+    if entry.fallback:
         # The reason comes before the first ';' of the helper's explanation.
-        return "loaded with the planned config: " + entry["fallback"].split(";")[0]
+        return "loaded with the planned config: " + entry.fallback.split(";")[0]
     return ""
 
 
-def format_table(entries: List[Dict]) -> str:
+def format_table(entries: List[ModelEntry]) -> str:
     header = ("model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "error")
     rows = [header]
     for entry in entries:
-        seconds = entry.get("seconds_to_ready")
-        if seconds is None:
-            seconds = entry.get("seconds_warming")
+        seconds = entry.seconds_to_ready if entry.seconds_to_ready is not None else entry.seconds_warming
         rows.append(
             (
-                entry["name"],
-                entry["status"],
-                str(entry["warmup_samples"]),
-                str(entry["count"]),
-                str(entry["instances"]),
+                entry.name,
+                str(entry.status),
+                str(entry.warmup_samples),
+                str(entry.count),
+                str(entry.instances),
                 preflight_cell(entry),
                 "-" if seconds is None else f"{seconds:.2f}",
                 config_cell(entry),
@@ -471,7 +293,7 @@ class ServerResult:
     url: str
     exit_code: int
     # The helper's report; None when the request did not get one.
-    report: Optional[Dict] = None
+    report: Optional[WarmupReport] = None
     seconds: Optional[float] = None
     # Why it failed, in one line; empty on success.
     reason: str = ""
@@ -511,18 +333,16 @@ def warm_server(
     watcher.start()
     started = time.monotonic()
     try:
-        if args.protocol == "grpc":
-            response = client.infer(
-                args.model_name, build_inputs(args), headers=headers, client_timeout=args.timeout
-            )
-        else:
-            response = client.infer(args.model_name, build_inputs(args), headers=headers)
+        loaded, report = request_warmup(
+            client, args.protocol, request_arrays(args), args.model_name, headers, args.timeout
+        )
     except InferenceServerException as error:
         watcher.close()
-        message = error.message()
+        refusal = WarmupRequestError.from_message(error.message())
         # An error about the plan names its line, as the local checks do.
-        located = locate_server_error(args.plan, message) if args.plan else None
-        return failed(client_flags.EXIT_FAILED, f"{args.model_name} refused the request: {located or message}")
+        located = locate_plan_error(args.plan, refusal) if args.plan and refusal else None
+        reason = located or (str(refusal) if refusal else error.message())
+        return failed(client_flags.EXIT_FAILED, f"{args.model_name} refused the request: {reason}")
     except OSError as error:
         watcher.close()
         return failed(client_flags.EXIT_FAILED, f"the warmup request to {url} broke off: {error}")
@@ -530,20 +350,18 @@ def warm_server(
         client.close()
     elapsed = time.monotonic() - started
 
-    loaded = [name.decode("utf-8") for name in response.as_numpy("LOADED_MODELS").reshape(-1)]
-    report = json.loads(response.as_numpy("REPORT").reshape(-1)[0])
-    watcher.finish(report["models"])
-    if report.get("mode") == "requests":
+    watcher.finish(report.models)
+    if report.mode == "requests":
         print(f"warmed with inference requests: {loaded}", file=out)
     else:
         print(f"model loaded: {loaded}", file=out)
-    print(format_table(report["models"]), file=out)
-    print(f"mode {report.get('mode')}: {report.get('mode_reason')}", file=out)
-    if report.get("limitation"):
-        print(f"NOTE: {report['limitation']}", file=out)
+    print(format_table(report.models), file=out)
+    print(f"mode {report.mode}: {report.mode_reason}", file=out)
+    if report.limitation:
+        print(f"NOTE: {report.limitation}", file=out)
     print(f"total {elapsed:.2f} s", file=out)
-    if report["failed"]:
-        failure = failed(client_flags.EXIT_FAILED, f"Warmup failed for models: {report['failed']}")
+    if report.failed:
+        failure = failed(client_flags.EXIT_FAILED, f"Warmup failed for models: {report.failed}")
         return dataclasses.replace(failure, report=report, seconds=elapsed)
     print(f"PASS: Warmup done for models: {loaded}", file=out)
     return ServerResult(url, client_flags.EXIT_OK, report=report, seconds=elapsed)
@@ -599,7 +417,7 @@ def format_servers(results: List[ServerResult]) -> str:
     lines = []
     for result in results:
         if result.exit_code == client_flags.EXIT_OK:
-            models = len(result.report["models"])
+            models = len(result.report.models)
             lines.append(f"{result.url.ljust(width)}  PASS    {models} models in {result.seconds:.2f} s")
         else:
             lines.append(f"{result.url.ljust(width)}  FAILED  {result.reason}")
@@ -613,14 +431,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     if len(args.urls) == 1:
         result = warm_server(args, status, sys.stderr, status)
         if args.json and result.report is not None:
-            print(json.dumps(result.report, indent=2))
+            print(json.dumps(result.report.to_dict(), indent=2))
         return result.exit_code
 
     started = time.monotonic()
     results = warm_servers(args, status)
     elapsed = time.monotonic() - started
     if args.json:
-        print(json.dumps({"servers": [dataclasses.asdict(result) for result in results]}, indent=2))
+        servers = [
+            {**dataclasses.asdict(result), "report": result.report.to_dict() if result.report else None}
+            for result in results
+        ]
+        print(json.dumps({"servers": servers}, indent=2))
     print(f"\n{format_servers(results)}", file=status)
     failed = [result.url for result in results if result.exit_code != client_flags.EXIT_OK]
     if failed:

@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from triton_warmup.embedded.server import PROJECT_ROOT, free_port
+from triton_warmup.embedded.server import free_port
+from triton_warmup.libtorch_backend.source_build import PROJECT_ROOT
 
 ENTRYPOINT = PROJECT_ROOT / "deploy" / "entrypoint.sh"
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"

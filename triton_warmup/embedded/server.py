@@ -32,7 +32,6 @@ import urllib.request
 from typing import Dict, List, Optional, Sequence
 
 from triton_warmup import HELPER_MODEL, libtorch_backend
-from triton_warmup.libtorch_backend.source_build import PROJECT_ROOT
 
 # The name a backend built from core's sources links against; the wheel
 # renamed its copy (auditwheel), and the backend must use that one.

@@ -10,11 +10,12 @@ import concurrent.futures
 import dataclasses
 import pathlib
 import time
-from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, FrozenSet, List, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup import HELPER_MODEL
+from triton_warmup.report import ModelEntry, Status, Timings, WarmupReport
 
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, ConfigRewrite, config_json, find_model_dir, read_config
 from triton_warmup.helper.preflight import Preflight
@@ -40,11 +41,9 @@ from triton_warmup.helper.request import (
     WarmupRequest,
     WarmupRequestError,
     check_model_name,
-    in_plan_terms,
+    in_request_terms,
 )
 
-READY = "READY"
-FAILED = "FAILED"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,18 +138,21 @@ def plan_model(
     repository: pathlib.Path,
     plan_request: ModelPlanRequest,
     settings: PlanSettings,
+    from_plan: bool = True,
 ) -> ModelWarmupJob:
-    """Read one model's config and plan its warmup; raise if it cannot be planned."""
+    """Read one model's config and plan its warmup; raise if it cannot be
+    planned, in the terms of the request's form (``from_plan``)."""
     try:
-        return _plan_model(repository, plan_request, settings)
+        return _plan_model(repository, plan_request, settings, from_plan)
     except WarmupRequestError as error:
-        raise in_plan_terms(error, plan_request) from None
+        raise in_request_terms(error, from_plan, plan_request) from None
 
 
 def _plan_model(
     repository: pathlib.Path,
     plan_request: ModelPlanRequest,
     settings: PlanSettings,
+    from_plan: bool,
 ) -> ModelWarmupJob:
     name = plan_request.name
     model_dir = find_model_dir(repository, name)
@@ -187,7 +189,7 @@ def _plan_model(
         samples=len(plan.samples),
         count=count,
         instances=_instance_count(rewrite),
-        replan=lambda: plan_model(repository, plan_request, settings),
+        replan=lambda: plan_model(repository, plan_request, settings, from_plan),
     )
 
 
@@ -233,13 +235,14 @@ def plan_jobs(
             if name not in named
         ]
         if not plan_requests:
-            raise WarmupRequestError(
-                "ALL_MODELS", f"the model repository {repository} holds no model but the helper", NOT_FOUND
+            error = WarmupRequestError(
+                "PLAN", f"the model repository {repository} holds no model but the helper", NOT_FOUND, ("all_models",)
             )
-    return [plan_model(repository, plan_request, settings) for plan_request in plan_requests]
+            raise in_request_terms(error, request.from_plan)
+    return [plan_model(repository, plan_request, settings, request.from_plan) for plan_request in plan_requests]
 
 
-def _write_or_fall_back(rewrite: ConfigRewrite, entry: Dict) -> Optional[str]:
+def _write_or_fall_back(rewrite: ConfigRewrite, entry: ModelEntry) -> Optional[str]:
     """Write the planned config; return it as JSON for the load API instead
     when the file cannot or may not be written.
 
@@ -255,9 +258,9 @@ def _write_or_fall_back(rewrite: ConfigRewrite, entry: Dict) -> Optional[str]:
         except OSError as error:
             reason = f"writing {rewrite.path} failed: {error}"
         else:
-            entry["config_written"] = True
+            entry.config_written = True
             return None
-    entry["fallback"] = (
+    entry.fallback = (
         f"{reason}; loaded with the planned config passed to the Model Loading API instead. "
         "config.pbtxt is unchanged, so the warmup samples apply until the model is next "
         "loaded from its file"
@@ -270,7 +273,7 @@ def run_job(
     control,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     preflight: Optional[Preflight] = None,
-) -> Dict:
+) -> ModelEntry:
     """Check the samples, rewrite the config and load the model; put the
     config back if the load fails.
 
@@ -294,25 +297,16 @@ def run_job(
 
     Returns the model's entry of the report.
     """
-    entry = {
-        "name": job.name,
-        "status": FAILED,
-        "warmup_samples": job.samples,
-        "count": job.count,
-        "instances": job.instances,
-        "group_sizes": list(job.group_sizes),
-        "batch_sizes": list(job.batch_sizes),
-        "config_changed": job.rewrite.changed,
-        "config_written": False,
-        "fallback": None,
-        "seconds_to_ready": None,
-        "lock": None,
-        "error": None,
-        "preflight": None,
-        # Where the time went: the helper's own work (re-planning under the
-        # lock, the preflight, writing the file) and Triton's load, warmup included.
-        "timings": {"replan_s": 0.0, "preflight_s": 0.0, "write_s": 0.0, "load_s": 0.0},
-    }
+    entry = ModelEntry(
+        name=job.name,
+        warmup_samples=job.samples,
+        count=job.count,
+        instances=job.instances,
+        group_sizes=list(job.group_sizes),
+        batch_sizes=list(job.batch_sizes),
+        config_changed=job.rewrite.changed,
+        timings=Timings(),
+    )
     started = time.monotonic()
     try:
         was_ready = control.is_ready(job.name)
@@ -322,27 +316,27 @@ def run_job(
         with model_lock(job.model_dir, lock_timeout_s) as hold:
             try:
                 if hold is not None:
-                    entry["stale_temp_files_removed"] = remove_stale_temp_files(job.model_dir)
+                    entry.stale_temp_files_removed = remove_stale_temp_files(job.model_dir)
                     # A writer that died between its rewrite and the end of
                     # its load (Triton crashed) left its backup: undo first.
-                    entry["interrupted_rewrite_restored"] = restore_interrupted_rewrite(job.model_dir)
+                    entry.interrupted_rewrite_restored = restore_interrupted_rewrite(job.model_dir)
                     # Another writer may have changed the file while we waited.
                     replan_started = time.monotonic()
                     job = job.replan()
-                    entry["timings"]["replan_s"] = _since(replan_started)
-                    entry["config_changed"] = job.rewrite.changed
+                    entry.timings.replan_s = _since(replan_started)
+                    entry.config_changed = job.rewrite.changed
                 if _preflight_passes(job, control, entry, was_ready, preflight):
                     _load(job, control, entry, was_ready, preflight)
             finally:
                 if hold is not None:
                     hold.held_until = time.time()
-                    entry["lock"] = hold.as_dict()
+                    entry.lock = hold
     except ModelLockTimeout as error:
-        entry["error"] = str(error)
+        entry.error = str(error)
     except WarmupRequestError as error:
-        entry["error"] = f"config.pbtxt changed while waiting for the lock and cannot be planned: {error}"
-    if entry["status"] == READY:
-        entry["seconds_to_ready"] = round(time.monotonic() - started, 3)
+        entry.error = f"config.pbtxt changed while waiting for the lock and cannot be planned: {error}"
+    if entry.ready:
+        entry.seconds_to_ready = round(time.monotonic() - started, 3)
     return entry
 
 
@@ -352,20 +346,22 @@ def run_jobs(
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     max_parallel: int = 1,
     preflight: Optional[Preflight] = None,
-) -> List[Dict]:
+) -> List[ModelEntry]:
     """``run_job`` for every job, up to ``max_parallel`` at once; entries in job order.
 
     Triton loads different models in parallel when their load requests arrive
     together; each job holds only its own model's lock, so jobs for different
     models do not wait for each other. The helper loads 4 at once while its
     preflight is on and 1 while it is off, because Triton crashed when a
-    reload ran beside a load whose warmup sample failed (README, "Known
+    reload ran beside a load whose warmup sample failed (docs/safety.md, "Known
     Triton issues").
     """
     return run_each(jobs, lambda job: run_job(job, control, lock_timeout_s, preflight), max_parallel)
 
 
-def run_each(jobs: List[ModelWarmupJob], run_one: Callable[[ModelWarmupJob], Dict], max_parallel: int = 1) -> List[Dict]:
+def run_each(
+    jobs: List[ModelWarmupJob], run_one: Callable[[ModelWarmupJob], ModelEntry], max_parallel: int = 1
+) -> List[ModelEntry]:
     """``run_one`` for every job, up to ``max_parallel`` at once; entries in
     job order, each with ``finished_s``: when the model settled, counted from
     the first job (with jobs one after another, a model's own time does not
@@ -374,7 +370,7 @@ def run_each(jobs: List[ModelWarmupJob], run_one: Callable[[ModelWarmupJob], Dic
 
     def run(job):
         entry = run_one(job)
-        entry["finished_s"] = _since(started)
+        entry.finished_s = _since(started)
         return entry
 
     if max_parallel <= 1 or len(jobs) <= 1:
@@ -388,44 +384,44 @@ def _since(started: float) -> float:
 
 
 def _preflight_passes(
-    job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool], preflight: Optional[Preflight]
+    job: ModelWarmupJob, control, entry: ModelEntry, was_ready: Optional[bool], preflight: Optional[Preflight]
 ) -> bool:
     """Run the preflight where the load would run samples; False (and the
     entry says why) when one failed."""
     if preflight is None or (was_ready and not job.rewrite.changed):
         return True
-    record = entry["preflight"] = preflight.check(job, control, was_ready)
-    entry["timings"]["preflight_s"] = record["seconds"]
-    if record["error"] is None:
+    record = entry.preflight = preflight.check(job, control, was_ready)
+    entry.timings.preflight_s = record.seconds
+    if record.passed:
         return True
-    entry["error"] = f"preflight: {record['error']}; nothing was written or loaded"
-    entry["serving_previous_version"] = was_ready
+    entry.error = f"preflight: {record.error}; nothing was written or loaded"
+    entry.serving_previous_version = was_ready
     return False
 
 
 def _load(
-    job: ModelWarmupJob, control, entry: Dict, was_ready: Optional[bool], preflight: Optional[Preflight]
+    job: ModelWarmupJob, control, entry: ModelEntry, was_ready: Optional[bool], preflight: Optional[Preflight]
 ) -> None:
     write_started = time.monotonic()
     config_override = _write_or_fall_back(job.rewrite, entry)
-    entry["timings"]["write_s"] = _since(write_started)
+    entry.timings.write_s = _since(write_started)
     load_started = time.monotonic()
     load_started_at = time.time()
     try:
         control.load(job.name, config=config_override)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
-        entry["timings"]["load_s"] = _since(load_started)
-        entry["error"] = f"load failed: {error}"
+        entry.timings.load_s = _since(load_started)
+        entry.error = f"load failed: {error}"
         try:
             job.rewrite.restore()
         except OSError as restore_error:
-            entry["error"] += f"; restoring {job.rewrite.path} also failed: {restore_error}"
+            entry.error += f"; restoring {job.rewrite.path} also failed: {restore_error}"
         else:
-            entry["config_restored"] = entry["config_written"]
-        entry["serving_previous_version"] = was_ready
+            entry.config_restored = entry.config_written
+        entry.serving_previous_version = was_ready
         return
-    entry["timings"]["load_s"] = _since(load_started)
-    entry["status"] = READY
+    entry.timings.load_s = _since(load_started)
+    entry.status = Status.READY
     if preflight is not None:
         # The serving version now runs the files as they were when the load began.
         preflight.loaded_at[job.name] = load_started_at
@@ -434,18 +430,12 @@ def _load(
     except OSError as error:
         # The model is READY with the new config either way; a backup left
         # behind makes the next writer put the old config back.
-        entry["error"] = f"removing {job.rewrite.backup_path} failed: {error}"
+        entry.error = f"removing {job.rewrite.backup_path} failed: {error}"
 
 
 def build_report(
-    entries: List[Dict], seconds_total: Optional[float] = None, plan_s: Optional[float] = None
-) -> Dict:
+    entries: List[ModelEntry], seconds_total: Optional[float] = None, plan_s: Optional[float] = None
+) -> WarmupReport:
     """The REPORT output; ``plan_s`` is the time spent checking the request
     and planning every model before the first write."""
-    return {
-        "models": entries,
-        "loaded": [entry["name"] for entry in entries if entry["status"] == READY],
-        "failed": [entry["name"] for entry in entries if entry["status"] != READY],
-        "seconds_total": seconds_total,
-        "plan_s": plan_s,
-    }
+    return WarmupReport(models=list(entries), seconds_total=seconds_total, plan_s=plan_s)

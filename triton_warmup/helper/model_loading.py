@@ -13,7 +13,7 @@ the backend frees the error string in shared memory while the stub may still
 be reading it. Successful loads are fine. A load through the HTTP endpoint
 does the same work (same load, same warmup, same READY) without that path, so
 ``auto`` (the default) uses it whenever it can find this server's HTTP port,
-and falls back to ``bls`` otherwise. See README, "Known Triton issues".
+and falls back to ``bls`` otherwise. See docs/safety.md, "Known Triton issues".
 
 Both ways take an optional ``config`` (JSON): Triton then loads the model
 with it instead of the file's, which is how the helper warms a model whose

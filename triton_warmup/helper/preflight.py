@@ -38,6 +38,7 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from triton_warmup.report import PreflightRecord
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, config_json, render_config
 from triton_warmup.helper.repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
 from triton_warmup.helper.requests_mode import sample_arrays
@@ -50,7 +51,7 @@ from triton_warmup.helper.requests_mode import sample_arrays
 DEFAULT_PREFLIGHT_MAX_MODEL_BYTES = 256 * 1024 * 1024
 
 # Measured with bench/warmup_benchmark.py (256 samples of model-v1 on a
-# scratch copy, 2 CPUs): see README, "What the preflight costs".
+# scratch copy, 2 CPUs): see bench/README.md, "What the preflight costs".
 DEFAULT_PREFLIGHT_IN_FLIGHT = 4
 
 # How the scratch copy reaches Triton when the repository folder is writable.
@@ -202,7 +203,7 @@ class Preflight:
     # When the helper last started a load of each model that then succeeded.
     loaded_at: Dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def check(self, job, control, was_ready: Optional[bool]) -> Dict:
+    def check(self, job, control, was_ready: Optional[bool]) -> PreflightRecord:
         """Run every sample of ``job``'s planned config not known to pass.
 
         Returns the report's ``preflight`` record; ``error`` is set when a
@@ -210,40 +211,29 @@ class Preflight:
         """
         started = time.monotonic()
         config = job.rewrite.config
-        record = {
-            "how": None,
-            "why": None,
-            "samples_checked": 0,
-            "samples_known_good": 0,
-            "failed_sample": None,
-            "error": None,
-            "model_bytes": None,
-            "scratch": None,
-            "load_s": None,
-            "seconds": None,
-        }
+        record = PreflightRecord()
         try:
             try:
                 versions = loaded_versions(job.model_dir, config.version_policy)
                 files = model_files(job.model_dir, versions)
-                record["model_bytes"] = sum(path.stat().st_size for path in files)
+                record.model_bytes = sum(path.stat().st_size for path in files)
             except OSError as error:
                 raise PreflightFailed(f"reading the model's files failed: {error}") from None
             serving, why = self._serving_runs_these_files(job.name, files) if was_ready else (False, None)
             if serving:
-                record["how"] = "requests to the serving model"
-                record["why"] = why
+                record.how = "requests to the serving model"
+                record.why = why
                 known_good = self._served_samples(job, control)
                 samples = unchecked_samples(config, known_good)
-                record["samples_known_good"] = len(config.model_warmup) - len(samples)
+                record.samples_known_good = len(config.model_warmup) - len(samples)
                 self._send(job.name, config, samples, job.model_dir, record, versions)
             else:
-                record["how"] = "scratch copy"
-                record["why"] = why or "model not loaded"
+                record.how = "scratch copy"
+                record.why = why or "model not loaded"
                 self._check_scratch(job, control, config, versions, files, record)
         except PreflightFailed as failure:
-            record["error"] = str(failure)
-        record["seconds"] = round(time.monotonic() - started, 6)
+            record.error = str(failure)
+        record.seconds = round(time.monotonic() - started, 6)
         return record
 
     def _serving_runs_these_files(self, name: str, files: List[pathlib.Path]) -> Tuple[bool, str]:
@@ -288,12 +278,12 @@ class Preflight:
         no_folder = folder_unwritable_reason(folder.parent)
         if no_folder is None:
             try:
-                record["scratch"] = self._link_scratch_folder(job.model_dir, folder, scratch, versions)
+                record.scratch = self._link_scratch_folder(job.model_dir, folder, scratch, versions)
             except OSError as error:
                 no_folder = str(error)
         if no_folder is not None:
-            record["scratch"] = f"file overrides in the load request (no scratch folder: {no_folder})"
-            self._check_size(record["model_bytes"])
+            record.scratch = f"file overrides in the load request (no scratch folder: {no_folder})"
+            self._check_size(record.model_bytes)
         try:
             load_started = time.monotonic()
             try:
@@ -307,7 +297,7 @@ class Preflight:
             except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
                 raise PreflightFailed(f"the model does not load even without warmup samples: {error}") from None
             finally:
-                record["load_s"] = round(time.monotonic() - load_started, 6)
+                record.load_s = round(time.monotonic() - load_started, 6)
             try:
                 # No dynamic batcher on the scratch copy: requests in flight together stay apart.
                 self._send(scratch_name, config, samples, job.model_dir, record, versions, self.in_flight)
@@ -374,14 +364,14 @@ class Preflight:
                 if errors[-1] is not None:
                     break
         passed = collections.Counter(index for (index, _), error in zip(runs, errors) if error is None)
-        record["samples_checked"] = sum(1 for count in passed.values() if count == len(versions))
+        record.samples_checked = sum(1 for count in passed.values() if count == len(versions))
         failure = next(((runs[at], error) for at, error in enumerate(errors) if error is not None), None)
         if failure is None:
             return
         (index, version), error = failure
         sample = samples[index]
-        record["failed_sample"] = describe_sample(config, sample)
-        shape = ", ".join(f"{name} {dims}" for name, dims in record["failed_sample"]["inputs"].items())
+        record.failed_sample = describe_sample(config, sample)
+        shape = ", ".join(f"{name} {dims}" for name, dims in record.failed_sample["inputs"].items())
         raise PreflightFailed(
             f"sample '{sample.name}' ({shape}) failed"
             + (f" on version {version}" if version and len(versions) > 1 else "")

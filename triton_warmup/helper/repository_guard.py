@@ -28,7 +28,6 @@ Pure Python (stdlib only), so the unit tests run without a server.
 """
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 import pathlib
@@ -38,6 +37,8 @@ import tempfile
 import threading
 import time
 from typing import Dict, Iterator, List, Optional, Tuple
+
+from triton_warmup.report import LockHold
 
 CONFIG_FILENAME = "config.pbtxt"
 LOCK_FILENAME = ".warmup_helper.lock"
@@ -58,22 +59,6 @@ _WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
 
 class ModelLockTimeout(TimeoutError):
     """Another writer held the model's lock for longer than the timeout."""
-
-
-@dataclasses.dataclass
-class LockHold:
-    """When this process held a model's lock (epoch seconds, for reports)."""
-
-    waited_s: float
-    held_from: float
-    held_until: Optional[float] = None
-
-    def as_dict(self) -> Dict:
-        return {
-            "waited_s": round(self.waited_s, 3),
-            "held_from": self.held_from,
-            "held_until": self.held_until,
-        }
 
 
 def fsync_folder(folder: pathlib.Path) -> None:
@@ -235,7 +220,7 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
                             f"{lock_path} stayed locked by another process for {timeout_s:g} s"
                         ) from None
                     time.sleep(_POLL_S)
-            hold = LockHold(waited_s=time.monotonic() - started, held_from=time.time())
+            hold = LockHold(waited_s=round(time.monotonic() - started, 3), held_from=time.time())
             try:
                 yield hold
             finally:

@@ -1,13 +1,15 @@
-"""Turn the tensors of one warmup_helper request into a checked ``WarmupRequest``.
+"""Turn one warmup_helper request into a checked ``WarmupRequest``.
 
-A request names its models one of three ways: ``MODELS`` with one shape range
-for all of them, ``ALL_MODELS`` (every model in the repository), or ``PLAN``,
-a JSON document with a plan per model (what ``warmup_models.py --plan`` sends
-from a YAML or JSON plan file). ``MODE`` picks how the models are warmed.
+Every request is a plan document in the end: ``PLAN`` carries one (what
+``triton-warmup --plan`` sends from a YAML or JSON plan file), and the seed's
+tensors (``MODELS`` with one shape range for all of them, or ``ALL_MODELS``,
+``FEATURE_DIMS``, ``BATCH_SIZES``, ``MODE``) are turned into one at the
+boundary (``document_from_tensors``). One validator (``parse_plan_document``)
+then checks every request.
 
 Pure Python and numpy: no Triton imports, so the unit tests run without a
-server. Every problem raises ``WarmupRequestError`` naming the input at fault
-and, for ``PLAN``, the path to the wrong value inside the document.
+server. Every problem raises ``WarmupRequestError`` with the path to the wrong
+value as data; a request made of tensors sees the input at fault named instead.
 """
 
 import collections
@@ -54,24 +56,55 @@ _PLAN_KEYS = ("mode", "all_models", "defaults", "models")
 _MODEL_PLAN_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data")
 
 
+# The line of an error message that carries the error as JSON, so that a
+# client reads the path as data (``WarmupRequestError.from_message``).
+DETAIL_PREFIX = "detail: "
+
+
 class WarmupRequestError(ValueError):
     """A request the helper refuses before it touches the repository.
 
     Attributes:
         field: the request input (or config parameter) that is wrong.
         code: ``INVALID_ARG`` or ``NOT_FOUND``.
-        path: for ``PLAN``, the keys and list indexes that lead to the wrong
-            value in the plan document (``("models", "model-v1", "count")``);
-            the client maps it to a line of the plan file.
+        path: the keys and list indexes that lead to the wrong value in the
+            request's plan document (``("models", "model-v1", "count")``);
+            the client maps it to a line of the plan file. It is shown in the
+            text only for ``PLAN``, whose user wrote that document.
     """
 
     def __init__(self, field: str, message: str, code: str = INVALID_ARG, path: Tuple = ()):
-        where = "".join(f"[{step!r}]" if isinstance(step, int) else f".{step}" for step in path)
+        shown = path if field == "PLAN" else ()
+        where = "".join(f"[{step!r}]" if isinstance(step, int) else f".{step}" for step in shown)
         super().__init__(f"{field}{where}: {message}")
         self.field = field
         self.code = code
         self.path = tuple(path)
         self.message = message
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"field": self.field, "path": list(self.path), "message": self.message, "code": self.code}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "WarmupRequestError":
+        return cls(data["field"], data["message"], data.get("code", INVALID_ARG), tuple(data.get("path", ())))
+
+    def response_message(self) -> str:
+        """The text of the error response: the sentence, then the error as
+        JSON on a line of its own."""
+        return f"{self}\n{DETAIL_PREFIX}{json.dumps(self.to_dict())}"
+
+    @classmethod
+    def from_message(cls, text: str) -> Optional["WarmupRequestError"]:
+        """The error inside an error response's text (Triton may put words in
+        front of it), or ``None`` when the text carries none."""
+        _, found, detail = text.rpartition(DETAIL_PREFIX)
+        if not found:
+            return None
+        try:
+            return cls.from_dict(json.loads(detail.strip().splitlines()[0]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,25 +140,38 @@ class ModelPlanRequest:
     plan_path: Tuple = ()
 
 
-# The request input each planning error names, and the plan key that holds
-# the same setting in a PLAN document.
-PLAN_KEY_OF_INPUT = {
-    "BATCH_SIZES": "batch_sizes",
-    "FEATURE_DIMS": "feature_dim",
-    "GROUP_SIZE_MAX": "group_size_max",
-    "GROUP_SIZE_MIN": "group_size_min",
+# The tensor input that carries each setting of a plan document: a request
+# made of tensors is told about the input it sent, not the document made of it.
+INPUT_OF_PLAN_KEY = {
+    "batch_sizes": "BATCH_SIZES",
+    "feature_dim": "FEATURE_DIMS",
+    "group_size_max": "GROUP_SIZE_MAX",
+    "group_size_min": "GROUP_SIZE_MIN",
+    "mode": "MODE",
+    "all_models": "ALL_MODELS",
 }
 
 
-def in_plan_terms(error: WarmupRequestError, plan: ModelPlanRequest) -> WarmupRequestError:
-    """``error`` about a shape input, restated for the plan document the
-    request came from (field PLAN, path to the setting), so a plan file's
-    user is pointed at the line to change."""
-    if not plan.plan_path or error.field == "PLAN":
-        return error
-    key = PLAN_KEY_OF_INPUT.get(error.field)
-    path = plan.plan_path + ((key,) if key else ())
-    return WarmupRequestError("PLAN", error.message, error.code, path=path)
+def in_request_terms(
+    error: WarmupRequestError, from_plan: bool, plan: Optional[ModelPlanRequest] = None
+) -> WarmupRequestError:
+    """``error`` with the path to the setting at fault in the request's plan
+    document, named for the request's form: field ``PLAN`` for a plan, the
+    tensor input for a request of tensors.
+
+    The planning modules name the setting a model's config rejects by its
+    input (``FEATURE_DIMS``); ``plan`` says where that model's plan sits.
+    """
+    path = error.path
+    if error.field != "PLAN" and plan is not None and plan.plan_path:
+        key = next((key for key, name in INPUT_OF_PLAN_KEY.items() if name == error.field), None)
+        path = plan.plan_path + ((key,) if key else ())
+    if from_plan:
+        return WarmupRequestError("PLAN", error.message, error.code, path=path)
+    field = error.field
+    if field == "PLAN" and path:
+        field = next((INPUT_OF_PLAN_KEY[step] for step in reversed(path) if step in INPUT_OF_PLAN_KEY), "MODELS")
+    return WarmupRequestError(field, error.message, error.code, path=path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +190,9 @@ class WarmupRequest:
     all_models: bool = False
     default_plan: Optional[ModelPlanRequest] = None
     mode: str = "auto"
+    # True when the request sent PLAN; False when it sent tensors, which
+    # decides how its errors are named (``in_request_terms``).
+    from_plan: bool = True
 
     @property
     def models(self) -> Tuple[str, ...]:
@@ -198,25 +247,15 @@ def _decode_strings(field: str, array: np.ndarray) -> Tuple[str, ...]:
     return tuple(values)
 
 
-def _single_string(field: str, array: np.ndarray) -> str:
-    values = _decode_strings(field, array)
-    if len(values) != 1:
-        raise WarmupRequestError(field, f"must hold exactly one string, got {len(values)}")
-    return values[0]
-
-
 def _integers(field: str, array: np.ndarray) -> Tuple[int, ...]:
     if not np.issubdtype(array.dtype, np.integer):
         raise WarmupRequestError(field, f"must be integers, got {array.dtype}")
     return tuple(int(value) for value in array.reshape(-1))
 
 
-def _single_integer(field: str, array: np.ndarray) -> int:
-    values = _integers(field, array)
+def _single_value(field: str, values: Tuple) -> Any:
     if len(values) != 1:
         raise WarmupRequestError(field, f"must hold exactly one value, got {len(values)}")
-    if values[0] < 1:
-        raise WarmupRequestError(field, f"must be at least 1, got {values[0]}")
     return values[0]
 
 
@@ -243,12 +282,73 @@ def _check_mode(mode: str, field: str = "MODE", path=()) -> str:
     return mode
 
 
+def document_from_tensors(inputs: Mapping[str, Optional[np.ndarray]]) -> Dict[str, Any]:
+    """The plan document that the tensors of a request stand for.
+
+    Only what a tensor alone can get wrong is checked here (its type, how
+    many values it holds, inputs that exclude each other, a name given
+    twice); every value is checked by ``parse_plan_document``, as in a plan.
+
+    Raises:
+        WarmupRequestError: naming the input at fault.
+    """
+    document: Dict[str, Any] = {}
+    if inputs.get("MODE") is not None:
+        document["mode"] = _single_value("MODE", _decode_strings("MODE", inputs["MODE"]))
+    all_models = False
+    if inputs.get("ALL_MODELS") is not None:
+        flags = inputs["ALL_MODELS"].reshape(-1)
+        if flags.dtype != np.bool_ or len(flags) != 1:
+            raise WarmupRequestError("ALL_MODELS", "must be one BOOL")
+        all_models = document["all_models"] = bool(flags[0])
+
+    defaults: Dict[str, Any] = {}
+    for field, key in (("GROUP_SIZE_MIN", "group_size_min"), ("GROUP_SIZE_MAX", "group_size_max")):
+        if inputs.get(field) is None:
+            raise WarmupRequestError(field, "is required (or send PLAN)")
+        defaults[key] = _single_value(field, _integers(field, inputs[field]))
+    if inputs.get("BATCH_SIZES") is not None:
+        defaults["batch_sizes"] = list(_integers("BATCH_SIZES", inputs["BATCH_SIZES"]))
+    document["defaults"] = defaults
+
+    if all_models:
+        if inputs.get("MODELS") is not None or inputs.get("FEATURE_DIMS") is not None:
+            raise WarmupRequestError(
+                "ALL_MODELS",
+                "takes every model of the repository: leave out MODELS and FEATURE_DIMS "
+                "(each model's config gives its feature dimension; a plan file can set one per model)",
+            )
+        return document
+    if inputs.get("MODELS") is None:
+        raise WarmupRequestError("MODELS", "is required (or send ALL_MODELS or PLAN)")
+    models = _decode_strings("MODELS", inputs["MODELS"])
+    if not models:
+        raise WarmupRequestError("MODELS", "is empty: name at least one model")
+    duplicates = sorted(name for name, seen in collections.Counter(models).items() if seen > 1)
+    if duplicates:
+        raise WarmupRequestError("MODELS", f"names {duplicates} more than once")
+    feature_dims: Tuple[Optional[int], ...] = (None,) * len(models)
+    if inputs.get("FEATURE_DIMS") is not None:
+        feature_dims = _integers("FEATURE_DIMS", inputs["FEATURE_DIMS"])
+        if len(feature_dims) != len(models):
+            raise WarmupRequestError(
+                "FEATURE_DIMS",
+                f"has {len(feature_dims)} values for {len(models)} models in MODELS: give one per model "
+                "(0 where the model's config fixes the dimension)",
+            )
+    document["models"] = {
+        name: ({} if feature_dim is None else {"feature_dim": feature_dim})
+        for name, feature_dim in zip(models, feature_dims)
+    }
+    return document
+
+
 def parse_request(
     inputs: Mapping[str, Optional[np.ndarray]],
     helper_name: str,
     allowed_models: Optional[FrozenSet[str]] = None,
 ) -> WarmupRequest:
-    """Validate the request tensors.
+    """Validate a request: ``PLAN``, or the tensors that stand for one.
 
     Args:
         inputs: input name to numpy array, or ``None`` for an input the
@@ -259,92 +359,38 @@ def parse_request(
             in the repository.
 
     Raises:
-        WarmupRequestError: naming the first input that is wrong.
+        WarmupRequestError: with the path to the first wrong value; named
+            ``PLAN`` for a plan, else by the tensor input at fault.
     """
-    mode = "auto"
-    if inputs.get("MODE") is not None:
-        mode = _check_mode(_single_string("MODE", inputs["MODE"]))
-
-    if inputs.get("PLAN") is not None:
-        given = [
-            field
-            for field in ("MODELS", "ALL_MODELS", "GROUP_SIZE_MIN", "GROUP_SIZE_MAX", "FEATURE_DIMS", "BATCH_SIZES")
-            if inputs.get(field) is not None
-        ]
-        if given:
-            raise WarmupRequestError(
-                "PLAN", f"carries the whole plan: leave out {given}, or leave out PLAN"
-            )
-        text = _single_string("PLAN", inputs["PLAN"])
-        if len(text.encode("utf-8")) > MAX_PLAN_BYTES:
-            raise WarmupRequestError("PLAN", f"is larger than {MAX_PLAN_BYTES} bytes")
+    if inputs.get("PLAN") is None:
+        document = document_from_tensors(inputs)
         try:
-            document = json.loads(text)
-        except ValueError as error:
-            raise WarmupRequestError("PLAN", f"is not JSON: {error}") from None
-        parsed = parse_plan_document(document, helper_name, allowed_models)
-        if inputs.get("MODE") is not None:
-            parsed = dataclasses.replace(parsed, mode=mode)
-        return parsed
-
-    all_models = False
-    if inputs.get("ALL_MODELS") is not None:
-        flags = inputs["ALL_MODELS"].reshape(-1)
-        if flags.dtype != np.bool_ or len(flags) != 1:
-            raise WarmupRequestError("ALL_MODELS", "must be one BOOL")
-        all_models = bool(flags[0])
-
-    for field in ("GROUP_SIZE_MIN", "GROUP_SIZE_MAX"):
-        if inputs.get(field) is None:
-            raise WarmupRequestError(field, "is required (or send PLAN)")
-    group_sizes = _group_range(
-        _single_integer("GROUP_SIZE_MIN", inputs["GROUP_SIZE_MIN"]),
-        _single_integer("GROUP_SIZE_MAX", inputs["GROUP_SIZE_MAX"]),
-    )
-    batch_sizes = None
-    if inputs.get("BATCH_SIZES") is not None:
-        batch_sizes = _check_batch_sizes("BATCH_SIZES", _integers("BATCH_SIZES", inputs["BATCH_SIZES"]))
-
-    if all_models:
-        if inputs.get("MODELS") is not None or inputs.get("FEATURE_DIMS") is not None:
-            raise WarmupRequestError(
-                "ALL_MODELS",
-                "takes every model of the repository: leave out MODELS and FEATURE_DIMS "
-                "(each model's config gives its feature dimension; a plan file can set one per model)",
+            return dataclasses.replace(
+                parse_plan_document(document, helper_name, allowed_models), from_plan=False
             )
-        default_plan = ModelPlanRequest("", None, group_sizes, batch_sizes)
-        return WarmupRequest(plans=(), all_models=True, default_plan=default_plan, mode=mode)
+        except WarmupRequestError as error:
+            raise in_request_terms(error, from_plan=False) from None
 
-    if inputs.get("MODELS") is None:
-        raise WarmupRequestError("MODELS", "is required (or send ALL_MODELS or PLAN)")
-    models = _decode_strings("MODELS", inputs["MODELS"])
-    if not models:
-        raise WarmupRequestError("MODELS", "is empty: name at least one model")
-    for name in models:
-        check_model_name(name, helper_name, allowed_models)
-    duplicates = sorted(name for name, seen in collections.Counter(models).items() if seen > 1)
-    if duplicates:
-        raise WarmupRequestError("MODELS", f"names {duplicates} more than once")
-
-    feature_dims: Tuple[Optional[int], ...] = (None,) * len(models)
-    if inputs.get("FEATURE_DIMS") is not None:
-        given = _integers("FEATURE_DIMS", inputs["FEATURE_DIMS"])
-        if len(given) != len(models):
-            raise WarmupRequestError(
-                "FEATURE_DIMS",
-                f"has {len(given)} values for {len(models)} models in MODELS: give one per model "
-                "(0 where the model's config fixes the dimension)",
-            )
-        negative = [value for value in given if value < 0]
-        if negative:
-            raise WarmupRequestError("FEATURE_DIMS", f"must be 0 or more, got {negative[0]}")
-        feature_dims = tuple(value or None for value in given)
-
-    plans = tuple(
-        ModelPlanRequest(name, feature_dim, group_sizes, batch_sizes)
-        for name, feature_dim in zip(models, feature_dims)
-    )
-    return WarmupRequest(plans=plans, mode=mode)
+    given = [
+        field
+        for field in ("MODELS", "ALL_MODELS", "GROUP_SIZE_MIN", "GROUP_SIZE_MAX", "FEATURE_DIMS", "BATCH_SIZES")
+        if inputs.get(field) is not None
+    ]
+    if given:
+        raise WarmupRequestError("PLAN", f"carries the whole plan: leave out {given}, or leave out PLAN")
+    text = _single_value("PLAN", _decode_strings("PLAN", inputs["PLAN"]))
+    if len(text.encode("utf-8")) > MAX_PLAN_BYTES:
+        raise WarmupRequestError("PLAN", f"is larger than {MAX_PLAN_BYTES} bytes")
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise WarmupRequestError("PLAN", f"is not JSON: {error}") from None
+    parsed = parse_plan_document(document, helper_name, allowed_models)
+    if inputs.get("MODE") is not None:
+        # MODE beside PLAN overrides the plan's mode (triton-warmup --mode).
+        mode = _single_value("MODE", _decode_strings("MODE", inputs["MODE"]))
+        parsed = dataclasses.replace(parsed, mode=_check_mode(mode))
+    return parsed
 
 
 def _plan_error(message: str, path: Tuple) -> WarmupRequestError:

@@ -23,8 +23,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
-READY = "READY"
-FAILED = "FAILED"
+from triton_warmup.report import ModelEntry, Status
 
 LIMITATION = (
     "requests mode: each model was READY and served traffic while it was warmed, so "
@@ -102,7 +101,7 @@ def run_requests_job(
     infer: Callable[[str, str, Dict[str, np.ndarray], List[str]], None],
     is_ready: Callable[[str], bool],
     rng: Optional[np.random.Generator] = None,
-) -> Dict:
+) -> ModelEntry:
     """Warm one READY model with inference requests; return its report entry.
 
     Args:
@@ -121,33 +120,25 @@ def run_requests_job(
     """
     rng = rng or np.random.default_rng()
     config = job.rewrite.config
-    entry = {
-        "name": job.name,
-        "status": FAILED,
-        "mode": "requests",
-        "warmup_samples": len(config.model_warmup),
-        "count": job.count,
-        "instances": job.instances,
-        "group_sizes": list(job.group_sizes),
-        "batch_sizes": list(job.batch_sizes),
-        "config_changed": False,
-        "config_written": False,
-        "fallback": None,
-        "seconds_to_ready": None,
-        "seconds_warming": None,
-        "requests_sent": 0,
-        "served_before_warm": True,
-        "lock": None,
-        "error": None,
-    }
+    entry = ModelEntry(
+        name=job.name,
+        mode="requests",
+        warmup_samples=len(config.model_warmup),
+        count=job.count,
+        instances=job.instances,
+        group_sizes=list(job.group_sizes),
+        batch_sizes=list(job.batch_sizes),
+        requests_sent=0,
+        served_before_warm=True,
+    )
     started = time.monotonic()
     try:
         ready = is_ready(job.name)
     except Exception as error:  # noqa: BLE001 - reported, not raised
-        entry["error"] = f"cannot ask whether it is READY: {error}"
+        entry.error = f"cannot ask whether it is READY: {error}"
         return entry
     if not ready:
-        entry["error"] = (
+        entry.error = (
             "not READY: the requests mode warms models that are already loaded; load it first, "
             "or use the load mode on a server in explicit model-control mode"
         )
@@ -159,10 +150,10 @@ def run_requests_job(
             # A sample's own count, as Triton runs it: hand-written samples keep theirs.
             for _ in range(max(sample.count, 1) * max(job.instances, 1)):
                 infer(job.name, "", arrays, outputs)
-                entry["requests_sent"] += 1
+                entry.requests_sent += 1
     except Exception as error:  # noqa: BLE001 - reported, not raised
-        entry["error"] = f"a warmup request failed: {error}"
+        entry.error = f"a warmup request failed: {error}"
         return entry
-    entry["seconds_warming"] = round(time.monotonic() - started, 3)
-    entry["status"] = READY
+    entry.seconds_warming = round(time.monotonic() - started, 3)
+    entry.status = Status.READY
     return entry

@@ -14,7 +14,7 @@ from triton_warmup.helper.request import WarmupRequestError
 
 DataType = model_config_pb2.DataType
 
-# Measured on the CPU with the example TorchScript models (README, "Why count
+# Measured on the CPU with the example TorchScript models (docs/request.md, "Why count
 # is 3"): at a new input shape the first call runs the profiling executor
 # (tens of ms), the second compiles the optimized graph (about 1 ms) and only
 # the third runs at steady speed. Three runs per sample leave the first real

@@ -1,4 +1,4 @@
-"""``python -m libtorch_backend``: build (or find in the cache) libtriton_pytorch.so.
+"""``python -m triton_warmup.libtorch_backend``: build (or find in the cache) libtriton_pytorch.so.
 
 Prints the library's path on stdout; progress and errors go to stderr. Exit 0
 when the library is there, 1 when the build failed, 2 when a piece is missing.

@@ -1,13 +1,12 @@
-"""warmup_helper: Triton glue around the pure modules beside it.
+"""warmup_helper: Triton glue around the ``triton_warmup`` package.
 
 One request names target models; for each one the helper writes a
 ``model_warmup`` sample per shape into its ``config.pbtxt`` and loads it
 through Triton's Model Loading API, so Triton runs the samples on every
 instance before it marks the model READY. The logic lives in
-``warmup_request`` (checking the request), ``warmup_plan`` (the samples),
-``config_rewrite`` (the file), ``warmup_job`` (plan all, then rewrite and
-load each), ``warmup_requests`` (the requests mode, for servers that cannot
-load on request) and ``model_loading`` (which way the load goes).
+``triton_warmup.helper`` and the answer's schema in ``triton_warmup.report``;
+the package must be installed into the Python this backend runs
+(README, "Use it with your own Triton").
 """
 
 import json
@@ -29,16 +28,16 @@ from triton_warmup.helper.model_loading import (
     server_argv,
 )
 from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
-
-# Models loaded at once when the preflight is on: 4 example models warmed
-# from unloaded in one request took 1.00 s instead of 1.16 s (median of 5)
-# on 2 CPUs (bench/results/warmup_benchmark.md, "Parallel loads").
-DEFAULT_PARALLEL_LOADS = 4
 from triton_warmup.helper.repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
 from triton_warmup.helper.load_jobs import PlanSettings, build_report, plan_jobs, run_each, run_jobs
 from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
 from triton_warmup.helper.requests_mode import LIMITATION, run_requests_job
+
+# Models loaded at once when the preflight is on: 4 example models warmed
+# from unloaded in one request took 1.00 s instead of 1.16 s (median of 5)
+# on 2 CPUs (bench/results/warmup_benchmark.md, "Parallel loads").
+DEFAULT_PARALLEL_LOADS = 4
 
 
 def _error_code(name: str):
@@ -154,7 +153,7 @@ class TritonPythonModel:
         self.preflight = None
         preflight_on = _bool_parameter(parameters, "preflight", True)
         # Parallel by default only while no sample can fail in Triton's warmup
-        # (README, "Known Triton issues"); bench/results measured the gain.
+        # (docs/safety.md, "Known Triton issues"); bench/results measured the gain.
         self.max_parallel_loads = _int_parameter(
             parameters, "max_parallel_loads", DEFAULT_PARALLEL_LOADS if preflight_on else 1
         )
@@ -222,13 +221,14 @@ class TritonPythonModel:
             try:
                 mode, mode_reason = choose_warmup_mode(warmup_request.mode, self.server_mode)
             except ValueError as error:
-                raise WarmupRequestError("MODE", str(error)) from None
+                field = "PLAN" if warmup_request.from_plan else "MODE"
+                raise WarmupRequestError(field, str(error), path=("mode",)) from None
             jobs = plan_jobs(
                 self.repository, warmup_request, self.settings, self.model_name, self.allowed_models
             )
         except WarmupRequestError as error:
             self.logger.log_warn(f"{self.model_name}: refused request: {error}")
-            return _error_response(str(error), error.code)
+            return _error_response(error.response_message(), error.code)
         except Exception:  # noqa: BLE001 - answer the request, log the traceback
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
             return _error_response(
@@ -253,38 +253,39 @@ class TritonPythonModel:
         else:
             entries = run_each(jobs, lambda job: run_requests_job(job, bls_infer, self.control.is_ready))
         for entry in entries:
-            checked = entry.get("preflight")
-            if checked and checked["error"] is None:
-                self.logger.log_info(
-                    f"{self.model_name}: '{entry['name']}' preflight passed: {checked['samples_checked']} "
-                    f"sample(s) checked by {checked['how']} in {checked['seconds']} s"
-                )
-            if entry["fallback"]:
-                self.logger.log_warn(f"{self.model_name}: '{entry['name']}': {entry['fallback']}")
-            if entry["error"]:
-                self.logger.log_error(f"{self.model_name}: '{entry['name']}' failed: {entry['error']}")
-            elif mode == "load":
-                self.logger.log_info(
-                    f"{self.model_name}: '{entry['name']}' READY after {entry['seconds_to_ready']} s"
-                )
-            else:
-                self.logger.log_info(
-                    f"{self.model_name}: '{entry['name']}' warmed with {entry['requests_sent']} "
-                    f"requests in {entry['seconds_warming']} s"
-                )
+            self._log_entry(entry)
         report = build_report(entries, round(time.monotonic() - started, 3), plan_s)
-        report["mode"] = mode
-        report["mode_reason"] = mode_reason
-        report["limitation"] = LIMITATION if mode == "requests" else None
+        report.mode = mode
+        report.mode_reason = mode_reason
+        report.limitation = LIMITATION if mode == "requests" else None
 
-        loaded = np.array([name.encode("utf-8") for name in report["loaded"]], dtype=np.object_)
-        report_json = np.array([json.dumps(report).encode("utf-8")], dtype=np.object_)
+        loaded = np.array([name.encode("utf-8") for name in report.loaded], dtype=np.object_)
+        report_json = np.array([json.dumps(report.to_dict()).encode("utf-8")], dtype=np.object_)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("LOADED_MODELS", loaded),
                 pb_utils.Tensor("REPORT", report_json),
             ]
         )
+
+    def _log_entry(self, entry) -> None:
+        checked = entry.preflight
+        if checked is not None and checked.passed:
+            self.logger.log_info(
+                f"{self.model_name}: '{entry.name}' preflight passed: {checked.samples_checked} "
+                f"sample(s) checked by {checked.how} in {checked.seconds} s"
+            )
+        if entry.fallback:
+            self.logger.log_warn(f"{self.model_name}: '{entry.name}': {entry.fallback}")
+        if entry.error:
+            self.logger.log_error(f"{self.model_name}: '{entry.name}' failed: {entry.error}")
+        elif entry.mode == "load":
+            self.logger.log_info(f"{self.model_name}: '{entry.name}' READY after {entry.seconds_to_ready} s")
+        else:
+            self.logger.log_info(
+                f"{self.model_name}: '{entry.name}' warmed with {entry.requests_sent} "
+                f"requests in {entry.seconds_warming} s"
+            )
 
     def finalize(self):
         self.logger.log_info(f"{self.model_name}: finalized")

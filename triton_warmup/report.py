@@ -1,0 +1,240 @@
+"""The REPORT that warmup_helper answers: one schema, built by the helper in
+both modes and read back by the clients and the tests.
+
+Each record is a dataclass with ``to_dict`` (the JSON the helper sends) and
+``from_dict`` (what a client makes of it). ``from_dict`` ignores keys it does
+not know, so a client keeps working against a newer helper, and fills what a
+older helper did not send with the field's default.
+"""
+
+import dataclasses
+import enum
+from typing import Any, Dict, List, Optional, Type, TypeVar
+
+Record = TypeVar("Record")
+
+
+class Status(str, enum.Enum):
+    """How a model's warmup ended. A ``str``, so it compares equal to the
+    text the JSON carries (``Status.READY == "READY"``)."""
+
+    READY = "READY"
+    FAILED = "FAILED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _from_dict(cls: Type[Record], data: Dict[str, Any], **nested) -> Record:
+    known = {field.name for field in dataclasses.fields(cls)}
+    values = {key: value for key, value in data.items() if key in known}
+    for key, parse in nested.items():
+        if values.get(key) is not None:
+            values[key] = parse(values[key])
+    return cls(**values)
+
+
+def _to_dict(record) -> Dict[str, Any]:
+    def plain(value):
+        if isinstance(value, enum.Enum):
+            return value.value
+        if dataclasses.is_dataclass(value):
+            return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return value
+
+    return plain(record)
+
+
+@dataclasses.dataclass
+class PreflightRecord:
+    """What the preflight ran for one model before anything was written.
+
+    Attributes:
+        how: "scratch copy" or "requests to the serving model".
+        why: why that way (the model was not loaded, its files changed, ...).
+        scratch: how the scratch copy was loaded (linked folder or file overrides).
+        samples_checked: samples sent; samples_known_good: skipped, because
+            the serving model already ran them.
+        failed_sample: the sample that failed, with each input's request shape.
+        error: Triton's error for it; ``None`` when every sample passed.
+        model_bytes: the model's files; load_s: the scratch copy's load.
+        seconds: the whole preflight.
+    """
+
+    how: Optional[str] = None
+    why: Optional[str] = None
+    scratch: Optional[str] = None
+    samples_checked: int = 0
+    samples_known_good: int = 0
+    failed_sample: Optional[Dict[str, Any]] = None
+    error: Optional[str] = None
+    model_bytes: Optional[int] = None
+    load_s: Optional[float] = None
+    seconds: Optional[float] = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "PreflightRecord":
+        return _from_dict(cls, data)
+
+
+@dataclasses.dataclass
+class LockHold:
+    """The model's lock as this warmup held it (repository_guard.model_lock)."""
+
+    waited_s: float = 0.0
+    held_from: Optional[float] = None
+    held_until: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "LockHold":
+        return _from_dict(cls, data)
+
+
+@dataclasses.dataclass
+class Timings:
+    """Where a load-mode warmup's time went: the helper's own work
+    (re-planning under the lock, the preflight, writing the file) and
+    Triton's load, its warmup included."""
+
+    replan_s: float = 0.0
+    preflight_s: float = 0.0
+    write_s: float = 0.0
+    load_s: float = 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Timings":
+        return _from_dict(cls, data)
+
+
+@dataclasses.dataclass
+class ModelEntry:
+    """One model's part of the report.
+
+    Attributes:
+        name: the model.
+        status: READY when it is warm, else FAILED with ``error``.
+        mode: "load" (rewrite and load) or "requests" (inference requests).
+        warmup_samples, count, instances: the plan: samples in the config,
+            runs per sample, instances that run each.
+        group_sizes, batch_sizes: the shapes planned.
+        config_changed: the plan differed from the file.
+        config_written: config.pbtxt now holds the plan.
+        config_restored: the load failed and the file was put back.
+        fallback: why the planned config went to the load API instead of the
+            file (a read-only repository); the file is unchanged.
+        seconds_to_ready: request start to READY (load mode).
+        seconds_warming, requests_sent, served_before_warm: the requests mode.
+        finished_s: when the model settled, counted from the first model.
+        lock: the model's lock as held; ``None`` when the file was not locked.
+        error: why it failed.
+        serving_previous_version: after a failure, whether the model still
+            serves what it served before.
+        preflight: what ran before the load; ``None`` when nothing had to.
+        timings: where the time went (load mode).
+        stale_temp_files_removed, interrupted_rewrite_restored: what a
+            killed writer had left and this one cleaned up.
+    """
+
+    name: str
+    status: Status = Status.FAILED
+    mode: str = "load"
+    warmup_samples: int = 0
+    count: int = 0
+    instances: int = 0
+    group_sizes: List[int] = dataclasses.field(default_factory=list)
+    batch_sizes: List[int] = dataclasses.field(default_factory=list)
+    config_changed: bool = False
+    config_written: bool = False
+    config_restored: Optional[bool] = None
+    fallback: Optional[str] = None
+    seconds_to_ready: Optional[float] = None
+    seconds_warming: Optional[float] = None
+    requests_sent: Optional[int] = None
+    served_before_warm: Optional[bool] = None
+    finished_s: Optional[float] = None
+    lock: Optional[LockHold] = None
+    error: Optional[str] = None
+    serving_previous_version: Optional[bool] = None
+    preflight: Optional[PreflightRecord] = None
+    timings: Timings = dataclasses.field(default_factory=Timings)
+    stale_temp_files_removed: List[str] = dataclasses.field(default_factory=list)
+    interrupted_rewrite_restored: Optional[str] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == Status.READY
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ModelEntry":
+        return _from_dict(
+            cls,
+            data,
+            status=Status,
+            lock=LockHold.from_dict,
+            preflight=PreflightRecord.from_dict,
+            timings=Timings.from_dict,
+        )
+
+
+@dataclasses.dataclass
+class WarmupReport:
+    """The helper's answer to one request.
+
+    Attributes:
+        models: one entry per model, in request order.
+        mode: "load" or "requests"; mode_reason: why.
+        limitation: what the requests mode cannot promise; ``None`` in load mode.
+        seconds_total: from the first model's start to the last one's end.
+        plan_s: checking the request and planning every model, before any write.
+    """
+
+    models: List[ModelEntry] = dataclasses.field(default_factory=list)
+    mode: str = "load"
+    mode_reason: str = ""
+    limitation: Optional[str] = None
+    seconds_total: Optional[float] = None
+    plan_s: Optional[float] = None
+
+    @property
+    def loaded(self) -> List[str]:
+        return [entry.name for entry in self.models if entry.ready]
+
+    @property
+    def failed(self) -> List[str]:
+        return [entry.name for entry in self.models if not entry.ready]
+
+    def entry(self, name: str) -> ModelEntry:
+        """The entry of model ``name``; KeyError when the report has none."""
+        for entry in self.models:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def to_dict(self) -> Dict[str, Any]:
+        # loaded and failed travel too, for readers of the JSON that do not
+        # use this class (jq in a deployment script).
+        return {**_to_dict(self), "loaded": self.loaded, "failed": self.failed}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "WarmupReport":
+        return _from_dict(cls, data, models=lambda entries: [ModelEntry.from_dict(entry) for entry in entries])
