@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup import example_models as gen_model
 from triton_warmup import libtorch_backend
-from triton_warmup.client.warm import request_warmup
+from triton_warmup.client.warm import request_warmup, shape_arrays
 from triton_warmup.helper.config_rewrite import read_config, render_config
 from triton_warmup.helper.repository_guard import write_atomically
 from triton_warmup.helper.warmup_plan import plan_warmup
@@ -149,13 +149,7 @@ class Session:
         group_min: int = 1,
     ) -> Dict:
         """One request to the helper; the report plus the client's wall time."""
-        inputs = {
-            "MODELS": np.array([name.encode() for name in models], dtype=np.object_),
-            "GROUP_SIZE_MIN": np.array([group_min], dtype=np.int64),
-            "GROUP_SIZE_MAX": np.array([group_max], dtype=np.int64),
-        }
-        if batch_sizes is not None:
-            inputs["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
+        inputs = shape_arrays(models, group_min, group_max, batch_sizes=batch_sizes)
         started = time.perf_counter()
         _, parsed = request_warmup(self.client, "http", inputs, timeout_s=REQUEST_TIMEOUT_S)
         wall = time.perf_counter() - started

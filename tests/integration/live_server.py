@@ -26,7 +26,7 @@ import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from triton_warmup.client.warm import request_warmup
+from triton_warmup.client.warm import request_warmup, shape_arrays
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.report import WarmupReport
 
@@ -123,16 +123,8 @@ def warmup_inputs(
     feature_dims: Optional[Sequence[int]] = None,
     batch_sizes: Optional[Sequence[int]] = None,
 ) -> Dict[str, np.ndarray]:
-    inputs = {
-        "MODELS": np.array([name.encode() for name in models], dtype=np.object_),
-        "GROUP_SIZE_MIN": np.array([group_min], dtype=np.int64),
-        "GROUP_SIZE_MAX": np.array([group_max], dtype=np.int64),
-    }
-    if feature_dims is not None:
-        inputs["FEATURE_DIMS"] = np.array(feature_dims, dtype=np.int64)
-    if batch_sizes is not None:
-        inputs["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
-    return inputs
+    """The tensors ``triton-warmup --models ...`` sends (``shape_arrays``)."""
+    return shape_arrays(models, group_min, group_max, feature_dims, batch_sizes)
 
 
 def model_states(server: EmbeddedTriton, headers: Optional[Dict[str, str]] = None) -> Dict[str, str]:

@@ -3,11 +3,10 @@
 import pathlib
 import shutil
 
-import numpy as np
-
 from triton_warmup.helper.load_jobs import plan_jobs, run_job
 from triton_warmup.report import Status
 from triton_warmup import HELPER_MODEL
+from triton_warmup.client.warm import shape_arrays
 from triton_warmup.helper.request import parse_request
 
 PROJECT_REPOSITORY = pathlib.Path(__file__).resolve().parents[2] / "model_repository"
@@ -31,16 +30,8 @@ def snapshot(folder):
 
 def warmup_request(models=("model-v1",), group_max=3, batch_sizes=None, feature_dims=None):
     """The checked request that the seed's tensors make (MODELS, FEATURE_DIMS, ...)."""
-    inputs = {
-        "MODELS": np.array([name.encode() for name in models], dtype=np.object_),
-        "GROUP_SIZE_MIN": np.array([1], dtype=np.int64),
-        "GROUP_SIZE_MAX": np.array([group_max], dtype=np.int64),
-    }
-    if feature_dims is not None:
-        inputs["FEATURE_DIMS"] = np.array([dim or 0 for dim in feature_dims], dtype=np.int64)
-    if batch_sizes is not None:
-        inputs["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
-    return parse_request(inputs, HELPER_MODEL)
+    dims = None if feature_dims is None else [dim or 0 for dim in feature_dims]
+    return parse_request(shape_arrays(models, 1, group_max, dims, batch_sizes), HELPER_MODEL)
 
 
 class RecordingControl:

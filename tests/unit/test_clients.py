@@ -288,3 +288,19 @@ def test_a_header_without_a_value_is_bad_usage_before_any_request(run_cli, scrip
     assert result.returncode == 2
     assert "--header needs KEY=VALUE, got 'no-equals-sign'" in result.stderr
     assert "no Triton server answers" not in result.stderr
+
+
+def test_plain_lines_never_go_back_in_time_when_the_report_settles_a_model(tmp_path):
+    # The index said LOADING at 1.0 s (a poll that waited on Triton), but the
+    # helper's report says the model finished at 0.4 s.
+    log = tmp_path / "live.txt"
+    view = watcher()
+    view.stream = open(log, "w")
+    view.plain, view.ready_before = True, set()
+    view.started -= 2.0  # the request went out 2 s ago
+    view._show("a", "LOADING", 1.0)
+    view.finish([ModelEntry.from_dict({"name": "a", "status": "READY", "finished_s": 0.4}),
+                 ModelEntry.from_dict({"name": "b", "status": "FAILED", "finished_s": 1.5})])
+    view.stream.close()
+    lines = log.read_text().splitlines()
+    assert lines == ["[   1.0s] a LOADING", "[   1.0s] a READY", "[   1.5s] b FAILED"]

@@ -81,6 +81,8 @@ class StateWatcher:
         self.index_states: Dict[str, str] = {}
         self.poll_since: Optional[float] = None
         self.shown: Dict[str, str] = {}
+        # The latest time a plain line has shown.
+        self.printed_until = 0.0
         self.settled = set()
         # Models READY at the first answer; whether this warmup reloads them
         # (not with --mode requests; with auto, only the report can tell).
@@ -166,6 +168,7 @@ class StateWatcher:
         self.shown[name] = state
         if self.plain:
             if changed:
+                self.printed_until = max(self.printed_until, elapsed)
                 print(f"[{elapsed:6.1f}s] {self.label}{name} {state}", file=self.stream, flush=True)
             return
         bar = self.bars.get(name)
@@ -192,7 +195,8 @@ class StateWatcher:
     def stop(self) -> None:
         self.done.set()
         for thread in self.threads:
-            thread.join(timeout=1)
+            if thread.ident is not None:  # started
+                thread.join(timeout=1)
 
     def finish(self, entries: List[ModelEntry]) -> None:
         """Settle every model from the helper's report, then close."""
@@ -202,9 +206,13 @@ class StateWatcher:
         ended = time.monotonic() - self.started
         # The helper counts from its first load; planning before it takes
         # milliseconds, so the client's clock and the helper's agree closely.
+        # A plain line never goes back in time: when the index still said
+        # LOADING after the helper had finished a model (a poll that waited
+        # on Triton), its settled line takes the time already printed.
         def settled(entry):
             seconds = entry.finished_s
-            return ended if seconds is None else min(seconds, ended)
+            seconds = ended if seconds is None else min(seconds, ended)
+            return max(seconds, self.printed_until) if self.plain else seconds
 
         if self.plain:
             entries = sorted(entries, key=settled)

@@ -25,7 +25,7 @@ import pathlib
 import sys
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, TextIO, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
@@ -164,25 +164,39 @@ def _strings(*values: str) -> np.ndarray:
     return np.array([value.encode("utf-8") for value in values], dtype=np.object_)
 
 
+def shape_arrays(
+    models: Optional[Sequence[str]],
+    group_size_min: int,
+    group_size_max: int,
+    feature_dims: Optional[Sequence[int]] = None,
+    batch_sizes: Optional[Sequence[int]] = None,
+    all_models: bool = False,
+) -> Dict[str, np.ndarray]:
+    """The seed's tensor inputs for one shape range: ``MODELS`` (or
+    ``ALL_MODELS``), ``GROUP_SIZE_MIN``/``MAX`` and, when given,
+    ``FEATURE_DIMS`` and ``BATCH_SIZES``."""
+    arrays = {"ALL_MODELS": np.array([True])} if all_models else {"MODELS": _strings(*models)}
+    arrays["GROUP_SIZE_MIN"] = np.array([group_size_min], dtype=np.int64)
+    arrays["GROUP_SIZE_MAX"] = np.array([group_size_max], dtype=np.int64)
+    if feature_dims is not None:
+        arrays["FEATURE_DIMS"] = np.array(feature_dims, dtype=np.int64)
+    if batch_sizes is not None:
+        arrays["BATCH_SIZES"] = np.array(batch_sizes, dtype=np.int64)
+    return arrays
+
+
 def request_arrays(args: argparse.Namespace) -> Dict[str, np.ndarray]:
     """The warmup request's inputs: ``PLAN`` for a plan file, else the
     seed's tensors for the flags (the helper turns them into a plan)."""
-    arrays = {}
-    if args.mode is not None:
-        arrays["MODE"] = _strings(args.mode)
+    arrays = {} if args.mode is None else {"MODE": _strings(args.mode)}
     if args.plan_document is not None:
         arrays["PLAN"] = _strings(json.dumps(args.plan_document))
         return arrays
-    if args.all:
-        arrays["ALL_MODELS"] = np.array([True])
-    else:
-        arrays["MODELS"] = _strings(*args.models)
-    arrays["GROUP_SIZE_MIN"] = np.array([args.group_size_min], dtype=np.int64)
-    arrays["GROUP_SIZE_MAX"] = np.array([args.group_size_max], dtype=np.int64)
-    if args.feature_dims is not None:
-        arrays["FEATURE_DIMS"] = np.array(args.feature_dims, dtype=np.int64)
-    if args.batch_sizes is not None:
-        arrays["BATCH_SIZES"] = np.array(args.batch_sizes, dtype=np.int64)
+    arrays.update(
+        shape_arrays(
+            args.models, args.group_size_min, args.group_size_max, args.feature_dims, args.batch_sizes, args.all
+        )
+    )
     return arrays
 
 
