@@ -3,7 +3,9 @@
 import pathlib
 import shutil
 
-from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.helper.job_planning import plan_jobs
+
+from triton_warmup.helper.load_jobs import run_job
 from triton_warmup.report import Status
 from triton_warmup import HELPER_MODEL
 from triton_warmup.client.warm import shape_arrays

@@ -10,7 +10,8 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.config_rewrite import ConfigRewrite, merge_warmup, read_config
 from triton_warmup.helper.repository_guard import backup_path, write_atomically
-from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.helper.job_planning import plan_jobs
+from triton_warmup.helper.load_jobs import run_job
 from triton_warmup.report import Status
 from triton_warmup.helper.warmup_plan import GENERATED_PREFIX, plan_warmup
 from triton_warmup.helper.request import INVALID_ARG, NOT_FOUND, WarmupRequestError

@@ -21,7 +21,8 @@ from triton_warmup.helper.preflight import (
     unchecked_samples,
 )
 from repository_fixtures import RecordingControl, snapshot, warmup_request
-from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.helper.job_planning import plan_jobs
+from triton_warmup.helper.load_jobs import run_job
 from triton_warmup.report import Status
 from triton_warmup.helper.requests_mode import sample_arrays
 

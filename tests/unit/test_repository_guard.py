@@ -28,7 +28,8 @@ from triton_warmup.helper.repository_guard import (
     stale_temp_files,
     unwritable_reason,
 )
-from triton_warmup.helper.load_jobs import plan_jobs, run_job, run_jobs
+from triton_warmup.helper.job_planning import plan_jobs
+from triton_warmup.helper.load_jobs import run_job, run_jobs
 from triton_warmup.report import ModelEntry, Status
 
 def python_child(code: str, *args: str, **kwargs) -> subprocess.Popen:
@@ -292,7 +293,8 @@ def test_sigkill_at_random_points_of_a_rewrite_leaves_the_old_or_the_new_file(re
 
 DISK_FULL_CHILD = """
 import json, pathlib, resource, signal
-from triton_warmup.helper.load_jobs import plan_jobs, run_job
+from triton_warmup.helper.job_planning import plan_jobs
+from triton_warmup.helper.load_jobs import run_job
 from triton_warmup.helper.request import ModelPlanRequest, WarmupRequest
 
 class Control:

@@ -105,7 +105,7 @@ def run_requests_job(
     """Warm one READY model with inference requests; return its report entry.
 
     Args:
-        job: a ``warmup_job.ModelWarmupJob``; its merged config holds the
+        job: a ``job_planning.ModelWarmupJob``; its merged config holds the
             samples to send (hand-written samples included).
         infer: ``infer(model, version, arrays, output_names)`` sends one
             request (``version`` "" for the one Triton picks) and raises

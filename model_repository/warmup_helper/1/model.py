@@ -29,7 +29,8 @@ from triton_warmup.helper.model_loading import (
 )
 from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
 from triton_warmup.helper.repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
-from triton_warmup.helper.load_jobs import PlanSettings, build_report, plan_jobs, run_each, run_jobs
+from triton_warmup.helper.job_planning import PlanSettings, plan_jobs
+from triton_warmup.helper.load_jobs import build_report, run_each, run_jobs
 from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
 from triton_warmup.helper.requests_mode import LIMITATION, run_requests_job

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 
 from repository_fixtures import snapshot, warmup_request
-from triton_warmup.helper.load_jobs import plan_jobs
+from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.request import WarmupRequest
 from triton_warmup.helper.requests_mode import run_requests_job, sample_arrays
 from triton_warmup.report import Status

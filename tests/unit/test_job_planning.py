@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from repository_fixtures import snapshot, warmup_request
-from triton_warmup.helper.load_jobs import plan_jobs, repository_models
+from triton_warmup.helper.job_planning import plan_jobs, repository_models
 from triton_warmup.helper.request import NOT_FOUND, ModelPlanRequest, WarmupRequest, WarmupRequestError, parse_plan_document
 
 HELPER = "warmup_helper"
