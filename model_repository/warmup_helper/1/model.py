@@ -35,9 +35,10 @@ from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_M
 from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
 from triton_warmup.helper.requests_mode import LIMITATION, run_requests_job
 
-# Models loaded at once when the preflight is on: 4 example models warmed
-# from unloaded in one request took 1.00 s instead of 1.16 s (median of 5)
-# on 2 CPUs (bench/results/warmup_benchmark.md, "Parallel loads").
+# Models loaded at once when the preflight is on. 4 example models warmed from
+# unloaded in one request, 1 vs 4 at once on 2 CPUs, medians of 3-5 runs:
+# 1.30/1.17, 1.16/1.00, 1.01/1.00, 1.58/1.18, 1.05/1.23 and 1.05/1.11 s; faster
+# in four comparisons of six (bench/results/warmup_benchmark.md, "Parallel loads").
 DEFAULT_PARALLEL_LOADS = 4
 
 
