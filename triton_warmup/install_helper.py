@@ -35,9 +35,8 @@ def helper_source() -> pathlib.Path:
 
 
 def _is_helper(folder: pathlib.Path) -> bool:
-    return (folder / "1" / "model.py").is_file() and "triton_warmup" in (folder / "1" / "model.py").read_text(
-        errors="replace"
-    )
+    model = folder / "1" / "model.py"
+    return model.is_file() and "triton_warmup" in model.read_text(errors="replace")
 
 
 def install_helper(repository: pathlib.Path, force: bool = False) -> pathlib.Path:

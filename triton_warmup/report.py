@@ -3,13 +3,13 @@ both modes and read back by the clients and the tests.
 
 Each record is a dataclass with ``to_dict`` (the JSON the helper sends) and
 ``from_dict`` (what a client makes of it). ``from_dict`` ignores keys it does
-not know, so a client keeps working against a newer helper, and fills what a
+not know, so a client keeps working against a newer helper, and fills what an
 older helper did not send with the field's default.
 """
 
 import dataclasses
 import enum
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
 
 Record = TypeVar("Record")
 
@@ -25,32 +25,39 @@ class Status(str, enum.Enum):
         return self.value
 
 
-def _from_dict(cls: Type[Record], data: Dict[str, Any], **nested) -> Record:
-    known = {field.name for field in dataclasses.fields(cls)}
-    values = {key: value for key, value in data.items() if key in known}
-    for key, parse in nested.items():
-        if values.get(key) is not None:
-            values[key] = parse(values[key])
-    return cls(**values)
+def _plain(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value):
+        return {field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
-def _to_dict(record) -> Dict[str, Any]:
-    def plain(value):
-        if isinstance(value, enum.Enum):
-            return value.value
-        if dataclasses.is_dataclass(value):
-            return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [plain(item) for item in value]
-        if isinstance(value, dict):
-            return {key: plain(item) for key, item in value.items()}
-        return value
+class _Record:
+    """``to_dict``/``from_dict`` for the dataclasses below. ``_NESTED`` maps
+    a field to what parses its JSON value (a nested record, the enum)."""
 
-    return plain(record)
+    _NESTED: Dict[str, Callable[[Any], Any]] = {}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls: Type[Record], data: Dict[str, Any]) -> Record:
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        for key, parse in cls._NESTED.items():
+            if values.get(key) is not None:
+                values[key] = parse(values[key])
+        return cls(**values)
 
 
 @dataclasses.dataclass
-class PreflightRecord:
+class PreflightRecord(_Record):
     """What the preflight ran for one model before anything was written.
 
     Attributes:
@@ -80,32 +87,20 @@ class PreflightRecord:
     def passed(self) -> bool:
         return self.error is None
 
-    def to_dict(self) -> Dict[str, Any]:
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "PreflightRecord":
-        return _from_dict(cls, data)
 
 
 @dataclasses.dataclass
-class LockHold:
+class LockHold(_Record):
     """The model's lock as this warmup held it (repository_guard.model_lock)."""
 
     waited_s: float = 0.0
     held_from: Optional[float] = None
     held_until: Optional[float] = None
 
-    def to_dict(self) -> Dict[str, Any]:
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "LockHold":
-        return _from_dict(cls, data)
 
 
 @dataclasses.dataclass
-class Timings:
+class Timings(_Record):
     """Where a load-mode warmup's time went: the helper's own work
     (re-planning under the lock, the preflight, writing the file) and
     Triton's load, its warmup included."""
@@ -115,16 +110,10 @@ class Timings:
     write_s: float = 0.0
     load_s: float = 0.0
 
-    def to_dict(self) -> Dict[str, Any]:
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Timings":
-        return _from_dict(cls, data)
 
 
 @dataclasses.dataclass
-class ModelEntry:
+class ModelEntry(_Record):
     """One model's part of the report.
 
     Attributes:
@@ -177,27 +166,21 @@ class ModelEntry:
     stale_temp_files_removed: List[str] = dataclasses.field(default_factory=list)
     interrupted_rewrite_restored: Optional[str] = None
 
+    _NESTED = {
+        "status": Status,
+        "lock": LockHold.from_dict,
+        "preflight": PreflightRecord.from_dict,
+        "timings": Timings.from_dict,
+    }
+
     @property
     def ready(self) -> bool:
         return self.status == Status.READY
 
-    def to_dict(self) -> Dict[str, Any]:
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "ModelEntry":
-        return _from_dict(
-            cls,
-            data,
-            status=Status,
-            lock=LockHold.from_dict,
-            preflight=PreflightRecord.from_dict,
-            timings=Timings.from_dict,
-        )
 
 
 @dataclasses.dataclass
-class WarmupReport:
+class WarmupReport(_Record):
     """The helper's answer to one request.
 
     Attributes:
@@ -214,6 +197,8 @@ class WarmupReport:
     limitation: Optional[str] = None
     seconds_total: Optional[float] = None
     plan_s: Optional[float] = None
+
+    _NESTED = {"models": lambda entries: [ModelEntry.from_dict(entry) for entry in entries]}
 
     @property
     def loaded(self) -> List[str]:
@@ -233,8 +218,4 @@ class WarmupReport:
     def to_dict(self) -> Dict[str, Any]:
         # loaded and failed travel too, for readers of the JSON that do not
         # use this class (jq in a deployment script).
-        return {**_to_dict(self), "loaded": self.loaded, "failed": self.failed}
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "WarmupReport":
-        return _from_dict(cls, data, models=lambda entries: [ModelEntry.from_dict(entry) for entry in entries])
+        return {**_plain(self), "loaded": self.loaded, "failed": self.failed}

@@ -1,6 +1,6 @@
 """Read a warmup plan file (YAML or JSON) and check it before it is sent.
 
-The checks are the helper's own (``warmup_request.parse_plan_document``), run
+The checks are the helper's own (``helper.request.parse_plan_document``), run
 here too so that an error names the file and line at fault instead of
 arriving from the server as a path. What only the server can check (the
 models exist, the inputs and data files are there) still comes back from it.
@@ -73,24 +73,28 @@ def _duplicate_key(node: Optional[yaml.Node]) -> Optional[Tuple[str, int]]:
     return None
 
 
-def _read_document(path: pathlib.Path) -> Tuple[Any, Optional[yaml.Node]]:
-    text = path.read_text(encoding="utf-8")
-    document = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+def _compose(text: str) -> Optional[yaml.Node]:
+    """The plan's YAML node tree, for line numbers; ``None`` for valid JSON
+    that PyYAML reads differently."""
     try:
-        return document, yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
-        return document, None  # valid JSON that PyYAML reads differently: no line numbers
+        return None
 
 
-def locate_plan_error(path: pathlib.Path, error: WarmupRequestError) -> Optional[str]:
+def locate_plan_error(
+    path: pathlib.Path, error: WarmupRequestError, root: Optional[yaml.Node] = None
+) -> Optional[str]:
     """The helper's error about the plan at ``path`` with the file's line in
-    front, or ``None`` when the error is not about the plan document."""
+    front, or ``None`` when the error is not about the plan document.
+    ``root`` is the plan's node tree when the caller has it already."""
     if error.field != "PLAN":
         return None
-    try:
-        _, root = _read_document(path)
-    except (OSError, ValueError, yaml.YAMLError):
-        root = None
+    if root is None:
+        try:
+            root = _compose(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            root = None
     line = _node_line(root, error.path) if root is not None else None
     where = ".".join(str(step) for step in error.path) or "the plan"
     return f"{path}{f', line {line}' if line else ''}: {where}: {error.message}"
@@ -108,17 +112,13 @@ def load_plan(path: pathlib.Path, helper_name: str = client_flags.HELPER_MODEL) 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise PlanFileError(f"{path}: cannot read the plan: {error}") from None
-    root = None
     if path.suffix.lower() == ".json":
         try:
             document = json.loads(text)
         except ValueError as error:
             line = getattr(error, "lineno", "?")
             raise PlanFileError(f"{path}, line {line}: not valid JSON: {error}") from None
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            root = None  # valid JSON that PyYAML reads differently: no line numbers
+        root = _compose(text)
     else:
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -134,7 +134,7 @@ def load_plan(path: pathlib.Path, helper_name: str = client_flags.HELPER_MODEL) 
     try:
         request = parse_plan_document(document, helper_name)
     except WarmupRequestError as error:
-        raise PlanFileError(locate_plan_error(path, error)) from None
+        raise PlanFileError(locate_plan_error(path, error, root)) from None
     return document, request
 
 
