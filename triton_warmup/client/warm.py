@@ -34,6 +34,7 @@ from triton_warmup import HELPER_MODEL
 from triton_warmup.client import flags as client_flags
 from triton_warmup.client.live_view import StateWatcher
 from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_plan_error
+from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.request import WarmupRequestError
 from triton_warmup.report import ModelEntry, WarmupReport
 
@@ -291,13 +292,7 @@ def format_table(entries: List[ModelEntry]) -> str:
                 notes_cell(entry),
             )
         )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
-    lines = []
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
-    lines.insert(1, "  ".join("-" * width for width in widths) + "  -----")
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 @dataclasses.dataclass

@@ -25,8 +25,8 @@ from triton_warmup.helper.warmup_plan import (
     DEFAULT_MAX_SAMPLE_BYTES,
     DEFAULT_MAX_WARMUP_SAMPLES,
     DEFAULT_WARMUP_COUNT,
-    data_policies,
-    input_bytes,
+    element_bytes,
+    plan_listed_samples,
     plan_warmup,
 )
 
@@ -78,45 +78,58 @@ def _instance_count(rewrite: ConfigRewrite) -> int:
 WARMUP_DATA_FOLDER = "warmup"
 
 
+def _data_file_path(plan_request: ModelPlanRequest, sample_index: Optional[int], input_name: str) -> Tuple:
+    """Where the plan named this input's data file: the listed sample's own
+    data, the model's, or the defaults'."""
+    own = plan_request.plan_path or ("models", plan_request.name)
+    if sample_index is not None and input_name in plan_request.samples[sample_index].data:
+        return own + ("samples", sample_index, "data", input_name, "file")
+    if input_name in plan_request.data:
+        return own + ("data", input_name, "file")
+    return ("defaults", "data", input_name, "file")
+
+
 def _check_data_files(model_dir: pathlib.Path, config, plan_request: ModelPlanRequest, plan) -> None:
     """Refuse a data file that is missing, outside ``warmup/`` or too short.
 
     Triton takes the first bytes of the file for each request of a sample and
-    fails the load if the file is shorter than one request's input, so the
-    largest group size sets the size the file needs.
+    fails the load if the file is shorter than one request's input, so every
+    sample that names a file is checked against its own dims.
     """
-    policies = data_policies(config, plan_request.data, plan_request.default_data)
     folder = (model_dir / WARMUP_DATA_FOLDER).resolve()
-    for model_input in config.input:
-        policy = policies[model_input.name]
-        if not isinstance(policy, dict):
-            continue
-        # A file named in the model's own data, or in the plan's defaults.
-        own = plan_request.plan_path or ("models", plan_request.name)
-        owner = own if model_input.name in plan_request.data else ("defaults",)
-        path = owner + ("data", model_input.name, "file")
-        data_file = (folder / policy["file"]).resolve()
-        if folder not in data_file.parents:
-            raise WarmupRequestError("PLAN", f"{policy['file']!r} leads outside {folder}", path=path)
-        if not data_file.is_file():
-            raise WarmupRequestError(
-                "PLAN",
-                f"no data file {data_file} for '{config.name}' input '{model_input.name}': "
-                f"put it in the model's {WARMUP_DATA_FOLDER}/ folder",
-                NOT_FOUND,
-                path=path,
-            )
-        if model_input.data_type == model_config_pb2.DataType.TYPE_STRING:
-            continue
-        needed = input_bytes(model_input, plan.group_sizes[-1], plan.feature_dim)
-        size = data_file.stat().st_size
-        if size < needed:
-            raise WarmupRequestError(
-                "PLAN",
-                f"{data_file} holds {size} bytes; '{config.name}' input '{model_input.name}' "
-                f"needs {needed} per request at group size {plan.group_sizes[-1]}",
-                path=path,
-            )
+    declared = {model_input.name: model_input for model_input in config.input}
+    listed = plan_request.samples is not None
+    for index, sample in enumerate(plan.samples):
+        for input_name, sample_input in sample.inputs.items():
+            if not sample_input.HasField("input_data_file"):
+                continue
+            path = _data_file_path(plan_request, index if listed else None, input_name)
+            data_file = (folder / sample_input.input_data_file).resolve()
+            if folder not in data_file.parents:
+                raise WarmupRequestError(
+                    "PLAN", f"{sample_input.input_data_file!r} leads outside {folder}", path=path
+                )
+            if not data_file.is_file():
+                raise WarmupRequestError(
+                    "PLAN",
+                    f"no data file {data_file} for '{config.name}' input '{input_name}': "
+                    f"put it in the model's {WARMUP_DATA_FOLDER}/ folder",
+                    NOT_FOUND,
+                    path=path,
+                )
+            if sample_input.data_type == model_config_pb2.DataType.TYPE_STRING:
+                continue
+            needed = element_bytes(declared[input_name].data_type)
+            for dim in sample_input.dims:
+                needed *= dim
+            size = data_file.stat().st_size
+            if size < needed:
+                raise WarmupRequestError(
+                    "PLAN",
+                    f"{data_file} holds {size} bytes; '{config.name}' input '{input_name}' "
+                    f"needs {needed} per request for dims {list(sample_input.dims)}",
+                    path=path,
+                )
 
 
 def plan_model(
@@ -152,17 +165,29 @@ def _plan_model(
             "MODELS", f"'{name}'/config.pbtxt names the model '{named.name}': Triton refuses it"
         )
     count = plan_request.count or settings.count
-    plan = plan_warmup(
-        named,
-        group_sizes=plan_request.group_sizes,
-        batch_sizes=plan_request.batch_sizes,
-        feature_dim=plan_request.feature_dim,
-        count=count,
-        max_samples=settings.max_samples,
-        max_sample_bytes=settings.max_sample_bytes,
-        data=plan_request.data,
-        default_data=plan_request.default_data,
-    )
+    if plan_request.samples is not None:
+        plan = plan_listed_samples(
+            named,
+            plan_request.samples,
+            count=count,
+            max_samples=settings.max_samples,
+            max_sample_bytes=settings.max_sample_bytes,
+            data=plan_request.data,
+            default_data=plan_request.default_data,
+            plan_path=plan_request.plan_path or ("models", name),
+        )
+    else:
+        plan = plan_warmup(
+            named,
+            group_sizes=plan_request.group_sizes,
+            batch_sizes=plan_request.batch_sizes,
+            feature_dim=plan_request.feature_dim,
+            count=count,
+            max_samples=settings.max_samples,
+            max_sample_bytes=settings.max_sample_bytes,
+            data=plan_request.data,
+            default_data=plan_request.default_data,
+        )
     _check_data_files(model_dir, named, plan_request, plan)
     rewrite = ConfigRewrite(model_dir / CONFIG_FILENAME, original, config, plan.samples)
     return ModelWarmupJob(

@@ -70,6 +70,19 @@ def fsync_folder(folder: pathlib.Path) -> None:
         os.close(dir_fd)
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before
+    # any thread of the helper runs.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# A new file gets the mode open() would give it: mkstemp's 0600 would hide a
+# data file from a server that runs as another user.
+_NEW_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def write_atomically(path: pathlib.Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers never see a partial file.
 
@@ -92,6 +105,8 @@ def write_atomically(path: pathlib.Path, data: bytes) -> None:
                 os.chown(temp_name, old.st_uid, old.st_gid)
             except PermissionError:
                 pass
+        else:
+            os.chmod(temp_name, _NEW_FILE_MODE)
         os.replace(temp_name, path)
     except BaseException:
         try:

@@ -53,7 +53,11 @@ MAX_NAME_BYTES = 255
 MAX_PLAN_BYTES = 1024 * 1024
 
 _PLAN_KEYS = ("mode", "all_models", "defaults", "models")
-_MODEL_PLAN_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data")
+_MODEL_PLAN_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data", "samples")
+# The settings that make a range of shapes; a model that lists its samples
+# takes none of them, from its own plan or from the defaults.
+_RANGE_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes")
+_SAMPLE_KEYS = ("batch_size", "inputs", "data", "requests")
 
 
 # The line of an error message that carries the error as JSON, so that a
@@ -108,6 +112,25 @@ class WarmupRequestError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class ListedSample:
+    """One sample a plan lists by its shape (a plan made from traffic).
+
+    Attributes:
+        batch_size: the sample's batch size (1 for a model without batching).
+        inputs: input name to its dims, without the batch dim, in the order
+            the plan gives them.
+        data: input name to a data policy for this sample alone; it wins over
+            the model's ``data``.
+        requests: how many recorded requests had this shape; only reported.
+    """
+
+    batch_size: int
+    inputs: Tuple[Tuple[str, Tuple[int, ...]], ...]
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    requests: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelPlanRequest:
     """What a request asks for one model.
 
@@ -126,6 +149,8 @@ class ModelPlanRequest:
         default_data: the same from a plan's ``defaults``: it applies to the
             inputs a model has and is ignored for the others. Inputs named in
             neither get random values if they are floats, else zeros.
+        samples: the samples themselves, in warmup order, instead of a range
+            (``group_sizes`` is then empty); ``None`` for a range.
     """
 
     name: str
@@ -138,6 +163,7 @@ class ModelPlanRequest:
     # Where this plan sits in a PLAN document (("models", name) or
     # ("defaults",)); empty for a plan made from the shape inputs.
     plan_path: Tuple = ()
+    samples: Optional[Tuple[ListedSample, ...]] = None
 
 
 # The tensor input that carries each setting of a plan document: a request
@@ -469,12 +495,67 @@ def _plan_settings(value: Any, path: Tuple) -> Dict[str, Any]:
         )
     if settings.get("data") is not None:
         checked["data"] = _plan_data(settings["data"], path + ("data",))
+    if settings.get("samples") is not None:
+        if path == ("defaults",):
+            raise _plan_error("samples belong to one model: list them under models.<name>", path + ("samples",))
+        ranged = [key for key in _RANGE_KEYS if settings.get(key) is not None]
+        if ranged:
+            raise _plan_error(
+                f"lists its samples, so it takes no shape range: leave out {ranged}", path + (ranged[0],)
+            )
+        checked["samples"] = _plan_samples(settings["samples"], path + ("samples",))
     return checked
+
+
+def _plan_samples(value: Any, path: Tuple) -> Tuple[ListedSample, ...]:
+    """``samples``: a list of ``{batch_size, inputs: {name: dims}, data, requests}``."""
+    if not isinstance(value, list) or not value:
+        raise _plan_error(f"must be a non-empty list of samples, got {value!r}", path)
+    samples = []
+    seen = {}
+    for index, entry in enumerate(value):
+        where = path + (index,)
+        entry = _plan_mapping(entry, where, "a sample")
+        unknown = [key for key in entry if key not in _SAMPLE_KEYS]
+        if unknown:
+            raise _plan_error(f"unknown key {unknown[0]!r}; a sample has {list(_SAMPLE_KEYS)}", where + (unknown[0],))
+        batch_size = _plan_integer(entry.get("batch_size", 1), where + ("batch_size",), 1)
+        inputs = _plan_mapping(entry.get("inputs"), where + ("inputs",), "inputs")
+        if not inputs:
+            raise _plan_error("names no input: give each input's dims", where + ("inputs",))
+        shapes = []
+        for name, dims in inputs.items():
+            if not isinstance(dims, list):
+                raise _plan_error(f"dims must be a list of integers, got {dims!r}", where + ("inputs", name))
+            shapes.append(
+                (str(name), tuple(_plan_integer(dim, where + ("inputs", name, at), 1) for at, dim in enumerate(dims)))
+            )
+        key = (batch_size, tuple(sorted(shapes)))
+        if key in seen:
+            raise _plan_error(f"repeats the shape of sample {seen[key]}", where)
+        seen[key] = index
+        requests = entry.get("requests")
+        if requests is not None:
+            requests = _plan_integer(requests, where + ("requests",), 0)
+        data = _plan_data(entry["data"], where + ("data",)) if entry.get("data") is not None else {}
+        samples.append(ListedSample(batch_size, tuple(shapes), data, requests))
+    return tuple(samples)
 
 
 def _model_plan(
     name: str, settings: Dict[str, Any], path: Tuple, default_data: Optional[Dict] = None
 ) -> ModelPlanRequest:
+    if "samples" in settings:
+        return ModelPlanRequest(
+            name=name,
+            feature_dim=None,
+            group_sizes=range(0),
+            count=settings.get("count"),
+            data=settings.get("data", {}),
+            default_data=default_data or {},
+            plan_path=path,
+            samples=settings["samples"],
+        )
     if "group_size_max" not in settings:
         raise _plan_error("group_size_max is required, for this model or in defaults", path)
     group_sizes = _group_range(
@@ -502,7 +583,9 @@ def parse_plan_document(
     The document holds ``mode``, ``all_models``, ``defaults`` (settings every
     model starts from) and ``models`` (model name to its own settings, which
     override the defaults). Settings: ``feature_dim``, ``group_size_min``
-    (default 1), ``group_size_max``, ``batch_sizes``, ``count`` and ``data``.
+    (default 1), ``group_size_max``, ``batch_sizes``, ``count`` and ``data``;
+    or, for one model, ``samples``: the shapes themselves, in warmup order
+    (``triton-warmup-from-trace`` writes them from recorded traffic).
 
     Raises:
         WarmupRequestError: field ``PLAN``, with ``path`` leading to the wrong value.
@@ -529,7 +612,9 @@ def parse_plan_document(
         path = ("models", name)
         check_model_name(str(name), helper_name, allowed_models, field="PLAN", path=path)
         own = _plan_settings(settings, path)
-        merged = {key: value for key, value in defaults.items() if key != "data"}
+        # A model that lists its samples takes only count from the defaults.
+        inherited = ("data",) + (_RANGE_KEYS if "samples" in own else ())
+        merged = {key: value for key, value in defaults.items() if key not in inherited}
         merged.update(own)
         plans.append(_model_plan(str(name), merged, path, defaults.get("data")))
     default_plan = None

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
-from triton_warmup.helper.request import WarmupRequestError
+from triton_warmup.helper.request import ListedSample, WarmupRequestError
 
 DataType = model_config_pb2.DataType
 
@@ -151,12 +151,17 @@ def sample_dims(dims: Sequence[int], group_size: int, feature_dim: Optional[int]
     return concrete
 
 
+def element_bytes(data_type: int) -> int:
+    """Bytes per element of a config data type."""
+    return _ELEMENT_BYTES.get(data_type, 8)
+
+
 def input_bytes(model_input: model_config_pb2.ModelInput, group_size: int, feature_dim: Optional[int]) -> int:
     """Bytes of one input of one request (batch size 1) at this group size."""
     elements = 1
     for dim in sample_dims(model_input.dims, group_size, feature_dim):
         elements *= dim
-    return elements * _ELEMENT_BYTES.get(model_input.data_type, 8)
+    return elements * element_bytes(model_input.data_type)
 
 
 def sample_bytes(
@@ -204,6 +209,21 @@ def _check_sample_bytes(
 
 def sample_name(group_size: int, batch_size: int) -> str:
     return f"{GENERATED_PREFIX}group{group_size}_batch{batch_size}"
+
+
+def listed_sample_name(index: int, batch_size: int) -> str:
+    # The index keeps the plan's order readable in Triton's log, where each
+    # "running warmup sample" line names the sample.
+    return f"{GENERATED_PREFIX}sample{index + 1}_batch{batch_size}"
+
+
+def _fill(data: model_config_pb2.ModelWarmup.Input, policy: Any) -> None:
+    if policy == "random":
+        data.random_data = True
+    elif policy == "zero":
+        data.zero_data = True
+    else:
+        data.input_data_file = policy["file"]
 
 
 def data_policies(
@@ -302,12 +322,116 @@ def plan_warmup(
                 data = sample.inputs[model_input.name]
                 data.data_type = model_input.data_type
                 data.dims.extend(sample_dims(model_input.dims, group_size, feature_dim))
-                policy = policies[model_input.name]
-                if policy == "random":
-                    data.random_data = True
-                elif policy == "zero":
-                    data.zero_data = True
-                else:
-                    data.input_data_file = policy["file"]
+                _fill(data, policies[model_input.name])
             samples.append(sample)
     return WarmupPlan(tuple(samples), tuple(group_sizes), tuple(batch_sizes), feature_dim)
+
+
+def _check_listed_dims(
+    config: model_config_pb2.ModelConfig, listed: ListedSample, path: Tuple
+) -> Dict[str, Tuple[int, ...]]:
+    """The sample's dims per input, checked against the config's inputs."""
+    given = dict(listed.inputs)
+    declared = {model_input.name: model_input for model_input in config.input}
+    unknown = [name for name in given if name not in declared]
+    if unknown:
+        raise WarmupRequestError(
+            "PLAN",
+            f"'{config.name}' has no input '{unknown[0]}'; its inputs are {list(declared)}",
+            path=path + ("inputs", unknown[0]),
+        )
+    missing = [name for name, model_input in declared.items() if name not in given and not model_input.optional]
+    if missing:
+        raise WarmupRequestError(
+            "PLAN", f"gives no dims for '{config.name}' input '{missing[0]}'", path=path + ("inputs",)
+        )
+    for name, dims in given.items():
+        expected = list(declared[name].dims)
+        fits = len(dims) == len(expected) and all(
+            want == VARIABLE_DIM or want == got for want, got in zip(expected, dims)
+        )
+        if not fits:
+            raise WarmupRequestError(
+                "PLAN",
+                f"dims {list(dims)} do not fit '{config.name}' input '{name}', whose config dims are "
+                f"{expected} (without the batch dim)",
+                path=path + ("inputs", name),
+            )
+    return given
+
+
+def plan_listed_samples(
+    config: model_config_pb2.ModelConfig,
+    listed: Sequence[ListedSample],
+    count: int = DEFAULT_WARMUP_COUNT,
+    max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES,
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES,
+    data: Optional[Mapping[str, Any]] = None,
+    default_data: Optional[Mapping[str, Any]] = None,
+    plan_path: Tuple = (),
+) -> WarmupPlan:
+    """Plan the samples a plan lists, in its order.
+
+    Triton runs ``model_warmup`` in the order of the config, and TorchScript
+    keeps optimized graphs for the first shapes it specializes on, so the
+    order is the plan's to choose: a plan made from traffic puts the most
+    frequent shape first (docs/traffic.md).
+
+    Raises:
+        WarmupRequestError: field ``PLAN``, with the path to the sample at fault.
+    """
+    if not config.input:
+        raise WarmupRequestError("MODELS", f"'{config.name}' declares no inputs in its config")
+    if len(listed) > max_samples:
+        raise WarmupRequestError(
+            "PLAN",
+            f"{len(listed)} samples for '{config.name}', above the cap of {max_samples} "
+            "(warmup_helper config parameter max_warmup_samples)",
+            path=plan_path + ("samples",),
+        )
+    policies = data_policies(config, data, default_data)
+    elements = {model_input.name: model_input for model_input in config.input}
+    limit = config.max_batch_size if config.max_batch_size > 0 else 1
+    samples = []
+    for index, entry in enumerate(listed):
+        path = plan_path + ("samples", index)
+        if entry.batch_size > limit:
+            reason = (
+                f"max_batch_size is {config.max_batch_size}"
+                if config.max_batch_size > 0
+                else "the model does not batch (max_batch_size 0)"
+            )
+            raise WarmupRequestError(
+                "PLAN", f"batch size {entry.batch_size} is too large for '{config.name}': {reason}",
+                path=path + ("batch_size",),
+            )
+        dims_of = _check_listed_dims(config, entry, path)
+        unknown = [name for name in entry.data if name not in dims_of]
+        if unknown:
+            raise WarmupRequestError(
+                "PLAN", f"data for '{unknown[0]}', which this sample gives no dims", path=path + ("data", unknown[0])
+            )
+        size = 0
+        for name, dims in dims_of.items():
+            per_request = element_bytes(elements[name].data_type)
+            for dim in dims:
+                per_request *= dim
+            size += per_request * entry.batch_size
+        if size > max_sample_bytes:
+            raise WarmupRequestError(
+                "PLAN",
+                f"sample of '{config.name}' needs {size} bytes, above the cap of {max_sample_bytes} "
+                "(warmup_helper config parameter max_sample_bytes)",
+                path=path,
+            )
+        sample = model_config_pb2.ModelWarmup(
+            name=listed_sample_name(index, entry.batch_size), batch_size=entry.batch_size, count=count
+        )
+        for name, dims in dims_of.items():
+            sample_input = sample.inputs[name]
+            sample_input.data_type = elements[name].data_type
+            sample_input.dims.extend(dims)
+            _fill(sample_input, entry.data.get(name, policies[name]))
+        samples.append(sample)
+    batch_sizes = tuple(sorted({entry.batch_size for entry in listed}))
+    return WarmupPlan(tuple(samples), (), batch_sizes, None)

@@ -1,0 +1,108 @@
+"""Which share of recorded requests hit a warmed shape.
+
+The warmed shapes of a model come from its ``model_warmup`` samples: those a
+plan would write (planned by the helper's own code, hand-written samples
+kept), or those its config on disk holds.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+
+from tritonclient.grpc import model_config_pb2
+
+from triton_warmup import HELPER_MODEL
+from triton_warmup.helper.job_planning import plan_jobs
+from triton_warmup.helper.request import parse_plan_document
+from triton_warmup.traffic.shapes import Shape, TrafficProfile, sample_shape
+
+
+@dataclasses.dataclass
+class ModelCoverage:
+    """How well one model's warmup covers its recorded requests.
+
+    Attributes:
+        source: where the warmed shapes came from (``plan`` or ``config``).
+        requests: recorded requests of the model.
+        covered: those whose shape is warmed.
+        warmed_shapes: distinct shapes the warmup runs.
+        uncovered: shapes the config can take but the warmup misses, with
+            their request counts, most frequent first.
+        rejected: requests the config cannot take, (raw shapes, reason, count).
+    """
+
+    model: str
+    source: str
+    requests: int
+    covered: int
+    shapes_seen: int
+    warmed_shapes: int
+    uncovered: List[Tuple[Shape, int]]
+    rejected: List[Tuple[str, str, int]]
+
+    @property
+    def share(self) -> float:
+        return self.covered / self.requests if self.requests else 1.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "model": self.model,
+            "source": self.source,
+            "requests": self.requests,
+            "covered": self.covered,
+            "share": self.share,
+            "shapes_seen": self.shapes_seen,
+            "warmed_shapes": self.warmed_shapes,
+            "uncovered": [dict(shape.to_dict(), requests=count) for shape, count in self.uncovered],
+            "rejected": [{"shapes": raw, "reason": reason, "requests": count} for raw, reason, count in self.rejected],
+        }
+
+
+def warmed_shapes(config: model_config_pb2.ModelConfig) -> Set[Shape]:
+    """Every shape the config's ``model_warmup`` runs."""
+    return {sample_shape(config, sample) for sample in config.model_warmup}
+
+
+def planned_configs(
+    repository: pathlib.Path, document: Any, helper_name: str = HELPER_MODEL
+) -> Dict[str, model_config_pb2.ModelConfig]:
+    """The config each model of the plan would have after the helper wrote
+    it: planned with the helper's own code, hand-written samples kept.
+
+    Raises:
+        WarmupRequestError: the plan, or a model it names, is refused.
+    """
+    request = parse_plan_document(document, helper_name)
+    return {job.name: job.rewrite.config for job in plan_jobs(repository, request, helper_name=helper_name)}
+
+
+def measure_coverage(
+    profile: TrafficProfile, configs: Mapping[str, model_config_pb2.ModelConfig], sources: Mapping[str, str]
+) -> List[ModelCoverage]:
+    """Coverage of every model in ``profile`` by the samples of ``configs``."""
+    results = []
+    for name, traffic in sorted(profile.models.items()):
+        warmed = warmed_shapes(configs[name])
+        ranked = traffic.most_frequent()
+        covered = sum(count for shape, count in ranked if shape in warmed)
+        results.append(
+            ModelCoverage(
+                model=name,
+                source=sources.get(name, "config"),
+                requests=traffic.requests,
+                covered=covered,
+                shapes_seen=len(ranked),
+                warmed_shapes=len(warmed),
+                uncovered=[(shape, count) for shape, count in ranked if shape not in warmed],
+                rejected=[
+                    (raw, reason, count)
+                    for (raw, reason), count in sorted(traffic.rejected.items(), key=lambda item: (-item[1], item[0]))
+                ],
+            )
+        )
+    return results
+
+
+def overall_share(results: List[ModelCoverage]) -> Optional[float]:
+    requests = sum(result.requests for result in results)
+    return sum(result.covered for result in results) / requests if requests else None

@@ -1,0 +1,328 @@
+"""Turn recorded traffic into a plan file with listed samples.
+
+Per model: every shape the config can take, most frequent first, cut by a
+sample count or by the share of recorded requests to cover. Each sample can
+carry the data of the first request recorded at its shape, written to the
+model's ``warmup/`` folder as Triton's ``input_data_file``.
+
+Nothing is written until the whole plan is made and checked by the helper's
+own validator and planner; the data files are written atomically under names
+made from their content (so a second run writes nothing new and never
+changes a file an older plan names), and removed again if a later write fails.
+"""
+
+import dataclasses
+import hashlib
+import math
+import pathlib
+import re
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import triton_to_np_dtype
+
+from triton_warmup import HELPER_MODEL
+from triton_warmup.helper.job_planning import WARMUP_DATA_FOLDER
+from triton_warmup.helper.repository_guard import fsync_folder, write_atomically
+from triton_warmup.helper.request import DATA_FILE_KEY, parse_plan_document
+from triton_warmup.helper.warmup_plan import plan_listed_samples
+from triton_warmup.traffic.shapes import ModelTraffic, Shape, TrafficProfile
+from triton_warmup.traffic.trace import TracedTensor
+
+# recorded: each sample carries the data of its first recorded request;
+# auto: floats random, everything else zeros (the helper's default);
+# random / zero: that policy for every input.
+DATA_CHOICES = ("recorded", "auto", "random", "zero")
+
+# Where the recorded data goes inside the model's warmup/ folder.
+TRAFFIC_DATA_FOLDER = "traffic"
+
+# Triton's trace writer leaves these without usable values: FP16 and BF16
+# with no data, INT8 and UINT8 as raw characters, BYTES without escaping
+# (server src/tracer.cc).
+_NO_RECORDED_DATA = {
+    "FP16": "Triton's trace holds no values for FP16",
+    "BF16": "Triton's trace holds no values for BF16",
+    "INT8": "Triton's trace writes INT8 values as raw characters",
+    "UINT8": "Triton's trace writes UINT8 values as raw characters",
+    "BYTES": "Triton's trace writes strings without escaping them",
+}
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class TrafficPlanError(ValueError):
+    """The plan cannot be made or written; nothing was left on disk."""
+
+
+@dataclasses.dataclass
+class ModelSelection:
+    """What the plan takes for one model.
+
+    Attributes:
+        shapes: the planned shapes with their request counts, in warmup order.
+        requests: every recorded request of the model.
+        covered: the recorded requests whose shape is planned.
+        left_out: shapes the cut left out, with their counts.
+        rejected: requests the config cannot take, as (raw shapes, reason, count).
+        data_notes: inputs whose recorded data could not be used, and why.
+    """
+
+    model: str
+    shapes: List[Tuple[Shape, int]]
+    requests: int
+    covered: int
+    left_out: List[Tuple[Shape, int]]
+    rejected: List[Tuple[str, str, int]]
+    data_notes: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        return self.covered / self.requests if self.requests else 0.0
+
+    def to_dict(self) -> Dict:
+        return {
+            "model": self.model,
+            "requests": self.requests,
+            "covered": self.covered,
+            "share": self.share,
+            "samples": [dict(shape.to_dict(), requests=count) for shape, count in self.shapes],
+            "left_out": [dict(shape.to_dict(), requests=count) for shape, count in self.left_out],
+            "rejected": [{"shapes": raw, "reason": reason, "requests": count} for raw, reason, count in self.rejected],
+            "data_notes": dict(self.data_notes),
+        }
+
+
+def select_shapes(
+    traffic: ModelTraffic, max_samples: Optional[int] = None, cover: Optional[float] = None
+) -> Tuple[List[Tuple[Shape, int]], List[Tuple[Shape, int]]]:
+    """The shapes to warm, most frequent first, and those left out.
+
+    ``cover`` keeps the fewest shapes whose requests reach that share of the
+    model's recorded requests (rejected ones count in the total, so a model
+    with rejected requests may need every shape); ``max_samples`` caps the
+    count. Both may be given; the smaller cut wins.
+    """
+    ranked = traffic.most_frequent()
+    keep = len(ranked)
+    if cover is not None:
+        # The smallest prefix that reaches the share; a tiny tolerance keeps
+        # 0.99 of 100 requests at 99, not 100, despite float rounding.
+        needed = math.ceil(cover * traffic.requests - 1e-9)
+        running = 0
+        for index, (_, count) in enumerate(ranked):
+            running += count
+            if running >= needed:
+                keep = index + 1
+                break
+    if max_samples is not None:
+        keep = min(keep, max_samples)
+    return ranked[:keep], ranked[keep:]
+
+
+def recorded_bytes(tensor: TracedTensor, batching: bool) -> bytes:
+    """One request's worth (the first item of the batch) of the recorded
+    values, in the tensor's dtype (which ``request_shape`` checked against
+    the config), as Triton reads ``input_data_file``.
+
+    Raises:
+        ValueError: the trace holds no usable values for this tensor.
+    """
+    reason = _NO_RECORDED_DATA.get(tensor.dtype)
+    if reason:
+        raise ValueError(reason)
+    elements = 1
+    for dim in tensor.shape:
+        elements *= dim
+    values = tensor.data.split(",") if tensor.data else []
+    if len(values) != elements:
+        raise ValueError(f"the trace holds {len(values)} values for shape {list(tensor.shape)}")
+    dtype = np.dtype(triton_to_np_dtype(tensor.dtype))
+    if dtype == np.bool_:
+        # "0" and "1" are both non-empty strings: parse them as numbers.
+        array = np.array(values, dtype=np.int64).astype(np.bool_)
+    else:
+        array = np.array(values, dtype=dtype)
+    array = array.reshape(tensor.shape)
+    if batching:
+        array = array[0]
+    return np.ascontiguousarray(array).tobytes()
+
+
+def data_file_name(input_name: str, payload: bytes) -> str:
+    """The file's path under ``warmup/``: named by the input and the content,
+    so the same data always gets the same name and another never replaces it."""
+    digest = hashlib.sha256(payload).hexdigest()[:16]
+    safe = _SAFE_NAME.sub("_", input_name)[:64] or "input"
+    return f"{TRAFFIC_DATA_FOLDER}/{safe}-{digest}.bin"
+
+
+@dataclasses.dataclass
+class TrafficPlan:
+    """A plan made from traffic, not yet written.
+
+    Attributes:
+        document: the plan document (what the plan file holds).
+        selections: per model, what was taken and left out.
+        data_files: file path (in a model's ``warmup/``) to its bytes.
+    """
+
+    document: Dict
+    selections: List[ModelSelection]
+    data_files: Dict[pathlib.Path, bytes]
+
+    @property
+    def samples(self) -> int:
+        return sum(len(selection.shapes) for selection in self.selections)
+
+
+def make_plan(
+    profile: TrafficProfile,
+    configs: Mapping[str, model_config_pb2.ModelConfig],
+    repository: pathlib.Path,
+    max_samples: Optional[int] = None,
+    cover: Optional[float] = None,
+    data: str = "recorded",
+    count: Optional[int] = None,
+) -> TrafficPlan:
+    """The plan for every model of ``profile``, checked as the helper checks it.
+
+    Raises:
+        TrafficPlanError: no model of the repository in the trace, or a
+            plan the helper would refuse.
+    """
+    if data not in DATA_CHOICES:
+        raise TrafficPlanError(f"data must be one of {list(DATA_CHOICES)}, got {data!r}")
+    models: Dict[str, Dict] = {}
+    selections = []
+    data_files: Dict[pathlib.Path, bytes] = {}
+    for name, traffic in sorted(profile.models.items()):
+        if not traffic.shapes:
+            selections.append(
+                ModelSelection(name, [], traffic.requests, 0, [], _rejected(traffic))
+            )
+            continue
+        config = configs[name]
+        chosen, left_out = select_shapes(traffic, max_samples, cover)
+        selection = ModelSelection(
+            name, chosen, traffic.requests, sum(count for _, count in chosen), left_out, _rejected(traffic)
+        )
+        entry: Dict = {}
+        if count is not None:
+            entry["count"] = count
+        if data in ("random", "zero"):
+            entry["data"] = {model_input.name: data for model_input in config.input}
+        samples = []
+        for shape, requests in chosen:
+            sample: Dict = {"batch_size": shape.batch_size, "inputs": {key: list(dims) for key, dims in shape.inputs}}
+            if data == "recorded":
+                files = _sample_files(
+                    config, traffic.recorded[shape], repository / name, selection.data_notes, data_files
+                )
+                if files:
+                    sample["data"] = {key: {DATA_FILE_KEY: file_name} for key, file_name in files.items()}
+            sample["requests"] = requests
+            samples.append(sample)
+        entry["samples"] = samples
+        models[name] = entry
+        selections.append(selection)
+    if not models:
+        raise TrafficPlanError(
+            "the trace holds no request that a model of the repository can take as a warmup sample"
+            + (f" (other models in it: {sorted(profile.other_models)})" if profile.other_models else "")
+        )
+    document = {"models": models}
+    _check_with_helper(document, configs, data_files)
+    return TrafficPlan(document, selections, data_files)
+
+
+def _rejected(traffic: ModelTraffic) -> List[Tuple[str, str, int]]:
+    return [
+        (raw, reason, count)
+        for (raw, reason), count in sorted(traffic.rejected.items(), key=lambda item: (-item[1], item[0]))
+    ]
+
+
+def _sample_files(
+    config: model_config_pb2.ModelConfig,
+    inputs: Mapping[str, TracedTensor],
+    model_dir: pathlib.Path,
+    notes: Dict[str, str],
+    data_files: Dict[pathlib.Path, bytes],
+) -> Dict[str, str]:
+    """Input name to the data file (under ``warmup/``) holding its recorded values."""
+    files = {}
+    batching = config.max_batch_size > 0
+    for model_input in config.input:
+        tensor = inputs.get(model_input.name)
+        if tensor is None:
+            continue
+        try:
+            payload = recorded_bytes(tensor, batching)
+        except ValueError as reason:
+            notes.setdefault(model_input.name, f"{reason}: its samples use the default data policy")
+            continue
+        file_name = data_file_name(model_input.name, payload)
+        data_files[model_dir / WARMUP_DATA_FOLDER / file_name] = payload
+        files[model_input.name] = file_name
+    return files
+
+
+def _check_with_helper(document: Dict, configs, data_files) -> None:
+    """Run the helper's own checks on the plan before anything is written:
+    a plan this command writes must never come back refused."""
+    try:
+        request = parse_plan_document(document, HELPER_MODEL)
+        for plan in request.plans:
+            plan_listed_samples(
+                configs[plan.name],
+                plan.samples,
+                count=plan.count or 1,
+                data=plan.data,
+                plan_path=plan.plan_path,
+            )
+    except ValueError as error:
+        raise TrafficPlanError(f"the plan made from the trace would be refused: {error}") from None
+
+
+def render_plan(plan: TrafficPlan, header: Sequence[str] = ()) -> str:
+    """The plan file's text: comment lines, then the document as YAML."""
+    comments = "".join(f"# {line}\n" for line in header)
+    body = yaml.safe_dump(plan.document, sort_keys=False, default_flow_style=None, width=120)
+    return comments + body
+
+
+def write_plan(plan: TrafficPlan, output: pathlib.Path, header: Sequence[str] = ()) -> List[pathlib.Path]:
+    """Write the data files, then the plan file; return the data files written.
+
+    Every file is written atomically; a data file that already holds the
+    same bytes is left alone. If a write fails, the files and folders this
+    call created are removed again and ``TrafficPlanError`` says why.
+    """
+    created_files: List[pathlib.Path] = []
+    created_folders: List[pathlib.Path] = []
+    try:
+        for path, payload in sorted(plan.data_files.items()):
+            if path.is_file() and path.read_bytes() == payload:
+                continue
+            for folder in reversed(path.parents):
+                if not folder.exists():
+                    folder.mkdir()
+                    created_folders.append(folder)
+            write_atomically(path, payload)
+            created_files.append(path)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(output, render_plan(plan, header).encode("utf-8"))
+    except OSError as error:
+        for path in created_files:
+            path.unlink(missing_ok=True)
+        for folder in reversed(created_folders):
+            try:
+                folder.rmdir()
+                fsync_folder(folder.parent)
+            except OSError:
+                pass
+        raise TrafficPlanError(f"writing the plan failed, nothing was kept: {error}") from None
+    return created_files

@@ -1,0 +1,212 @@
+"""Request shapes: what traffic sent, and what a warmup sample runs.
+
+A shape is a batch size and the dims of every input without the batch dim,
+exactly what a ``model_warmup`` sample names. A recorded request and a
+sample match when their shapes are equal; the data does not matter for
+TorchScript's per-shape work.
+"""
+
+import collections
+import dataclasses
+import pathlib
+import time
+from typing import Counter, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from tritonclient.grpc import model_config_pb2
+
+from triton_warmup import HELPER_MODEL
+from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, find_model_dir, read_config
+from triton_warmup.helper.warmup_plan import VARIABLE_DIM
+from triton_warmup.traffic.trace import ReadSummary, TracedRequest, TracedTensor, read_requests
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Shape:
+    """A batch size and each input's dims (batch dim left out), inputs sorted by name."""
+
+    batch_size: int
+    inputs: Tuple[Tuple[str, Tuple[int, ...]], ...]
+
+    def describe(self) -> str:
+        dims = ", ".join(f"{name} {list(value)}" for name, value in self.inputs)
+        return f"batch {self.batch_size}: {dims}"
+
+    def to_dict(self) -> Dict:
+        return {"batch_size": self.batch_size, "inputs": {name: list(dims) for name, dims in self.inputs}}
+
+
+def trace_dtype(data_type: int) -> str:
+    """A config data type as Triton's trace spells it (``TYPE_INT64`` -> ``INT64``)."""
+    name = model_config_pb2.DataType.Name(data_type)[len("TYPE_"):]
+    return "BYTES" if name == "STRING" else name
+
+
+def sample_shape(config: model_config_pb2.ModelConfig, sample: model_config_pb2.ModelWarmup) -> Shape:
+    """The request shape a ``model_warmup`` sample runs as."""
+    batch_size = max(sample.batch_size, 1) if config.max_batch_size > 0 else 1
+    return Shape(batch_size, tuple(sorted((name, tuple(data.dims)) for name, data in sample.inputs.items())))
+
+
+class RejectedShape(ValueError):
+    """A recorded request that no warmup sample of this config can match."""
+
+
+def _raw(request: TracedRequest) -> str:
+    return ", ".join(f"{name} {list(tensor.shape)}" for name, tensor in sorted(request.inputs.items()))
+
+
+def request_shape(config: model_config_pb2.ModelConfig, request: TracedRequest) -> Shape:
+    """The shape of a recorded request, checked against the model's config.
+
+    Raises:
+        RejectedShape: the config cannot take it as a warmup sample (an input
+            it does not declare, a missing one, another dtype or rank, a
+            fixed dim that differs, a batch above ``max_batch_size``, a zero dim).
+    """
+    declared = {model_input.name: model_input for model_input in config.input}
+    unknown = sorted(name for name in request.inputs if name not in declared)
+    if unknown:
+        raise RejectedShape(f"input '{unknown[0]}' is not in the config")
+    missing = [name for name, model_input in declared.items() if name not in request.inputs and not model_input.optional]
+    if missing:
+        raise RejectedShape(f"input '{missing[0]}' is missing")
+    batching = config.max_batch_size > 0
+    batch_sizes = set()
+    inputs = []
+    for name, tensor in sorted(request.inputs.items()):
+        model_input = declared[name]
+        if tensor.dtype != trace_dtype(model_input.data_type):
+            raise RejectedShape(f"input '{name}' is {tensor.dtype}, the config says {trace_dtype(model_input.data_type)}")
+        shape = tensor.shape
+        expected = list(model_input.dims)
+        if len(shape) != len(expected) + (1 if batching else 0):
+            raise RejectedShape(
+                f"input '{name}' has rank {len(shape)}; the config's dims {expected} "
+                + ("and the batch dim make " + str(len(expected) + 1) if batching else f"make {len(expected)}")
+            )
+        if batching:
+            batch_sizes.add(shape[0])
+            shape = shape[1:]
+        if any(dim < 1 for dim in shape):
+            raise RejectedShape(f"input '{name}' has a zero dim")
+        if any(want != VARIABLE_DIM and want != got for want, got in zip(expected, shape)):
+            raise RejectedShape(f"input '{name}' dims {list(shape)} do not fit the config's {expected}")
+        inputs.append((name, tuple(shape)))
+    if len(batch_sizes) > 1:
+        raise RejectedShape(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+    batch_size = batch_sizes.pop() if batching else 1
+    if batching and not 1 <= batch_size <= config.max_batch_size:
+        raise RejectedShape(f"batch size {batch_size} is outside 1..{config.max_batch_size} (max_batch_size)")
+    return Shape(batch_size, tuple(inputs))
+
+
+@dataclasses.dataclass
+class ModelTraffic:
+    """The recorded requests of one model, counted by shape.
+
+    Attributes:
+        requests: every recorded request of the model.
+        shapes: requests per shape the config can take.
+        recorded: the inputs of the first request of each shape (its data).
+        rejected: requests per (raw shapes, reason) the config cannot take.
+    """
+
+    name: str
+    requests: int = 0
+    shapes: Counter[Shape] = dataclasses.field(default_factory=collections.Counter)
+    recorded: Dict[Shape, Dict[str, TracedTensor]] = dataclasses.field(default_factory=dict)
+    rejected: Counter[Tuple[str, str]] = dataclasses.field(default_factory=collections.Counter)
+
+    def most_frequent(self) -> List[Tuple[Shape, int]]:
+        """Shapes with their request counts, most frequent first; ties in shape order."""
+        return sorted(self.shapes.items(), key=lambda item: (-item[1], item[0]))
+
+
+@dataclasses.dataclass
+class TrafficProfile:
+    """What a trace holds, per model of the repository.
+
+    Attributes:
+        models: per model that the trace and the repository share.
+        other_models: requests per model the repository lacks (or that the
+            command was told to leave out); not planned.
+        summary: what reading the files found.
+        seconds: how long reading took.
+    """
+
+    models: Dict[str, ModelTraffic]
+    other_models: Counter[str]
+    summary: ReadSummary
+    seconds: float
+
+    @property
+    def requests(self) -> int:
+        return sum(traffic.requests for traffic in self.models.values())
+
+
+def repository_configs(
+    repository: pathlib.Path, names: Optional[Iterable[str]] = None
+) -> Dict[str, model_config_pb2.ModelConfig]:
+    """The configs of the repository's models (or of ``names``), keyed by
+    folder name; the helper is left out.
+
+    Raises:
+        WarmupRequestError: a named model without a folder or a readable config.
+    """
+    if names is None:
+        names = sorted(
+            entry.name
+            for entry in pathlib.Path(repository).iterdir()
+            if (entry / CONFIG_FILENAME).is_file() and not entry.name.startswith(".") and entry.name != HELPER_MODEL
+        )
+    configs = {}
+    for name in names:
+        _, config = read_config(find_model_dir(pathlib.Path(repository), name))
+        config.name = config.name or name
+        configs[name] = config
+    return configs
+
+
+def profile_traffic(
+    paths: Sequence[pathlib.Path],
+    configs: Mapping[str, model_config_pb2.ModelConfig],
+    keep_data: bool = True,
+    show_progress: Optional[bool] = None,
+) -> TrafficProfile:
+    """Read the trace files and count each model's requests by shape.
+
+    Only models in ``configs`` are counted by shape; the helper's own
+    requests and other models go to ``other_models``. With ``keep_data``
+    the first request of every shape keeps its data (for the samples).
+
+    Raises:
+        TraceError: a file that cannot be read.
+    """
+    started = time.perf_counter()
+    summary = ReadSummary()
+
+    def required(model: str):
+        config = configs.get(model)
+        if config is None:
+            return None
+        return {model_input.name for model_input in config.input if not model_input.optional}
+
+    models = {name: ModelTraffic(name) for name in configs}
+    other: Counter[str] = collections.Counter()
+    for request in read_requests(paths, required, summary, show_progress):
+        config = configs.get(request.model)
+        if config is None:
+            other[request.model] += 1
+            continue
+        traffic = models[request.model]
+        traffic.requests += 1
+        try:
+            shape = request_shape(config, request)
+        except RejectedShape as reason:
+            traffic.rejected[(_raw(request), str(reason))] += 1
+            continue
+        traffic.shapes[shape] += 1
+        if keep_data and shape not in traffic.recorded:
+            traffic.recorded[shape] = dict(request.inputs)
+    seen = {name: traffic for name, traffic in models.items() if traffic.requests}
+    return TrafficProfile(seen, other, summary, time.perf_counter() - started)

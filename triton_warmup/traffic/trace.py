@@ -1,0 +1,216 @@
+"""Read the requests in Triton's trace files, as a stream.
+
+``tritonserver --trace-config triton,file=PATH --trace-config level=TIMESTAMPS
+--trace-config level=TENSORS`` writes one JSON array of records. Each request
+(trace id) gives a record with ``model_name``, timestamp records and, at level
+``TENSORS``, a ``TENSOR_QUEUE_INPUT`` record per input: its name, dtype, shape
+as ``"2,5,64"`` (batch dim included where the model batches) and its values as
+comma-separated text. Triton writes the records of one trace together when the
+trace ends, so a request's records are near each other, but the reader does
+not rely on that: it keys every record by id.
+
+The file can be gigabytes: it is parsed record by record (``ijson``) and a
+request's tensor text is handed on, not kept. With ``log_frequency`` or a
+``count`` Triton writes ``PATH.0``, ``PATH.1``, ...: pass them all.
+"""
+
+import dataclasses
+import pathlib
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+import ijson
+import tqdm
+
+INPUT_ACTIVITY = "TENSOR_QUEUE_INPUT"
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read as Triton's trace output."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedTensor:
+    """One input of one request as the trace recorded it.
+
+    Attributes:
+        name: the input's name.
+        dtype: Triton's spelling (``INT64``, ``FP32``, ``BYTES``).
+        shape: the request's shape, batch dim included where the model batches.
+        data: the values as Triton wrote them, comma-separated.
+    """
+
+    name: str
+    dtype: str
+    shape: Tuple[int, ...]
+    data: str
+
+
+@dataclasses.dataclass
+class TracedRequest:
+    """One request to one model, with the inputs it sent."""
+
+    trace_id: int
+    model: str
+    inputs: Dict[str, TracedTensor]
+
+
+@dataclasses.dataclass
+class ReadSummary:
+    """What reading the files found besides the requests.
+
+    Attributes:
+        files: the files read.
+        bytes_read: their size in all.
+        records: JSON records read.
+        truncated: per file that ends inside the array, why (a server that
+            was killed leaves its trace file without the closing ``]``); the
+            records before that point count.
+        tensors_without_model: trace ids with input records but no
+            ``model_name`` record (``level=TENSORS`` without ``TIMESTAMPS``).
+        requests_without_tensors: requests with a model but no input records
+            (``level=TIMESTAMPS`` without ``TENSORS``).
+    """
+
+    files: List[str] = dataclasses.field(default_factory=list)
+    bytes_read: int = 0
+    records: int = 0
+    truncated: Dict[str, str] = dataclasses.field(default_factory=dict)
+    tensors_without_model: int = 0
+    requests_without_tensors: int = 0
+
+
+class _CountingReader:
+    """A binary file that reports how many bytes were read from it."""
+
+    def __init__(self, handle, on_read: Callable[[int], None]):
+        self._handle = handle
+        self._on_read = on_read
+        self.offset = 0
+        self.at_end = False
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self.offset += len(chunk)
+        if not chunk:
+            self.at_end = True
+        self._on_read(len(chunk))
+        return chunk
+
+
+def _shape(text: str, path: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(dim) for dim in text.split(",")) if text else ()
+    except ValueError:
+        raise TraceError(f"{path}: a tensor shape {text!r} is not a list of integers") from None
+
+
+def _records(path: pathlib.Path, summary: ReadSummary, progress) -> Iterator[dict]:
+    with open(path, "rb") as handle:
+        reader = _CountingReader(handle, progress.update)
+        try:
+            for record in ijson.items(reader, "item", use_float=True):
+                summary.records += 1
+                if isinstance(record, dict):
+                    yield record
+        except ijson.JSONError as error:
+            if reader.at_end and handle.read(1) == b"":
+                summary.truncated[str(path)] = f"ends inside the array ({error})"
+                return
+            raise TraceError(
+                f"{path}: not valid JSON near byte {reader.offset}: {error}. Triton writes "
+                "INT8/UINT8 tensor data as raw characters, which can break its own JSON; "
+                "record such models without level=TENSORS or leave them out"
+            ) from None
+
+
+def read_requests(
+    paths: Sequence[pathlib.Path],
+    required_inputs: Callable[[str], Optional[Set[str]]] = lambda model: None,
+    summary: Optional[ReadSummary] = None,
+    show_progress: Optional[bool] = None,
+) -> Iterator[TracedRequest]:
+    """Every request of the trace files that names a model and sent inputs.
+
+    Args:
+        paths: trace files, in any order.
+        required_inputs: the inputs a model's config requires, or ``None``
+            for a model it does not know; a request is handed on as soon as
+            its model and those inputs are seen, so memory holds only the
+            requests still being read.
+        summary: filled in while reading.
+        show_progress: a progress bar of bytes read on stderr; ``None``
+            shows it only on a terminal.
+
+    Raises:
+        TraceError: a file that is missing, not JSON, or not Triton's format.
+    """
+    summary = summary if summary is not None else ReadSummary()
+    files = [pathlib.Path(path) for path in paths]
+    for path in files:
+        if not path.is_file():
+            raise TraceError(f"{path}: no such trace file")
+    summary.files = [str(path) for path in files]
+    summary.bytes_read = sum(path.stat().st_size for path in files)
+    pending: Dict[int, TracedRequest] = {}
+    inputs_of: Dict[int, Dict[str, TracedTensor]] = {}
+
+    def complete(trace_id: int) -> bool:
+        request = pending.get(trace_id)
+        if request is None or not request.inputs:
+            return False
+        needed = required_inputs(request.model)
+        return needed is not None and needed <= set(request.inputs)
+
+    # tqdm's disable=None means "only on a terminal".
+    disable = None if show_progress is None else not show_progress
+    with tqdm.tqdm(
+        total=summary.bytes_read, unit="B", unit_scale=True, desc="reading trace", disable=disable, leave=False
+    ) as progress:
+        for path in files:
+            for record in _records(path, summary, progress):
+                trace_id = record.get("id")
+                if "model_name" in record:
+                    request = TracedRequest(trace_id, str(record["model_name"]), inputs_of.pop(trace_id, {}))
+                    pending[trace_id] = request
+                elif record.get("activity") == INPUT_ACTIVITY:
+                    tensor = record.get("tensor") or {}
+                    try:
+                        traced = TracedTensor(
+                            str(tensor["name"]),
+                            str(tensor["dtype"]),
+                            _shape(str(tensor["shape"]), str(path)),
+                            str(tensor.get("data", "")),
+                        )
+                    except KeyError as missing:
+                        raise TraceError(f"{path}: a {INPUT_ACTIVITY} record lacks {missing}") from None
+                    if trace_id in pending:
+                        pending[trace_id].inputs[traced.name] = traced
+                    else:
+                        inputs_of.setdefault(trace_id, {})[traced.name] = traced
+                else:
+                    continue
+                if complete(trace_id):
+                    yield pending.pop(trace_id)
+    for request in pending.values():
+        if request.inputs:
+            yield request
+        else:
+            summary.requests_without_tensors += 1
+    summary.tensors_without_model = len(inputs_of)
+
+
+def expand_paths(paths: Iterable[str]) -> List[pathlib.Path]:
+    """The files named, with Triton's numbered parts: a path that is not a
+    file but has ``PATH.0``, ``PATH.1``, ... beside it stands for all of them."""
+    files = []
+    for name in paths:
+        path = pathlib.Path(name)
+        if path.is_file():
+            files.append(path)
+            continue
+        parts = sorted(
+            (part for part in path.parent.glob(path.name + ".*") if part.suffix[1:].isdigit()),
+            key=lambda part: int(part.suffix[1:]),
+        )
+        files.extend(parts or [path])
+    return files
