@@ -165,3 +165,51 @@ def write_variable_feature_model(repository: pathlib.Path, name: str) -> pathlib
     config = model_dir / "config.pbtxt"
     config.write_text(config.read_text().replace("dims: [ -1, 64 ]", "dims: [ -1, -1 ]", 1))
     return model_dir
+
+
+# The witness's vocabulary: token ids of recorded traffic stay below it.
+WITNESS_VOCABULARY = 100
+
+_WITNESS_CONFIG = """
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: 4
+input [ {{ name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] }} ]
+output [
+  {{ name: "embedding" data_type: TYPE_FP32 dims: [ 8 ] }},
+  {{ name: "checksum_before" data_type: TYPE_INT64 dims: [ 1 ] }}
+]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+
+class _Witness(torch.nn.Module):
+    """Token ids in, an embedding out; and, as a second output, the running
+    sum of ``checksum(ids)`` over every forward this instance ran before
+    this one. The first request after a load therefore returns exactly what
+    the warmup fed the instance, data included."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("total", torch.zeros(1, dtype=torch.int64))
+        self.tokens = torch.nn.Embedding(WITNESS_VOCABULARY, 8)
+
+    def forward(self, input_ids: torch.Tensor):
+        before = self.total.clone()
+        positions = torch.arange(1, input_ids.shape[1] + 1, dtype=torch.int64)
+        self.total.add_((input_ids * positions).sum())
+        return self.tokens(input_ids).mean(1), before.expand(input_ids.shape[0], 1).contiguous()
+
+
+def witness_checksum(ids) -> int:
+    """What the witness adds for one request of one item: the ids weighted
+    by their 1-based position (a permutation of the ids changes it)."""
+    return int(sum(int(token) * (index + 1) for index, token in enumerate(ids)))
+
+
+def write_witness_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(_WITNESS_CONFIG.format(name=name))
+    torch.jit.script(_Witness()).save(str(model_dir / "1" / "model.pt"))
+    return model_dir

@@ -24,6 +24,14 @@ import tqdm
 INPUT_ACTIVITY = "TENSOR_QUEUE_INPUT"
 
 
+def recording_flags(path: pathlib.Path, rate: int = 1) -> List[str]:
+    """The tritonserver flags that record every ``rate``-th request with its
+    model name (``TIMESTAMPS``) and its input tensors (``TENSORS``) to
+    ``path``; the file is complete once the server shuts down cleanly."""
+    settings = [f"triton,file={path}", "level=TIMESTAMPS", "level=TENSORS", f"rate={rate}", "count=-1"]
+    return [f"--trace-config={setting}" for setting in settings]
+
+
 class TraceError(ValueError):
     """A trace file that cannot be read as Triton's trace output."""
 
