@@ -65,6 +65,7 @@ bench: venv backend models
 	$(PY) -m bench.replica_benchmark
 	$(PY) -m bench.warmup_crash_rate
 	$(PY) -m bench.preflight_cost
+	$(PY) -m bench.traffic_benchmark
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache $(MODELS)

@@ -7,6 +7,7 @@ of measurements it makes.
 
 import concurrent.futures
 import dataclasses
+import json
 import pathlib
 import shutil
 import statistics
@@ -149,7 +150,14 @@ class Session:
         group_min: int = 1,
     ) -> Dict:
         """One request to the helper; the report plus the client's wall time."""
-        inputs = shape_arrays(models, group_min, group_max, batch_sizes=batch_sizes)
+        return self._send_warmup(shape_arrays(models, group_min, group_max, batch_sizes=batch_sizes))
+
+    def trigger_plan(self, document: Dict) -> Dict:
+        """One request to the helper with a plan document (``PLAN``), as
+        ``triton-warmup --plan`` sends it; the report plus the client's wall time."""
+        return self._send_warmup({"PLAN": np.array([json.dumps(document).encode("utf-8")], dtype=np.object_)})
+
+    def _send_warmup(self, inputs: Dict[str, np.ndarray]) -> Dict:
         started = time.perf_counter()
         _, parsed = request_warmup(self.client, "http", inputs, timeout_s=REQUEST_TIMEOUT_S)
         wall = time.perf_counter() - started
@@ -185,7 +193,7 @@ class Session:
 
     # -- requests ----------------------------------------------------------
 
-    def _inputs(self, model: str, shape: Shape, rng: np.random.Generator):
+    def inputs_at(self, model: str, shape: Shape, rng: np.random.Generator):
         """Request inputs at ``shape`` for ``model``'s config: its variable
         dimension is the group, floats are random, integers are ones (every
         item kept, token id 1)."""
@@ -234,7 +242,7 @@ class Session:
         """
         rng = np.random.default_rng(0)
         self.client.is_server_live()  # the connection is open before the first timed request
-        prepared = {shape: self._inputs(model, shape, rng) for shape in shapes}
+        prepared = {shape: self.inputs_at(model, shape, rng) for shape in shapes}
         rows = []
         for shape in shapes:
             first_ms, first_compute_ms = self.timed_request(model, prepared[shape])
@@ -273,7 +281,7 @@ class Session:
         def worker(seed: int) -> List[float]:
             rng = np.random.default_rng(seed)
             with httpclient.InferenceServerClient(self.http_url) as client:
-                inputs = self._inputs(model, Shape(group, 1), rng)
+                inputs = self.inputs_at(model, Shape(group, 1), rng)
                 latencies = []
                 barrier.wait()
                 for _ in range(requests_per_client):

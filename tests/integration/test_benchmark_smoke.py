@@ -143,3 +143,22 @@ def test_crash_rate_counts_each_failing_load(tmp_path):
     for outcome in idle["outcomes"]:
         assert outcome["answer"] == "error" or outcome["crashed"], outcome
     assert "| idle | 0 | 2 |" in (tmp_path / "warmup_crash_rate.md").read_text()
+
+
+def test_traffic_benchmark_compares_every_plan_on_the_recorded_traffic(tmp_path):
+    finished = run_module("bench.traffic_benchmark", "--models", "model-v1", "--requests", "40", "--trials", "1",
+                          "--steady", "1", "--read-requests", "200", "--output-dir", str(tmp_path),
+                          timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    result = json.loads((tmp_path / "traffic_benchmark.json").read_text())["models"]["model-v1"]
+    rows = {row["condition"]: row for row in result["conditions"]}
+    assert list(rows) == ["cold", "range", "traffic", "traffic reversed", "traffic --cover 0.95"]
+    shapes = result["recording"]["distinct_shapes"]
+    assert rows["traffic"]["samples"] == rows["traffic reversed"]["samples"] == shapes
+    assert rows["range"]["samples"] == 4 * result["recording"]["longest"]
+    assert rows["traffic"]["coverage"] == rows["range"]["coverage"] == 1.0 and rows["cold"]["coverage"] == 0.0
+    assert rows["traffic --cover 0.95"]["samples"] <= shapes and rows["traffic --cover 0.95"]["coverage"] >= 0.95
+    assert all(row["seconds_to_ready"] > 0 for row in rows.values())
+    recorded, scaled = result["reading"]
+    assert recorded["requests"] == 40 and scaled["requests"] == 200
+    assert "## model-v1" in (tmp_path / "traffic_benchmark.md").read_text()

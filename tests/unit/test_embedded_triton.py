@@ -80,3 +80,10 @@ def test_assembling_again_replaces_the_library_by_rename(tmp_path):
     # A new file, not a write into the old one that a live server may map.
     assert library.stat().st_ino != first_inode
     assert sorted(path.name for path in (backends / "pytorch").iterdir()) == ["libtriton_pytorch.so"]
+
+
+def test_free_port_never_hands_out_a_port_twice():
+    # A server's three ports are picked before it binds any: a repeat made
+    # tritonserver refuse to start in a benchmark run.
+    ports = [server.free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

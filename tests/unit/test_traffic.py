@@ -132,20 +132,38 @@ def test_numbered_parts_stand_for_their_base_name(tmp_path):
     ]
 
 
-def test_a_large_trace_is_read_without_holding_it(tmp_path, traffic_repository):
+@pytest.fixture(scope="module")
+def big_trace(tmp_path_factory):
     # 2000 requests with 4,096 floats each: about 23 MB of trace text.
     requests = [v1_request(1, 64, fill=0.123456) for _ in range(2000)]
-    path = write_trace(tmp_path / "big.json", requests)
-    size = path.stat().st_size
-    configs = repository_configs(traffic_repository)
+    return write_trace(tmp_path_factory.mktemp("big") / "big.json", requests)
+
+
+@pytest.mark.parametrize("planned", [["model-v1"], ["text-encoder"]], ids=["its model planned", "its model not planned"])
+def test_a_large_trace_is_read_without_holding_it(big_trace, traffic_repository, planned):
+    size = big_trace.stat().st_size
+    configs = repository_configs(traffic_repository, planned)
     tracemalloc.start()
     try:
-        profile = profile_traffic([path], configs)
+        profile = profile_traffic([big_trace], configs)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert profile.models["model-v1"].requests == 2000
+    if planned == ["model-v1"]:
+        assert profile.models["model-v1"].requests == 2000
+    else:
+        assert profile.other_models == {"model-v1": 2000} and profile.models == {}
     assert peak < size / 10, f"peak {peak} bytes for a {size}-byte trace"
+
+
+def test_inputs_without_a_model_record_are_not_kept_without_bound(tmp_path, monkeypatch):
+    from triton_warmup.traffic import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "_MAX_UNNAMED", 3)
+    path = write_trace(tmp_path / "t.json", [(None, v1_request(1, 2)[1])] * 10)
+    summary = ReadSummary()
+    assert list(read_requests([path], {"model-v1": {"x", "mask"}}.get, summary=summary)) == []
+    assert summary.tensors_without_model == 10
 
 
 # --- shapes ----------------------------------------------------------------

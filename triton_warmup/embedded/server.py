@@ -179,11 +179,26 @@ def server_environment(install: TritonInstall, base: Optional[Dict[str, str]] = 
     return env
 
 
+# Ports free_port has handed out in this process. The kernel may give a
+# just-closed port again at once, and a server's HTTP, gRPC and metrics ports
+# are picked one after another before it binds any: a repeat made
+# tritonserver refuse to start ("cannot listen to HTTP requests and GRPC
+# requests at the same address and port") in a benchmark run.
+_HANDED_OUT: set = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now (for servers started side by side)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nothing listens on right now and that this process has not
+    handed out before (for servers started side by side)."""
+    with _HANDED_OUT_LOCK:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
 
 
 def server_options(

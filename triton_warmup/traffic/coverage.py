@@ -94,10 +94,7 @@ def measure_coverage(
                 shapes_seen=len(ranked),
                 warmed_shapes=len(warmed),
                 uncovered=[(shape, count) for shape, count in ranked if shape not in warmed],
-                rejected=[
-                    (raw, reason, count)
-                    for (raw, reason), count in sorted(traffic.rejected.items(), key=lambda item: (-item[1], item[0]))
-                ],
+                rejected=traffic.rejected_list(),
             )
         )
     return results

@@ -201,13 +201,13 @@ def make_plan(
     for name, traffic in sorted(profile.models.items()):
         if not traffic.shapes:
             selections.append(
-                ModelSelection(name, [], traffic.requests, 0, [], _rejected(traffic))
+                ModelSelection(name, [], traffic.requests, 0, [], traffic.rejected_list())
             )
             continue
         config = configs[name]
         chosen, left_out = select_shapes(traffic, max_samples, cover)
         selection = ModelSelection(
-            name, chosen, traffic.requests, sum(count for _, count in chosen), left_out, _rejected(traffic)
+            name, chosen, traffic.requests, sum(count for _, count in chosen), left_out, traffic.rejected_list()
         )
         entry: Dict = {}
         if count is not None:
@@ -236,13 +236,6 @@ def make_plan(
     document = {"models": models}
     _check_with_helper(document, configs, data_files)
     return TrafficPlan(document, selections, data_files)
-
-
-def _rejected(traffic: ModelTraffic) -> List[Tuple[str, str, int]]:
-    return [
-        (raw, reason, count)
-        for (raw, reason), count in sorted(traffic.rejected.items(), key=lambda item: (-item[1], item[0]))
-    ]
 
 
 def _sample_files(

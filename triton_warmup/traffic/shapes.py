@@ -121,6 +121,11 @@ class ModelTraffic:
         """Shapes with their request counts, most frequent first; ties in shape order."""
         return sorted(self.shapes.items(), key=lambda item: (-item[1], item[0]))
 
+    def rejected_list(self) -> List[Tuple[str, str, int]]:
+        """(raw shapes, reason, requests) of the rejected requests, most frequent first."""
+        ranked = sorted(self.rejected.items(), key=lambda item: (-item[1], item[0]))
+        return [(raw, reason, count) for (raw, reason), count in ranked]
+
 
 @dataclasses.dataclass
 class TrafficProfile:

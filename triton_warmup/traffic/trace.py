@@ -23,6 +23,11 @@ import tqdm
 
 INPUT_ACTIVITY = "TENSOR_QUEUE_INPUT"
 
+# Triton writes a request's model record before its tensors; this many
+# requests with tensors but no model record yet is a trace without model
+# records (level=TENSORS alone), whose inputs are then counted, not kept.
+_MAX_UNNAMED = 10_000
+
 
 def recording_flags(path: pathlib.Path, rate: int = 1) -> List[str]:
     """The tritonserver flags that record every ``rate``-th request with its
@@ -133,7 +138,7 @@ def _records(path: pathlib.Path, summary: ReadSummary, progress) -> Iterator[dic
 
 def read_requests(
     paths: Sequence[pathlib.Path],
-    required_inputs: Callable[[str], Optional[Set[str]]] = lambda model: None,
+    required_inputs: Optional[Callable[[str], Optional[Set[str]]]] = None,
     summary: Optional[ReadSummary] = None,
     show_progress: Optional[bool] = None,
 ) -> Iterator[TracedRequest]:
@@ -142,9 +147,11 @@ def read_requests(
     Args:
         paths: trace files, in any order.
         required_inputs: the inputs a model's config requires, or ``None``
-            for a model it does not know; a request is handed on as soon as
-            its model and those inputs are seen, so memory holds only the
-            requests still being read.
+            for a model the caller does not plan (its requests are handed on
+            without inputs, at once). A request is handed on as soon as its
+            model and those inputs are seen, so memory holds only the
+            requests still being read. Without it every request is kept
+            until the files end.
         summary: filled in while reading.
         show_progress: a progress bar of bytes read on stderr; ``None``
             shows it only on a terminal.
@@ -160,14 +167,14 @@ def read_requests(
     summary.files = [str(path) for path in files]
     summary.bytes_read = sum(path.stat().st_size for path in files)
     pending: Dict[int, TracedRequest] = {}
-    inputs_of: Dict[int, Dict[str, TracedTensor]] = {}
-
-    def complete(trace_id: int) -> bool:
-        request = pending.get(trace_id)
-        if request is None or not request.inputs:
-            return False
-        needed = required_inputs(request.model)
-        return needed is not None and needed <= set(request.inputs)
+    # Inputs read before their request's model record, and the ids whose
+    # inputs were dropped because too many such requests were open at once
+    # (a trace without model records would otherwise end up in memory).
+    unnamed: Dict[int, Dict[str, TracedTensor]] = {}
+    unnamed_dropped: Set[int] = set()
+    # Requests already handed on: their later records (outputs, timestamps)
+    # are of no use.
+    done: Set[int] = set()
 
     # tqdm's disable=None means "only on a terminal".
     disable = None if show_progress is None else not show_progress
@@ -177,34 +184,50 @@ def read_requests(
         for path in files:
             for record in _records(path, summary, progress):
                 trace_id = record.get("id")
+                if trace_id in done:
+                    continue
                 if "model_name" in record:
-                    request = TracedRequest(trace_id, str(record["model_name"]), inputs_of.pop(trace_id, {}))
+                    model = str(record["model_name"])
+                    unnamed_dropped.discard(trace_id)
+                    request = TracedRequest(trace_id, model, unnamed.pop(trace_id, {}))
+                    if required_inputs is not None and required_inputs(model) is None:
+                        # A model the caller does not plan: only counted.
+                        done.add(trace_id)
+                        yield TracedRequest(trace_id, model, {})
+                        continue
                     pending[trace_id] = request
                 elif record.get("activity") == INPUT_ACTIVITY:
-                    tensor = record.get("tensor") or {}
-                    try:
-                        traced = TracedTensor(
-                            str(tensor["name"]),
-                            str(tensor["dtype"]),
-                            _shape(str(tensor["shape"]), str(path)),
-                            str(tensor.get("data", "")),
-                        )
-                    except KeyError as missing:
-                        raise TraceError(f"{path}: a {INPUT_ACTIVITY} record lacks {missing}") from None
+                    traced = _tensor(record, path)
                     if trace_id in pending:
                         pending[trace_id].inputs[traced.name] = traced
+                    elif trace_id in unnamed or len(unnamed) < _MAX_UNNAMED:
+                        unnamed.setdefault(trace_id, {})[traced.name] = traced
+                        continue
                     else:
-                        inputs_of.setdefault(trace_id, {})[traced.name] = traced
+                        unnamed_dropped.add(trace_id)
+                        continue
                 else:
                     continue
-                if complete(trace_id):
+                request = pending[trace_id]
+                if required_inputs is not None and required_inputs(request.model) <= set(request.inputs):
+                    done.add(trace_id)
                     yield pending.pop(trace_id)
     for request in pending.values():
         if request.inputs:
             yield request
         else:
             summary.requests_without_tensors += 1
-    summary.tensors_without_model = len(inputs_of)
+    summary.tensors_without_model = len(unnamed) + len(unnamed_dropped)
+
+
+def _tensor(record: dict, path: pathlib.Path) -> TracedTensor:
+    tensor = record.get("tensor") or {}
+    try:
+        return TracedTensor(
+            str(tensor["name"]), str(tensor["dtype"]), _shape(str(tensor["shape"]), str(path)), str(tensor.get("data", ""))
+        )
+    except KeyError as missing:
+        raise TraceError(f"{path}: a {INPUT_ACTIVITY} record lacks {missing}") from None
 
 
 def expand_paths(paths: Iterable[str]) -> List[pathlib.Path]:
