@@ -12,9 +12,12 @@ condition, --trials times:
 * cold: no warmup;
 * range: group sizes 1..(longest length seen) x batch sizes 1, 2, 4, 8, the
   plan a person writes who knows only the range;
-* traffic: every recorded shape, most frequent first, recorded data;
-* traffic reversed: the same samples, least frequent first;
-* traffic --cover 0.95: the most frequent shapes that carry 95% of requests.
+* traffic, frequent first: every recorded shape, recorded data, the most
+  frequent warmed first (``--order frequent-first``);
+* traffic, frequent last: the same samples, the most frequent warmed last
+  (the default order);
+* traffic --cover 0.95: the most frequent shapes that carry 95% of requests,
+  in the default order.
 
 Each trial runs on a new tritonserver process, because libtorch keeps
 compiled kernels per process: a second load in one process is not cold.
@@ -58,7 +61,10 @@ BATCH_SHARES = (0.70, 0.15, 0.10, 0.05)
 # A first request this many times its shape's steady compute counts as slow.
 SLOW_RATIO = 1.5
 COVER = 0.95
-CONDITIONS = ("cold", "range", "traffic", "traffic reversed", f"traffic --cover {COVER}")
+FIRST = "traffic, frequent first"
+LAST = "traffic, frequent last"
+COVERED = f"traffic --cover {COVER}"
+CONDITIONS = ("cold", "range", FIRST, LAST, COVERED)
 
 
 def traffic_shapes(count: int, rng: np.random.Generator) -> List[Tuple[int, int]]:
@@ -132,12 +138,6 @@ def range_plan(model: str, longest: int) -> Dict:
     return {"models": {model: {"group_size_min": 1, "group_size_max": longest, "batch_sizes": list(BATCH_SIZES)}}}
 
 
-def reversed_plan(model: str, document: Dict) -> Dict:
-    entry = dict(document["models"][model])
-    entry["samples"] = list(reversed(entry["samples"]))
-    return {"models": {model: entry}}
-
-
 def bring_up(session: Session, model: str, condition: str, plans: Dict[str, Dict]) -> Dict:
     """Load ``model`` on a server that has not loaded it yet, in ``condition``."""
     bare = session.bare_config(model)
@@ -172,6 +172,33 @@ def score(rows: List[Dict], counts: Dict[Tuple[int, int], int]) -> Dict:
     }
 
 
+def warm_positions(model: str, plan: Optional[Dict]) -> Dict[Tuple[int, int], int]:
+    """(batch, group) -> the 1-based position at which the plan warms it
+    (Triton runs the samples in this order); empty for no plan."""
+    if plan is None:
+        return {}
+    entry = plan["models"][model]
+    if "samples" in entry:
+        shapes = [(sample["batch_size"], next(iter(sample["inputs"].values()))[0]) for sample in entry["samples"]]
+    else:
+        # The helper's range order: group size, then batch size.
+        shapes = [
+            (batch, group)
+            for group in range(entry["group_size_min"], entry["group_size_max"] + 1)
+            for batch in entry["batch_sizes"]
+        ]
+    return {shape: index for index, shape in enumerate(shapes, start=1)}
+
+
+def slow_by_quarter(trial: Dict, samples: int) -> List[int]:
+    """Slow shapes by the quarter of the plan in which they were warmed."""
+    quarters = [0, 0, 0, 0]
+    for row in trial["rows"]:
+        if row["warmed_at"] is not None and (row["compute_ratio"] or 0) > SLOW_RATIO:
+            quarters[min(3, (row["warmed_at"] - 1) * 4 // samples)] += 1
+    return quarters
+
+
 def measure_condition(model: str, condition: str, plans: Dict, recorded: Dict, workdir: pathlib.Path,
                       repository: pathlib.Path, args) -> Dict:
     """--trials runs of ``condition``, each on a new tritonserver process:
@@ -191,7 +218,23 @@ def measure_condition(model: str, condition: str, plans: Dict, recorded: Dict, w
                 rows = session.measure_shapes(model, shapes, args.steady)
             finally:
                 session.close()
-        trials.append({**brought_up, **score(rows, recorded["counts"])})
+        positions = warm_positions(model, plans.get(condition))
+        trials.append({
+            **brought_up,
+            **score(rows, recorded["counts"]),
+            "rows": [
+                {
+                    "batch": row["batch"],
+                    "group": row["group"],
+                    "requests": recorded["counts"][(row["batch"], row["group"])],
+                    "warmed_at": positions.get((row["batch"], row["group"])),
+                    "compute_ratio": row["compute_ratio"],
+                    "first_compute_ms": row["first_compute_ms"],
+                    "steady_compute_p50_ms": row["steady_compute_p50_ms"],
+                }
+                for row in rows
+            ],
+        })
         print(
             f"{model}, {condition}: READY in {brought_up['seconds_to_ready']:.2f} s ({brought_up['samples']} samples); "
             f"{trials[-1]['slow_shapes']} of {len(shapes)} shapes slow, "
@@ -257,6 +300,17 @@ def markdown(results: Dict) -> str:
                 f"{row['slow_shapes']:g} of {recorded['distinct_shapes']} | {row['slow_traffic_share']:.1%} | "
                 f"{row['excess_ms']:.1f} | {row['weighted_median_ratio']:.2f}x | {row['worst_ratio']:.2f}x |"
             )
+        lines += [
+            "",
+            "Slow warmed shapes by the quarter of the plan in which they were warmed (first to last), per trial:",
+            "",
+        ]
+        for row in result["conditions"]:
+            if row["samples"]:
+                quarters = "; ".join(
+                    " / ".join(map(str, slow_by_quarter(trial, row["samples"]))) for trial in row["trials"]
+                )
+                lines.append(f"- {row['condition']}: {quarters}")
         lines.append("")
     lines += [
         "## Reading traces\n",
@@ -281,9 +335,10 @@ def measure_model(model: str, workdir: pathlib.Path, repository: pathlib.Path, a
     counts = recorded["counts"]
     print(f"{model}: recorded {args.requests} requests, {len(counts)} shapes, in {recorded['seconds']:.1f} s",
           flush=True)
-    traffic_path, cover_path = workdir / f"{model}-traffic.yaml", workdir / f"{model}-cover.yaml"
-    full = run_from_trace([recorded["trace"]], repository, traffic_path, "-m", model)
-    run_from_trace([recorded["trace"]], repository, cover_path, "-m", model, "--cover", str(COVER))
+    paths = {condition: workdir / f"{model}-{index}.yaml" for index, condition in enumerate(CONDITIONS)}
+    full = run_from_trace([recorded["trace"]], repository, paths[LAST], "-m", model)
+    run_from_trace([recorded["trace"]], repository, paths[FIRST], "-m", model, "--order", "frequent-first")
+    run_from_trace([recorded["trace"]], repository, paths[COVERED], "-m", model, "--cover", str(COVER))
     scaled = workdir / f"{model}-scaled.json"
     scaled_trace(recorded["trace"], scaled, args.read_requests)
     reading = []
@@ -296,14 +351,9 @@ def measure_model(model: str, workdir: pathlib.Path, repository: pathlib.Path, a
               f"{run['seconds']:.2f} s", flush=True)
     scaled.unlink()
 
-    traffic = yaml.safe_load(traffic_path.read_text())
     longest = max(length for _, length in counts)
-    plans = {
-        "range": range_plan(model, longest),
-        "traffic": traffic,
-        "traffic reversed": reversed_plan(model, traffic),
-        f"traffic --cover {COVER}": yaml.safe_load(cover_path.read_text()),
-    }
+    plans = {"range": range_plan(model, longest)}
+    plans.update({condition: yaml.safe_load(paths[condition].read_text()) for condition in (FIRST, LAST, COVERED)})
     conditions = []
     for condition in CONDITIONS:
         row = measure_condition(model, condition, plans, recorded, workdir, repository, args)

@@ -7,7 +7,7 @@
 # that does not come up, a model that fails to warm) stops the server and
 # exits non-zero, so that Kubernetes restarts the container instead of
 # sending traffic to a cold replica. Readiness itself is the probes' job
-# (query_model_states.py --wait-ready --plan, deploy/kubernetes/).
+# (triton-warmup-states --wait-ready --plan, deploy/kubernetes/).
 #
 # Settings, from the environment:
 #   MODEL_REPOSITORY   repository to serve; holds warmup_helper
@@ -15,7 +15,7 @@
 #   HTTP_PORT, GRPC_PORT, METRICS_PORT
 #   STARTUP_TIMEOUT_S  seconds for the server to get warmup_helper READY
 #   WARMUP_TIMEOUT_S   seconds for the whole warmup
-#   WARMUP_ARGS        more warmup_models.py flags, e.g. "-H admin-key=secret"
+#   WARMUP_ARGS        more triton-warmup flags, e.g. "-H admin-key=secret"
 #   TRITONSERVER       the server command; NVIDIA's image has tritonserver on
 #                      PATH (the tests use "python -m triton_warmup.embedded")
 # The clients are the triton_warmup package's commands (triton-warmup,

@@ -152,11 +152,17 @@ def test_traffic_benchmark_compares_every_plan_on_the_recorded_traffic(tmp_path)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     result = json.loads((tmp_path / "traffic_benchmark.json").read_text())["models"]["model-v1"]
     rows = {row["condition"]: row for row in result["conditions"]}
-    assert list(rows) == ["cold", "range", "traffic", "traffic reversed", "traffic --cover 0.95"]
+    first, last = "traffic, frequent first", "traffic, frequent last"
+    assert list(rows) == ["cold", "range", first, last, "traffic --cover 0.95"]
     shapes = result["recording"]["distinct_shapes"]
-    assert rows["traffic"]["samples"] == rows["traffic reversed"]["samples"] == shapes
+    assert rows[first]["samples"] == rows[last]["samples"] == shapes
     assert rows["range"]["samples"] == 4 * result["recording"]["longest"]
-    assert rows["traffic"]["coverage"] == rows["range"]["coverage"] == 1.0 and rows["cold"]["coverage"] == 0.0
+    assert rows[last]["coverage"] == rows["range"]["coverage"] == 1.0 and rows["cold"]["coverage"] == 0.0
+    # Each shape's position in the plan: the two orders are each other's reverse.
+    (first_trial,), (last_trial,) = rows[first]["trials"], rows[last]["trials"]
+    at_first = {(row["batch"], row["group"]): row["warmed_at"] for row in first_trial["rows"]}
+    at_last = {(row["batch"], row["group"]): row["warmed_at"] for row in last_trial["rows"]}
+    assert all(at_first[shape] == shapes + 1 - at_last[shape] for shape in at_first)
     assert rows["traffic --cover 0.95"]["samples"] <= shapes and rows["traffic --cover 0.95"]["coverage"] >= 0.95
     assert all(row["seconds_to_ready"] > 0 for row in rows.values())
     recorded, scaled = result["reading"]

@@ -1,6 +1,7 @@
 """Plans that list their samples (what a plan made from traffic holds)."""
 
 import pytest
+import yaml
 
 from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.job_planning import plan_jobs
@@ -158,3 +159,25 @@ def test_hand_written_samples_stay_first_and_listed_ones_follow_in_order(reposit
         [7, 64], [2, 64], [1, 64]
     ]
     assert (job.samples, job.batch_sizes, job.group_sizes) == (3, (1, 4, 8), ())
+
+
+def test_the_helpers_error_about_a_listed_sample_names_its_line_in_the_plan_file(tmp_path):
+    from triton_warmup.client.plan_file import locate_plan_error
+
+    plan = tmp_path / "traffic.yaml"
+    plan.write_text(
+        "models:\n"
+        "  model-v1:\n"
+        "    samples:\n"
+        "    - batch_size: 1\n"
+        "      inputs: {x: [2, 64], mask: [2]}\n"
+        "    - batch_size: 2\n"
+        "      inputs:\n"
+        "        x: [3, 32]\n"
+        "        mask: [3]\n"
+    )
+    request = parse_plan_document(yaml.safe_load(plan.read_text()), HELPER_MODEL)
+    with pytest.raises(WarmupRequestError) as refused:
+        plan_listed_samples(config(V1_CONFIG), request.plans[0].samples, plan_path=request.plans[0].plan_path)
+    located = locate_plan_error(plan, refused.value)
+    assert located.startswith(f"{plan}, line 8: models.model-v1.samples.1.inputs.x: dims [3, 32] do not fit")

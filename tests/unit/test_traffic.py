@@ -279,23 +279,31 @@ def made_plan(trace, repository, **options):
     return make_plan(profile_traffic([trace], configs), configs, repository, **options)
 
 
-def test_the_plan_lists_shapes_by_frequency_with_recorded_data(trace, traffic_repository, tmp_path):
-    plan = made_plan(trace, traffic_repository)
+@pytest.mark.parametrize(
+    "order, expected",
+    [
+        ("frequent-last", [(4, 2, 5), (1, 16, 15), (2, 8, 30), (1, 4, 50)]),
+        ("frequent-first", [(1, 4, 50), (2, 8, 30), (1, 16, 15), (4, 2, 5)]),
+    ],
+)
+def test_the_plan_lists_shapes_in_warmup_order_with_recorded_data(trace, traffic_repository, tmp_path, order, expected):
+    plan = made_plan(trace, traffic_repository, order=order)
     output = tmp_path / "plan.yaml"
     written = write_plan(plan, output)
     document, request = load_plan(output)
     samples = document["models"]["model-v1"]["samples"]
-    assert [(sample["batch_size"], sample["inputs"]["x"][0], sample["requests"]) for sample in samples] == [
-        (1, 4, 50), (2, 8, 30), (1, 16, 15), (4, 2, 5),
-    ]
+    assert [(sample["batch_size"], sample["inputs"]["x"][0], sample["requests"]) for sample in samples] == expected
     # The helper plans it as written: same order, the recorded data files.
     jobs = {job.name: job for job in plan_jobs(traffic_repository, request)}
-    warmup = jobs["model-v1"].rewrite.config.model_warmup
-    assert [list(sample.inputs["x"].dims) for sample in warmup] == [[4, 64], [8, 64], [16, 64], [2, 64]]
-    x_file = traffic_repository / "model-v1" / "warmup" / warmup[1].inputs["x"].input_data_file
+    warmup = {
+        (sample.batch_size, sample.inputs["x"].dims[0]): sample for sample in jobs["model-v1"].rewrite.config.model_warmup
+    }
+    assert list(warmup) == [(batch, group) for batch, group, _ in expected]
+    folder = traffic_repository / "model-v1" / "warmup"
     # The batch-2 request was filled with 0.5: its first item is the data.
+    x_file = folder / warmup[(2, 8)].inputs["x"].input_data_file
     assert np.frombuffer(x_file.read_bytes(), np.float32).tolist() == [0.5] * 8 * 64
-    mask_file = traffic_repository / "model-v1" / "warmup" / warmup[0].inputs["mask"].input_data_file
+    mask_file = folder / warmup[(1, 4)].inputs["mask"].input_data_file
     assert np.frombuffer(mask_file.read_bytes(), np.int64).tolist() == [0, 1, 2, 3]
     assert len(written) == len(set(plan.data_files)) and all(path.is_file() for path in written)
 

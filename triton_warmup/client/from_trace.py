@@ -24,7 +24,7 @@ from typing import List, Optional
 
 from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.request import WarmupRequestError
-from triton_warmup.traffic.plan import DATA_CHOICES, TrafficPlanError, make_plan, write_plan
+from triton_warmup.traffic.plan import DATA_CHOICES, FREQUENT_LAST, ORDERS, TrafficPlanError, make_plan, write_plan
 from triton_warmup.traffic.shapes import profile_traffic, repository_configs
 from triton_warmup.traffic.trace import TraceError, expand_paths
 
@@ -82,6 +82,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="Sample data: recorded (the first request of each shape, written to warmup/traffic/), auto "
         "(floats random, the rest zeros), random or zero. Default is recorded.",
     )
+    parser.add_argument(
+        "--order", choices=ORDERS, default=FREQUENT_LAST,
+        help="The order Triton runs the samples in. Default is frequent-last: the most frequent shape is "
+        "warmed last, which kept the frequent shapes fast in bench/results/traffic_benchmark.md.",
+    )
     parser.add_argument("--count", type=positive, default=None, help="Runs per sample. Default is the helper's.")
     return parser.parse_args(argv)
 
@@ -97,7 +102,10 @@ def plan_header(args: argparse.Namespace, profile, plan) -> List[str]:
             f"{selection.model}: {len(selection.shapes)} samples cover {selection.covered} of "
             f"{selection.requests} requests ({selection.share:.1%})"
         )
-    lines.append("Samples run in this order, most frequent first; keep it (docs/traffic.md).")
+    where = "last" if args.order == FREQUENT_LAST else "first"
+    lines.append(
+        f"Triton runs the samples in this order, the most frequent {where} (--order {args.order}; docs/traffic.md)."
+    )
     return lines
 
 
@@ -151,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     notes = reading_notes(profile)
     try:
         plan = make_plan(
-            profile, configs, args.model_repository, args.max_samples, args.cover, args.data, args.count
+            profile, configs, args.model_repository, args.max_samples, args.cover, args.data, args.count, args.order
         )
         written = write_plan(plan, args.output, plan_header(args, profile, plan))
     except TrafficPlanError as error:

@@ -1,9 +1,10 @@
 """Turn recorded traffic into a plan file with listed samples.
 
-Per model: every shape the config can take, most frequent first, cut by a
-sample count or by the share of recorded requests to cover. Each sample can
-carry the data of the first request recorded at its shape, written to the
-model's ``warmup/`` folder as Triton's ``input_data_file``.
+Per model: every shape the config can take, ranked by how many requests had
+it, cut by a sample count or by the share of recorded requests to cover, and
+listed in warmup order: most frequent last by default (``ORDERS``). Each
+sample can carry the data of the first request recorded at its shape,
+written to the model's ``warmup/`` folder as Triton's ``input_data_file``.
 
 Nothing is written until the whole plan is made and checked by the helper's
 own validator and planner; the data files are written atomically under names
@@ -35,6 +36,15 @@ from triton_warmup.traffic.trace import TracedTensor
 # auto: floats random, everything else zeros (the helper's default);
 # random / zero: that policy for every input.
 DATA_CHOICES = ("recorded", "auto", "random", "zero")
+
+# The order Triton runs the samples in. TorchScript (torch 2.13, Triton's
+# libtorch backend) kept the shapes warmed last fast and let shapes warmed
+# early go slow again: on model-v1 with 161 recorded shapes, most frequent
+# last left 1.9% of the recorded requests on a shape whose first request was
+# still slow, most frequent first 96.7% (bench/results/traffic_benchmark.md).
+FREQUENT_LAST = "frequent-last"
+FREQUENT_FIRST = "frequent-first"
+ORDERS = (FREQUENT_LAST, FREQUENT_FIRST)
 
 # Where the recorded data goes inside the model's warmup/ folder.
 TRAFFIC_DATA_FOLDER = "traffic"
@@ -186,6 +196,7 @@ def make_plan(
     cover: Optional[float] = None,
     data: str = "recorded",
     count: Optional[int] = None,
+    order: str = FREQUENT_LAST,
 ) -> TrafficPlan:
     """The plan for every model of ``profile``, checked as the helper checks it.
 
@@ -195,6 +206,8 @@ def make_plan(
     """
     if data not in DATA_CHOICES:
         raise TrafficPlanError(f"data must be one of {list(DATA_CHOICES)}, got {data!r}")
+    if order not in ORDERS:
+        raise TrafficPlanError(f"order must be one of {list(ORDERS)}, got {order!r}")
     models: Dict[str, Dict] = {}
     selections = []
     data_files: Dict[pathlib.Path, bytes] = {}
@@ -215,7 +228,7 @@ def make_plan(
         if data in ("random", "zero"):
             entry["data"] = {model_input.name: data for model_input in config.input}
         samples = []
-        for shape, requests in chosen:
+        for shape, requests in (reversed(chosen) if order == FREQUENT_LAST else chosen):
             sample: Dict = {"batch_size": shape.batch_size, "inputs": {key: list(dims) for key, dims in shape.inputs}}
             if data == "recorded":
                 files = _sample_files(
