@@ -4,9 +4,10 @@ Record with tritonserver --trace-config triton,file=trace.json
 --trace-config level=TIMESTAMPS --trace-config level=TENSORS
 --trace-config rate=1 --trace-config count=-1 (rate=N records every Nth
 request). Per model of the repository, the plan lists every shape the traffic
-sent that the model's config can take, most frequent first (Triton runs the
-samples in that order, and TorchScript keeps its optimized graphs for the
-first shapes it meets), cut by --max-samples or --cover. Each sample carries
+sent that the model's config can take, cut by --max-samples or --cover to
+the most frequent ones, in the order Triton is to run them: the most
+frequent last by default, because TorchScript kept the shapes warmed last
+fast (--order; docs/traffic.md). Each sample carries
 the data of the first request recorded at its shape, written to the model's
 warmup/traffic/ folder, unless --data says otherwise. Shapes the config
 cannot take are reported and left out. Then: triton-warmup --plan PLAN.
