@@ -251,20 +251,8 @@ def measure_condition(model: str, condition: str, plans: Dict, recorded: Dict, w
 
 
 def coverage_of(plans: Dict, model: str, condition: str, recorded: Dict) -> float:
-    if condition == "cold":
-        return 0.0
-    entry = plans[condition]["models"][model]
-    if "samples" in entry:
-        # Every input's first dim is the group (sequence length) in both models.
-        warmed = {
-            (sample["batch_size"], next(iter(sample["inputs"].values()))[0]) for sample in entry["samples"]
-        }
-    else:
-        warmed = {
-            (batch, length)
-            for batch in entry["batch_sizes"]
-            for length in range(entry["group_size_min"], entry["group_size_max"] + 1)
-        }
+    """The share of recorded requests whose shape the condition's plan warms."""
+    warmed = warm_positions(model, plans.get(condition))
     total = sum(recorded["counts"].values())
     return sum(count for shape, count in recorded["counts"].items() if shape in warmed) / total
 

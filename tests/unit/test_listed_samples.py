@@ -8,7 +8,7 @@ from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.request import WarmupRequestError, parse_plan_document
 from triton_warmup.helper.warmup_plan import GENERATED_PREFIX, plan_listed_samples
 from test_warmup_plan import config
-from repository_fixtures import snapshot
+from repository_fixtures import PROJECT_REPOSITORY, snapshot
 
 V1_SAMPLES = [
     {"batch_size": 4, "inputs": {"x": [7, 64], "mask": [7]}, "requests": 90},
@@ -73,16 +73,8 @@ def listed(document_samples):
     return parse({"models": {"model-v1": {"samples": document_samples}}}).plans[0].samples
 
 
-V1_CONFIG = """
-name: "model-v1"
-platform: "pytorch_libtorch"
-max_batch_size: 8
-input [
-  { name: "x" data_type: TYPE_FP32 dims: [ -1, 64 ] },
-  { name: "mask" data_type: TYPE_INT64 dims: [ -1 ] }
-]
-output [ { name: "output" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"""
+# model-v1's own config: x FP32 [-1, 64], mask INT64 [-1], max_batch_size 8.
+V1_CONFIG = (PROJECT_REPOSITORY / "model-v1" / "config.pbtxt").read_text()
 
 
 def test_listed_samples_become_model_warmup_in_plan_order():

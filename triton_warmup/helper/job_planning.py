@@ -25,9 +25,9 @@ from triton_warmup.helper.warmup_plan import (
     DEFAULT_MAX_SAMPLE_BYTES,
     DEFAULT_MAX_WARMUP_SAMPLES,
     DEFAULT_WARMUP_COUNT,
-    element_bytes,
     plan_listed_samples,
     plan_warmup,
+    tensor_bytes,
 )
 
 
@@ -119,9 +119,7 @@ def _check_data_files(model_dir: pathlib.Path, config, plan_request: ModelPlanRe
                 )
             if sample_input.data_type == model_config_pb2.DataType.TYPE_STRING:
                 continue
-            needed = element_bytes(declared[input_name].data_type)
-            for dim in sample_input.dims:
-                needed *= dim
+            needed = tensor_bytes(declared[input_name].data_type, sample_input.dims)
             size = data_file.stat().st_size
             if size < needed:
                 raise WarmupRequestError(

@@ -156,12 +156,25 @@ def element_bytes(data_type: int) -> int:
     return _ELEMENT_BYTES.get(data_type, 8)
 
 
+def tensor_bytes(data_type: int, dims: Sequence[int]) -> int:
+    """Bytes of one request's tensor of these dims (no batch dim)."""
+    elements = 1
+    for dim in dims:
+        elements *= dim
+    return elements * element_bytes(data_type)
+
+
 def input_bytes(model_input: model_config_pb2.ModelInput, group_size: int, feature_dim: Optional[int]) -> int:
     """Bytes of one input of one request (batch size 1) at this group size."""
-    elements = 1
-    for dim in sample_dims(model_input.dims, group_size, feature_dim):
-        elements *= dim
-    return elements * element_bytes(model_input.data_type)
+    return tensor_bytes(model_input.data_type, sample_dims(model_input.dims, group_size, feature_dim))
+
+
+def dims_fit(config_dims: Sequence[int], dims: Sequence[int]) -> bool:
+    """Whether concrete ``dims`` fit an input's config dims: the same rank,
+    and every fixed dim the same."""
+    return len(dims) == len(config_dims) and all(
+        want == VARIABLE_DIM or want == got for want, got in zip(config_dims, dims)
+    )
 
 
 def sample_bytes(
@@ -347,10 +360,7 @@ def _check_listed_dims(
         )
     for name, dims in given.items():
         expected = list(declared[name].dims)
-        fits = len(dims) == len(expected) and all(
-            want == VARIABLE_DIM or want == got for want, got in zip(expected, dims)
-        )
-        if not fits:
+        if not dims_fit(expected, dims):
             raise WarmupRequestError(
                 "PLAN",
                 f"dims {list(dims)} do not fit '{config.name}' input '{name}', whose config dims are "
@@ -391,32 +401,20 @@ def plan_listed_samples(
         )
     policies = data_policies(config, data, default_data)
     elements = {model_input.name: model_input for model_input in config.input}
-    limit = config.max_batch_size if config.max_batch_size > 0 else 1
     samples = []
     for index, entry in enumerate(listed):
         path = plan_path + ("samples", index)
-        if entry.batch_size > limit:
-            reason = (
-                f"max_batch_size is {config.max_batch_size}"
-                if config.max_batch_size > 0
-                else "the model does not batch (max_batch_size 0)"
-            )
-            raise WarmupRequestError(
-                "PLAN", f"batch size {entry.batch_size} is too large for '{config.name}': {reason}",
-                path=path + ("batch_size",),
-            )
+        try:
+            check_batch_sizes(config, [entry.batch_size])
+        except WarmupRequestError as error:
+            raise WarmupRequestError("PLAN", error.message, path=path + ("batch_size",)) from None
         dims_of = _check_listed_dims(config, entry, path)
         unknown = [name for name in entry.data if name not in dims_of]
         if unknown:
             raise WarmupRequestError(
                 "PLAN", f"data for '{unknown[0]}', which this sample gives no dims", path=path + ("data", unknown[0])
             )
-        size = 0
-        for name, dims in dims_of.items():
-            per_request = element_bytes(elements[name].data_type)
-            for dim in dims:
-                per_request *= dim
-            size += per_request * entry.batch_size
+        size = entry.batch_size * sum(tensor_bytes(elements[name].data_type, dims) for name, dims in dims_of.items())
         if size > max_sample_bytes:
             raise WarmupRequestError(
                 "PLAN",

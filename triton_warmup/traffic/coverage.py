@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.request import parse_plan_document
-from triton_warmup.traffic.shapes import Shape, TrafficProfile, sample_shape
+from triton_warmup.traffic.shapes import Shape, TrafficProfile, counted_dicts, rejected_dicts, sample_shape
 
 
 @dataclasses.dataclass
@@ -53,8 +53,8 @@ class ModelCoverage:
             "share": self.share,
             "shapes_seen": self.shapes_seen,
             "warmed_shapes": self.warmed_shapes,
-            "uncovered": [dict(shape.to_dict(), requests=count) for shape, count in self.uncovered],
-            "rejected": [{"shapes": raw, "reason": reason, "requests": count} for raw, reason, count in self.rejected],
+            "uncovered": counted_dicts(self.uncovered),
+            "rejected": rejected_dicts(self.rejected),
         }
 
 

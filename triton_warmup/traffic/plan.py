@@ -29,7 +29,7 @@ from triton_warmup.helper.job_planning import WARMUP_DATA_FOLDER
 from triton_warmup.helper.repository_guard import fsync_folder, write_atomically
 from triton_warmup.helper.request import DATA_FILE_KEY, parse_plan_document
 from triton_warmup.helper.warmup_plan import plan_listed_samples
-from triton_warmup.traffic.shapes import ModelTraffic, Shape, TrafficProfile
+from triton_warmup.traffic.shapes import ModelTraffic, Shape, TrafficProfile, counted_dicts, rejected_dicts
 from triton_warmup.traffic.trace import TracedTensor
 
 # recorded: each sample carries the data of its first recorded request;
@@ -98,9 +98,9 @@ class ModelSelection:
             "requests": self.requests,
             "covered": self.covered,
             "share": self.share,
-            "samples": [dict(shape.to_dict(), requests=count) for shape, count in self.shapes],
-            "left_out": [dict(shape.to_dict(), requests=count) for shape, count in self.left_out],
-            "rejected": [{"shapes": raw, "reason": reason, "requests": count} for raw, reason, count in self.rejected],
+            "samples": counted_dicts(self.shapes),
+            "left_out": counted_dicts(self.left_out),
+            "rejected": rejected_dicts(self.rejected),
             "data_notes": dict(self.data_notes),
         }
 

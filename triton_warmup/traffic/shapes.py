@@ -16,7 +16,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, find_model_dir, read_config
-from triton_warmup.helper.warmup_plan import VARIABLE_DIM
+from triton_warmup.helper.warmup_plan import dims_fit
 from triton_warmup.traffic.trace import ReadSummary, TracedRequest, TracedTensor, read_requests
 
 
@@ -33,6 +33,16 @@ class Shape:
 
     def to_dict(self) -> Dict:
         return {"batch_size": self.batch_size, "inputs": {name: list(dims) for name, dims in self.inputs}}
+
+
+def counted_dicts(shapes: Sequence[Tuple[Shape, int]]) -> List[Dict]:
+    """(shape, requests) pairs as JSON: each shape's dict with its ``requests``."""
+    return [dict(shape.to_dict(), requests=count) for shape, count in shapes]
+
+
+def rejected_dicts(rejected: Sequence[Tuple[str, str, int]]) -> List[Dict]:
+    """``ModelTraffic.rejected_list`` as JSON."""
+    return [{"shapes": raw, "reason": reason, "requests": count} for raw, reason, count in rejected]
 
 
 def trace_dtype(data_type: int) -> str:
@@ -89,7 +99,7 @@ def request_shape(config: model_config_pb2.ModelConfig, request: TracedRequest) 
             shape = shape[1:]
         if any(dim < 1 for dim in shape):
             raise RejectedShape(f"input '{name}' has a zero dim")
-        if any(want != VARIABLE_DIM and want != got for want, got in zip(expected, shape)):
+        if not dims_fit(expected, shape):
             raise RejectedShape(f"input '{name}' dims {list(shape)} do not fit the config's {expected}")
         inputs.append((name, tuple(shape)))
     if len(batch_sizes) > 1:
@@ -190,15 +200,15 @@ def profile_traffic(
     started = time.perf_counter()
     summary = ReadSummary()
 
-    def required(model: str):
-        config = configs.get(model)
-        if config is None:
-            return None
-        return {model_input.name for model_input in config.input if not model_input.optional}
+    # Looked up for every tensor record: built once.
+    required = {
+        name: frozenset(model_input.name for model_input in config.input if not model_input.optional)
+        for name, config in configs.items()
+    }
 
     models = {name: ModelTraffic(name) for name in configs}
     other: Counter[str] = collections.Counter()
-    for request in read_requests(paths, required, summary, show_progress):
+    for request in read_requests(paths, required.get, summary, show_progress):
         config = configs.get(request.model)
         if config is None:
             other[request.model] += 1
