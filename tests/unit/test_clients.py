@@ -1,5 +1,6 @@
 """The clients' own logic: usage errors, unreachable servers, output formats."""
 
+import json
 import pathlib
 import socket
 
@@ -29,10 +30,36 @@ def test_unreachable_server_exits_3(run_cli, script, protocol):
     assert "FAILED" in result.stderr
 
 
+# The same mistake as flags and as a plan file: exit 2 and the validator's words.
+SAME_MISTAKES = [
+    (["--batch-sizes", "0"], {"defaults": {"group_size_max": 4, "batch_sizes": [0]}}, "must be at least 1, got 0"),
+    (
+        ["--group-size-min", "5", "--group-size-max", "2"],
+        {"defaults": {"group_size_min": 5, "group_size_max": 2}},
+        "group_size_min 5 is greater than group_size_max 2",
+    ),
+]
+
+
+@pytest.mark.parametrize("flags, document, words", SAME_MISTAKES)
+def test_the_same_mistake_exits_2_as_flags_and_as_a_plan_file(run_cli, tmp_path, flags, document, words):
+    # No server listens: both are refused before any connection.
+    url = f"localhost:{unused_port()}"
+    as_flags = run_cli(MAINS["triton-warmup"], "-u", url, "--models", "model-v1", *flags)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({**document, "models": {"model-v1": {}}}))
+    as_plan = run_cli(MAINS["triton-warmup"], "-u", url, "--plan", str(plan))
+    for result in (as_flags, as_plan):
+        assert result.returncode == 2, result.stderr
+        assert words in result.stderr
+        # One line: the reason, not argparse's usage text in front of it.
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_feature_dims_must_match_models_exits_2(run_cli):
     result = run_cli(MAINS["triton-warmup"], "--models", "a", "b", "--feature-dims", "64")
     assert result.returncode == 2
-    assert "--feature-dims has 1 values for 2 models" in result.stderr
+    assert "--feature-dims: has 1 values for 2 models in --models" in result.stderr
 
 
 def test_table_lists_each_model_with_its_preflight_and_error():
@@ -96,7 +123,7 @@ def test_wait_ready_on_an_unreachable_server_exits_3_after_its_timeout(run_cli):
         (["--plan", "plans/example.yaml", "--group-size-max", "8"], "leave out --group-size-max"),
         (["--plan", "plans/example.yaml", "--all"], "leave out --all"),
         (["--all", "--models", "model-v1"], "leave out --models"),
-        (["--all", "--feature-dims", "64"], "leave out --feature-dims"),
+        (["--all", "--feature-dims", "64"], "leave out --models and --feature-dims"),
         (["--mode", "reload"], "invalid choice"),
     ],
 )
@@ -304,3 +331,31 @@ def test_plain_lines_never_go_back_in_time_when_the_report_settles_a_model(tmp_p
     view.stream.close()
     lines = log.read_text().splitlines()
     assert lines == ["[   1.0s] a LOADING", "[   1.0s] a READY", "[   1.5s] b FAILED"]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        ["--trace-config", "triton,file=t.json", "--trace-config", "level=TENSORS", "--exit-timeout-secs", "5"],
+        ["--trace-config=triton,file=t.json", "--trace-config=level=TENSORS", "--exit-timeout-secs=5"],
+        ["--trace-config", "triton,file=t.json", "--trace-config=level=TENSORS", "--exit-timeout-secs", "5"],
+    ],
+)
+def test_serve_passes_tritonserver_flags_in_either_spelling(given):
+    args, passthrough, command = serve.parse_args(["--http-port", "9000", *given, "--", "echo", "hi"])
+    assert args.http_port == 9000
+    assert passthrough == ["--trace-config=triton,file=t.json", "--trace-config=level=TENSORS", "--exit-timeout-secs=5"]
+    assert command == ["echo", "hi"]
+
+
+@pytest.mark.parametrize(
+    "given, words",
+    [
+        (["stray"], "unexpected argument 'stray'; put a command after '--'"),
+        (["--log-file"], "--log-file needs a value"),
+    ],
+)
+def test_serve_refuses_a_word_without_a_flag_and_a_flag_without_a_value(run_cli, given, words):
+    result = run_cli(MAINS["triton-warmup-serve"], *given)
+    assert result.returncode == 2
+    assert words in result.stderr

@@ -30,7 +30,7 @@ from triton_warmup.traffic.shapes import (
 )
 from triton_warmup.traffic.trace import ReadSummary, TraceError, TracedRequest, TracedTensor, expand_paths, read_requests
 from repository_fixtures import PROJECT_REPOSITORY, snapshot
-from trace_files import encoder_request, request_records, v1_request, write_trace
+from trace_files import encoder_request, request_records, triton_trace, v1_request, write_trace
 
 # A skewed mix: what the plan must order and the coverage must count.
 MIX = {(1, 4): 50, (2, 8): 30, (1, 16): 15, (4, 2): 5}
@@ -82,7 +82,7 @@ def test_records_of_requests_may_interleave_and_come_in_any_order(tmp_path):
     two = [two[2], two[3], two[0], two[1]] + two[4:]
     mixed = [record for pair in zip(one, two) for record in pair]
     path = tmp_path / "mixed.json"
-    path.write_text(json.dumps(mixed))
+    path.write_bytes(triton_trace(mixed))
     requests = {request.trace_id: request for request in read_requests([path])}
     assert requests[1].model == "model-v1" and set(requests[1].inputs) == {"x", "mask"}
     assert requests[2].model == "text-encoder" and set(requests[2].inputs) == {"input_ids", "attention_mask"}
@@ -111,7 +111,7 @@ def test_a_trace_cut_short_keeps_the_requests_before_the_cut(tmp_path, trace):
 def test_a_file_that_is_not_json_is_refused_with_its_offset(tmp_path, trace):
     broken = tmp_path / "broken.json"
     broken.write_text(trace.read_text().replace('"model_name"', "model_name", 1))
-    with pytest.raises(TraceError, match="not valid JSON near byte"):
+    with pytest.raises(TraceError, match="not Triton's trace format near byte"):
         list(read_requests([broken]))
     with pytest.raises(TraceError, match="no such trace file"):
         list(read_requests([tmp_path / "missing.json"]))
@@ -262,7 +262,8 @@ def test_recorded_data_is_the_first_item_of_the_batch_in_the_configs_dtype():
     "tensor, reason",
     [
         (TracedTensor("x", "FP16", (1, 2), ""), "no values for FP16"),
-        (TracedTensor("x", "UINT8", (1, 2), "ab"), "raw characters"),
+        (TracedTensor("x", "UINT8", (1, 2), "ab"), "UINT8 text does not hold 2 values"),
+        (TracedTensor("x", "BYTES", (1, 2), '\\"a\\"\\",\\"\\",\\"b\\"'), "separator Triton writes"),
         (TracedTensor("x", "INT64", (1, 3), "1,2"), "2 values for shape"),
     ],
 )

@@ -10,20 +10,57 @@ import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
 
-def tensor_record(trace_id: int, name: str, array: np.ndarray, activity: str = "TENSOR_QUEUE_INPUT") -> Dict:
-    values = array.reshape(-1).tolist()
+def triton_data(array: np.ndarray) -> bytes:
+    """A tensor's values as tritonserver's trace writer prints them (server
+    ``src/tracer.cc``): numbers joined by commas, BOOL as 0/1, INT8/UINT8 as
+    one raw character each, BYTES as ``\\"<bytes>\\"``, unescaped."""
+    flat = array.reshape(-1)
+    if array.dtype == np.object_:
+        return b",".join(b'\\"' + (value if isinstance(value, bytes) else str(value).encode()) + b'\\"' for value in flat)
+    if array.dtype in (np.int8, np.uint8):
+        return b",".join(bytes([int(value) & 0xFF]) for value in flat)
     if array.dtype == np.bool_:
-        values = [int(value) for value in values]
+        return b",".join(b"1" if value else b"0" for value in flat)
+    if array.dtype in (np.float16,):
+        return b""
+    return ",".join(str(value) for value in flat.tolist()).encode()
+
+
+def tensor_record(trace_id: int, name: str, array: np.ndarray, activity: str = "TENSOR_QUEUE_INPUT") -> Dict:
     return {
         "id": trace_id,
         "activity": activity,
         "tensor": {
             "name": name,
-            "data": ",".join(str(value) for value in values),
+            "data": triton_data(array),
             "shape": ",".join(str(dim) for dim in array.shape),
-            "dtype": np_to_triton_dtype(array.dtype),
+            "dtype": "BYTES" if array.dtype == np.object_ else np_to_triton_dtype(array.dtype),
         },
     }
+
+
+def triton_text(record: Dict) -> bytes:
+    """One record as tritonserver writes it: the keys in its order, tensor
+    data and request ids raw, everything else as JSON."""
+    if "tensor" in record:
+        tensor = record["tensor"]
+        return (
+            b'{"id":%d,"activity":"%s","tensor":{"name":"%s","data":"' % (
+                record["id"], record["activity"].encode(), tensor["name"].encode())
+            + tensor["data"]
+            + b'","shape":"%s","dtype":"%s"}}' % (tensor["shape"].encode(), tensor["dtype"].encode())
+        )
+    if "request_id" in record:
+        text = b'{"id":%d,"model_name":"%s","model_version":%d,"request_id":"' % (
+            record["id"], record["model_name"].encode(), record["model_version"])
+        text += record["request_id"] if isinstance(record["request_id"], bytes) else record["request_id"].encode()
+        text += b'"' + (b',"parent_id":%d' % record["parent_id"] if "parent_id" in record else b"") + b"}"
+        return text
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def triton_trace(records: Iterable[Dict]) -> bytes:
+    return b"[" + b",".join(triton_text(record) for record in records) + b"]"
 
 
 def request_records(trace_id: int, model: Optional[str], inputs: Dict[str, np.ndarray]) -> List[Dict]:
@@ -42,7 +79,7 @@ def write_trace(path: pathlib.Path, requests: Iterable[Tuple[Optional[str], Dict
     records = []
     for trace_id, (model, inputs) in enumerate(requests, start=1):
         records.extend(request_records(trace_id, model, inputs))
-    path.write_text(json.dumps(records, separators=(",", ":")))
+    path.write_bytes(triton_trace(records))
     return path
 
 

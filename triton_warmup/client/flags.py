@@ -7,8 +7,9 @@ for every script.
 """
 
 import argparse
+import re
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, NoReturn, Optional
 
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -18,10 +19,42 @@ from triton_warmup import HELPER_MODEL
 
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 
+# One contract for every command: 0 done; 1 a model failed (or a named model
+# is not READY); 2 a bad request: bad usage, a bad plan or a value the helper
+# refused (its INVALID_ARG or NOT_FOUND), whoever found it; 3 no server
+# answered.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # argparse exits with 2 on bad usage too
 EXIT_UNREACHABLE = 3
+
+# The request tensor each flag of triton-warmup fills: an error the helper's
+# validator names by its input is shown with the flag the user typed.
+FLAG_OF_INPUT = {
+    "MODELS": "--models",
+    "ALL_MODELS": "--all",
+    "GROUP_SIZE_MIN": "--group-size-min",
+    "GROUP_SIZE_MAX": "--group-size-max",
+    "FEATURE_DIMS": "--feature-dims",
+    "BATCH_SIZES": "--batch-sizes",
+    "MODE": "--mode",
+}
+
+
+def in_flag_terms(error) -> str:
+    """A request error from the helper's validator, in the words of
+    triton-warmup's flags (``BATCH_SIZES`` -> ``--batch-sizes``)."""
+    message = error.message
+    for name, flag in FLAG_OF_INPUT.items():
+        message = re.sub(rf"\b{name}\b", flag, message)
+    return f"{FLAG_OF_INPUT.get(error.field, error.field)}: {message}"
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit 2 with one line: a bad value or a bad plan needs its reason, not
+    the whole usage text that argparse's ``error`` prints first."""
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 # Triton checks a restricted gRPC protocol's header under this prefix
 # (--grpc-restricted-protocol=<protocols>:<key>=<value> expects

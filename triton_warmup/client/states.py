@@ -9,7 +9,7 @@ and the warmup share one list.
 
 Exit codes: 0 the index was read (with --wait-ready: every named model is
 READY), 1 a named model failed to load, was refused or is not READY within
---timeout, 3 server unreachable.
+--timeout, 2 bad usage or a bad plan file, 3 server unreachable.
 """
 
 import argparse
@@ -162,7 +162,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         try:
             _, plan = load_plan(args.plan, args.model_name)
         except PlanFileError as error:
-            parser.error(str(error))
+            client_flags.usage_error(parser, str(error))
         args.wait_ready += [name for name in plan.models if name not in args.wait_ready]
         args.wait_all = plan.all_models
     elif args.wait_ready == []:

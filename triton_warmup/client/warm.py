@@ -10,9 +10,9 @@ a plan file (--plan, YAML or JSON; see plans/example.yaml). Give -u several
 times to warm several servers (the replicas of one deployment) at once, one
 thread per server; each server's results are printed under its URL.
 
-Exit codes: 0 every model warmed (on every server), 1 a model or a request
-failed (on any server), 2 bad usage, 3 a server unreachable (and nothing
-else failed).
+Exit codes: 0 every model warmed (on every server), 1 a model failed (on
+any server), 2 a bad request (bad usage, a bad plan file, or a request the
+helper refused as bad), 3 a server unreachable (and nothing else failed).
 """
 
 import argparse
@@ -35,7 +35,7 @@ from triton_warmup.client import flags as client_flags
 from triton_warmup.client.live_view import StateWatcher
 from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_plan_error
 from triton_warmup.client.text_table import text_table
-from triton_warmup.helper.request import WarmupRequestError
+from triton_warmup.helper.request import WarmupRequestError, parse_request
 from triton_warmup.report import ModelEntry, WarmupReport
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
@@ -139,24 +139,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         try:
             args.plan_document, plan = load_plan(args.plan, args.model_name)
         except PlanFileError as error:
-            parser.error(str(error))
+            client_flags.usage_error(parser, str(error))
         # Models the live view follows; None: every model of the repository.
         args.watch_models = None if plan.all_models else list(plan.models)
         return args
-    if args.all:
-        given = [flag for flag in ("--models", "--feature-dims") if shape_flags[flag] is not None]
-        if given:
-            parser.error(f"--all takes every model of the repository; leave out {', '.join(given)}")
-    else:
+    if args.all and args.models is not None:
+        parser.error("--all takes every model of the repository; leave out --models")
+    if not args.all:
         args.models = args.models or DEFAULT_MODELS
     if args.group_size_min is None:
         args.group_size_min = DEFAULT_GROUP_SIZE_MIN
     if args.group_size_max is None:
         args.group_size_max = DEFAULT_GROUP_SIZE_MAX
-    if args.feature_dims is not None and len(args.feature_dims) != len(args.models):
-        parser.error(
-            f"--feature-dims has {len(args.feature_dims)} values for {len(args.models)} models"
-        )
+    # The helper's own validator, so that a value it would refuse is refused
+    # here with the same words and the same exit code as in a plan file.
+    try:
+        parse_request(request_arrays(args), args.model_name)
+    except WarmupRequestError as error:
+        client_flags.usage_error(parser, client_flags.in_flag_terms(error))
     args.watch_models = None if args.all else list(args.models)
     return args
 
@@ -351,7 +351,7 @@ def warm_server(
         # An error about the plan names its line, as the local checks do.
         located = locate_plan_error(args.plan, refusal) if args.plan and refusal else None
         reason = located or (str(refusal) if refusal else error.message())
-        return failed(client_flags.EXIT_FAILED, f"{args.model_name} refused the request: {reason}")
+        return failed(refusal_exit_code(error, refusal), f"{args.model_name} refused the request: {reason}")
     except OSError as error:
         watcher.close()
         return failed(client_flags.EXIT_FAILED, f"the warmup request to {url} broke off: {error}")
@@ -376,15 +376,29 @@ def warm_server(
     return ServerResult(url, client_flags.EXIT_OK, report=report, seconds=elapsed)
 
 
-def overall_exit_code(results: List[ServerResult]) -> int:
-    """0 when every server is warm; 3 when the only failures are servers that
-    did not answer; 1 otherwise."""
-    codes = {result.exit_code for result in results} - {client_flags.EXIT_OK}
-    if not codes:
-        return client_flags.EXIT_OK
-    if codes == {client_flags.EXIT_UNREACHABLE}:
-        return client_flags.EXIT_UNREACHABLE
+def refusal_exit_code(error: InferenceServerException, refusal: Optional[WarmupRequestError]) -> int:
+    """2 when the helper refused the request as bad (its INVALID_ARG or
+    NOT_FOUND: the same mistake as a bad flag or plan found here), 1 when
+    it failed on its own."""
+    if refusal is not None:
+        return client_flags.EXIT_USAGE
+    status = str(error.status() or "")
+    # An older helper's refusal without the JSON detail line: HTTP 400 or
+    # gRPC INVALID_ARGUMENT / NOT_FOUND.
+    if status in ("400", "404") or "INVALID_ARGUMENT" in status or "NOT_FOUND" in status:
+        return client_flags.EXIT_USAGE
     return client_flags.EXIT_FAILED
+
+
+def overall_exit_code(results: List[ServerResult]) -> int:
+    """0 when every server is warm; else 1 when a model failed anywhere, 2
+    when a server refused the request as bad, 3 when the only failures are
+    servers that did not answer."""
+    codes = {result.exit_code for result in results} - {client_flags.EXIT_OK}
+    for code in (client_flags.EXIT_FAILED, client_flags.EXIT_USAGE, client_flags.EXIT_UNREACHABLE):
+        if code in codes:
+            return code
+    return client_flags.EXIT_OK
 
 
 def warm_servers(args: argparse.Namespace, status: TextIO) -> List[ServerResult]:

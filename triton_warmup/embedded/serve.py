@@ -3,8 +3,9 @@
 Starts the real tritonserver from the nvidia-pytriton wheel in explicit
 model-control mode with ``--load-model=warmup_helper``, waits until it is
 ready, warms the models of a plan file if ``--warmup PLAN`` is given, then
-either runs COMMAND and stops, or serves until Ctrl-C/SIGTERM. Unknown
-``--flags`` are passed to tritonserver unchanged.
+either runs COMMAND and stops, or serves until Ctrl-C/SIGTERM. Any other
+tritonserver flag passes through, spelled ``--flag value`` or ``--flag=value``
+as tritonserver takes it (``--trace-config level=TENSORS``).
 
 Exit codes: COMMAND's own when one is given; 0 after Ctrl-C or SIGTERM; 1
 when the server cannot start, exits by itself or a planned model fails to
@@ -16,6 +17,7 @@ Examples::
     triton-warmup-serve --warmup plans/example.yaml   # start, warm, then serve
     triton-warmup-serve --working-copy -- triton-warmup --all
     triton-warmup-serve --log-verbose 1 --exit-timeout-secs=10
+    triton-warmup-serve --trace-config triton,file=trace.json --trace-config level=TENSORS
 """
 
 import argparse
@@ -39,6 +41,41 @@ from triton_warmup.embedded import (
 from triton_warmup.libtorch_backend import BuildError
 from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client import warm
+from triton_warmup.client.flags import usage_error
+
+
+# tritonserver 2.51 (``tritonserver --help``): every long option takes a
+# value, given as ``--flag=value`` or ``--flag value``, except these.
+TRITONSERVER_FLAGS_WITHOUT_VALUE = frozenset(("--help", "--disable-auto-complete-config"))
+
+
+def tritonserver_flags(tokens):
+    """tritonserver's own flags among ``tokens``, each as ``--flag=value``.
+
+    Triton spells a value either way (``--trace-config level=TENSORS`` or
+    ``--trace-config=level=TENSORS``), and its repeatable flags
+    (``--trace-config``, ``--backend-config``, ``--load-model``, ...) come many
+    times; the value after a flag is taken as getopt takes it.
+
+    Raises:
+        ValueError: a word that belongs to no flag, or a flag without its value.
+    """
+    flags = []
+    tokens = list(tokens)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}; put a command after '--'")
+        if "=" in token or token in TRITONSERVER_FLAGS_WITHOUT_VALUE:
+            flags.append(token)
+            index += 1
+            continue
+        if index + 1 >= len(tokens):
+            raise ValueError(f"tritonserver flag {token} needs a value ({token} VALUE or {token}=VALUE)")
+        flags.append(f"{token}={tokens[index + 1]}")
+        index += 2
+    return flags
 
 
 def parse_args(argv):
@@ -50,6 +87,9 @@ def parse_args(argv):
         command = []
     parser = argparse.ArgumentParser(
         description=__doc__,
+        # tritonserver's flags pass through, so no abbreviation of ours may
+        # swallow one of them (--load for --load-model, say).
+        allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s [options] [tritonserver flags] [-- COMMAND ...]",
     )
@@ -105,15 +145,16 @@ def parse_args(argv):
         help=f"Seconds to wait for the server to be ready. Default is {DEFAULT_READY_TIMEOUT_S:.0f}.",
     )
     args, passthrough = parser.parse_known_args(argv)
-    unexpected = [arg for arg in passthrough if not arg.startswith("-")]
-    if unexpected:
-        parser.error(f"unexpected arguments {unexpected}; put a command after '--'")
+    try:
+        passthrough = tritonserver_flags(passthrough)
+    except ValueError as error:
+        parser.error(str(error))
     if args.warmup is not None:
         # A bad plan is refused before a server starts.
         try:
             load_plan(args.warmup)
         except PlanFileError as error:
-            parser.error(str(error))
+            usage_error(parser, str(error))
     return args, passthrough, command
 
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 from tritonclient.grpc import model_config_pb2
-from tritonclient.utils import triton_to_np_dtype
+from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 
 from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.job_planning import WARMUP_DATA_FOLDER
@@ -30,6 +30,7 @@ from triton_warmup.helper.repository_guard import fsync_folder, write_atomically
 from triton_warmup.helper.request import DATA_FILE_KEY, parse_plan_document
 from triton_warmup.helper.warmup_plan import plan_listed_samples
 from triton_warmup.traffic.shapes import ModelTraffic, Shape, TrafficProfile, counted_dicts, rejected_dicts
+from triton_warmup.traffic.raw_text import BYTES_QUOTE, RAW_CHARACTER_DTYPES, raw_bytes
 from triton_warmup.traffic.trace import TracedTensor
 
 # recorded: each sample carries the data of its first recorded request;
@@ -49,15 +50,10 @@ ORDERS = (FREQUENT_LAST, FREQUENT_FIRST)
 # Where the recorded data goes inside the model's warmup/ folder.
 TRAFFIC_DATA_FOLDER = "traffic"
 
-# Triton's trace writer leaves these without usable values: FP16 and BF16
-# with no data, INT8 and UINT8 as raw characters, BYTES without escaping
-# (server src/tracer.cc).
+# Triton's trace writer leaves these without values (server src/tracer.cc).
 _NO_RECORDED_DATA = {
     "FP16": "Triton's trace holds no values for FP16",
     "BF16": "Triton's trace holds no values for BF16",
-    "INT8": "Triton's trace writes INT8 values as raw characters",
-    "UINT8": "Triton's trace writes UINT8 values as raw characters",
-    "BYTES": "Triton's trace writes strings without escaping them",
 }
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -132,10 +128,53 @@ def select_shapes(
     return ranked[:keep], ranked[keep:]
 
 
+def _recorded_array(tensor: TracedTensor, elements: int) -> np.ndarray:
+    """The tensor's values, flat, from the text Triton wrote."""
+    if tensor.dtype in RAW_CHARACTER_DTYPES:
+        # One raw character per element, a comma between two.
+        raw = raw_bytes(tensor.data)
+        if len(raw) != max(2 * elements - 1, 0) or raw[1::2] != b"," * max(elements - 1, 0):
+            raise ValueError(f"the trace's {tensor.dtype} text does not hold {elements} values")
+        return np.frombuffer(raw[0::2], dtype=triton_to_np_dtype(tensor.dtype))
+    if tensor.dtype == "BYTES":
+        return np.array(traced_strings(tensor, elements), dtype=np.object_)
+    values = tensor.data.split(",") if tensor.data else []
+    if len(values) != elements:
+        raise ValueError(f"the trace holds {len(values)} values for shape {list(tensor.shape)}")
+    dtype = np.dtype(triton_to_np_dtype(tensor.dtype))
+    if dtype == np.bool_:
+        # "0" and "1" are both non-empty strings: parse them as numbers.
+        return np.array(values, dtype=np.int64).astype(np.bool_)
+    return np.array(values, dtype=dtype)
+
+
+def traced_strings(tensor: TracedTensor, elements: int) -> List[bytes]:
+    """The BYTES elements Triton wrote as ``\\"<bytes>\\"`` joined by commas.
+
+    Raises:
+        ValueError: the elements hold the very separator Triton puts between
+            them, so where one ends cannot be told.
+    """
+    raw = raw_bytes(tensor.data)
+    if elements == 0:
+        return []
+    quote = len(BYTES_QUOTE)
+    parts = raw[quote:-quote].split(BYTES_QUOTE + b"," + BYTES_QUOTE) if len(raw) >= 2 * quote else []
+    if elements == 1:
+        parts = [raw[quote:-quote]]
+    if len(parts) != elements:
+        raise ValueError(
+            f"its {elements} strings hold the separator Triton writes between them unescaped, "
+            "so where each ends cannot be told"
+        )
+    return parts
+
+
 def recorded_bytes(tensor: TracedTensor, batching: bool) -> bytes:
     """One request's worth (the first item of the batch) of the recorded
     values, in the tensor's dtype (which ``request_shape`` checked against
-    the config), as Triton reads ``input_data_file``.
+    the config), as Triton reads ``input_data_file``: raw values for
+    numbers, each string as a 4-byte little-endian length and its bytes.
 
     Raises:
         ValueError: the trace holds no usable values for this tensor.
@@ -146,18 +185,11 @@ def recorded_bytes(tensor: TracedTensor, batching: bool) -> bytes:
     elements = 1
     for dim in tensor.shape:
         elements *= dim
-    values = tensor.data.split(",") if tensor.data else []
-    if len(values) != elements:
-        raise ValueError(f"the trace holds {len(values)} values for shape {list(tensor.shape)}")
-    dtype = np.dtype(triton_to_np_dtype(tensor.dtype))
-    if dtype == np.bool_:
-        # "0" and "1" are both non-empty strings: parse them as numbers.
-        array = np.array(values, dtype=np.int64).astype(np.bool_)
-    else:
-        array = np.array(values, dtype=dtype)
-    array = array.reshape(tensor.shape)
+    array = _recorded_array(tensor, elements).reshape(tensor.shape)
     if batching:
         array = array[0]
+    if tensor.dtype == "BYTES":
+        return serialize_byte_tensor(np.ascontiguousarray(array)).item()
     return np.ascontiguousarray(array).tobytes()
 
 

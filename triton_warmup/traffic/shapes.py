@@ -147,12 +147,15 @@ class TrafficProfile:
             command was told to leave out); not planned.
         summary: what reading the files found.
         seconds: how long reading took.
+        helper_requests: requests to the warmup helper itself, left out of
+            everything else: a server that warms at start records them.
     """
 
     models: Dict[str, ModelTraffic]
     other_models: Counter[str]
     summary: ReadSummary
     seconds: float
+    helper_requests: int = 0
 
     @property
     def requests(self) -> int:
@@ -187,11 +190,12 @@ def profile_traffic(
     configs: Mapping[str, model_config_pb2.ModelConfig],
     keep_data: bool = True,
     show_progress: Optional[bool] = None,
+    helper_name: str = HELPER_MODEL,
 ) -> TrafficProfile:
     """Read the trace files and count each model's requests by shape.
 
-    Only models in ``configs`` are counted by shape; the helper's own
-    requests and other models go to ``other_models``. With ``keep_data``
+    Only models in ``configs`` are counted by shape; other models go to
+    ``other_models``, and the helper's own requests are only tallied. With ``keep_data``
     the first request of every shape keeps its data (for the samples).
 
     Raises:
@@ -208,7 +212,11 @@ def profile_traffic(
 
     models = {name: ModelTraffic(name) for name in configs}
     other: Counter[str] = collections.Counter()
+    helper_requests = 0
     for request in read_requests(paths, required.get, summary, show_progress):
+        if request.model == helper_name:
+            helper_requests += 1
+            continue
         config = configs.get(request.model)
         if config is None:
             other[request.model] += 1
@@ -224,4 +232,4 @@ def profile_traffic(
         if keep_data and shape not in traffic.recorded:
             traffic.recorded[shape] = dict(request.inputs)
     seen = {name: traffic for name, traffic in models.items() if traffic.requests}
-    return TrafficProfile(seen, other, summary, time.perf_counter() - started)
+    return TrafficProfile(seen, other, summary, time.perf_counter() - started, helper_requests)

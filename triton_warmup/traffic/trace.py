@@ -21,6 +21,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import ijson
 import tqdm
 
+from triton_warmup.traffic.raw_text import RawTextError, RawTextReader
+
 INPUT_ACTIVITY = "TENSOR_QUEUE_INPUT"
 
 # Triton writes a request's model record before its tensors; this many
@@ -49,7 +51,10 @@ class TracedTensor:
         name: the input's name.
         dtype: Triton's spelling (``INT64``, ``FP32``, ``BYTES``).
         shape: the request's shape, batch dim included where the model batches.
-        data: the values as Triton wrote them, comma-separated.
+        data: the values as Triton wrote them: numbers comma-separated;
+            INT8/UINT8 characters and BYTES elements as raw text, one
+            Latin-1 character per byte (``raw_text.raw_bytes`` and
+            ``traffic.plan.recorded_bytes`` read them).
     """
 
     name: str
@@ -82,6 +87,8 @@ class ReadSummary:
             ``model_name`` record (``level=TENSORS`` without ``TIMESTAMPS``).
         requests_without_tensors: requests with a model but no input records
             (``level=TIMESTAMPS`` without ``TENSORS``).
+        values_escaped: tensor data and request ids that Triton wrote
+            without escaping and that needed it (``raw_text``).
     """
 
     files: List[str] = dataclasses.field(default_factory=list)
@@ -90,24 +97,7 @@ class ReadSummary:
     truncated: Dict[str, str] = dataclasses.field(default_factory=dict)
     tensors_without_model: int = 0
     requests_without_tensors: int = 0
-
-
-class _CountingReader:
-    """A binary file that reports how many bytes were read from it."""
-
-    def __init__(self, handle, on_read: Callable[[int], None]):
-        self._handle = handle
-        self._on_read = on_read
-        self.offset = 0
-        self.at_end = False
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._handle.read(size)
-        self.offset += len(chunk)
-        if not chunk:
-            self.at_end = True
-        self._on_read(len(chunk))
-        return chunk
+    values_escaped: int = 0
 
 
 def _shape(text: str, path: str) -> Tuple[int, ...]:
@@ -119,21 +109,30 @@ def _shape(text: str, path: str) -> Tuple[int, ...]:
 
 def _records(path: pathlib.Path, summary: ReadSummary, progress) -> Iterator[dict]:
     with open(path, "rb") as handle:
-        reader = _CountingReader(handle, progress.update)
+        reader = RawTextReader(handle, progress.update)
         try:
             for record in ijson.items(reader, "item", use_float=True):
                 summary.records += 1
                 if isinstance(record, dict):
                     yield record
+        except RawTextError as error:
+            raise TraceError(f"{path}: {error}") from None
         except ijson.JSONError as error:
-            if reader.at_end and handle.read(1) == b"":
+            # The parser says "premature EOF" for a file that ends inside the
+            # array; anything else is broken where the parser stopped.
+            if reader.at_end and "premature EOF" in str(error):
                 summary.truncated[str(path)] = f"ends inside the array ({error})"
                 return
             raise TraceError(
-                f"{path}: not valid JSON near byte {reader.offset}: {error}. Triton writes "
-                "INT8/UINT8 tensor data as raw characters, which can break its own JSON; "
-                "record such models without level=TENSORS or leave them out"
+                f"{path}: not Triton's trace format near byte {reader.offset}: {_first_line(error)}"
             ) from None
+        finally:
+            summary.values_escaped += reader.values_escaped
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def read_requests(
