@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt model_repository/text-encoder/1/model.pt
+MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt \
+	model_repository/text-encoder/1/model.pt model_repository/session-encoder/1/model.pt
 
 .PHONY: run test unit integration test-faults bench venv backend models clean
 

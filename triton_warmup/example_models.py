@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the example TorchScript models ``model-v1``..``model-v3`` and ``text-encoder``.
+"""Write the example TorchScript models ``model-v1``..``model-v3``, ``text-encoder`` and ``session-encoder``.
 
 model-v1..v3 are the same small network with a different feature dimension.
 Each request carries a group of ``G`` feature vectors ``x`` ``[G, D]`` and a
@@ -12,6 +12,15 @@ dimension, so the scripted ``forward`` sees ``x`` ``[B, G, D]`` and ``mask``
 attention mask ``[S]`` (S up to ``MAX_SEQUENCE_LENGTH``) in, an embedding of
 ``EMBEDDING_DIM`` out. Its steady compute is a few milliseconds on one
 thread, so first-request ratios measure warmup rather than timer noise.
+
+``session-encoder`` is a stateful (sequence-batched) model: each request is one
+step of a session, a group of feature vectors ``[G, SESSION_FEATURE_DIM]``, and
+the answer is the running mean of the session's pooled encodings. Triton's
+sequence batcher adds the ``START`` and ``READY`` control inputs; the model
+keeps each batch slot's running sum in a buffer.
+
+The example repository also holds Python and ensemble models that need no
+file written here: ``tokenizer`` and ``embed`` (tokenizer -> text-encoder).
 
 Usage::
 
@@ -92,6 +101,41 @@ class TextEncoder(torch.nn.Module):
         return self.head((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0))
 
 
+SESSION_ENCODER = "session-encoder"
+SESSION_FEATURE_DIM = 16
+SESSION_HIDDEN_DIM = 32
+# Batch slots of the sequence batcher (its max_batch_size): one session per slot.
+SESSION_SLOTS = 4
+
+
+class SessionEncoder(torch.nn.Module):
+    """One step of a session per batch slot: encode the step's group, pool it,
+    and answer the mean over the session's steps so far. ``start`` clears the
+    slot, ``ready`` says whether the slot holds a request this time (the
+    direct strategy keeps a session in one slot)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = torch.nn.Sequential(
+            torch.nn.Linear(SESSION_FEATURE_DIM, SESSION_HIDDEN_DIM),
+            torch.nn.GELU(),
+            torch.nn.Linear(SESSION_HIDDEN_DIM, SESSION_HIDDEN_DIM),
+        )
+        self.register_buffer("total", torch.zeros(SESSION_SLOTS, SESSION_HIDDEN_DIM))
+        self.register_buffer("steps", torch.zeros(SESSION_SLOTS, 1))
+
+    def forward(self, x: torch.Tensor, start: torch.Tensor, ready: torch.Tensor) -> torch.Tensor:
+        slots = x.size(0)
+        start = start.reshape(slots, 1).to(x.dtype)
+        ready = ready.reshape(slots, 1).to(x.dtype)
+        pooled = self.encode(x).mean(dim=1)
+        total = self.total[:slots] * (1.0 - start) + pooled * ready
+        steps = self.steps[:slots] * (1.0 - start) + ready
+        self.total[:slots] = total
+        self.steps[:slots] = steps
+        return total / steps.clamp(min=1.0)
+
+
 def _script(model: torch.nn.Module) -> torch.jit.ScriptModule:
     # torch 2.13 marks torch.jit.script deprecated, but TorchScript is the
     # format Triton's libtorch backend loads, so it is the one to write.
@@ -110,6 +154,12 @@ def build_text_encoder(seed: int = DEFAULT_SEED) -> torch.jit.ScriptModule:
     """Return the scripted ``text-encoder`` with seeded weights."""
     torch.manual_seed(seed)
     return _script(TextEncoder())
+
+
+def build_session_encoder(seed: int = DEFAULT_SEED) -> torch.jit.ScriptModule:
+    """Return the scripted ``session-encoder`` with seeded weights."""
+    torch.manual_seed(seed)
+    return _script(SessionEncoder())
 
 
 # Real sample data for the example plan (plans/example.yaml): a mask that keeps
@@ -131,7 +181,7 @@ def _model_file(model_repository: pathlib.Path, model_name: str) -> pathlib.Path
 
 
 def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> list:
-    """Write ``<model>/1/model.pt`` for every example model and
+    """Write ``<model>/1/model.pt`` for every example TorchScript model and
     ``<model>/warmup/mask_all_items.bin`` for model-v1..v3; return the paths."""
     written = []
     for model_name, feature_dim in FEATURE_DIMS.items():
@@ -143,9 +193,10 @@ def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> li
         mask = warmup_dir / MASK_FILE
         mask.write_bytes(torch.ones(MASK_FILE_ITEMS, dtype=torch.int64).numpy().tobytes())
         written.append(mask)
-    path = _model_file(model_repository, TEXT_ENCODER)
-    build_text_encoder(seed).save(str(path))
-    written.append(path)
+    for model_name, build in ((TEXT_ENCODER, build_text_encoder), (SESSION_ENCODER, build_session_encoder)):
+        path = _model_file(model_repository, model_name)
+        build(seed).save(str(path))
+        written.append(path)
     return written
 
 
@@ -155,7 +206,7 @@ def main(argv=None) -> int:
         "--model-repository",
         type=pathlib.Path,
         default=pathlib.Path("model_repository"),
-        help="Model repository that holds model-v1..model-v3 and text-encoder. "
+        help="Model repository that holds model-v1..model-v3, text-encoder and session-encoder. "
         "Default is ./model_repository.",
     )
     parser.add_argument(

@@ -9,9 +9,34 @@ older helper did not send with the field's default.
 
 import dataclasses
 import enum
+import re
 from typing import Any, Callable, Dict, List, Optional, Type, TypeVar
 
 Record = TypeVar("Record")
+
+# A reason longer than this is cut: it is one line of a table or a probe's output.
+MAX_REASON_CHARS = 400
+# The last line of a TorchScript or Python traceback names the exception.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*")
+# Lines of a C++ stack or a traceback that say where, not what.
+_STACK_LINE = re.compile(r"^(frame #\d+:|Exception raised from |Traceback |File \"|~+\s*<--- HERE|\^)")
+
+
+def one_line(text: str) -> str:
+    """A reason a person can read in one line: the first line of Triton's
+    error, trimmed, and, when a traceback follows, the exception it ends
+    with (a TorchScript failure's first line only says that one happened).
+    The whole text belongs in a ``detail`` field."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    exceptions = [line for line in lines[1:] if _EXCEPTION_LINE.match(line) and not _STACK_LINE.match(line)]
+    if exceptions and exceptions[-1] not in first:
+        first = f"{first} ... {exceptions[-1]}"
+    if len(first) > MAX_REASON_CHARS:
+        first = first[: MAX_REASON_CHARS - 3] + "..."
+    return first
 
 
 class Status(str, enum.Enum):
@@ -67,7 +92,8 @@ class PreflightRecord(_Record):
         samples_checked: samples sent; samples_known_good: skipped, because
             the serving model already ran them.
         failed_sample: the sample that failed, with each input's request shape.
-        error: Triton's error for it; ``None`` when every sample passed.
+        error: why, in one line (``one_line``); ``None`` when every sample passed.
+        detail: Triton's whole error text, when it holds more than that line.
         model_bytes: the model's files; load_s: the scratch copy's load.
         seconds: the whole preflight.
     """
@@ -79,6 +105,7 @@ class PreflightRecord(_Record):
     samples_known_good: int = 0
     failed_sample: Optional[Dict[str, Any]] = None
     error: Optional[str] = None
+    detail: Optional[str] = None
     model_bytes: Optional[int] = None
     load_s: Optional[float] = None
     seconds: Optional[float] = None
@@ -120,6 +147,12 @@ class ModelEntry(_Record):
         name: the model.
         status: READY when it is warm, else FAILED with ``error``.
         mode: "load" (rewrite and load) or "requests" (inference requests).
+        kind: "plain", "sequence", "decoupled", "sequence, decoupled" or
+            "ensemble" (``helper.model_kind``); ``None`` when unknown.
+        versions: the versions Triton loads and warms (its version policy).
+        members: an ensemble's composing models, nested ensembles' included.
+        warmed_for: the ensembles whose shapes this model was warmed with.
+        derived_samples: how many of its samples are those shapes.
         warmup_samples, count, instances: the plan: samples in the config,
             runs per sample, instances that run each.
         group_sizes, batch_sizes: the shapes planned.
@@ -132,7 +165,8 @@ class ModelEntry(_Record):
         seconds_warming, requests_sent, served_before_warm: the requests mode.
         finished_s: when the model settled, counted from the first model.
         lock: the model's lock as held; ``None`` when the file was not locked.
-        error: why it failed.
+        error: why it failed, in one line (``one_line``).
+        detail: Triton's whole error text, when it holds more than that line.
         serving_previous_version: after a failure, whether the model still
             serves what it served before.
         preflight: what ran before the load; ``None`` when nothing had to.
@@ -144,6 +178,11 @@ class ModelEntry(_Record):
     name: str
     status: Status = Status.FAILED
     mode: str = "load"
+    kind: Optional[str] = None
+    versions: List[str] = dataclasses.field(default_factory=list)
+    members: List[str] = dataclasses.field(default_factory=list)
+    warmed_for: List[str] = dataclasses.field(default_factory=list)
+    derived_samples: int = 0
     warmup_samples: int = 0
     count: int = 0
     instances: int = 0
@@ -160,6 +199,7 @@ class ModelEntry(_Record):
     finished_s: Optional[float] = None
     lock: Optional[LockHold] = None
     error: Optional[str] = None
+    detail: Optional[str] = None
     serving_previous_version: Optional[bool] = None
     preflight: Optional[PreflightRecord] = None
     timings: Timings = dataclasses.field(default_factory=Timings)

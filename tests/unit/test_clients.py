@@ -78,23 +78,32 @@ def test_table_lists_each_model_with_its_preflight_and_error():
         {"name": "picky", "status": "FAILED", "warmup_samples": 4, "count": 3, "instances": 1,
          "seconds_to_ready": None, "config_changed": True, "config_written": False,
          "preflight": {**preflight, "error": "sample ..."},
-         "error": "preflight: sample 'g4' (x [1, 4, 64]) failed: PyTorch execute failure: The following\n"
-                  "  File code/__torch__.py, line 18\n    ~~~ <--- HERE\nRuntimeError: too long\n"
-                  "; nothing was written or loaded"},
+         "error": "preflight: sample 'g4' (x [1, 4, 64]) failed: PyTorch execute failure: The following "
+                  "... RuntimeError: too long; nothing was written or loaded",
+         "detail": "PyTorch execute failure: The following\n  File code/__torch__.py, line 18\n"
+                   "    ~~~ <--- HERE\nRuntimeError: too long\n"},
+        {"name": "embed", "status": "READY", "kind": "ensemble", "members": ["tokenizer", "text-encoder"],
+         "warmup_samples": 4, "seconds_to_ready": 3.0, "preflight": None},
+        {"name": "text-encoder", "status": "READY", "kind": "plain", "warmed_for": ["embed"],
+         "derived_samples": 2, "warmup_samples": 6, "count": 3, "instances": 1, "seconds_to_ready": 2.0,
+         "config_written": True, "preflight": preflight},
     ]
     lines = warmup_models.format_table([ModelEntry.from_dict(entry) for entry in entries]).splitlines()
-    assert lines[0].split() == ["model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "error"]
+    assert lines[0].split() == ["model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "notes"]
     assert lines[2].split() == ["model-v1", "READY", "16", "3", "1", "16", "scratch", "0.12s", "2.50", "rewritten"]
     assert lines[3].split()[:8] == ["broken", "FAILED", "4", "3", "2", "-", "-", "restored"]
     assert lines[3].endswith("load failed: bad file")
     assert lines[4].split()[:11] == ["read-only", "READY", "4", "3", "1", "2", "serving", "0.12s", "1.00", "not", "written"]
     assert lines[4].endswith("loaded with the planned config: /m/read-only/config.pbtxt is read-only (mode 0444)")
-    # A TorchScript traceback shrinks to its first line and its exception, on one row.
-    assert len(lines) == 6 and lines[5].split()[:6] == ["picky", "FAILED", "4", "3", "1", "FAILED"]
-    assert lines[5].endswith(
-        "preflight: sample 'g4' (x [1, 4, 64]) failed: PyTorch execute failure: The following ... "
-        "RuntimeError: too long ; nothing was written or loaded"
-    )
+    # The helper's one-line reason; its whole text waits for --verbose.
+    assert lines[5].split()[:6] == ["picky", "FAILED", "4", "3", "1", "FAILED"]
+    assert lines[5].endswith("RuntimeError: too long; nothing was written or loaded")
+    assert "HERE" not in "\n".join(lines)
+    # An ensemble shows its members; a member, the shapes it got from it.
+    assert lines[6].split()[:8] == ["embed", "READY", "4", "-", "-", "-", "3.00", "-"]
+    assert lines[6].endswith("ensemble of tokenizer, text-encoder")
+    assert lines[7].endswith("2 shapes from embed")
+    assert len(lines) == 8
 
 
 def test_model_states_fill_in_models_never_loaded():

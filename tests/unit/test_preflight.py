@@ -36,10 +36,12 @@ class Infer:
         self.largest_group = largest_group
         self.calls = []
 
-    def __call__(self, model, version, arrays, outputs):
-        self.calls.append((model, version, {name: array.shape for name, array in arrays.items()}))
+    def __call__(self, request):
+        arrays = request.inputs
+        self.calls.append((request.model, request.version, {name: array.shape for name, array in arrays.items()}))
         if self.largest_group is not None and arrays["mask"].shape[1] > self.largest_group:
             raise RuntimeError("group size above the model's maximum")
+        return [{}]
 
 
 class ScratchControl(RecordingControl):

@@ -17,12 +17,15 @@ class RecordingInfer:
         self.calls = []
         self.fail = fail
 
-    def __call__(self, model, version, arrays, outputs):
+    def __call__(self, request):
+        arrays = request.inputs
         self.calls.append(
-            (model, {name: array.shape for name, array in arrays.items()}, int(arrays["mask"].sum()), outputs)
+            (request.model, {name: array.shape for name, array in arrays.items()}, int(arrays["mask"].sum()),
+             list(request.outputs))
         )
         if self.fail:
             raise RuntimeError("model-v1 refused: bad input")
+        return [{}]
 
 
 def job_for(repository, **plan):

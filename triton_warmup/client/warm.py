@@ -242,6 +242,9 @@ def config_cell(entry: ModelEntry) -> str:
     """What happened to the model's config.pbtxt."""
     if entry.mode == "requests":
         return "not used"
+    if entry.kind == "ensemble":
+        # Triton refuses model_warmup in an ensemble's config.
+        return "-"
     if entry.fallback:
         return "not written"
     if entry.config_restored:
@@ -261,31 +264,39 @@ def preflight_cell(entry: ModelEntry) -> str:
 
 
 def notes_cell(entry: ModelEntry) -> str:
-    """The error, or why the config went to the load API instead of the file.
-
-    A TorchScript error spans many lines; the table keeps its first line and
-    the last two (the exception, and what the helper did about it)."""
+    """The error (one line: the helper puts Triton's whole text in
+    ``detail``); else what the model is to an ensemble, or why the config
+    went to the load API instead of the file."""
     if entry.error:
-        lines = [line.strip() for line in entry.error.splitlines() if line.strip()]
-        return " ... ".join([lines[0], " ".join(lines[-2:])]) if len(lines) > 3 else " ".join(lines)
+        return " ".join(entry.error.split())
+    notes = []
+    if entry.kind == "ensemble":
+        notes.append(f"ensemble of {', '.join(entry.members)}")
+    if entry.warmed_for:
+        notes.append(f"{entry.derived_samples} shapes from {', '.join(entry.warmed_for)}")
+    if entry.kind in ("sequence", "decoupled", "sequence, decoupled"):
+        notes.append(entry.kind)
+    if len(entry.versions) > 1:
+        notes.append(f"versions {', '.join(entry.versions)}")
     if entry.fallback:
         # The reason comes before the first ';' of the helper's explanation.
-        return "loaded with the planned config: " + entry.fallback.split(";")[0]
-    return ""
+        notes.append("loaded with the planned config: " + entry.fallback.split(";")[0])
+    return "; ".join(notes)
 
 
 def format_table(entries: List[ModelEntry]) -> str:
-    header = ("model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "error")
+    header = ("model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "notes")
     rows = [header]
     for entry in entries:
         seconds = entry.seconds_to_ready if entry.seconds_to_ready is not None else entry.seconds_warming
+        ensemble = entry.kind == "ensemble"
         rows.append(
             (
                 entry.name,
                 str(entry.status),
                 str(entry.warmup_samples),
-                str(entry.count),
-                str(entry.instances),
+                "-" if ensemble else str(entry.count),
+                "-" if ensemble else str(entry.instances),
                 preflight_cell(entry),
                 "-" if seconds is None else f"{seconds:.2f}",
                 config_cell(entry),
@@ -293,6 +304,11 @@ def format_table(entries: List[ModelEntry]) -> str:
             )
         )
     return text_table(rows)
+
+
+def details(entries: List[ModelEntry]) -> str:
+    """Triton's whole error text of each failed model (``--verbose``)."""
+    return "\n".join(f"{entry.name}: {entry.detail}" for entry in entries if entry.detail)
 
 
 @dataclasses.dataclass
@@ -365,6 +381,8 @@ def warm_server(
     else:
         print(f"model loaded: {loaded}", file=out)
     print(format_table(report.models), file=out)
+    if args.verbose and details(report.models):
+        print(details(report.models), file=out)
     print(f"mode {report.mode}: {report.mode_reason}", file=out)
     if report.limitation:
         print(f"NOTE: {report.limitation}", file=out)

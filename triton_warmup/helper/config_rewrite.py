@@ -14,7 +14,7 @@ Configs are parsed into the ``ModelConfig`` protobuf and written back with
 """
 
 import pathlib
-from typing import Iterable, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
@@ -22,6 +22,9 @@ from tritonclient.grpc import model_config_pb2
 from triton_warmup.helper.repository_guard import CONFIG_FILENAME, backup_path, remove_backup, write_atomically
 from triton_warmup.helper.warmup_plan import GENERATED_PREFIX
 from triton_warmup.helper.request import NOT_FOUND, WarmupRequestError
+
+# Triton reads a sample's input_data_file from this folder of the model.
+WARMUP_DATA_FOLDER = "warmup"
 
 
 def find_model_dir(repository: pathlib.Path, name: str) -> pathlib.Path:
@@ -94,7 +97,10 @@ class ConfigRewrite:
         original: its bytes before the rewrite.
         current: the config those bytes hold.
         config: the merged config that ``apply`` writes.
-        changed: whether the merged config differs from the file's content.
+        data_files: files the samples read that the helper writes (a
+            sequence model's control values): path under ``warmup/`` to bytes.
+        changed: whether the merged config differs from the file's content,
+            or a data file is missing or different.
     """
 
     def __init__(
@@ -103,22 +109,42 @@ class ConfigRewrite:
         original: bytes,
         current: model_config_pb2.ModelConfig,
         samples: Iterable[model_config_pb2.ModelWarmup],
+        data_files: Optional[Dict[str, bytes]] = None,
     ):
         self.path = path
         self.original = original
         self.current = current
         self.config = merge_warmup(current, samples)
+        self.data_files = dict(data_files or {})
         # Compare parsed configs, not text: a hand-formatted file that already
         # holds this plan keeps its bytes (and its comments).
-        self.changed = self.config != current
+        self.changed = self.config != current or bool(self.missing_data_files())
         self._applied = False
+        self._created: List[pathlib.Path] = []
 
     @property
     def backup_path(self) -> pathlib.Path:
         return backup_path(self.path.parent)
 
+    def _data_path(self, name: str) -> pathlib.Path:
+        return self.path.parent / WARMUP_DATA_FOLDER / name
+
+    def missing_data_files(self) -> List[str]:
+        """The data files that are not on disk with the content planned."""
+        missing = []
+        for name, content in self.data_files.items():
+            path = self._data_path(name)
+            try:
+                if path.read_bytes() == content:
+                    continue
+            except OSError:
+                pass
+            missing.append(name)
+        return missing
+
     def apply(self) -> None:
-        """Write the merged config, unless it equals what is on disk.
+        """Write the data files the samples need, then the merged config,
+        unless it equals what is on disk.
 
         The original goes to ``backup_path`` first; ``restore`` or ``commit``
         removes it once the load has settled.
@@ -127,16 +153,40 @@ class ConfigRewrite:
             return
         write_atomically(self.backup_path, self.original)
         try:
+            for name in self.missing_data_files():
+                self._write_data_file(self._data_path(name), self.data_files[name])
             write_atomically(self.path, render_config(self.config))
         except BaseException:
+            self._remove_created()
             remove_backup(self.path.parent)
             raise
         self._applied = True
 
+    def _write_data_file(self, path: pathlib.Path, content: bytes) -> None:
+        for folder in reversed(path.parents):
+            if not folder.exists():
+                folder.mkdir()
+                self._created.append(folder)
+        existed = path.exists()
+        write_atomically(path, content)
+        if not existed:
+            self._created.append(path)
+
+    def _remove_created(self) -> None:
+        """Remove the files and folders ``apply`` created, newest first."""
+        for path in reversed(self._created):
+            try:
+                path.rmdir() if path.is_dir() else path.unlink()
+            except OSError:
+                pass  # a folder someone else also wrote into stays
+        self._created = []
+
     def restore(self) -> None:
-        """Put the original bytes back, if ``apply`` changed the file."""
+        """Put the original bytes back, if ``apply`` changed the file, and
+        remove the data files it created."""
         if self._applied:
             write_atomically(self.path, self.original)
+            self._remove_created()
             remove_backup(self.path.parent)
             self._applied = False
 
@@ -145,3 +195,4 @@ class ConfigRewrite:
         if self._applied:
             remove_backup(self.path.parent)
             self._applied = False
+            self._created = []

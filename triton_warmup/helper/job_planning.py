@@ -1,18 +1,36 @@
 """Plan every model of a request before anything is written.
 
-Planning reads and checks every target (its folder, its config, the samples
-its plan makes, the data files they name), so a bad request changes nothing
-on disk. Each model becomes a ``ModelWarmupJob`` that ``load_jobs`` runs.
+Planning reads and checks every target (its folder, its config, its kind,
+the samples its plan makes, the data files they name), so a bad request
+changes nothing on disk. Each model Triton warms from its config becomes a
+``ModelWarmupJob``; each ensemble an ``EnsembleJob``, whose composing models
+get jobs of their own (with the ensemble's shapes, learned while they run:
+``ensemble_flow``). ``load_jobs`` runs the ``RequestPlan``.
+
+What is a bad request and what is a model that cannot be warmed: a model the
+request names whose plan does not fit its config is a bad request, refused
+whole. A model that ``all_models`` or an ensemble brings in, and a model
+whose kind Triton's warmup cannot serve (implicit state), fails alone with
+its reason, and the others are warmed.
 """
 
 import dataclasses
 import pathlib
-from typing import Callable, FrozenSet, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup import HELPER_MODEL
-from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, ConfigRewrite, find_model_dir, read_config
+from triton_warmup.helper.config_rewrite import (
+    CONFIG_FILENAME,
+    WARMUP_DATA_FOLDER,
+    ConfigRewrite,
+    find_model_dir,
+    read_config,
+)
+from triton_warmup.helper.ensemble_flow import EnsembleError, EnsembleFlow
+from triton_warmup.helper.model_kind import ModelKind, add_controls, kind_of
+from triton_warmup.helper.preflight import loaded_versions
 from triton_warmup.helper.request import (
     NOT_FOUND,
     ModelPlanRequest,
@@ -25,11 +43,12 @@ from triton_warmup.helper.warmup_plan import (
     DEFAULT_MAX_SAMPLE_BYTES,
     DEFAULT_MAX_WARMUP_SAMPLES,
     DEFAULT_WARMUP_COUNT,
+    derived_sample_name,
     plan_listed_samples,
     plan_warmup,
     tensor_bytes,
 )
-
+from triton_warmup.report import ModelEntry
 
 @dataclasses.dataclass(frozen=True)
 class PlanSettings:
@@ -47,6 +66,7 @@ class ModelWarmupJob:
     ``replan`` reads the config again and plans anew; ``run_job`` calls it
     once it holds the model's lock, because another writer (a second server
     on the same volume) may have changed the file since this plan was made.
+    ``with_derived`` plans anew with the samples ensembles send the model.
     """
 
     name: str
@@ -58,9 +78,82 @@ class ModelWarmupJob:
     count: int
     instances: int
     replan: Callable[[], "ModelWarmupJob"]
+    kind: ModelKind = ModelKind()
+    versions: Tuple[str, ...] = ()
+    # How the job came to be planned, so that it can be planned again.
+    plan_request: Optional[ModelPlanRequest] = None
+    # The ensembles whose shapes it warms, and how many samples those added.
+    warmed_for: Tuple[str, ...] = ()
+    derived_samples: int = 0
+
+    def with_derived(self, derived, warmed_for: Tuple[str, ...]) -> "ModelWarmupJob":
+        """This job planned again with ``derived`` (``ListedSample``) after its own samples.
+
+        Raises:
+            WarmupRequestError: the shapes do not fit the config, or the cap.
+        """
+        request = dataclasses.replace(self.plan_request, derived=tuple(derived))
+        job = dataclasses.replace(self.replan_with(request)(), warmed_for=warmed_for)
+        return job
+
+    # Set by plan_model: plans this model anew from a plan request.
+    replan_with: Callable[[ModelPlanRequest], Callable[[], "ModelWarmupJob"]] = None
 
 
-def _instance_count(rewrite: ConfigRewrite) -> int:
+@dataclasses.dataclass
+class EnsembleJob:
+    """An ensemble of the request: its planned samples flow through its
+    composing models (``flow``), and it is loaded once they are warm."""
+
+    name: str
+    model_dir: pathlib.Path
+    kind: ModelKind
+    flow: EnsembleFlow
+    samples: int
+    batch_sizes: Tuple[int, ...]
+    group_sizes: Tuple[int, ...]
+    versions: Tuple[str, ...]
+
+    @property
+    def members(self) -> List[str]:
+        return self.flow.members
+
+    @property
+    def nested(self) -> List[str]:
+        return self.flow.nested
+
+
+@dataclasses.dataclass
+class RequestPlan:
+    """Everything one request will do, planned before any write.
+
+    Iterating over it gives its ``jobs`` (the models whose configs it writes).
+
+    Attributes:
+        jobs: models Triton warms from their config, in request order.
+        ensembles: ensembles to load once their members are warm; a nested
+            ensemble comes before the one that holds it.
+        failed: models that cannot be warmed, with why (nothing is done to them).
+        order: every model's name in the order the report lists them: as the
+            request named them, each ensemble after the members it brought.
+    """
+
+    jobs: List[ModelWarmupJob] = dataclasses.field(default_factory=list)
+    ensembles: List[EnsembleJob] = dataclasses.field(default_factory=list)
+    failed: List[ModelEntry] = dataclasses.field(default_factory=list)
+    order: List[str] = dataclasses.field(default_factory=list)
+
+    def __iter__(self) -> Iterator[ModelWarmupJob]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> ModelWarmupJob:
+        return self.jobs[index]
+
+
+def _instance_count(config: model_config_pb2.ModelConfig) -> int:
     """Instances the config asks for, as far as the config alone tells.
 
     A group's ``count`` defaults to 1; a group listing ``gpus`` has ``count``
@@ -68,14 +161,10 @@ def _instance_count(rewrite: ConfigRewrite) -> int:
     groups, gets instances per available GPU from Triton, which the config
     cannot tell: it is counted as one device (right on a CPU-only server).
     """
-    groups = rewrite.config.instance_group
+    groups = config.instance_group
     if not groups:
         return 1
     return sum(max(group.count, 1) * max(len(group.gpus), 1) for group in groups)
-
-
-# Triton reads a sample's input_data_file from this folder of the model.
-WARMUP_DATA_FOLDER = "warmup"
 
 
 def _data_file_path(plan_request: ModelPlanRequest, sample_index: Optional[int], input_name: str) -> Tuple:
@@ -130,6 +219,85 @@ def _check_data_files(model_dir: pathlib.Path, config, plan_request: ModelPlanRe
                 )
 
 
+def read_model(
+    repository: pathlib.Path, name: str
+) -> Tuple[pathlib.Path, bytes, model_config_pb2.ModelConfig, model_config_pb2.ModelConfig]:
+    """The model's folder, its config's bytes, the config they hold, and the
+    config named after the folder when it names nothing (as Triton takes it).
+
+    Raises:
+        WarmupRequestError: no such folder or config, or a config that
+            names another model.
+    """
+    model_dir = find_model_dir(repository, name)
+    original, config = read_config(model_dir)
+    named = model_config_pb2.ModelConfig()
+    named.CopyFrom(config)
+    # The file itself keeps its content; the error messages and the planner
+    # use the name Triton gives the model.
+    named.name = named.name or name
+    if named.name != name:
+        raise WarmupRequestError(
+            "MODELS", f"'{name}'/config.pbtxt names the model '{named.name}': Triton refuses it"
+        )
+    return model_dir, original, config, named
+
+
+def _own_samples(config, plan_request: ModelPlanRequest, settings: PlanSettings, count: int):
+    """The samples the model's own plan makes: a range, or listed samples."""
+    if plan_request.samples is not None:
+        return plan_listed_samples(
+            config,
+            plan_request.samples,
+            count=count,
+            max_samples=settings.max_samples,
+            max_sample_bytes=settings.max_sample_bytes,
+            data=plan_request.data,
+            default_data=plan_request.default_data,
+            plan_path=plan_request.plan_path or ("models", plan_request.name),
+        )
+    return plan_warmup(
+        config,
+        group_sizes=plan_request.group_sizes,
+        batch_sizes=plan_request.batch_sizes,
+        feature_dim=plan_request.feature_dim,
+        count=count,
+        max_samples=settings.max_samples,
+        max_sample_bytes=settings.max_sample_bytes,
+        data=plan_request.data,
+        default_data=plan_request.default_data,
+    )
+
+
+def _with_derived(config, plan, plan_request: ModelPlanRequest, settings: PlanSettings, count: int):
+    """The own samples, then each derived shape they do not already warm."""
+    if not plan_request.derived:
+        return list(plan.samples), 0
+    own = {
+        (max(sample.batch_size, 1), tuple(sorted((name, tuple(data.dims)) for name, data in sample.inputs.items())))
+        for sample in plan.samples
+    }
+    new = [sample for sample in plan_request.derived if (sample.batch_size, tuple(sorted(sample.inputs))) not in own]
+    total = len(plan.samples) + len(new)
+    if total > settings.max_samples:
+        raise WarmupRequestError(
+            "PLAN",
+            f"{len(plan.samples)} samples of its own and {len(new)} shapes its ensembles send it make "
+            f"{total} for '{config.name}', above the cap of {settings.max_samples} "
+            "(warmup_helper config parameter max_warmup_samples)",
+        )
+    derived = plan_listed_samples(
+        config,
+        new,
+        count=count,
+        max_samples=settings.max_samples,
+        max_sample_bytes=settings.max_sample_bytes,
+        plan_path=("ensembles",),
+        name_of=derived_sample_name,
+    )
+    return list(plan.samples) + list(derived.samples), len(derived.samples)
+
+
 def plan_model(
     repository: pathlib.Path,
     plan_request: ModelPlanRequest,
@@ -151,53 +319,37 @@ def _plan_model(
     from_plan: bool,
 ) -> ModelWarmupJob:
     name = plan_request.name
-    model_dir = find_model_dir(repository, name)
-    original, config = read_config(model_dir)
-    named = model_config_pb2.ModelConfig()
-    named.CopyFrom(config)
-    # Triton takes a config without a name from its folder; so do the
-    # error messages here. The file itself keeps its content.
-    named.name = named.name or name
-    if named.name != name:
-        raise WarmupRequestError(
-            "MODELS", f"'{name}'/config.pbtxt names the model '{named.name}': Triton refuses it"
-        )
+    model_dir, original, config, named = read_model(repository, name)
+    kind = kind_of(named)
     count = plan_request.count or settings.count
-    if plan_request.samples is not None:
-        plan = plan_listed_samples(
-            named,
-            plan_request.samples,
-            count=count,
-            max_samples=settings.max_samples,
-            max_sample_bytes=settings.max_sample_bytes,
-            data=plan_request.data,
-            default_data=plan_request.default_data,
-            plan_path=plan_request.plan_path or ("models", name),
-        )
-    else:
-        plan = plan_warmup(
-            named,
-            group_sizes=plan_request.group_sizes,
-            batch_sizes=plan_request.batch_sizes,
-            feature_dim=plan_request.feature_dim,
-            count=count,
-            max_samples=settings.max_samples,
-            max_sample_bytes=settings.max_sample_bytes,
-            data=plan_request.data,
-            default_data=plan_request.default_data,
-        )
+    plan = _own_samples(named, plan_request, settings, count)
     _check_data_files(model_dir, named, plan_request, plan)
-    rewrite = ConfigRewrite(model_dir / CONFIG_FILENAME, original, config, plan.samples)
+    samples, derived = _with_derived(named, plan, plan_request, settings, count)
+    # Triton's warmup runs outside the sequence batcher: a sequence model's
+    # samples carry its control inputs, whose values are data files.
+    data_files = {}
+    for sample in samples:
+        data_files.update(add_controls(sample, kind))
+    rewrite = ConfigRewrite(model_dir / CONFIG_FILENAME, original, config, samples, data_files=data_files)
+
+    def replan_with(request: ModelPlanRequest):
+        return lambda: plan_model(repository, request, settings, from_plan)
+
     return ModelWarmupJob(
         name=name,
         model_dir=model_dir,
         rewrite=rewrite,
         group_sizes=plan.group_sizes,
-        batch_sizes=plan.batch_sizes,
-        samples=len(plan.samples),
+        batch_sizes=tuple(sorted({max(sample.batch_size, 1) for sample in samples})) or plan.batch_sizes,
+        samples=len(samples),
         count=count,
-        instances=_instance_count(rewrite),
-        replan=lambda: plan_model(repository, plan_request, settings, from_plan),
+        instances=_instance_count(named),
+        replan=replan_with(plan_request),
+        kind=kind,
+        versions=tuple(loaded_versions(model_dir, named.version_policy)),
+        plan_request=plan_request,
+        derived_samples=derived,
+        replan_with=replan_with,
     )
 
 
@@ -222,29 +374,184 @@ def repository_models(
     return names
 
 
+class _Planner:
+    """Plans one request: reads each config once, expands ensembles into
+    their members, and sorts each model into a job, an ensemble or a failure."""
+
+    def __init__(self, repository, request, settings, helper_name, allowed_models):
+        self.repository = repository
+        self.request = request
+        self.settings = settings
+        self.helper_name = helper_name
+        self.allowed_models = allowed_models
+        self.plan = RequestPlan()
+        self._read: Dict[str, Tuple] = {}
+        self._placed: Dict[str, str] = {}
+        self._all: Optional[List[str]] = None
+
+    def _read_model(self, name: str) -> Tuple:
+        """(folder, config, kind, error) of a model, read once."""
+        if name not in self._read:
+            try:
+                check_model_name(name, self.helper_name, self.allowed_models)
+                model_dir, _, _, config = read_model(self.repository, name)
+                self._read[name] = (model_dir, config, kind_of(config), None)
+            except (WarmupRequestError, ValueError) as error:
+                self._read[name] = (None, None, None, error)
+        return self._read[name]
+
+    def lookup(self, name: str) -> Tuple[model_config_pb2.ModelConfig, ModelKind]:
+        """A member's config and kind; KeyError with the reason for one the
+        repository does not hold, the helper may not warm, or Triton would refuse."""
+        _, config, kind, error = self._read_model(name)
+        if error is not None:
+            raise KeyError(error.message if isinstance(error, WarmupRequestError) else str(error))
+        return config, kind
+
+    def add(self, plan_request: ModelPlanRequest, named: bool) -> None:
+        """Plan one model. ``named``: the request names it, so a plan that
+        does not fit its config refuses the request; otherwise the model
+        fails alone."""
+        name = plan_request.name
+        if name in self._placed:
+            return
+        self._placed[name] = "planning"
+        model_dir, config, kind, error = self._read_model(name)
+        if error is not None:
+            if named and isinstance(error, WarmupRequestError):
+                raise in_request_terms(error, self.request.from_plan, plan_request)
+            message = error.message if isinstance(error, WarmupRequestError) else str(error)
+            self._fail(name, f"cannot be planned: {message}")
+            return
+        if kind.cannot_warm():
+            self._fail(name, f"cannot be warmed: {kind.cannot_warm()}", kind)
+            return
+        if kind.ensemble:
+            self._add_ensemble(plan_request, model_dir, config, kind, named)
+            return
+        try:
+            job = plan_model(self.repository, plan_request, self.settings, self.request.from_plan)
+        except WarmupRequestError as planning:
+            if named:
+                raise
+            self._fail(name, f"cannot be planned: {planning.message}", kind)
+            return
+        self.plan.jobs.append(job)
+        self._placed[name] = "job"
+
+    def _fail(self, name: str, reason: str, kind: Optional[ModelKind] = None) -> None:
+        self.plan.failed.append(ModelEntry(name=name, kind=kind.label if kind else None, error=reason))
+        self._placed[name] = "failed"
+
+    def _add_ensemble(self, plan_request: ModelPlanRequest, model_dir, config, kind: ModelKind, named: bool) -> None:
+        name = plan_request.name
+        try:
+            own = _own_samples(config, plan_request, self.settings, plan_request.count or self.settings.count)
+            _check_data_files(model_dir, config, plan_request, own)
+        except WarmupRequestError as error:
+            if named:
+                raise in_request_terms(error, self.request.from_plan, plan_request) from None
+            self._fail(name, f"cannot be planned: {error.message}", kind)
+            return
+        try:
+            flow = EnsembleFlow(name, config, kind, list(own.samples), model_dir, self.lookup)
+        except EnsembleError as error:
+            self._fail(name, f"cannot be warmed: {error}", kind)
+            return
+        # Each member once: with its own plan when the request gives it one,
+        # else with the ensemble's shapes alone. A nested ensemble is loaded
+        # too, after its members.
+        for member in flow.members + flow.nested:
+            self.add(self.own_plan(member) or _derived_only(member), named=self.named(member))
+        self.plan.ensembles.append(
+            EnsembleJob(
+                name=name,
+                model_dir=model_dir,
+                kind=kind,
+                flow=flow,
+                samples=len(own.samples),
+                batch_sizes=own.batch_sizes,
+                group_sizes=own.group_sizes,
+                versions=tuple(loaded_versions(model_dir, config.version_policy)),
+            )
+        )
+        self._placed[name] = "ensemble"
+
+    def named(self, name: str) -> bool:
+        return any(plan_request.name == name for plan_request in self.request.plans)
+
+    def own_plan(self, name: str) -> Optional[ModelPlanRequest]:
+        """The plan the request gives ``name`` itself, if any."""
+        for plan_request in self.request.plans:
+            if plan_request.name == name:
+                return plan_request
+        if self.request.all_models and name in self.all_models():
+            return dataclasses.replace(self.request.default_plan, name=name)
+        return None
+
+    def all_models(self) -> List[str]:
+        if self._all is None:
+            self._all = repository_models(self.repository, self.helper_name, self.allowed_models)
+        return self._all
+
+    def report_order(self) -> List[str]:
+        """As the request names the models, each ensemble after the members
+        it brought in, then the rest of the repository for ``all_models``."""
+        members = {ensemble.name: ensemble.members + ensemble.nested for ensemble in self.plan.ensembles}
+        order: List[str] = []
+
+        def place(name: str) -> None:
+            if name in order or name not in self._placed:
+                return
+            for member in members.get(name, []):
+                place(member)
+            order.append(name)
+
+        for plan_request in self.request.plans:
+            place(plan_request.name)
+        for name in self.all_models() if self.request.all_models else []:
+            place(name)
+        for name in self._placed:
+            place(name)
+        return order
+
+
+def _derived_only(name: str) -> ModelPlanRequest:
+    """The plan of a composing model the request does not name: no samples
+    of its own, only those its ensembles send it."""
+    return ModelPlanRequest(name=name, feature_dim=None, group_sizes=range(0), samples=())
+
+
 def plan_jobs(
     repository: pathlib.Path,
     request: WarmupRequest,
     settings: PlanSettings = PlanSettings(),
     helper_name: str = HELPER_MODEL,
     allowed_models: Optional[FrozenSet[str]] = None,
-) -> List[ModelWarmupJob]:
-    """Plan every model of ``request``; raise before any write if one is wrong.
+) -> RequestPlan:
+    """Plan every model of ``request``; raise before any write if the request is wrong.
 
     With ``all_models``, every other model of the repository
-    (``repository_models``) is planned with the request's default plan.
+    (``repository_models``) is planned with the request's default plan, and a
+    model among them that cannot be planned fails alone.
     """
-    plan_requests = list(request.plans)
+    planner = _Planner(repository, request, settings, helper_name, allowed_models)
+    # The models the request names come first, so that their plans, not an
+    # ensemble's, decide how they are planned.
+    for plan_request in request.plans:
+        planner.add(plan_request, named=True)
     if request.all_models:
-        named = set(request.models)
-        plan_requests += [
-            dataclasses.replace(request.default_plan, name=name)
-            for name in repository_models(repository, helper_name, allowed_models)
-            if name not in named
-        ]
-        if not plan_requests:
+        names = planner.all_models()
+        if not names and not request.plans:
             error = WarmupRequestError(
                 "PLAN", f"the model repository {repository} holds no model but the helper", NOT_FOUND, ("all_models",)
             )
             raise in_request_terms(error, request.from_plan)
-    return [plan_model(repository, plan_request, settings, request.from_plan) for plan_request in plan_requests]
+        for name in names:
+            planner.add(dataclasses.replace(request.default_plan, name=name), named=False)
+    plan = planner.plan
+    plan.order = planner.report_order()
+    # A nested ensemble loads before the ensembles that hold it.
+    depth = {ensemble.name: len(ensemble.nested) for ensemble in plan.ensembles}
+    plan.ensembles.sort(key=lambda ensemble: depth[ensemble.name])
+    return plan

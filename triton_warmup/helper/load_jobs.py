@@ -1,17 +1,27 @@
-"""Run the planned jobs: check the samples, rewrite the config and load
-each model; put the config back if the load fails.
+"""Run a request's plan: check the samples, rewrite the config and load
+each model; put the config back if the load fails; load each ensemble once
+its composing models are warm.
 
-Running takes the model control as an argument (``model_loading.HttpModelControl``
-or ``pb_utils`` inside Triton), which keeps this module free of Triton
-imports. ``job_planning`` makes the jobs.
+Models go in waves. A model that an ensemble feeds from another model's
+outputs waits until that model is warm and has run the ensemble's samples
+(``ensemble_flow``), so that it is written and loaded once, with every
+shape it will see. Everything else goes in the first wave.
+
+Running takes the model control and the function that sends requests as
+arguments (``model_loading.HttpModelControl`` or ``pb_utils`` inside Triton),
+which keeps this module free of Triton imports. ``job_planning`` makes the plan.
 """
 
 import concurrent.futures
+import dataclasses
 import time
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
 
 from triton_warmup.helper.config_rewrite import ConfigRewrite, config_json
-from triton_warmup.helper.job_planning import ModelWarmupJob
+from triton_warmup.helper.job_planning import EnsembleJob, ModelWarmupJob, RequestPlan
+from triton_warmup.helper.model_kind import Infer, correlation_ids
 from triton_warmup.helper.preflight import Preflight
 from triton_warmup.helper.repository_guard import (
     DEFAULT_LOCK_TIMEOUT_S,
@@ -22,7 +32,11 @@ from triton_warmup.helper.repository_guard import (
     unwritable_reason,
 )
 from triton_warmup.helper.request import WarmupRequestError
-from triton_warmup.report import ModelEntry, Status, Timings, WarmupReport
+from triton_warmup.report import ModelEntry, Status, Timings, WarmupReport, one_line
+
+# Triton's whole answer when a config it reads from the repository is
+# refused; the reason is only in its log.
+_POLL_FAILURE = "failed to poll from model repository"
 
 
 def _write_or_fall_back(rewrite: ConfigRewrite, entry: ModelEntry) -> Optional[str]:
@@ -82,6 +96,10 @@ def run_job(
     """
     entry = ModelEntry(
         name=job.name,
+        kind=job.kind.label,
+        versions=list(job.versions),
+        warmed_for=list(job.warmed_for),
+        derived_samples=job.derived_samples,
         warmup_samples=job.samples,
         count=job.count,
         instances=job.instances,
@@ -105,9 +123,10 @@ def run_job(
                     entry.interrupted_rewrite_restored = restore_interrupted_rewrite(job.model_dir)
                     # Another writer may have changed the file while we waited.
                     replan_started = time.monotonic()
-                    job = job.replan()
+                    job = dataclasses.replace(job.replan(), warmed_for=job.warmed_for)
                     entry.timings.replan_s = _since(replan_started)
                     entry.config_changed = job.rewrite.changed
+                    entry.warmup_samples = job.samples
                 if _preflight_passes(job, control, entry, was_ready, preflight):
                     _load(job, control, entry, was_ready, preflight)
             finally:
@@ -117,39 +136,138 @@ def run_job(
     except ModelLockTimeout as error:
         entry.error = str(error)
     except WarmupRequestError as error:
-        entry.error = f"config.pbtxt changed while waiting for the lock and cannot be planned: {error}"
+        entry.error = f"config.pbtxt changed while waiting for the lock and cannot be planned: {error.message}"
     if entry.ready:
         entry.seconds_to_ready = round(time.monotonic() - started, 3)
     return entry
 
 
 def run_jobs(
-    jobs: List[ModelWarmupJob],
+    plan: RequestPlan,
     control,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     max_parallel: int = 1,
     preflight: Optional[Preflight] = None,
+    infer: Optional[Infer] = None,
 ) -> List[ModelEntry]:
-    """``run_job`` for every job, up to ``max_parallel`` at once; entries in job order.
+    """Run the whole plan; one entry per model, in the plan's report order.
 
-    Triton loads different models in parallel when their load requests arrive
-    together; each job holds only its own model's lock, so jobs for different
-    models do not wait for each other. The helper loads 4 at once while its
-    preflight is on and 1 while it is off, because Triton crashed when a
-    reload ran beside a load whose warmup sample failed (docs/safety.md, "Known
-    Triton issues").
+    Models go in waves, up to ``max_parallel`` at once within a wave (Triton
+    loads different models in parallel when their load requests arrive
+    together; each job holds only its own model's lock). The helper loads 4
+    at once while its preflight is on and 1 while it is off, because Triton
+    crashed when a reload ran beside a load whose warmup sample failed
+    (docs/safety.md, "Known Triton issues"). ``infer`` sends the ensembles'
+    samples through their composing models.
     """
-    return run_each(jobs, lambda job: run_job(job, control, lock_timeout_s, preflight), max_parallel)
+    started = time.monotonic()
+    entries: Dict[str, ModelEntry] = {entry.name: entry for entry in plan.failed}
+    flows = [ensemble.flow for ensemble in plan.ensembles]
+    pending: Dict[str, ModelWarmupJob] = {job.name: job for job in plan.jobs}
+    ids = correlation_ids(np.random.default_rng())
+
+    def warm(name: str) -> bool:
+        return name in entries and entries[name].ready
+
+    def failed(name: str) -> Optional[str]:
+        entry = entries.get(name)
+        return entry.error if entry is not None and not entry.ready else None
+
+    while pending:
+        wave = [job for job in pending.values() if not any(flow.waits_for_outputs(job.name) for flow in flows)]
+        # Ensembles that feed two models into each other leave none free:
+        # those go with the shapes known so far.
+        wave = wave or list(pending.values())
+        for job in wave:
+            del pending[job.name]
+        planned = [_planned_with_shapes(job, flows) for job in wave]
+        entries.update((entry.name, entry) for entry in planned if isinstance(entry, ModelEntry))
+        jobs = [job for job in planned if isinstance(job, ModelWarmupJob)]
+        for entry in run_each(jobs, lambda job: run_job(job, control, lock_timeout_s, preflight), max_parallel, started):
+            entries[entry.name] = entry
+        for flow in flows:
+            flow.advance(warm, failed, infer, ids)
+    for ensemble in plan.ensembles:
+        entries[ensemble.name] = load_ensemble(ensemble, control, entries, started)
+    return [entries[name] for name in plan.order]
+
+
+def _planned_with_shapes(job: ModelWarmupJob, flows):
+    """The job planned again with the shapes its ensembles send it, or its
+    report entry when those shapes cannot be planned."""
+    derived, warmed_for = [], []
+    for flow in flows:
+        samples = flow.samples_for(job.name)
+        if job.name in flow.members:
+            warmed_for.append(flow.name)
+        derived.extend(samples)
+    if not derived:
+        return dataclasses.replace(job, warmed_for=tuple(warmed_for))
+    try:
+        return job.with_derived(derived, tuple(warmed_for))
+    except WarmupRequestError as error:
+        return ModelEntry(
+            name=job.name,
+            kind=job.kind.label,
+            warmed_for=warmed_for,
+            error=f"the shapes its ensembles send it cannot be planned: {error.message}",
+        )
+
+
+def load_ensemble(ensemble: EnsembleJob, control, entries: Dict[str, ModelEntry], started: float) -> ModelEntry:
+    """Load an ensemble whose composing models are all warm; else say which is not."""
+    entry = ModelEntry(
+        name=ensemble.name,
+        kind=ensemble.kind.label,
+        versions=list(ensemble.versions),
+        members=ensemble.members + ensemble.nested,
+        warmup_samples=ensemble.samples,
+        group_sizes=list(ensemble.group_sizes),
+        batch_sizes=list(ensemble.batch_sizes),
+        timings=Timings(),
+    )
+    load_started = time.monotonic()
+    not_warm = [name for name in entry.members if not (name in entries and entries[name].ready)]
+    if not_warm:
+        entry.error = f"not loaded: its composing model {not_warm[0]} is not warm ({one_line(entries[not_warm[0]].error or 'not loaded')})"
+    elif ensemble.flow.error is not None:
+        entry.error = f"not loaded: {ensemble.flow.error}"
+    else:
+        try:
+            control.load(ensemble.name)
+            entry.status = Status.READY
+        except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
+            entry.error = f"load failed: {explain_load_error(str(error))}"
+            entry.detail = str(error)
+    entry.timings.load_s = _since(load_started)
+    entry.finished_s = _since(started)
+    if entry.ready:
+        # It waited for its members: READY counts from the request's start.
+        entry.seconds_to_ready = round(entry.finished_s, 3)
+    return entry
+
+
+def explain_load_error(text: str) -> str:
+    """Triton's load error in one line, with what "failed to poll from model
+    repository" means: Triton refused the config when it read it, and named
+    the reason only in its own log."""
+    line = one_line(text)
+    if _POLL_FAILURE in line:
+        line += (
+            " (Triton refused the model's config.pbtxt when it read the repository; the server's log "
+            "names the field)"
+        )
+    return line
 
 
 def run_each(
-    jobs: List[ModelWarmupJob], run_one: Callable[[ModelWarmupJob], ModelEntry], max_parallel: int = 1
+    jobs: List, run_one: Callable[[object], ModelEntry], max_parallel: int = 1, started: Optional[float] = None
 ) -> List[ModelEntry]:
     """``run_one`` for every job, up to ``max_parallel`` at once; entries in
     job order, each with ``finished_s``: when the model settled, counted from
-    the first job (with jobs one after another, a model's own time does not
-    say it)."""
-    started = time.monotonic()
+    ``started`` (the request's first job; with jobs one after another, a
+    model's own time does not say it)."""
+    started = time.monotonic() if started is None else started
 
     def run(job):
         entry = run_one(job)
@@ -178,6 +296,7 @@ def _preflight_passes(
     if record.passed:
         return True
     entry.error = f"preflight: {record.error}; nothing was written or loaded"
+    entry.detail = record.detail
     entry.serving_previous_version = was_ready
     return False
 
@@ -188,13 +307,24 @@ def _load(
     write_started = time.monotonic()
     config_override = _write_or_fall_back(job.rewrite, entry)
     entry.timings.write_s = _since(write_started)
+    if config_override is not None and job.rewrite.missing_data_files():
+        # The planned config would name files Triton cannot read: its warmup
+        # would fail, and a failing warmup can take the server down.
+        entry.error = (
+            f"its samples read {job.rewrite.missing_data_files()} under warmup/ (the sequence controls' "
+            f"values), and they cannot be written: {entry.fallback.split(';')[0]}; nothing was loaded"
+        )
+        entry.fallback = None
+        entry.serving_previous_version = was_ready
+        return
     load_started = time.monotonic()
     load_started_at = time.time()
     try:
         control.load(job.name, config=config_override)
     except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
         entry.timings.load_s = _since(load_started)
-        entry.error = f"load failed: {error}"
+        entry.error = f"load failed: {explain_load_error(str(error))}"
+        entry.detail = str(error)
         try:
             job.rewrite.restore()
         except OSError as restore_error:

@@ -31,15 +31,17 @@ import collections
 import concurrent.futures
 import dataclasses
 import pathlib
+import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
-from triton_warmup.report import PreflightRecord
-from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, config_json, render_config
+from triton_warmup.helper.model_kind import Infer, ModelKind, correlation_ids, requests_for
+from triton_warmup.report import PreflightRecord, one_line
+from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOLDER, config_json, render_config
 from triton_warmup.helper.repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
 from triton_warmup.helper.requests_mode import sample_arrays
 
@@ -57,20 +59,20 @@ DEFAULT_PREFLIGHT_IN_FLIGHT = 4
 # How the scratch copy reaches Triton when the repository folder is writable.
 LINKED_FOLDER = "a hidden folder of links to the model's files"
 
-# Triton reads a sample's input_data_file from this folder; it is not part of
-# what the backend loads, so the scratch copy goes without it.
-WARMUP_DATA_FOLDER = "warmup"
 
 # The backends that run TorchScript through libtorch.
 _LIBTORCH = ("pytorch", "pytorch_libtorch")
 
-# Sends one request: (model, version, input arrays, output names); raises with
-# Triton's message when the answer is an error.
-Infer = Callable[[str, str, Dict[str, np.ndarray], List[str]], None]
-
-
 class PreflightFailed(Exception):
-    """A planned sample, or the scratch copy itself, failed; nothing may be written."""
+    """A planned sample, or the scratch copy itself, failed; nothing may be written.
+
+    Attributes:
+        detail: Triton's whole error text, when there is one.
+    """
+
+    def __init__(self, message: str, detail: Optional[str] = None):
+        super().__init__(message)
+        self.detail = detail
 
 
 def sample_key(sample: model_config_pb2.ModelWarmup) -> Tuple:
@@ -102,10 +104,12 @@ def unchecked_samples(
 def describe_sample(config: model_config_pb2.ModelConfig, sample: model_config_pb2.ModelWarmup) -> Dict:
     """The request shape of a sample, batch dimension included where the model batches."""
     batch = [max(sample.batch_size, 1)] if config.max_batch_size > 0 else []
+    declared = {model_input.name for model_input in config.input}
     return {
         "sample": sample.name,
         "batch_size": max(sample.batch_size, 1),
-        "inputs": {name: batch + list(data.dims) for name, data in sorted(sample.inputs.items())},
+        # A sequence model's control inputs are the batcher's, not the request's.
+        "inputs": {name: batch + list(data.dims) for name, data in sorted(sample.inputs.items()) if name in declared},
     }
 
 
@@ -226,13 +230,14 @@ class Preflight:
                 known_good = self._served_samples(job, control)
                 samples = unchecked_samples(config, known_good)
                 record.samples_known_good = len(config.model_warmup) - len(samples)
-                self._send(job.name, config, samples, job.model_dir, record, versions)
+                self._send(job.name, job.kind, config, samples, job.model_dir, record, versions)
             else:
                 record.how = "scratch copy"
                 record.why = why or "model not loaded"
                 self._check_scratch(job, control, config, versions, files, record)
         except PreflightFailed as failure:
             record.error = str(failure)
+            record.detail = failure.detail
         record.seconds = round(time.monotonic() - started, 6)
         return record
 
@@ -295,12 +300,14 @@ class Preflight:
                     }
                     control.load(scratch_name, config=config_json(scratch), files=overrides)
             except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
-                raise PreflightFailed(f"the model does not load even without warmup samples: {error}") from None
+                raise PreflightFailed(
+                    f"the model does not load even without warmup samples: {one_line(str(error))}", str(error)
+                ) from None
             finally:
                 record.load_s = round(time.monotonic() - load_started, 6)
             try:
                 # No dynamic batcher on the scratch copy: requests in flight together stay apart.
-                self._send(scratch_name, config, samples, job.model_dir, record, versions, self.in_flight)
+                self._send(scratch_name, job.kind, config, samples, job.model_dir, record, versions, self.in_flight)
             finally:
                 try:
                     control.unload(scratch_name)
@@ -338,18 +345,25 @@ class Preflight:
             raise
         return LINKED_FOLDER
 
-    def _send(self, model, config, samples, model_dir, record, versions, in_flight=1) -> None:
-        """Send each sample to each version; raise for the first that fails,
-        in plan order. Up to ``in_flight`` requests at once: only where no
+    def _send(self, model, kind: ModelKind, config, samples, model_dir, record, versions, in_flight=1) -> None:
+        """Send each sample to each version, in the requests the model's kind
+        takes (``model_kind.requests_for``); raise for the first that fails,
+        in plan order. Up to ``in_flight`` samples at once: only where no
         dynamic batcher can merge them into a batch no sample asked for."""
-        outputs = [output.name for output in config.output]
         runs = [(index, version) for index in range(len(samples)) for version in versions]
+        ids = correlation_ids(self.rng)
+        ids_lock = threading.Lock()
+
+        def next_id():
+            with ids_lock:
+                return next(ids)
 
         def run(index_and_version):
             index, version = index_and_version
             try:
                 arrays = sample_arrays(config, samples[index], model_dir, self.rng)
-                self.infer(model, version, arrays, outputs)
+                for request in requests_for(kind, model, version, config, arrays, iter(next_id, None)):
+                    self.infer(request)
             except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
                 return error
             return None
@@ -375,5 +389,6 @@ class Preflight:
         raise PreflightFailed(
             f"sample '{sample.name}' ({shape}) failed"
             + (f" on version {version}" if version and len(versions) > 1 else "")
-            + f": {error}"
+            + f": {one_line(str(error))}",
+            str(error),
         )

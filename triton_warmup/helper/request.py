@@ -151,6 +151,8 @@ class ModelPlanRequest:
             neither get random values if they are floats, else zeros.
         samples: the samples themselves, in warmup order, instead of a range
             (``group_sizes`` is then empty); ``None`` for a range.
+        derived: samples the shapes an ensemble sends this model add to its
+            plan, after its own (``ensemble_flow``); only the helper sets them.
     """
 
     name: str
@@ -164,6 +166,7 @@ class ModelPlanRequest:
     # ("defaults",)); empty for a plan made from the shape inputs.
     plan_path: Tuple = ()
     samples: Optional[Tuple[ListedSample, ...]] = None
+    derived: Tuple[ListedSample, ...] = ()
 
 
 # The tensor input that carries each setting of a plan document: a request
@@ -530,14 +533,17 @@ def _plan_samples(value: Any, path: Tuple) -> Tuple[ListedSample, ...]:
             shapes.append(
                 (str(name), tuple(_plan_integer(dim, where + ("inputs", name, at), 1) for at, dim in enumerate(dims)))
             )
-        key = (batch_size, tuple(sorted(shapes)))
-        if key in seen:
-            raise _plan_error(f"repeats the shape of sample {seen[key]}", where)
-        seen[key] = index
         requests = entry.get("requests")
         if requests is not None:
             requests = _plan_integer(requests, where + ("requests",), 0)
         data = _plan_data(entry["data"], where + ("data",)) if entry.get("data") is not None else {}
+        # The same shape twice is a mistake, unless the data differs: an
+        # ensemble's texts of one shape give its tokenizer's next model
+        # other shapes (docs/model-kinds.md).
+        key = (batch_size, tuple(sorted(shapes)), json.dumps(data, sort_keys=True))
+        if key in seen:
+            raise _plan_error(f"repeats the shape and data of sample {seen[key]}", where)
+        seen[key] = index
         samples.append(ListedSample(batch_size, tuple(shapes), data, requests))
     return tuple(samples)
 

@@ -23,7 +23,9 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
-from triton_warmup.report import ModelEntry, Status
+from triton_warmup.helper.config_rewrite import WARMUP_DATA_FOLDER
+from triton_warmup.helper.model_kind import Infer, correlation_ids, requests_for
+from triton_warmup.report import ModelEntry, Status, one_line
 
 LIMITATION = (
     "requests mode: each model was READY and served traffic while it was warmed, so "
@@ -67,18 +69,23 @@ def sample_arrays(
     ``random_data`` is random bytes, one buffer whose start every such input
     takes: a float input can hold any bit pattern (NaN included), an integer
     one any value. A string input with ``random_data`` gets empty strings, as
-    Triton gives it zeros.
+    Triton gives it zeros. Inputs the config does not declare (a sequence
+    model's control inputs, which its batcher adds to real requests) are
+    left out.
     """
     batched = config.max_batch_size > 0
+    declared = {model_input.name for model_input in config.input}
     batch = [max(sample.batch_size, 1)] if batched else []
     random_bytes = None
     arrays = {}
     for name, data in sample.inputs.items():
+        if name not in declared:
+            continue
         dims = list(data.dims)
         dtype = np.dtype(numpy_dtype(data.data_type))
         elements = int(np.prod(dims, dtype=np.int64))
         if data.HasField("input_data_file"):
-            one = _file_data(model_dir / "warmup" / data.input_data_file, data.data_type, dims)
+            one = _file_data(model_dir / WARMUP_DATA_FOLDER / data.input_data_file, data.data_type, dims)
         elif dtype == np.object_:
             one = np.full(dims, b"", dtype=np.object_)
         elif data.random_data:
@@ -98,7 +105,7 @@ def sample_arrays(
 
 def run_requests_job(
     job,
-    infer: Callable[[str, str, Dict[str, np.ndarray], List[str]], None],
+    infer: Infer,
     is_ready: Callable[[str], bool],
     rng: Optional[np.random.Generator] = None,
 ) -> ModelEntry:
@@ -106,28 +113,35 @@ def run_requests_job(
 
     Args:
         job: a ``job_planning.ModelWarmupJob``; its merged config holds the
-            samples to send (hand-written samples included).
-        infer: ``infer(model, version, arrays, output_names)`` sends one
-            request (``version`` "" for the one Triton picks) and raises
-            when Triton answers with an error.
+            samples to send (hand-written samples included); or an
+            ``EnsembleJob``, whose planned samples go to the ensemble itself,
+            so each composing model runs what the ensemble sends it.
+        infer: sends one ``InferRequest``; raises when Triton answers with an error.
         is_ready: whether a model is READY.
 
     Each sample goes its ``count`` x instances times, one request after the
     other: requests sent together could be merged by the dynamic batcher into
     a larger batch, and the backend would never run the sample's own shape.
+    A sequence model gets each item as a sequence of one request, a
+    decoupled one is read to its final response (``model_kind.requests_for``).
     Triton's scheduler picks the instance of each request; it does not
     promise that every instance sees every shape.
     """
     rng = rng or np.random.default_rng()
-    config = job.rewrite.config
+    ensemble = getattr(job, "flow", None) is not None
+    config = job.flow.config if ensemble else job.rewrite.config
+    samples = job.flow.samples if ensemble else list(config.model_warmup)
     entry = ModelEntry(
         name=job.name,
         mode="requests",
-        warmup_samples=len(config.model_warmup),
-        count=job.count,
-        instances=job.instances,
+        kind=job.kind.label,
+        warmup_samples=len(samples),
+        count=getattr(job, "count", 1),
+        instances=getattr(job, "instances", 1),
         group_sizes=list(job.group_sizes),
         batch_sizes=list(job.batch_sizes),
+        versions=list(job.versions),
+        members=job.members if ensemble else [],
         requests_sent=0,
         served_before_warm=True,
     )
@@ -143,17 +157,32 @@ def run_requests_job(
             "or use the load mode on a server in explicit model-control mode"
         )
         return entry
-    outputs = [output.name for output in config.output]
+    ids = correlation_ids(rng)
     try:
-        for sample in config.model_warmup:
+        for sample in samples:
             arrays = sample_arrays(config, sample, job.model_dir, rng)
             # A sample's own count, as Triton runs it: hand-written samples keep theirs.
-            for _ in range(max(sample.count, 1) * max(job.instances, 1)):
-                infer(job.name, "", arrays, outputs)
-                entry.requests_sent += 1
+            for _ in range(max(sample.count, 1) * max(entry.instances, 1)):
+                for request in requests_for(job.kind, job.name, "", config, arrays, ids):
+                    infer(request)
+                    entry.requests_sent += 1
     except Exception as error:  # noqa: BLE001 - reported, not raised
-        entry.error = f"a warmup request failed: {error}"
+        entry.error = f"a warmup request failed: {one_line(str(error))}"
+        entry.detail = str(error)
         return entry
     entry.seconds_warming = round(time.monotonic() - started, 3)
     entry.status = Status.READY
     return entry
+
+
+def run_requests_plan(plan, infer: Infer, is_ready: Callable[[str], bool]) -> List[ModelEntry]:
+    """``run_requests_job`` for every model of a ``job_planning.RequestPlan``
+    that has samples of its own, and every ensemble; entries in the plan's
+    report order. A composing model with no plan of its own is warmed by its
+    ensemble's requests and has no entry of its own."""
+    started = time.monotonic()
+    done = {entry.name: entry for entry in plan.failed}
+    for job in [job for job in plan.jobs if job.samples] + list(plan.ensembles):
+        entry = done[job.name] = run_requests_job(job, infer, is_ready)
+        entry.finished_s = round(time.monotonic() - started, 6)
+    return [done[name] for name in plan.order if name in done]

@@ -6,7 +6,7 @@ fixed dimensions all come from the config.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
@@ -230,6 +230,11 @@ def listed_sample_name(index: int, batch_size: int) -> str:
     return f"{GENERATED_PREFIX}sample{index + 1}_batch{batch_size}"
 
 
+def derived_sample_name(index: int, batch_size: int) -> str:
+    """A sample whose shape an ensemble sends the model (``ensemble_flow``)."""
+    return f"{GENERATED_PREFIX}ensemble{index + 1}_batch{batch_size}"
+
+
 def _fill(data: model_config_pb2.ModelWarmup.Input, policy: Any) -> None:
     if policy == "random":
         data.random_data = True
@@ -379,13 +384,12 @@ def plan_listed_samples(
     data: Optional[Mapping[str, Any]] = None,
     default_data: Optional[Mapping[str, Any]] = None,
     plan_path: Tuple = (),
+    name_of: Callable[[int, int], str] = None,
 ) -> WarmupPlan:
     """Plan the samples a plan lists, in its order.
 
-    Triton runs ``model_warmup`` in the order of the config, and TorchScript
-    keeps optimized graphs for the first shapes it specializes on, so the
-    order is the plan's to choose: a plan made from traffic puts the most
-    frequent shape first (docs/traffic.md).
+    Triton runs ``model_warmup`` in the order of the config, so the order is
+    the plan's to choose (docs/traffic.md, "The order").
 
     Raises:
         WarmupRequestError: field ``PLAN``, with the path to the sample at fault.
@@ -423,7 +427,7 @@ def plan_listed_samples(
                 path=path,
             )
         sample = model_config_pb2.ModelWarmup(
-            name=listed_sample_name(index, entry.batch_size), batch_size=entry.batch_size, count=count
+            name=(name_of or listed_sample_name)(index, entry.batch_size), batch_size=entry.batch_size, count=count
         )
         for name, dims in dims_of.items():
             sample_input = sample.inputs[name]

@@ -30,10 +30,11 @@ from triton_warmup.helper.model_loading import (
 from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
 from triton_warmup.helper.repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
 from triton_warmup.helper.job_planning import PlanSettings, plan_jobs
-from triton_warmup.helper.load_jobs import build_report, run_each, run_jobs
+from triton_warmup.helper.load_jobs import build_report, run_jobs
+from triton_warmup.helper.model_kind import InferRequest
 from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
-from triton_warmup.helper.requests_mode import LIMITATION, run_requests_job
+from triton_warmup.helper.requests_mode import LIMITATION, run_requests_plan
 
 # Models loaded at once when the preflight is on. 4 example models warmed from
 # unloaded in one request, 1 vs 4 at once on 2 CPUs, medians of 3-5 runs:
@@ -111,18 +112,28 @@ class BlsModelControl:
         return pb_utils.is_model_ready(model_name=model_name)
 
 
-def bls_infer(model_name: str, version: str, arrays: dict, output_names: list) -> None:
-    """Send one inference request to ``model_name`` from inside Triton (BLS);
-    ``version`` "" lets Triton pick."""
-    request = pb_utils.InferenceRequest(
-        model_name=model_name,
-        model_version=int(version) if version else -1,
-        inputs=[pb_utils.Tensor(name, array) for name, array in arrays.items()],
-        requested_output_names=output_names,
+def bls_infer(request: InferRequest) -> list:
+    """Send one inference request from inside Triton (BLS); return each
+    response's outputs as arrays. A sequence request carries its correlation
+    ID and flags; a decoupled model's stream is read to its final response."""
+    flags = (pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_START if request.start else 0) | (
+        pb_utils.TRITONSERVER_REQUEST_FLAG_SEQUENCE_END if request.end else 0
     )
-    response = request.exec()
-    if response.has_error():
-        raise RuntimeError(response.error().message())
+    bls_request = pb_utils.InferenceRequest(
+        model_name=request.model,
+        model_version=int(request.version) if request.version else -1,
+        inputs=[pb_utils.Tensor(name, array) for name, array in request.inputs.items()],
+        requested_output_names=list(request.outputs),
+        correlation_id=request.correlation_id,
+        flags=flags,
+    )
+    responses = bls_request.exec(decoupled=True) if request.decoupled else [bls_request.exec()]
+    outputs = []
+    for response in responses:
+        if response.has_error():
+            raise RuntimeError(response.error().message())
+        outputs.append({tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()})
+    return outputs
 
 
 class TritonPythonModel:
@@ -225,7 +236,7 @@ class TritonPythonModel:
             except ValueError as error:
                 field = "PLAN" if warmup_request.from_plan else "MODE"
                 raise WarmupRequestError(field, str(error), path=("mode",)) from None
-            jobs = plan_jobs(
+            plan = plan_jobs(
                 self.repository, warmup_request, self.settings, self.model_name, self.allowed_models
             )
         except WarmupRequestError as error:
@@ -240,20 +251,20 @@ class TritonPythonModel:
 
         plan_s = round(time.monotonic() - plan_started, 6)
         started = time.monotonic()
-        for job in jobs:
-            self.logger.log_info(
-                f"{self.model_name}: {'loading' if mode == 'load' else 'sending requests to'} "
-                f"'{job.name}' with {job.samples} warmup samples "
-                f"x {job.count} runs on {job.instances} instance(s)"
-                + ("" if mode != "load" or job.rewrite.changed else " (config unchanged)")
+        self._log_plan(plan, mode)
+        try:
+            if mode == "load":
+                # Loads run in worker threads; logging stays on this thread.
+                entries = run_jobs(
+                    plan, self.control, self.lock_timeout_s, self.max_parallel_loads, self.preflight, infer=bls_infer
+                )
+            else:
+                entries = run_requests_plan(plan, bls_infer, self.control.is_ready)
+        except Exception:  # noqa: BLE001 - a bug of the helper's: answer, and log the traceback
+            self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
+            return _error_response(
+                f"{self.model_name} failed while warming: {traceback.format_exc(limit=1)}", "INTERNAL"
             )
-        if mode == "load":
-            # Loads run in worker threads; logging stays on this thread.
-            entries = run_jobs(
-                jobs, self.control, self.lock_timeout_s, self.max_parallel_loads, self.preflight
-            )
-        else:
-            entries = run_each(jobs, lambda job: run_requests_job(job, bls_infer, self.control.is_ready))
         for entry in entries:
             self._log_entry(entry)
         report = build_report(entries, round(time.monotonic() - started, 3), plan_s)
@@ -270,6 +281,28 @@ class TritonPythonModel:
             ]
         )
 
+    def _log_plan(self, plan, mode: str) -> None:
+        fed = {member for ensemble in plan.ensembles for member in ensemble.members}
+        for job in plan.jobs:
+            if mode == "load" and job.name in fed:
+                how = "and the shapes its ensembles send it, learned once they run"
+            elif mode != "load" or job.rewrite.changed:
+                how = ""
+            else:
+                how = "(config unchanged)"
+            self.logger.log_info(
+                f"{self.model_name}: {'loading' if mode == 'load' else 'sending requests to'} "
+                f"'{job.name}' ({job.kind.label}) with {job.samples} warmup samples "
+                f"x {job.count} runs on {job.instances} instance(s) {how}".rstrip()
+            )
+        for ensemble in plan.ensembles:
+            self.logger.log_info(
+                f"{self.model_name}: ensemble '{ensemble.name}': {ensemble.samples} samples through "
+                f"{ensemble.members + ensemble.nested}, loaded once they are warm"
+            )
+        for entry in plan.failed:
+            self.logger.log_warn(f"{self.model_name}: '{entry.name}' left out: {entry.error}")
+
     def _log_entry(self, entry) -> None:
         checked = entry.preflight
         if checked is not None and checked.passed:
@@ -280,7 +313,7 @@ class TritonPythonModel:
         if entry.fallback:
             self.logger.log_warn(f"{self.model_name}: '{entry.name}': {entry.fallback}")
         if entry.error:
-            self.logger.log_error(f"{self.model_name}: '{entry.name}' failed: {entry.error}")
+            self.logger.log_error(f"{self.model_name}: '{entry.name}' failed: {entry.detail or entry.error}")
         elif entry.mode == "load":
             self.logger.log_info(f"{self.model_name}: '{entry.name}' READY after {entry.seconds_to_ready} s")
         else:
