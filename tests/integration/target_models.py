@@ -213,3 +213,207 @@ def write_witness_model(repository: pathlib.Path, name: str) -> pathlib.Path:
     (model_dir / "config.pbtxt").write_text(_WITNESS_CONFIG.format(name=name))
     torch.jit.script(_Witness()).save(str(model_dir / "1" / "model.pt"))
     return model_dir
+
+
+# --- Triton's own warmup QA cases (server qa/L0_warmup), as real models ----
+
+class _AddSub(torch.nn.Module):
+    """qa_model_repository's float32 addsub: the sum and the difference."""
+
+    def forward(self, INPUT__0: torch.Tensor, INPUT__1: torch.Tensor):
+        return INPUT__0 + INPUT__1, INPUT__0 - INPUT__1
+
+
+_ADDSUB_CONFIG = """
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [
+  {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ 16 ] }},
+  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 16 ] }}
+]
+output [
+  {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 16 ] }},
+  {{ name: "OUTPUT__1" data_type: TYPE_FP32 dims: [ 16 ] }}
+]
+instance_group [ {{ count: 2 kind: KIND_CPU }} ]
+"""
+
+
+def write_addsub_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    """A libtorch float32 add/sub model with two instances, as QA's."""
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(_ADDSUB_CONFIG.format(name=name))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(_AddSub()).save(str(model_dir / "1" / "model.pt"))
+    return model_dir
+
+
+def _python_model(repository: pathlib.Path, name: str, config: str, code: str) -> pathlib.Path:
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(textwrap.dedent(config).format(name=name))
+    (model_dir / "1" / "model.py").write_text(textwrap.dedent(code))
+    return model_dir
+
+
+# A Python sequence model with a string input (QA's sequence_object): it
+# answers the running count of characters of its sequence, and checks that
+# the sequence batcher (or the warmup sample) gave it START and READY.
+_SEQUENCE_STRING_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "INPUT" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [ {{ name: "OUTPUT" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+sequence_batching {{
+  max_sequence_idle_microseconds: 5000000
+  direct {{ }}
+  control_input [
+    {{ name: "START" control [ {{ kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] }} ] }},
+    {{ name: "READY" control [ {{ kind: CONTROL_SEQUENCE_READY int32_false_true: [ 0, 1 ] }} ] }}
+  ]
+}}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+_SEQUENCE_STRING_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.totals = {}
+
+    def execute(self, requests):
+        responses = []
+        for slot, request in enumerate(requests):
+            start = pb_utils.get_input_tensor_by_name(request, "START")
+            ready = pb_utils.get_input_tensor_by_name(request, "READY")
+            if start is None or ready is None:
+                raise pb_utils.TritonModelException("START and READY are required")
+            text = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy().reshape(-1)
+            if int(start.as_numpy().reshape(-1)[0]):
+                self.totals[slot] = 0
+            self.totals[slot] = self.totals.get(slot, 0) + sum(len(item) for item in text)
+            output = np.full((len(text), 1), self.totals[slot], np.int32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", output)]))
+        return responses
+'''
+
+
+def write_sequence_string_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    """QA's string sequence model, with its data file: one element, "233"."""
+    model_dir = _python_model(repository, name, _SEQUENCE_STRING_CONFIG, _SEQUENCE_STRING_MODEL)
+    (model_dir / "warmup").mkdir()
+    (model_dir / "warmup" / "raw_string_data").write_bytes(b"\x03\x00\x00\x00233")
+    return model_dir
+
+
+# QA's string identity (zero_1_object): 16 strings in, the same out.
+_IDENTITY_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 8
+input [ {{ name: "INPUT0" data_type: TYPE_STRING dims: [ 16 ] }} ]
+output [ {{ name: "OUTPUT0" data_type: TYPE_STRING dims: [ 16 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+_IDENTITY_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy())]
+            )
+            for request in requests
+        ]
+'''
+
+
+def write_string_identity_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    return _python_model(repository, name, _IDENTITY_CONFIG, _IDENTITY_MODEL)
+
+
+# QA's decoupled model, which answers only through its response sender: here
+# two responses, then the final flag.
+_DECOUPLED_CONFIG = """
+name: "{name}"
+backend: "python"
+input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+instance_group [ {{ kind: KIND_CPU }} ]
+model_transaction_policy {{ decoupled: true }}
+"""
+
+_DECOUPLED_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            sender = request.get_response_sender()
+            for step in range(2):
+                sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", values + step)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def write_decoupled_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    return _python_model(repository, name, _DECOUPLED_CONFIG, _DECOUPLED_MODEL)
+
+
+# QA's failing_infer: every request fails with "An Error Occurred".
+_FAILING_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [ {{ name: "INPUT" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+output [ {{ name: "OUTPUT" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+instance_group [ {{ kind: KIND_CPU }} ]
+"""
+
+_FAILING_MODEL = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError("An Error Occurred")) for _ in requests]
+'''
+
+
+def write_failing_infer_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    return _python_model(repository, name, _FAILING_CONFIG, _FAILING_MODEL)
+
+
+def write_two_version_model(repository: pathlib.Path, example: str, name: str) -> pathlib.Path:
+    """``example`` under a new name with versions 1 and 2, both served."""
+    model_dir = copy_model(repository, example, name)
+    shutil.copytree(model_dir / "1", model_dir / "2")
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text() + "\nversion_policy { all { } }\n")
+    return model_dir
+
+
+def write_ensemble(repository: pathlib.Path, name: str, steps, inputs: str, outputs: str) -> pathlib.Path:
+    """An ensemble named ``name``: each of ``steps`` is one step's fields,
+    ``inputs`` and ``outputs`` the text of its tensors."""
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    listed = ", ".join(f"{{ {step} }}" for step in steps)
+    (model_dir / "config.pbtxt").write_text(
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: 8\ninput [ {inputs} ]\noutput [ {outputs} ]\n'
+        f"ensemble_scheduling {{ step [ {listed} ] }}\n"
+    )
+    return model_dir

@@ -5,7 +5,10 @@ own code, with the hand-written samples the configs keep), or else those of
 the model_warmup samples in the configs on disk. Per model it prints the
 share of recorded requests whose shape (batch size and every input's dims) a
 sample runs, and the shapes it misses, most frequent first. Requests that a
-model's config cannot take count as uncovered and are listed apart.
+model's config cannot take count as uncovered and are listed apart. An
+ensemble has no shapes of its own: Triton records the requests it sends its
+composing models too, and an ensemble's request counts as covered when every
+one of those hit a warmed shape.
 
 Exit codes: 0 coverage reached --min-coverage for every model (or no
 threshold was given), 1 a model fell below it, 2 bad usage, an unreadable
@@ -57,8 +60,8 @@ def format_report(results, top: int) -> str:
                 str(result.requests),
                 str(result.covered),
                 f"{result.share:.1%}",
-                str(result.shapes_seen),
-                str(result.warmed_shapes),
+                "-" if result.ensemble else str(result.shapes_seen),
+                "-" if result.ensemble else str(result.warmed_shapes),
             )
         )
     lines = [text_table(rows)]

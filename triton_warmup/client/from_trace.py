@@ -144,6 +144,11 @@ def reading_notes(profile) -> List[str]:
             f"NOTE: {summary.requests_without_tensors} traced requests have no input tensors: record with "
             "--trace-config level=TENSORS"
         )
+    for name, traffic in sorted(profile.ensembles.items()):
+        notes.append(
+            f"NOTE: {name} is an ensemble ({traffic.requests} requests): it is never planned; its composing "
+            f"models {', '.join(traffic.members)} are, from the requests Triton recorded for them"
+        )
     if profile.other_models:
         notes.append(f"NOTE: not counted (not in the repository, or not asked for): {dict(profile.other_models)}")
     return notes

@@ -201,6 +201,16 @@ def _planned_with_shapes(job: ModelWarmupJob, flows):
         if job.name in flow.members:
             warmed_for.append(flow.name)
         derived.extend(samples)
+    if not derived and not job.samples:
+        # A member with no samples of its own would be READY and cold.
+        broken = [flow.error for flow in flows if job.name in flow.members and flow.error]
+        return ModelEntry(
+            name=job.name,
+            kind=job.kind.label,
+            warmed_for=warmed_for,
+            error="not loaded: it has no samples of its own, and "
+            + (f"its ensemble {broken[0]}" if broken else "its ensembles sent it no shapes"),
+        )
     if not derived:
         return dataclasses.replace(job, warmed_for=tuple(warmed_for))
     try:

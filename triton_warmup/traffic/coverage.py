@@ -22,7 +22,8 @@ class ModelCoverage:
     """How well one model's warmup covers its recorded requests.
 
     Attributes:
-        source: where the warmed shapes came from (``plan`` or ``config``).
+        source: where the warmed shapes came from (``plan`` or ``config``;
+            for an ensemble, its members).
         requests: recorded requests of the model.
         covered: those whose shape is warmed.
         warmed_shapes: distinct shapes the warmup runs.
@@ -39,6 +40,8 @@ class ModelCoverage:
     warmed_shapes: int
     uncovered: List[Tuple[Shape, int]]
     rejected: List[Tuple[str, str, int]]
+    # An ensemble, covered through its composing models' warmed shapes.
+    ensemble: bool = False
 
     @property
     def share(self) -> float:
@@ -55,6 +58,7 @@ class ModelCoverage:
             "warmed_shapes": self.warmed_shapes,
             "uncovered": counted_dicts(self.uncovered),
             "rejected": rejected_dicts(self.rejected),
+            "ensemble": self.ensemble,
         }
 
 
@@ -76,13 +80,50 @@ def planned_configs(
     return {job.name: job.rewrite.config for job in plan_jobs(repository, request, helper_name=helper_name)}
 
 
+def _ensemble_coverage(profile: TrafficProfile, warmed: Mapping[str, Set[Shape]]) -> List[ModelCoverage]:
+    """An ensemble's requests covered through its composing models: a request
+    is covered when every request it sent a member (and, through a nested
+    ensemble, every one that sent) hit a warmed shape of that member."""
+    requests_of = {
+        trace_id: children for traffic in profile.ensembles.values() for trace_id, children in traffic.children.items()
+    }
+
+    def covered(trace_id: int, depth: int = 0) -> bool:
+        children = requests_of.get(trace_id, [])
+        if not children or depth > 16:
+            return False
+        return all(
+            covered(shape, depth + 1) if model == "" else shape is not None and shape in warmed.get(model, set())
+            for model, shape in children
+        )
+
+    results = []
+    for name, traffic in sorted(profile.ensembles.items()):
+        results.append(
+            ModelCoverage(
+                model=name,
+                source="members: " + ", ".join(traffic.members),
+                requests=traffic.requests,
+                covered=sum(1 for trace_id in traffic.children if covered(trace_id)),
+                shapes_seen=0,
+                warmed_shapes=0,
+                uncovered=[],
+                rejected=[],
+                ensemble=True,
+            )
+        )
+    return results
+
+
 def measure_coverage(
     profile: TrafficProfile, configs: Mapping[str, model_config_pb2.ModelConfig], sources: Mapping[str, str]
 ) -> List[ModelCoverage]:
-    """Coverage of every model in ``profile`` by the samples of ``configs``."""
+    """Coverage of every model in ``profile`` by the samples of ``configs``;
+    an ensemble's through its composing models, after them."""
     results = []
+    warmed_of = {name: warmed_shapes(configs[name]) for name in profile.models}
     for name, traffic in sorted(profile.models.items()):
-        warmed = warmed_shapes(configs[name])
+        warmed = warmed_of[name]
         ranked = traffic.most_frequent()
         covered = sum(count for shape, count in ranked if shape in warmed)
         results.append(
@@ -97,9 +138,12 @@ def measure_coverage(
                 rejected=traffic.rejected_list(),
             )
         )
-    return results
+    return results + _ensemble_coverage(profile, warmed_of)
 
 
 def overall_share(results: List[ModelCoverage]) -> Optional[float]:
-    requests = sum(result.requests for result in results)
-    return sum(result.covered for result in results) / requests if requests else None
+    """The share of recorded requests to models that hit a warmed shape; an
+    ensemble's requests are counted through its members' already."""
+    models = [result for result in results if not result.ensemble]
+    requests = sum(result.requests for result in models)
+    return sum(result.covered for result in models) / requests if requests else None

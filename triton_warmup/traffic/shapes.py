@@ -16,6 +16,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, find_model_dir, read_config
+from triton_warmup.helper.model_kind import kind_of
 from triton_warmup.helper.warmup_plan import dims_fit
 from triton_warmup.traffic.trace import ReadSummary, TracedRequest, TracedTensor, read_requests
 
@@ -137,6 +138,32 @@ class ModelTraffic:
         return [(raw, reason, count) for (raw, reason), count in ranked]
 
 
+# Child requests whose parent has not been read yet are kept for at most this
+# many parents: a trace of a BLS model's children would otherwise fill memory.
+_MAX_ORPHANS = 10_000
+
+
+@dataclasses.dataclass
+class EnsembleTraffic:
+    """The recorded requests of one ensemble: Triton records the requests it
+    sends its composing models as well (with the ensemble's request as their
+    parent), and those are what a warmup plans; the ensemble's own are
+    counted, and linked to what its members received.
+
+    Attributes:
+        members: its composing models (nested ensembles' included).
+        requests: recorded requests to the ensemble.
+        children: per ensemble request (trace id), what each child request
+            was: (member, its shape, or ``None`` when its config cannot take
+            it) or, for a nested ensemble, ("", the child's trace id).
+    """
+
+    name: str
+    members: List[str]
+    requests: int = 0
+    children: Dict[int, List[Tuple[str, object]]] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class TrafficProfile:
     """What a trace holds, per model of the repository.
@@ -149,6 +176,8 @@ class TrafficProfile:
         seconds: how long reading took.
         helper_requests: requests to the warmup helper itself, left out of
             everything else: a server that warms at start records them.
+        ensembles: per ensemble of ``configs``, its requests (never planned:
+            its composing models are, from their own records).
     """
 
     models: Dict[str, ModelTraffic]
@@ -156,6 +185,7 @@ class TrafficProfile:
     summary: ReadSummary
     seconds: float
     helper_requests: int = 0
+    ensembles: Dict[str, EnsembleTraffic] = dataclasses.field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -165,8 +195,9 @@ class TrafficProfile:
 def repository_configs(
     repository: pathlib.Path, names: Optional[Iterable[str]] = None
 ) -> Dict[str, model_config_pb2.ModelConfig]:
-    """The configs of the repository's models (or of ``names``), keyed by
-    folder name; the helper is left out.
+    """The configs of the repository's models (or of ``names``, and the
+    composing models of the ensembles among them), keyed by folder name;
+    the helper is left out.
 
     Raises:
         WarmupRequestError: a named model without a folder or a readable config.
@@ -178,11 +209,27 @@ def repository_configs(
             if (entry / CONFIG_FILENAME).is_file() and not entry.name.startswith(".") and entry.name != HELPER_MODEL
         )
     configs = {}
-    for name in names:
+    wanted = list(names)
+    while wanted:
+        name = wanted.pop(0)
+        if name in configs:
+            continue
         _, config = read_config(find_model_dir(pathlib.Path(repository), name))
         config.name = config.name or name
         configs[name] = config
+        wanted.extend(step.model for step in kind_of(config).steps)
     return configs
+
+
+def ensemble_members(name: str, configs: Mapping[str, model_config_pb2.ModelConfig]) -> List[str]:
+    """An ensemble's composing models, nested ensembles' included, in step order."""
+    members: List[str] = []
+    for step in kind_of(configs[name]).steps:
+        if step.model in configs and kind_of(configs[step.model]).ensemble:
+            members.extend(member for member in ensemble_members(step.model, configs) if member not in members)
+        if step.model not in members:
+            members.append(step.model)
+    return members
 
 
 def profile_traffic(
@@ -203,19 +250,49 @@ def profile_traffic(
     """
     started = time.perf_counter()
     summary = ReadSummary()
+    ensembles = {
+        name: EnsembleTraffic(name, ensemble_members(name, configs))
+        for name, config in configs.items()
+        if kind_of(config).ensemble
+    }
 
-    # Looked up for every tensor record: built once.
+    # Looked up for every tensor record: built once. An ensemble's inputs
+    # are not needed: only its members' are planned.
     required = {
         name: frozenset(model_input.name for model_input in config.input if not model_input.optional)
         for name, config in configs.items()
+        if name not in ensembles
     }
 
-    models = {name: ModelTraffic(name) for name in configs}
+    models = {name: ModelTraffic(name) for name in configs if name not in ensembles}
     other: Counter[str] = collections.Counter()
     helper_requests = 0
+    # Which ensemble each traced ensemble request went to, and the children
+    # that arrived before their parent's record.
+    parents: Dict[int, str] = {}
+    orphans: Dict[int, List[Tuple[str, object]]] = {}
+
+    def add_child(parent_id: int, child: Tuple[str, object]) -> None:
+        if not ensembles:
+            return
+        ensemble = parents.get(parent_id)
+        if ensemble is None and parent_id not in orphans and len(orphans) >= _MAX_ORPHANS:
+            return  # the children of some other parent (a BLS model's): not an ensemble's
+        target = ensembles[ensemble].children.setdefault(parent_id, []) if ensemble else orphans.setdefault(parent_id, [])
+        target.append(child)
+
     for request in read_requests(paths, required.get, summary, show_progress):
         if request.model == helper_name:
             helper_requests += 1
+            continue
+        if request.model in ensembles:
+            ensembles[request.model].requests += 1
+            parents[request.trace_id] = request.model
+            ensembles[request.model].children.setdefault(request.trace_id, []).extend(
+                orphans.pop(request.trace_id, [])
+            )
+            if request.parent_id is not None:
+                add_child(request.parent_id, ("", request.trace_id))
             continue
         config = configs.get(request.model)
         if config is None:
@@ -227,9 +304,14 @@ def profile_traffic(
             shape = request_shape(config, request)
         except RejectedShape as reason:
             traffic.rejected[(_raw(request), str(reason))] += 1
+            shape = None
+        if request.parent_id is not None:
+            add_child(request.parent_id, (request.model, shape))
+        if shape is None:
             continue
         traffic.shapes[shape] += 1
         if keep_data and shape not in traffic.recorded:
             traffic.recorded[shape] = dict(request.inputs)
     seen = {name: traffic for name, traffic in models.items() if traffic.requests}
-    return TrafficProfile(seen, other, summary, time.perf_counter() - started, helper_requests)
+    used = {name: traffic for name, traffic in ensembles.items() if traffic.requests}
+    return TrafficProfile(seen, other, summary, time.perf_counter() - started, helper_requests, used)

@@ -65,11 +65,16 @@ class TracedTensor:
 
 @dataclasses.dataclass
 class TracedRequest:
-    """One request to one model, with the inputs it sent."""
+    """One request to one model, with the inputs it sent.
+
+    ``parent_id``: the trace id of the ensemble request that sent it to a
+    composing model (Triton records both); ``None`` for a client's request.
+    """
 
     trace_id: int
     model: str
     inputs: Dict[str, TracedTensor]
+    parent_id: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -187,12 +192,13 @@ def read_requests(
                     continue
                 if "model_name" in record:
                     model = str(record["model_name"])
+                    parent_id = record.get("parent_id")
                     unnamed_dropped.discard(trace_id)
-                    request = TracedRequest(trace_id, model, unnamed.pop(trace_id, {}))
+                    request = TracedRequest(trace_id, model, unnamed.pop(trace_id, {}), parent_id)
                     if required_inputs is not None and required_inputs(model) is None:
                         # A model the caller does not plan: only counted.
                         done.add(trace_id)
-                        yield TracedRequest(trace_id, model, {})
+                        yield TracedRequest(trace_id, model, {}, parent_id)
                         continue
                     pending[trace_id] = request
                 elif record.get("activity") == INPUT_ACTIVITY:
