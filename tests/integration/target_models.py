@@ -417,3 +417,34 @@ def write_ensemble(repository: pathlib.Path, name: str, steps, inputs: str, outp
         f"ensemble_scheduling {{ step [ {listed} ] }}\n"
     )
     return model_dir
+
+
+# A Python model with an INT8 input, whose values Triton's trace writes as
+# raw characters: it answers their sum.
+_INT8_CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 4
+input [ {{ name: "codes" data_type: TYPE_INT8 dims: [ -1 ] }} ]
+output [ {{ name: "total" data_type: TYPE_INT32 dims: [ 1 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+"""
+
+_INT8_MODEL = '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            codes = pb_utils.get_input_tensor_by_name(request, "codes").as_numpy().astype(np.int32)
+            total = codes.sum(axis=1, keepdims=True)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("total", total)]))
+        return responses
+'''
+
+
+def write_int8_model(repository: pathlib.Path, name: str) -> pathlib.Path:
+    return _python_model(repository, name, _INT8_CONFIG, _INT8_MODEL)

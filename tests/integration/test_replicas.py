@@ -87,9 +87,11 @@ def test_one_failing_server_fails_the_call_and_the_others_still_warm(run_cli, ow
 
     result = fan_out(run_cli, [first, third], "--models", ONLY_ON_ONE_SERVER, "--group-size-max", "1")
 
-    assert result.returncode == 1, result.stderr
+    # The server without the model refused the request as bad (NOT_FOUND):
+    # exit 2, the same as a bad request on one server.
+    assert result.returncode == 2, result.stderr
     first_outcome, third_outcome = json.loads(result.stdout)["servers"]
-    assert first_outcome["exit_code"] == 1 and ONLY_ON_ONE_SERVER in first_outcome["reason"]
+    assert first_outcome["exit_code"] == 2 and ONLY_ON_ONE_SERVER in first_outcome["reason"]
     assert third_outcome["exit_code"] == 0
     assert model_states(third)[ONLY_ON_ONE_SERVER] == "READY"
     assert ONLY_ON_ONE_SERVER not in model_states(first)

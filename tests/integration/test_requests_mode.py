@@ -69,7 +69,8 @@ def test_load_mode_is_refused_with_the_reason_and_changes_nothing(run_cli, serve
     before = repository_snapshot(server.model_repository)
     result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--mode", "load",
                         "--models", "model-v1", "--group-size-max", "2")
-    assert result.returncode == 1
+    # The helper refused the request as bad (INVALID_ARG): exit 2.
+    assert result.returncode == 2
     assert "MODE: load needs a server in explicit model-control mode" in result.stderr
     assert "use MODE requests" in result.stderr
     assert repository_snapshot(server.model_repository) == before

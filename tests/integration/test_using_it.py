@@ -89,11 +89,12 @@ def test_what_only_the_server_can_check_comes_back_with_the_plan_files_line(run_
     )
     before = (server.model_repository / "model-v1" / "config.pbtxt").read_bytes()
     result = run_cli(warm_cli.main, "-u", server.http_url, "--plan", str(plan))
-    assert result.returncode == 1
+    # A bad plan, whether the client or the helper found it: exit 2.
+    assert result.returncode == 2
     assert f"{plan}, line 6: models.model-v1.data.mask.file: no data file" in result.stderr
     plan.write_text(plan.read_text().replace("absent.bin", "mask_all_items.bin"))
     result = run_cli(warm_cli.main, "-i", "grpc", "-u", server.grpc_url, "--plan", str(plan))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{plan}, line 8: models.model-v2.batch_sizes: 16 is too large" in result.stderr
     assert (server.model_repository / "model-v1" / "config.pbtxt").read_bytes() == before
 
@@ -102,9 +103,10 @@ def test_all_warms_every_model_the_repository_holds(run_cli, server, planned):
     result = run_cli(warm_cli.main, "-u", server.http_url, "--all", "--group-size-max", "2", "--json")
     assert result.returncode == 0, result.stderr
     report = WarmupReport.from_dict(json.loads(result.stdout))
-    assert report.loaded == sorted(path.name for path in server.model_repository.iterdir()
-                                      if path.name != "warmup_helper" and (path / "config.pbtxt").exists())
-    assert all(entry.group_sizes == [1, 2] for entry in report.models)
+    assert sorted(report.loaded) == sorted(path.name for path in server.model_repository.iterdir()
+                                           if path.name != "warmup_helper" and (path / "config.pbtxt").exists())
+    # Each model that has a group dim; an ensemble's plan is its own range too.
+    assert all(entry.group_sizes in ([1, 2], [1]) for entry in report.models), report.models
 
 
 def test_requests_mode_on_demand_warms_without_a_reload(run_cli, server, planned):
@@ -213,11 +215,11 @@ def test_serve_warmup_says_ready_only_when_every_planned_model_is_warm(template_
     assert out.index(f"READY: every model of {plan}") < out.index("READY: ['model-v1', 'model-v2']")
 
 
-def test_serve_warmup_stops_with_1_when_a_planned_model_fails(template_repository, tmp_path):
+def test_serve_warmup_stops_with_2_when_the_helper_refuses_the_plan(template_repository, tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("models:\n  no-such-model:\n    group_size_max: 2\n")
     result = serve_with_plan(template_repository, tmp_path / "serve", plan)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "no model 'no-such-model'" in result.stderr
     assert "stopping the server" in result.stderr
     assert "tritonserver stopped" in result.stdout

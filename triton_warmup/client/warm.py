@@ -459,7 +459,9 @@ def format_servers(results: List[ServerResult]) -> str:
     for result in results:
         if result.exit_code == client_flags.EXIT_OK:
             models = len(result.report.models)
-            lines.append(f"{result.url.ljust(width)}  PASS    {models} models in {result.seconds:.2f} s")
+            lines.append(
+                f"{result.url.ljust(width)}  PASS    {models} model{'' if models == 1 else 's'} in {result.seconds:.2f} s"
+            )
         else:
             lines.append(f"{result.url.ljust(width)}  FAILED  {result.reason}")
     return "\n".join(lines)

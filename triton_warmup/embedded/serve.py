@@ -9,7 +9,7 @@ as tritonserver takes it (``--trace-config level=TENSORS``).
 
 Exit codes: COMMAND's own when one is given; 0 after Ctrl-C or SIGTERM; 1
 when the server cannot start, exits by itself or a planned model fails to
-warm; 2 bad usage or a bad plan file.
+warm; 2 bad usage or a bad plan file (found here or by the helper).
 
 Examples::
 

@@ -290,10 +290,11 @@ class TritonPythonModel:
                 how = ""
             else:
                 how = "(config unchanged)"
+            kind = "" if job.kind.label == "plain" else f", a {job.kind.label} model,"
             self.logger.log_info(
                 f"{self.model_name}: {'loading' if mode == 'load' else 'sending requests to'} "
-                f"'{job.name}' ({job.kind.label}) with {job.samples} warmup samples "
-                f"x {job.count} runs on {job.instances} instance(s) {how}".rstrip()
+                f"'{job.name}' with {job.samples} warmup samples "
+                f"x {job.count} runs on {job.instances} instance(s){kind} {how}".rstrip(" ,")
             )
         for ensemble in plan.ensembles:
             self.logger.log_info(
