@@ -150,3 +150,30 @@ def test_repeated_failed_loads_do_not_take_the_server_down(server):
     assert broken_config.read_bytes() == original
     with client_for(server, "http") as http:
         assert http.is_server_live() and http.is_model_ready("model-v1")
+
+
+# What only the helper can check (model-v1's max_batch_size is 8), as flags
+# and as a plan file, over both protocols: a bad request exits 2 either way.
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("form", ["flags", "plan file"])
+def test_a_value_only_the_helper_can_refuse_exits_2_as_flags_and_as_a_plan(run_cli, server, tmp_path, protocol, form):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    if form == "flags":
+        shape = ["--models", "model-v1", "--batch-sizes", "16"]
+    else:
+        plan = tmp_path / "plan.yaml"
+        plan.write_text("defaults:\n  group_size_max: 2\nmodels:\n  model-v1:\n    batch_sizes: [16]\n")
+        shape = ["--plan", str(plan)]
+    before = repository_snapshot(server.model_repository)
+    result = run_cli(warm_cli.main, "-i", protocol, "-u", url, *shape)
+    assert result.returncode == 2, result.stderr
+    assert "16 is too large for 'model-v1': max_batch_size is 8" in result.stderr
+    assert repository_snapshot(server.model_repository) == before
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_model_that_fails_exits_1(run_cli, server, protocol):
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    result = run_cli(warm_cli.main, "-i", protocol, "-u", url, "--models", "broken-model", "--group-size-max", "1")
+    assert result.returncode == 1, result.stderr
+    assert "Warmup failed for models: ['broken-model']" in result.stderr

@@ -22,7 +22,7 @@ from live_server import (
     recorded_inputs,
     request_shapes,
 )
-from target_models import write_recording_model
+from target_models import write_corrupt_model, write_recording_model
 
 EXAMPLE_PLAN = PROJECT_ROOT / "plans" / "example.yaml"
 # Server start plus a few loads of three models; the margin is for a busy machine.
@@ -185,6 +185,22 @@ def test_wait_ready_fails_at_once_for_a_model_that_failed_to_load(run_cli, serve
     assert "FAILED: broken did not load" in result.stderr
     index = {entry["name"]: entry for entry in json.loads(result.stdout)}
     assert index["broken"]["state"] == "UNAVAILABLE" and index["broken"]["reason"]
+
+
+def test_a_corrupt_model_file_fails_the_probe_in_one_readable_line(run_cli, server, planned):
+    write_corrupt_model(server.model_repository, "corrupt")
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        with pytest.raises(Exception):
+            client.load_model("corrupt")
+    result = run_cli(states_cli.main, "-u", server.http_url, "--wait-ready", "corrupt", "--json")
+    assert result.returncode == 1
+    (failed,) = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
+    assert failed.startswith("FAILED: corrupt did not load: ") and "frame #" not in result.stderr
+    entry = {entry["name"]: entry for entry in json.loads(result.stdout)}["corrupt"]
+    assert "\n" not in entry["reason"] and "frame #" in entry["detail"]
+    # --verbose prints Triton's whole text as well.
+    verbose = run_cli(states_cli.main, "-u", server.http_url, "--wait-ready", "corrupt", "-v")
+    assert verbose.returncode == 1 and "frame #" in verbose.stderr
 
 
 def serve_with_plan(template_repository, workdir, plan, *command):

@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from triton_warmup.client import flags as client_flags
 from triton_warmup.client.plan_file import PlanFileError, load_plan
+from triton_warmup.report import one_line
 
 # Connecting and reading the index is quick; a server this slow is unhealthy.
 DEFAULT_TIMEOUT_S = 30.0
@@ -103,7 +104,9 @@ def wait_ready(client, args, headers) -> tuple:
             failures = load_failures(index, waited)
             if failures:
                 for name, reason in failures.items():
-                    print(f"FAILED: {name} did not load: {reason}", file=sys.stderr)
+                    print(f"FAILED: {name} did not load: {one_line(reason)}", file=sys.stderr)
+                    if args.verbose and one_line(reason) != reason.strip():
+                        print(reason, file=sys.stderr)
                 return client_flags.EXIT_FAILED, index
             if all(states[name] == "READY" for name in waited):
                 print(f"READY: {waited}")
@@ -122,6 +125,20 @@ def wait_ready(client, args, headers) -> tuple:
     return client_flags.EXIT_FAILED, index
 
 
+def readable_index(index: List[Dict]) -> List[Dict]:
+    """The index with each ``reason`` in one line (``report.one_line``);
+    Triton's whole text, a C++ stack for a corrupt model file, goes to
+    ``detail``."""
+    readable = []
+    for entry in index:
+        entry = dict(entry)
+        reason = entry.get("reason")
+        if reason and one_line(reason) != reason.strip():
+            entry["reason"], entry["detail"] = one_line(reason), reason
+        readable.append(entry)
+    return readable
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1]
@@ -131,7 +148,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--json",
         action="store_true",
         help="Print the full repository index as JSON, with each model's reason "
-        "when it is not READY. Default is off.",
+        "when it is not READY (one line; Triton's whole text in detail). Default is off.",
     )
     parser.add_argument(
         "--wait-ready",
@@ -183,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.wait_ready is not None:
             code, index = wait_ready(client, args, headers)
             if args.json and index is not None:
-                print(json.dumps(index, indent=2))
+                print(json.dumps(readable_index(index), indent=2))
             return code
         index = client_flags.repository_index(client, args.protocol, headers)
     except (OSError, InferenceServerException) as error:
@@ -195,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         client.close()
     if args.json:
-        print(json.dumps(index, indent=2))
+        print(json.dumps(readable_index(index), indent=2))
     else:
         print(model_states(index))
     return client_flags.EXIT_OK
