@@ -448,3 +448,71 @@ class TritonPythonModel:
 
 def write_int8_model(repository: pathlib.Path, name: str) -> pathlib.Path:
     return _python_model(repository, name, _INT8_CONFIG, _INT8_MODEL)
+
+
+class _PickySession(torch.nn.Module):
+    """session-encoder's interface (a sequence model); raises for groups
+    above ``largest_group``."""
+
+    def __init__(self, largest_group: int):
+        super().__init__()
+        self.largest_group = largest_group
+
+    def forward(self, x: torch.Tensor, start: torch.Tensor, ready: torch.Tensor) -> torch.Tensor:
+        if x.size(1) > self.largest_group:
+            raise RuntimeError("group size above the model's maximum")
+        return x.mean(dim=1).repeat(1, 2) * ready.to(x.dtype) + start.to(x.dtype)
+
+
+def write_picky_sequence_model(repository: pathlib.Path, name: str, largest_group: int) -> pathlib.Path:
+    """A sequence model (session-encoder's config) that rejects large groups."""
+    model_dir = copy_example_config(repository, "session-encoder", name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.jit.script(_PickySession(largest_group)).save(str(model_dir / "1" / "model.pt"))
+    return model_dir
+
+
+_PICKY_STREAM_CONFIG = """
+name: "{name}"
+backend: "python"
+input [ {{ name: "x" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+output [ {{ name: "y" data_type: TYPE_FP32 dims: [ -1 ] }} ]
+instance_group [ {{ kind: KIND_CPU }} ]
+model_transaction_policy {{ decoupled: true }}
+parameters {{ key: "largest_group" value {{ string_value: "{largest_group}" }} }}
+"""
+
+_PICKY_STREAM_MODEL = '''
+import json
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        parameters = json.loads(args["model_config"])["parameters"]
+        self.largest_group = int(parameters["largest_group"]["string_value"])
+
+    def execute(self, requests):
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            sender = request.get_response_sender()
+            if x.shape[-1] > self.largest_group:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("group size above the model's maximum")))
+            else:
+                sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("y", x)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def write_picky_decoupled_model(repository: pathlib.Path, name: str, largest_group: int) -> pathlib.Path:
+    """A decoupled Python model whose stream answers an error for large groups."""
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(
+        textwrap.dedent(_PICKY_STREAM_CONFIG).format(name=name, largest_group=largest_group)
+    )
+    (model_dir / "1" / "model.py").write_text(textwrap.dedent(_PICKY_STREAM_MODEL))
+    return model_dir

@@ -2,7 +2,8 @@
 
 Each bad plan names a real model and a shape its code rejects (a group size
 above what a picky encoder takes, a feature dimension a Linear(64) refuses, a
-sequence longer than the text encoder's position table). Both cores are kept
+sequence longer than the text encoder's position table, a group too large
+for a sequence model and for a decoupled one). Both cores are kept
 busy by spinning shell loops, the condition under which Triton crashed most
 often (docs/safety.md, "Known Triton issues").
 
@@ -30,7 +31,12 @@ from live_server import (
     triton_crashed,
     warmup_inputs,
 )
-from target_models import write_picky_model, write_variable_feature_model
+from target_models import (
+    write_picky_decoupled_model,
+    write_picky_model,
+    write_picky_sequence_model,
+    write_variable_feature_model,
+)
 
 BAD_PLANS = 30
 # Plans sent with the preflight off; 0 (make test) skips that measurement.
@@ -43,8 +49,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 def bad_plan(trial: int):
     """(model, warmup inputs, the shape that fails) for one trial, cycling
-    through three kinds of mistake."""
-    kind = trial % 3
+    through five kinds of mistake."""
+    kind = trial % 5
+    if kind == 3:
+        group = PICKY_LARGEST_GROUP + 1 + trial % 2
+        return "picky-session", warmup_inputs(["picky-session"], 1, group, batch_sizes=[1, 2]), "group size above"
+    if kind == 4:
+        group = PICKY_LARGEST_GROUP + 1 + trial % 2
+        return "picky-stream", warmup_inputs(["picky-stream"], 1, group), "group size above"
     if kind == 0:
         group = PICKY_LARGEST_GROUP + 1 + trial % 2
         return "picky", warmup_inputs(["picky"], 1, group, batch_sizes=[1]), "group size above"
@@ -74,6 +86,8 @@ def busy_cores():
 def with_targets(server):
     write_picky_model(server.model_repository, "picky", PICKY_LARGEST_GROUP)
     write_variable_feature_model(server.model_repository, "any-width")
+    write_picky_sequence_model(server.model_repository, "picky-session", PICKY_LARGEST_GROUP)
+    write_picky_decoupled_model(server.model_repository, "picky-stream", PICKY_LARGEST_GROUP)
     return server
 
 
