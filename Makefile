@@ -59,14 +59,16 @@ test-faults: venv backend
 # On the native libtorch backend: cold vs seed-style vs this project's warmup,
 # cost, scaling, specializations (about 2 minutes); how long a replica
 # (deploy/entrypoint.sh) takes to become ready (about 3 minutes); how often
-# tritonserver dies when a warmup sample fails (about 3 minutes). Results in
-# bench/results/.
+# tritonserver dies when a warmup sample fails (about 3 minutes); a range plan
+# against a traffic plan; the first request through the example ensemble,
+# cold and warmed (about 2 minutes). Results in bench/results/.
 bench: venv backend models
 	$(PY) -m bench.warmup_benchmark
 	$(PY) -m bench.replica_benchmark
 	$(PY) -m bench.warmup_crash_rate
 	$(PY) -m bench.preflight_cost
 	$(PY) -m bench.traffic_benchmark
+	$(PY) -m bench.ensemble_benchmark
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache $(MODELS)
