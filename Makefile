@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh clone:
 #   make run   - venv, native libtorch backend, models, embedded Triton on a
-#                working copy, warmup, states
+#                working copy, warmup of every example model, states
 #   make test  - unit and integration tests on the real embedded Triton
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +12,7 @@ METRICS_PORT ?= 8002
 MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt \
 	model_repository/text-encoder/1/model.pt model_repository/session-encoder/1/model.pt
 
-.PHONY: run test unit integration test-faults bench venv backend models clean
+.PHONY: run test unit integration test-faults bench docs venv backend models clean
 
 venv: $(VENV)/.installed
 
@@ -28,17 +28,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # Triton's native libtorch backend, built from source once and cached in
 # .build/ (keyed by source commits, torch and compiler; libtorch_backend/).
 backend: venv
-	$(PY) -m triton_warmup.libtorch_backend
+	@$(PY) -m triton_warmup.libtorch_backend
 
 models: $(MODELS)
 
 $(MODELS): triton_warmup/example_models.py $(VENV)/.installed
 	$(PY) gen_model.py --model-repository model_repository
 
+# Every model of the example repository (plain, Python with a string input,
+# an ensemble, a sequence model), group sizes 1..4, on a working copy.
 run: venv backend models
-	$(VENV)/bin/triton-warmup-serve --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
-		sh -c '$(VENV)/bin/triton-warmup -u localhost:$(HTTP_PORT) --models model-v1 model-v2 model-v3 text-encoder \
-			--feature-dims 64 128 256 0 --group-size-min 1 --group-size-max 4 \
+	@$(VENV)/bin/triton-warmup-serve --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
+		sh -c '$(VENV)/bin/triton-warmup -u localhost:$(HTTP_PORT) --all --group-size-max 4 \
 		&& $(VENV)/bin/triton-warmup-states -u localhost:$(HTTP_PORT)'
 
 test: venv backend
@@ -69,6 +70,12 @@ bench: venv backend models
 	$(PY) -m bench.preflight_cost
 	$(PY) -m bench.traffic_benchmark
 	$(PY) -m bench.ensemble_benchmark
+
+# Run every command the README and the docs show (blocks marked
+# <!-- shown: ... -->) and write what they printed into the docs;
+# make test checks them (tests/integration/test_docs.py).
+docs: venv backend models
+	$(PY) -m pytest tests/integration/test_docs.py --write-docs
 
 clean:
 	rm -rf $(VENV) .build .pytest_cache $(MODELS)

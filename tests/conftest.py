@@ -20,6 +20,13 @@ def _run_cli(main: Callable[[List[str]], int], *args: str) -> subprocess.Complet
     return subprocess.CompletedProcess([main.__module__, *args], code, out.getvalue(), err.getvalue())
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--write-docs", action="store_true",
+        help="test_docs.py: write what the commands printed into the docs instead of comparing (make docs).",
+    )
+
+
 @pytest.fixture(scope="session")
 def run_cli():
     """``run_cli(module.main, *argv)``: a command run in-process (the clients'

@@ -12,14 +12,18 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import urllib.request
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 import yaml
 from tritonclient.utils import deserialize_bytes_tensor
 
 from triton_warmup.client import coverage as coverage_command
 from triton_warmup.client import from_trace, warm
+from triton_warmup.embedded import serve
+from triton_warmup.traffic.trace import read_requests
 from triton_warmup.embedded import free_port
 from live_server import COMMANDS, served_config
 from target_models import write_int8_model
@@ -163,3 +167,35 @@ def test_the_plan_warms_and_covers_everything_through_the_ensemble(recording, tr
     rows = {row["model"]: row for row in json.loads(covered.stdout)["models"]}
     assert rows["embed"]["ensemble"] and rows["embed"]["requests"] == len(TEXTS) and rows["embed"]["covered"] == len(TEXTS)
     assert all(row["share"] == 1.0 for row in rows.values())
+
+
+def test_per_model_trace_settings_record_only_the_model_that_matters(start_server, tmp_path):
+    """docs/traffic.md: start with tracing off, turn it on for one model."""
+    trace = tmp_path / "one-model.json"
+    flags = ["--trace-config", f"triton,file={trace}", "--trace-config", "level=OFF"]
+    server = start_server("per_model_trace", extra_args=serve.tritonserver_flags(flags))
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        for model in ("model-v1", "text-encoder"):
+            client.load_model(model)
+        # The request docs/traffic.md shows, as curl sends it.
+        setting = {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": "1", "trace_count": "-1"}
+        posted = urllib.request.Request(
+            f"http://{server.http_url}/v2/models/text-encoder/trace/setting", data=json.dumps(setting).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(posted, timeout=30) as answer:
+            assert answer.status == 200
+        for _ in range(3):
+            ids = np.ones((1, 5), np.int64)
+            tensors = [httpclient.InferInput(name, [1, 5], "INT64") for name in ("input_ids", "attention_mask")]
+            for tensor in tensors:
+                tensor.set_data_from_numpy(ids)
+            client.infer("text-encoder", tensors)
+            x = httpclient.InferInput("x", [1, 2, 64], "FP32")
+            x.set_data_from_numpy(np.ones((1, 2, 64), np.float32))
+            mask = httpclient.InferInput("mask", [1, 2], "INT64")
+            mask.set_data_from_numpy(np.ones((1, 2), np.int64))
+            client.infer("model-v1", [x, mask])
+    server.stop()
+    requests = list(read_requests([trace]))
+    assert [request.model for request in requests] == ["text-encoder"] * 3

@@ -102,7 +102,7 @@ def test_table_lists_each_model_with_its_preflight_and_error():
     # An ensemble shows its members; a member, the shapes it got from it.
     assert lines[6].split()[:8] == ["embed", "READY", "4", "-", "-", "-", "3.00", "-"]
     assert lines[6].endswith("ensemble of tokenizer, text-encoder")
-    assert lines[7].endswith("2 shapes from embed")
+    assert lines[7].endswith("member of embed (2 new shapes from it)")
     assert len(lines) == 8
 
 

@@ -115,7 +115,10 @@ class StateWatcher:
         except OSError:
             return None
         entries = {entry["name"]: entry for entry in index}
-        names = self.models if self.models is not None else sorted(n for n in entries if n != self.helper)
+        # Hidden folders are the preflight's scratch copies, not models.
+        names = self.models if self.models is not None else sorted(
+            name for name in entries if name != self.helper and not name.startswith(".")
+        )
         states = {}
         for name in names:
             entry = entries.get(name, {"state": "?"})
@@ -160,7 +163,13 @@ class StateWatcher:
                 self._show(name, state, elapsed)
 
     def _show(self, name: str, state: str, elapsed: float, final: bool = False) -> None:
-        changed = self.shown.get(name) != state
+        previous = self.shown.get(name)
+        if not final and previous in _STAGES and state in _STAGES and _STAGES[state] < _STAGES[previous]:
+            # A poll that waited showed it LOADING, and the next one says
+            # UNAVAILABLE again (not started yet): a view that flickers back
+            # tells nothing, so it stays until the state moves on.
+            return
+        changed = previous != state
         # FAILED, or READY for a model that was not READY before: this warmup
         # is done with it. The report settles the rest.
         if state == "FAILED" or (state == "READY" and name not in (self.ready_before or ())):

@@ -273,7 +273,10 @@ def notes_cell(entry: ModelEntry) -> str:
     if entry.kind == "ensemble":
         notes.append(f"ensemble of {', '.join(entry.members)}")
     if entry.warmed_for:
-        notes.append(f"{entry.derived_samples} shapes from {', '.join(entry.warmed_for)}")
+        learned = f" ({entry.derived_samples} new shapes from it)" if entry.derived_samples else ""
+        if entry.derived_samples and len(entry.warmed_for) > 1:
+            learned = f" ({entry.derived_samples} new shapes from them)"
+        notes.append(f"member of {', '.join(entry.warmed_for)}{learned}")
     if entry.kind in ("sequence", "decoupled", "sequence, decoupled"):
         notes.append(entry.kind)
     if len(entry.versions) > 1:
