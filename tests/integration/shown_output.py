@@ -421,16 +421,19 @@ def write_file(scenario: Scenario, block: Block) -> None:
 
 
 def run_command(scenario: Scenario, command: str) -> List[str]:
-    """What ``command`` printed (stdout, then stderr), in the docs' terms."""
+    """What ``command`` printed (stdout and stderr as they came), in the docs' terms."""
     environment = dict(os.environ)
     # The package's commands, as a user who installed it has them.
     environment["PATH"] = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     environment["COLUMNS"] = "200"
+    # Both streams in one, in the order a terminal shows them.
+    environment["PYTHONUNBUFFERED"] = "1"
     finished = subprocess.run(
         ["bash", "-c", scenario.command_line(command).replace("\\\n", " ")],
-        cwd=scenario.cwd, env=environment, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+        cwd=scenario.cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=COMMAND_TIMEOUT_S,
     )
-    printed = finished.stdout.splitlines() + finished.stderr.splitlines()
+    printed = finished.stdout.splitlines()
     return [scenario.output_line(line) for line in printed]
 
 

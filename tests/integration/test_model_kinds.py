@@ -12,6 +12,7 @@ its statistics.
 """
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -276,7 +277,12 @@ def test_the_first_request_through_an_ensemble_runs_warmed_shapes(qa, ensembles_
         text.set_data_from_numpy(np.array([[LONG_TEXT], [LONG_TEXT]], dtype=np.object_))
         answer = client.infer("embed", [text])
     assert answer.as_numpy("EMBEDDING").shape == (2, 64)
+    # Triton counts a request when it releases it, which can be after the
+    # response arrived: wait for the count (bounded by the module's timeout).
     after = model_statistics(qa, "text-encoder")
+    while int(after["inference_count"]) == int(before["inference_count"]):
+        time.sleep(0.01)
+        after = model_statistics(qa, "text-encoder")
     # The ensemble sent text-encoder one request at a shape the warmup ran.
     assert int(after["inference_count"]) - int(before["inference_count"]) == 2
     first_ns = int(after["inference_stats"]["compute_infer"]["ns"]) - int(before["inference_stats"]["compute_infer"]["ns"])

@@ -86,6 +86,9 @@ class ModelWarmupJob:
     warmed_for: Tuple[str, ...] = ()
     derived_samples: int = 0
 
+    # Plans this model anew from another plan request (set by plan_model).
+    replan_with: Optional[Callable[[ModelPlanRequest], Callable[[], "ModelWarmupJob"]]] = None
+
     def with_derived(self, derived, warmed_for: Tuple[str, ...]) -> "ModelWarmupJob":
         """This job planned again with ``derived`` (``ListedSample``) after its own samples.
 
@@ -93,11 +96,7 @@ class ModelWarmupJob:
             WarmupRequestError: the shapes do not fit the config, or the cap.
         """
         request = dataclasses.replace(self.plan_request, derived=tuple(derived))
-        job = dataclasses.replace(self.replan_with(request)(), warmed_for=warmed_for)
-        return job
-
-    # Set by plan_model: plans this model anew from a plan request.
-    replan_with: Callable[[ModelPlanRequest], Callable[[], "ModelWarmupJob"]] = None
+        return dataclasses.replace(self.replan_with(request)(), warmed_for=warmed_for)
 
 
 @dataclasses.dataclass
