@@ -40,7 +40,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import serialize_byte_tensor
 
 from bench.measure import PROJECT_ROOT, REQUEST_TIMEOUT_S, backend_line, backend_record, copy_repository
-from bench.report import table
+from bench.report import table, write_results
 from triton_warmup.client.warm import request_warmup
 from triton_warmup.embedded import EmbeddedTriton, free_port
 
@@ -251,10 +251,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.copytree(template, repository)
             trials.append(trial(condition, number, repository, workdir, document, args))
         results["conditions"][condition] = {**summarize(trials), "trials": trials}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "ensemble_benchmark.json").write_text(json.dumps(results, indent=2))
-    (args.output_dir / "ensemble_benchmark.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(args.output_dir, "ensemble_benchmark", results, markdown(results))
     return 0
 
 

@@ -22,7 +22,6 @@ Writes preflight_cost.md and .json to --output-dir (default bench/results).
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -35,6 +34,7 @@ from typing import Dict, List, Optional
 
 from triton_warmup import HELPER_MODEL as HELPER
 from bench.measure import PROJECT_ROOT, Session, backend_line, backend_record, copy_repository
+from bench.report import write_results
 
 import torch
 from triton_warmup.embedded import EmbeddedTriton, free_port
@@ -201,11 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"stub peak +{run['stub_peak_mib']:.0f} MiB", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    (args.output_dir / "preflight_cost.md").write_text(text)
-    (args.output_dir / "preflight_cost.json").write_text(json.dumps(results, indent=1))
-    print(text)
+    write_results(args.output_dir, "preflight_cost", results, markdown(results))
     return 0
 
 

@@ -37,7 +37,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from bench.measure import PROJECT_ROOT, EXAMPLE_MODELS, backend_line, backend_record, copy_repository
-from bench.report import linear_fit, table
+from bench.report import linear_fit, table, write_results
 
 from triton_warmup.embedded import container as local_container
 from triton_warmup.embedded.container import LocalContainer
@@ -255,11 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         replicas.stop_all()
     shutil.rmtree(workdir, ignore_errors=True)
     results["benchmark_seconds"] = time.monotonic() - started
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    (args.output_dir / "replica_benchmark.md").write_text(text)
-    (args.output_dir / "replica_benchmark.json").write_text(json.dumps(results, indent=1))
-    print(text)
+    write_results(args.output_dir, "replica_benchmark", results, markdown(results))
     print(f"results in {args.output_dir} ({results['benchmark_seconds']:.0f} s)")
     return 0
 

@@ -1,5 +1,6 @@
 """Turning the benchmark's raw numbers into its summary, Markdown and plot."""
 
+import json
 import pathlib
 from typing import Dict, List, Sequence
 
@@ -66,6 +67,15 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> Dict:
     total = float(np.sum((ys - ys.mean()) ** 2))
     r_squared = 1 - float(np.sum((ys - predicted) ** 2)) / total if total else 1.0
     return {"intercept_s": float(intercept), "per_sample_s": float(slope), "r_squared": r_squared}
+
+
+def write_results(output_dir: pathlib.Path, name: str, results: Dict, text: str) -> None:
+    """Every benchmark's output: ``<name>.md`` (its tables), ``<name>.json``
+    (every raw number), and the tables on stdout."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{name}.md").write_text(text)
+    (output_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    print(text)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -51,6 +51,7 @@ import numpy as np
 import yaml
 
 from bench.measure import PROJECT_ROOT, TEXT_ENCODER, Session, Shape, backend_line, backend_record, copy_repository
+from bench.report import write_results
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.traffic.trace import recording_flags
 
@@ -382,10 +383,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "trials": args.trials,
         "models": {model: measure_model(model, workdir, repository, args) for model in args.models},
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "traffic_benchmark.json").write_text(json.dumps(results, indent=2))
-    (args.output_dir / "traffic_benchmark.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(args.output_dir, "traffic_benchmark", results, markdown(results))
     return 0
 
 

@@ -31,6 +31,7 @@ import time
 from typing import Dict, List, Optional
 
 from bench.measure import PROJECT_ROOT, backend_line, backend_record, copy_repository
+from bench.report import write_results
 
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
@@ -213,11 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except TritonStartError as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    (args.output_dir / "warmup_crash_rate.md").write_text(text)
-    (args.output_dir / "warmup_crash_rate.json").write_text(json.dumps(results, indent=1))
-    print(text)
+    write_results(args.output_dir, "warmup_crash_rate", results, markdown(results))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

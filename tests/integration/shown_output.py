@@ -265,9 +265,9 @@ class Traffic(Scenario):
     shown_folder = "/tmp/traffic"
     # (model, batch, length) -> requests
     MIX = {
-        ("model-v1", 1, 4): 120, ("model-v1", 2, 8): 60, ("model-v1", 1, 16): 20,
-        ("text-encoder", 1, 12): 150, ("text-encoder", 2, 12): 50, ("text-encoder", 1, 30): 30,
-        ("text-encoder", 4, 7): 15, ("text-encoder", 1, 48): 5,
+        ("model-v1", 1, 4): 60, ("model-v1", 2, 8): 30, ("model-v1", 1, 16): 10,
+        ("text-encoder", 1, 12): 75, ("text-encoder", 2, 12): 25, ("text-encoder", 1, 30): 15,
+        ("text-encoder", 4, 7): 8, ("text-encoder", 1, 48): 2,
     }
 
     def setup(self) -> None:
@@ -301,16 +301,6 @@ class Traffic(Scenario):
                     tensor.set_data_from_numpy(array)
                     inputs.append(tensor)
                 client.infer(model, inputs)
-
-
-class Examples(Scenario):
-    """``/tmp/examples``: the example repository, every kind of model."""
-
-    shown_folder = "/tmp/examples"
-
-    def setup(self) -> None:
-        names = [entry.name for entry in (PROJECT_ROOT / "model_repository").iterdir() if entry.is_dir()]
-        _example_models(self.folder / "models", names)
 
 
 class Deploy(Scenario):
@@ -405,7 +395,6 @@ SCENARIOS: Dict[str, Callable[[pathlib.Path], Scenario]] = {
     "make-run": MakeRun,
     "own": OwnRepository,
     "traffic": Traffic,
-    "examples": Examples,
     "deploy": Deploy,
     "replicas": Replicas,
     "restricted": Restricted,

@@ -251,10 +251,12 @@ def write_addsub_model(repository: pathlib.Path, name: str) -> pathlib.Path:
     return model_dir
 
 
-def _python_model(repository: pathlib.Path, name: str, config: str, code: str) -> pathlib.Path:
+def _python_model(repository: pathlib.Path, name: str, config: str, code: str, **settings) -> pathlib.Path:
+    """A Python backend model: ``config`` (formatted with its name and
+    ``settings``) and ``1/model.py``."""
     model_dir = repository / name
     (model_dir / "1").mkdir(parents=True)
-    (model_dir / "config.pbtxt").write_text(textwrap.dedent(config).format(name=name))
+    (model_dir / "config.pbtxt").write_text(textwrap.dedent(config).format(name=name, **settings))
     (model_dir / "1" / "model.py").write_text(textwrap.dedent(code))
     return model_dir
 
@@ -509,10 +511,4 @@ class TritonPythonModel:
 
 def write_picky_decoupled_model(repository: pathlib.Path, name: str, largest_group: int) -> pathlib.Path:
     """A decoupled Python model whose stream answers an error for large groups."""
-    model_dir = repository / name
-    (model_dir / "1").mkdir(parents=True)
-    (model_dir / "config.pbtxt").write_text(
-        textwrap.dedent(_PICKY_STREAM_CONFIG).format(name=name, largest_group=largest_group)
-    )
-    (model_dir / "1" / "model.py").write_text(textwrap.dedent(_PICKY_STREAM_MODEL))
-    return model_dir
+    return _python_model(repository, name, _PICKY_STREAM_CONFIG, _PICKY_STREAM_MODEL, largest_group=largest_group)

@@ -38,7 +38,7 @@ from target_models import (
     write_variable_feature_model,
 )
 
-BAD_PLANS = 20
+BAD_PLANS = 15
 # Plans sent with the preflight off; 0 (make test) skips that measurement.
 PREFLIGHT_OFF_PLANS = int(os.environ.get("PREFLIGHT_OFF_PLANS", "0"))
 PICKY_LARGEST_GROUP = 3

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 import yaml
-from tritonclient.utils import deserialize_bytes_tensor
 
 from triton_warmup.client import coverage as coverage_command
 from triton_warmup.client import from_trace, warm
 from triton_warmup.embedded import serve
+from triton_warmup.traffic.plan import traced_strings
 from triton_warmup.traffic.trace import read_requests
 from triton_warmup.embedded import free_port
 from live_server import COMMANDS, served_config
@@ -132,17 +132,24 @@ def test_every_request_is_read_and_the_helpers_are_not_counted(recording, traffi
 
 
 def test_recorded_strings_and_codes_come_back_byte_for_byte(recording, traffic_plan):
-    repository, _, sent = recording
-    plan_path, _ = traffic_plan
+    repository, trace, sent = recording
+    plan_path, summary = traffic_plan
+    # The reader gives back every string as the client sent it.
+    texts = [
+        traced_strings(request.inputs["TEXT"], request.inputs["TEXT"].shape[0])
+        for request in read_requests([trace])
+        if request.model == "tokenizer"
+    ]
+    # Sent to the tokenizer directly, and by the ensemble on the way to text-encoder.
+    expected = [[text.encode()] * batch for batch, text in sent["tokenizer"] + sent["embed"]]
+    assert sorted(texts) == sorted(expected)
     plan = yaml.safe_load(plan_path.read_text())
     assert "embed" not in plan["models"]
-    # The first request recorded at each shape: batch 1 and batch 2 here.
-    first_text = {}
-    for batch, text in sent["tokenizer"]:
-        first_text.setdefault(batch, text)
-    for sample in plan["models"]["tokenizer"]["samples"]:
-        data = (repository / "tokenizer" / "warmup" / sample["data"]["TEXT"]["file"]).read_bytes()
-        assert deserialize_bytes_tensor(data).tolist() == [first_text[sample["batch_size"]].encode()]
+    # The plan keeps the helper's policy for strings, and says why.
+    assert all("data" not in sample for sample in plan["models"]["tokenizer"]["samples"])
+    (tokenizer,) = [model for model in summary["models"] if model["model"] == "tokenizer"]
+    assert "what users sent" in tokenizer["data_notes"]["TEXT"]
+    # The first request's INT8 codes, exactly.
     (codes_sample,) = plan["models"]["int8-codes"]["samples"]
     data = (repository / "int8-codes" / "warmup" / codes_sample["data"]["codes"]["file"]).read_bytes()
     assert np.frombuffer(data, np.int8).tolist() == CODES[0]
@@ -153,12 +160,12 @@ def test_the_plan_warms_and_covers_everything_through_the_ensemble(recording, tr
     repository, trace, _ = recording
     plan_path, _ = traffic_plan
     # A fresh server on the recorded repository warms from the plan; Triton
-    # reads the recorded strings as its warmup data.
+    # reads the recorded INT8 codes as its warmup data.
     server = start_server("from_recording", template=repository)
     result = run_cli(warm.main, "-u", server.http_url, "--plan", str(plan_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    files = {sample["inputs"]["TEXT"].get("input_data_file") for sample in served_config(server, "tokenizer")["model_warmup"]}
-    assert all(name and name.startswith("traffic/") for name in files)
+    codes = served_config(server, "int8-codes")["model_warmup"]
+    assert all(sample["inputs"]["codes"]["input_data_file"].startswith("traffic/") for sample in codes)
     assert "failed to run warmup" not in server.log_text()
     covered = run_cli(
         coverage_command.main, str(trace), "-r", str(server.model_repository), "--json", "--min-coverage", "1"

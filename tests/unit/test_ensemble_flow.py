@@ -2,7 +2,6 @@
 ensemble sends them (learned by running its samples through the steps),
 each model once, and the ensemble is loaded after them."""
 
-import json
 import shutil
 
 import numpy as np

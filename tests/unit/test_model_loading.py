@@ -2,6 +2,7 @@
 
 import base64
 import os
+import subprocess
 import time
 
 import pytest
@@ -133,10 +134,16 @@ def test_http_load_sends_files_base64_encoded_and_unloads(recording_endpoint):
     assert unload_path == "/v2/repository/models/.scratch/unload" and unload_body == b""
 
 
-def test_process_start_time_is_this_process_start():
-    started = process_start_time(os.getpid())
-    # /proc/stat's boot time is whole seconds.
-    assert time.time() - 600 < started <= time.time() + 1
+def test_process_start_time_is_a_new_process_start():
+    before = time.time()
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        started = process_start_time(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    # /proc/stat's boot time is whole seconds, and clock ticks are 10 ms.
+    assert before - 1.5 < started <= time.time() + 1
 
 
 @pytest.mark.parametrize(

@@ -109,8 +109,9 @@ class StateWatcher:
                 # A server that restricts its repository endpoints: the warmup
                 # still runs, only the live states are missing.
                 self.refusal = error.message()
-                print(f"({self.label}no live states: the server refused the repository index: "
-                      f"{self.refusal}; pass -H KEY=VALUE)", file=self.stream, flush=True)
+                self.stream.write(f"({self.label}no live states: the server refused the repository index: "
+                                  f"{self.refusal}; pass -H KEY=VALUE)\n")
+                self.stream.flush()
             return None
         except OSError:
             return None
@@ -178,7 +179,12 @@ class StateWatcher:
         if self.plain:
             if changed:
                 self.printed_until = max(self.printed_until, elapsed)
-                print(f"[{elapsed:6.1f}s] {self.label}{name} {state}", file=self.stream, flush=True)
+                # One write per line: print() writes the text and its newline
+                # apart, and the watchers of several servers (-u) print at
+                # once; with unbuffered output (PYTHONUNBUFFERED, as container
+                # logs often run) their lines ran together.
+                self.stream.write(f"[{elapsed:6.1f}s] {self.label}{name} {state}\n")
+                self.stream.flush()
             return
         bar = self.bars.get(name)
         if bar is None:

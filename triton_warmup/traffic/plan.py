@@ -56,6 +56,13 @@ _NO_RECORDED_DATA = {
     "BF16": "Triton's trace holds no values for BF16",
 }
 
+# Recorded strings are what users typed (a tokenizer's input), and a string
+# model's shape is its count of strings, not their content: the plan keeps
+# the helper's policy for them (zero data, empty strings), as it always has.
+STRINGS_KEEP_THE_POLICY = (
+    "its recorded strings are what users sent, and a string's shape does not depend on them"
+)
+
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -296,6 +303,9 @@ def _sample_files(
     for model_input in config.input:
         tensor = inputs.get(model_input.name)
         if tensor is None:
+            continue
+        if tensor.dtype == "BYTES":
+            notes.setdefault(model_input.name, f"{STRINGS_KEEP_THE_POLICY}: its samples use the default data policy")
             continue
         try:
             payload = recorded_bytes(tensor, batching)
