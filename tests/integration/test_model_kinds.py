@@ -267,6 +267,10 @@ def test_ensembles_warm_their_members_once_with_the_shapes_they_send(qa, ensembl
     assert shapes == {(1, (3,)), (2, (11,)), (4, (1,)), (1, (1,))}, shapes
     runs = sample_runs(qa, "text-encoder")
     assert len(runs) == 4 * 3 and no_warmup_error(qa)
+    # Triton's log: every composing model ran every sample it serves.
+    for member in ("tokenizer", "text-encoder"):
+        served = {sample["name"] for sample in served_config(qa, member)["model_warmup"]}
+        assert served == {sample for sample, iteration in sample_runs(qa, member) if iteration == 1}, member
     assert report.entry("outer").members == ["tokenizer", "text-encoder", "embed"]
 
 
