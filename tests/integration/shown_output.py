@@ -305,8 +305,9 @@ class Traffic(Scenario):
 
 class Deploy(Scenario):
     """From the project's root, as deploy/README.md runs its commands:
-    ``triton-warmup-serve`` on a working copy of the project's repository,
-    and for the probes a server whose models the example plan warmed."""
+    ``triton-warmup-serve`` on ports of its own (the docs' command serves a
+    working copy), and for the probes a server whose models the example plan
+    warmed."""
 
     @property
     def cwd(self) -> pathlib.Path:
@@ -330,7 +331,7 @@ class Deploy(Scenario):
             return super().command_line(command)
         ports = (free_port(), free_port(), free_port())
         self.shown.update({f"localhost:{port}": f"localhost:{8000 + index}" for index, port in enumerate(ports)})
-        flags = f"--working-copy --http-port {ports[0]} --grpc-port {ports[1]} --metrics-port {ports[2]}"
+        flags = f"--http-port {ports[0]} --grpc-port {ports[1]} --metrics-port {ports[2]}"
         command = command.replace("triton-warmup-serve ", f"triton-warmup-serve {flags} ", 1)
         # The command after "--" talks to that server.
         return command.replace(SHOWN_HTTP, f"localhost:{ports[0]}")
