@@ -45,8 +45,10 @@ PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCUMENTS = ["README.md", "docs/clients.md", "docs/request.md", "docs/traffic.md", "docs/safety.md",
              "deploy/README.md"]
 MARKER = re.compile(r"^<!-- (?P<kind>shown|file): (?P<scenario>[\w-]+)(/(?P<file>[\w./-]+))? -->$")
-# The docs' stand-ins for a scenario's own URLs.
+# The docs' stand-ins for a scenario's own URLs, and for the checkout's path
+# (the docs are the same wherever the project is cloned).
 SHOWN_HTTP, SHOWN_GRPC = "localhost:8000", "localhost:8001"
+SHOWN_CHECKOUT = "~/triton-warmup"
 COMMAND_TIMEOUT_S = 300
 
 
@@ -108,7 +110,6 @@ _NUMBER = re.compile(r"\d+\.\d+")
 _HASH = re.compile(r"\b[0-9a-f]{16}\b")
 _DATE = re.compile(r"\b\d{4}-\d\d-\d\d\b")
 _TEMP = re.compile(r"/tmp/[\w.+-]+")
-_PROJECT = re.compile(re.escape(str(PROJECT_ROOT)))
 _PORT = re.compile(r"localhost:\d+")
 _SPACES = re.compile(r" {2,}")
 _DASHES = re.compile(r"-{3,}")
@@ -118,7 +119,6 @@ LIVE_LINE = re.compile(r"^\[\s*[\d.]+s\] ")
 
 
 def normalize(line: str) -> str:
-    line = _PROJECT.sub("<project>", line)
     line = _NUMBER.sub("#.#", line)
     line = _HASH.sub("<hash>", line)
     line = _DATE.sub("<date>", line)
@@ -192,6 +192,7 @@ class Scenario:
         return command
 
     def output_line(self, line: str) -> str:
+        line = line.replace(str(PROJECT_ROOT), SHOWN_CHECKOUT)
         if self.shown_folder:
             line = line.replace(str(self.folder), self.shown_folder)
         for real, shown in self.shown.items():
