@@ -23,11 +23,8 @@ Writes ensemble_benchmark.md and .json to --output-dir (default bench/results).
 """
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import shutil
 import statistics
 import sys
@@ -39,7 +36,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import serialize_byte_tensor
 
-from bench.measure import PROJECT_ROOT, REQUEST_TIMEOUT_S, backend_line, backend_record, copy_repository
+from bench.measure import PROJECT_ROOT, REQUEST_TIMEOUT_S, backend_line, run_record, copy_repository
 from bench.report import table, write_results
 from triton_warmup.client.warm import request_warmup
 from triton_warmup.embedded import EmbeddedTriton, free_port
@@ -234,10 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     template = copy_repository(workdir / "template")
     document = plan_document(write_texts(template, args.lengths), args.batch_sizes)
     results = {
-        "command": " ".join(["python -m bench.ensemble_benchmark", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "backend": backend_record(),
+        **run_record("bench.ensemble_benchmark"),
         "trials": args.trials,
         "steady": args.steady,
         "plan": document,

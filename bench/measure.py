@@ -7,10 +7,15 @@ of measurements it makes.
 
 import concurrent.futures
 import dataclasses
+import datetime
 import json
+import os
 import pathlib
+import platform
+import shlex
 import shutil
 import statistics
+import sys
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
@@ -47,6 +52,17 @@ def backend_record(backend: Optional[libtorch_backend.BuiltBackend] = None) -> D
         "sources": backend.info["sources"],
         "torch": backend.info["torch"],
         "compiler": backend.info["compiler"],
+    }
+
+
+def run_record(module: str, backend: Optional[libtorch_backend.BuiltBackend] = None) -> Dict:
+    """What every benchmark's results start with: the command as run, the
+    machine, the time and the libtorch backend build."""
+    return {
+        "command": " ".join([f"python -m {module}", *(shlex.quote(argument) for argument in sys.argv[1:])]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "backend": backend_record(backend),
     }
 
 

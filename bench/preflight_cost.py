@@ -21,10 +21,7 @@ Writes preflight_cost.md and .json to --output-dir (default bench/results).
 """
 
 import argparse
-import datetime
-import os
 import pathlib
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,7 +30,7 @@ import time
 from typing import Dict, List, Optional
 
 from triton_warmup import HELPER_MODEL as HELPER
-from bench.measure import PROJECT_ROOT, Session, backend_line, backend_record, copy_repository
+from bench.measure import PROJECT_ROOT, Session, backend_line, run_record, copy_repository
 from bench.report import write_results
 
 import torch
@@ -181,10 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
     results = {
-        "command": " ".join(["python -m bench.preflight_cost", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "backend": backend_record(),
+        **run_record("bench.preflight_cost"),
         "runs": [],
     }
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="preflight-cost-"))

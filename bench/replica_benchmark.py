@@ -19,13 +19,9 @@ Writes replica_benchmark.md and .json to --output-dir (default bench/results).
 
 import argparse
 import contextlib
-import datetime
 import json
-import os
 import pathlib
-import platform
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -36,7 +32,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from bench.measure import PROJECT_ROOT, EXAMPLE_MODELS, backend_line, backend_record, copy_repository
+from bench.measure import PROJECT_ROOT, EXAMPLE_MODELS, backend_line, run_record, copy_repository
 from bench.report import linear_fit, table, write_results
 
 from triton_warmup.embedded import container as local_container
@@ -241,11 +237,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="replica-bench-"))
     results = {
-        "command": " ".join(["python -m bench.replica_benchmark", *(shlex.quote(a) for a in sys.argv[1:])]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **run_record("bench.replica_benchmark"),
         "settings": {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()},
-        "backend": backend_record(),
     }
     replicas = Replicas(workdir)
     try:

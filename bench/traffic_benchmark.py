@@ -35,11 +35,9 @@ Writes traffic_benchmark.md and .json to --output-dir (default bench/results).
 """
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,7 +48,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import yaml
 
-from bench.measure import PROJECT_ROOT, TEXT_ENCODER, Session, Shape, backend_line, backend_record, copy_repository
+from bench.measure import PROJECT_ROOT, TEXT_ENCODER, Session, Shape, backend_line, run_record, copy_repository
 from bench.report import write_results
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.traffic.trace import recording_flags
@@ -375,10 +373,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="traffic-bench-"))
     repository = copy_repository(workdir / "model_repository")
     results = {
-        "command": " ".join(["python -m bench.traffic_benchmark", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "backend": backend_record(),
+        **run_record("bench.traffic_benchmark"),
         "requests": args.requests,
         "trials": args.trials,
         "models": {model: measure_model(model, workdir, repository, args) for model in args.models},

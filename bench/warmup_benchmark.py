@@ -27,12 +27,8 @@ Writes warmup_benchmark.md, .json (every raw number) and .png to
 """
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -49,8 +45,7 @@ from bench.measure import (
     SEED_STYLE,
     TEXT_ENCODER,
     Session,
-    backend_record,
-    Shape,
+    run_record, Shape,
     copy_repository,
     percentile,
     plan_with_count,
@@ -441,12 +436,8 @@ def run(args) -> Dict:
     server = EmbeddedTriton(repository, workdir, http_port=free_port(), grpc_port=free_port(),
                             metrics_port=free_port())
     results = {
-        "command": " ".join(["python -m bench.warmup_benchmark", *(shlex.quote(a) for a in sys.argv[1:])]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **run_record("bench.warmup_benchmark", server.pytorch_backend),
         "settings": {key: (str(value) if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()},
-        # Which backend ran every number below.
-        "backend": backend_record(server.pytorch_backend),
         "extras": {},
     }
     with server:

@@ -18,11 +18,9 @@ Writes warmup_crash_rate.md and .json to --output-dir (default bench/results).
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import pathlib
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,7 +28,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-from bench.measure import PROJECT_ROOT, backend_line, backend_record, copy_repository
+from bench.measure import PROJECT_ROOT, backend_line, run_record, copy_repository
 from bench.report import write_results
 
 import tritonclient.http as httpclient
@@ -199,10 +197,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="crash-rate-"))
     repository = repository_with_model(workdir)
     results = {
-        "command": " ".join(["python -m bench.warmup_crash_rate", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "backend": backend_record(),
+        **run_record("bench.warmup_crash_rate"),
         "conditions": {},
     }
     try:
