@@ -16,6 +16,9 @@
 #   STARTUP_TIMEOUT_S  seconds for the server to get warmup_helper READY
 #   WARMUP_TIMEOUT_S   seconds for the whole warmup
 #   WARMUP_ARGS        more triton-warmup flags, e.g. "-H admin-key=secret"
+#   OMP_NUM_THREADS    kept when set; else the libtorch models' intra-op count
+#                      where OpenMP would start threads at another
+#                      (triton-warmup-threads)
 #   TRITONSERVER       the server command; NVIDIA's image has tritonserver on
 #                      PATH (the tests use "python -m triton_warmup.embedded")
 # The clients are the triton_warmup package's commands (triton-warmup,
@@ -118,6 +121,16 @@ step_failed() {
 
 # A bad plan is refused before a server starts.
 triton-warmup-check-plan "$WARMUP_PLAN" || exit 2
+
+# The libtorch models' warmup and their requests at one OpenMP thread count,
+# or oneDNN makes warmed primitives again at the first request
+# (docs/warm-stays-warm.md). A count the user set is kept.
+if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
+  openmp_threads=$(triton-warmup-threads "$MODEL_REPOSITORY")
+  if [[ -n "$openmp_threads" ]]; then
+    export OMP_NUM_THREADS=$openmp_threads
+  fi
+fi
 
 trap on_signal TERM INT
 log "starting ${server_command[*]} on $MODEL_REPOSITORY"

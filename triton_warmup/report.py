@@ -153,6 +153,9 @@ class ModelEntry(_Record):
         members: an ensemble's composing models, nested ensembles' included.
         warmed_for: the ensembles whose shapes this model was warmed with.
         derived_samples: how many of its samples are those shapes.
+        threads: why its warmed shapes may go slow again: the server's
+            OpenMP thread count differs from the model's (``threads.py``);
+            the largest sample was warmed first to soften it.
         warmup_samples, count, instances: the plan: samples in the config,
             runs per sample, instances that run each.
         group_sizes, batch_sizes: the shapes planned.
@@ -183,6 +186,7 @@ class ModelEntry(_Record):
     members: List[str] = dataclasses.field(default_factory=list)
     warmed_for: List[str] = dataclasses.field(default_factory=list)
     derived_samples: int = 0
+    threads: Optional[str] = None
     warmup_samples: int = 0
     count: int = 0
     instances: int = 0

@@ -65,7 +65,7 @@ def serving(repository: pathlib.Path, workdir: pathlib.Path, **options):
         grpc_port=free_port(),
         metrics_port=free_port(),
         # Log stamps (Triton's and torch's warnings) in UTC, as time.time().
-        extra_env={"TZ": "UTC"},
+        extra_env={"TZ": "UTC", **options.pop("extra_env", {})},
         **options,
     )
     server.start()

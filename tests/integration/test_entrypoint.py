@@ -17,6 +17,7 @@ import time
 import pytest
 import tritonclient.http as httpclient
 
+from triton_warmup import threads
 from triton_warmup.embedded.container import LocalContainer, configmap_plan, probe_command
 from triton_warmup.client.plan_file import load_plan
 from triton_warmup.helper.repository_guard import LOCK_FILENAME
@@ -103,6 +104,11 @@ def test_the_pod_is_ready_only_once_the_plan_is_warm_and_stops_cleanly_on_sigter
     assert all(f"warmup_helper: '{model}' READY after" in log for model in plan.models), log
     assert "entrypoint: tritonserver stopped (exit code 0)" in log
     assert not listening(container.http_port)
+    # The entrypoint set OpenMP's thread count for the libtorch models, so the
+    # helper found nothing to warn about.
+    setting = threads.openmp_setting(threads.repository_configs(container.repository), threads.Machine.here())
+    assert setting.reason in log
+    assert "thread counts differ" not in log
 
 
 @pytest.mark.parametrize(

@@ -284,6 +284,8 @@ def notes_cell(entry: ModelEntry) -> str:
     if entry.fallback:
         # The reason comes before the first ';' of the helper's explanation.
         notes.append("loaded with the planned config: " + entry.fallback.split(";")[0])
+    if entry.threads:
+        notes.append("thread counts differ (see NOTE)")
     return "; ".join(notes)
 
 
@@ -389,6 +391,9 @@ def warm_server(
     print(f"mode {report.mode}: {report.mode_reason}", file=out)
     if report.limitation:
         print(f"NOTE: {report.limitation}", file=out)
+    for entry in report.models:
+        if entry.threads:
+            print(f"NOTE: {entry.name}: {entry.threads}", file=out)
     print(f"total {elapsed:.2f} s", file=out)
     if report.failed:
         failure = failed(client_flags.EXIT_FAILED, f"Warmup failed for models: {report.failed}")

@@ -38,6 +38,7 @@ from triton_warmup.embedded import (
     TritonNotFoundError,
     TritonStartError,
 )
+from triton_warmup import threads
 from triton_warmup.libtorch_backend import BuildError
 from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client import warm
@@ -194,6 +195,9 @@ def main(argv=None) -> int:
     print(f"tritonserver log: {server.log_path}", flush=True)
     try:
         server.start()
+        if server.openmp_setting.value is not None:
+            print(f"{threads.OPENMP_VARIABLE}={server.openmp_setting.value} for tritonserver: "
+                  f"{server.openmp_setting.reason}", flush=True)
         server.wait_ready(args.timeout)
         print(
             f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, "

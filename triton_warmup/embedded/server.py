@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Sequence
 
-from triton_warmup import HELPER_MODEL, libtorch_backend
+from triton_warmup import HELPER_MODEL, libtorch_backend, threads
 
 # The name a backend built from core's sources links against; the wheel
 # renamed its copy (auditwheel), and the backend must use that one.
@@ -281,6 +281,9 @@ class EmbeddedTriton:
         )
         self.argv = [str(self.install.binary)] + options_to_argv(options) + list(extra_args)
         self.extra_env = dict(extra_env or {})
+        # What the server's OMP_NUM_THREADS was set to and why (threads.py):
+        # known once the server has started.
+        self.openmp_setting: Optional[threads.OpenMPSetting] = None
         self._process: Optional[subprocess.Popen] = None
         self._log_file = None
 
@@ -302,10 +305,15 @@ class EmbeddedTriton:
         self.workdir.mkdir(parents=True, exist_ok=True)
         assemble_backend_directory(self.backend_directory, self.install, self.pytorch_backend)
         self._log_file = open(self.log_path, "ab")
+        # The libtorch models' warmup and requests at one OpenMP thread count,
+        # or oneDNN makes warmed primitives again (threads.py).
+        environment, self.openmp_setting = threads.server_environment(
+            self.model_repository, {**server_environment(self.install), **self.extra_env}
+        )
         # A session of its own: signals to the group reach the stubs as well.
         self._process = subprocess.Popen(
             self.argv,
-            env={**server_environment(self.install), **self.extra_env},
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

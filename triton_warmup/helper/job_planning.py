@@ -49,6 +49,7 @@ from triton_warmup.helper.warmup_plan import (
     tensor_bytes,
 )
 from triton_warmup.report import ModelEntry
+from triton_warmup.threads import Machine, ThreadMismatch, largest_first, mismatch
 
 @dataclasses.dataclass(frozen=True)
 class PlanSettings:
@@ -57,6 +58,9 @@ class PlanSettings:
     count: int = DEFAULT_WARMUP_COUNT
     max_samples: int = DEFAULT_MAX_WARMUP_SAMPLES
     max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+    # The server's environment and CPUs (threads.Machine.here() in the
+    # helper's stub); None checks no thread counts.
+    machine: Optional[Machine] = None
 
 
 @dataclasses.dataclass
@@ -85,6 +89,9 @@ class ModelWarmupJob:
     # The ensembles whose shapes it warms, and how many samples those added.
     warmed_for: Tuple[str, ...] = ()
     derived_samples: int = 0
+    # The server's OpenMP default differs from the model's intra-op count
+    # (threads.py): the largest sample goes first, and the report says so.
+    threads: Optional[ThreadMismatch] = None
 
     # Plans this model anew from another plan request (set by plan_model).
     replan_with: Optional[Callable[[ModelPlanRequest], Callable[[], "ModelWarmupJob"]]] = None
@@ -324,6 +331,9 @@ def _plan_model(
     plan = _own_samples(named, plan_request, settings, count)
     _check_data_files(model_dir, named, plan_request, plan)
     samples, derived = _with_derived(named, plan, plan_request, settings, count)
+    thread_mismatch = mismatch(named, settings.machine) if settings.machine is not None else None
+    if thread_mismatch is not None:
+        samples = largest_first(samples)
     # Triton's warmup runs outside the sequence batcher: a sequence model's
     # samples carry its control inputs, whose values are data files.
     data_files = {}
@@ -349,6 +359,7 @@ def _plan_model(
         plan_request=plan_request,
         derived_samples=derived,
         replan_with=replan_with,
+        threads=thread_mismatch,
     )
 
 

@@ -100,6 +100,7 @@ def run_job(
         versions=list(job.versions),
         warmed_for=list(job.warmed_for),
         derived_samples=job.derived_samples,
+        threads=job.threads.note if job.threads else None,
         warmup_samples=job.samples,
         count=job.count,
         instances=job.instances,

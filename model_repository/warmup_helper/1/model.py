@@ -35,6 +35,7 @@ from triton_warmup.helper.model_kind import InferRequest
 from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
 from triton_warmup.helper.requests_mode import LIMITATION, run_requests_plan
+from triton_warmup.threads import Machine
 
 # Models loaded at once when the preflight is on. 4 example models warmed from
 # unloaded in one request, 1 vs 4 at once on 2 CPUs, medians of 3-5 runs:
@@ -149,6 +150,8 @@ class TritonPythonModel:
             count=_int_parameter(parameters, "warmup_count", DEFAULT_WARMUP_COUNT),
             max_samples=_int_parameter(parameters, "max_warmup_samples", DEFAULT_MAX_WARMUP_SAMPLES),
             max_sample_bytes=_int_parameter(parameters, "max_sample_bytes", DEFAULT_MAX_SAMPLE_BYTES),
+            # The stub inherits tritonserver's environment and CPUs.
+            machine=Machine.here(),
         )
         self.lock_timeout_s = _int_parameter(
             parameters, "lock_timeout_s", int(DEFAULT_LOCK_TIMEOUT_S)

@@ -1,0 +1,238 @@
+"""The OpenMP thread count that keeps a libtorch model's warmed shapes warm.
+
+Why this matters (docs/warm-stays-warm.md has the evidence):
+
+* oneDNN caches each primitive it creates (GELU, convolutions, ...) under a
+  key that holds the input shape *and the number of threads*.
+* libtorch sets a thread's OpenMP thread count lazily: Triton's backend
+  thread runs at the OpenMP default (``OMP_NUM_THREADS``, else one thread per
+  logical CPU) until the first operation large enough to ask for the intra-op
+  count, and from then on at the model's ``INTRA_OP_THREAD_COUNT`` (else
+  torch's default: one per physical core).
+* When the two counts differ, every primitive the warmup created before that
+  first large operation is cached for the wrong count: the first real request
+  at those shapes creates it again, as if it had never been warmed.
+
+The fix is to make the two counts agree before tritonserver starts
+(``openmp_setting``), which the embedded launcher and ``deploy/entrypoint.sh``
+do. The helper also checks a running server (``mismatch``) and, when they
+differ, warms the largest sample first, so that the switch happens at once.
+"""
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from tritonclient.grpc import model_config_pb2
+
+OPENMP_VARIABLE = "OMP_NUM_THREADS"
+# torch reads MKL_NUM_THREADS for its own default after OMP_NUM_THREADS;
+# OpenMP itself does not.
+MKL_VARIABLE = "MKL_NUM_THREADS"
+THREAD_COUNT_PARAMETER = "INTRA_OP_THREAD_COUNT"
+_LIBTORCH = ("pytorch", "pytorch_libtorch")
+
+
+def _count_from(environ: Mapping[str, str], name: str) -> Optional[int]:
+    """The first count of an OpenMP-style list ("4" or "4,2"); ``None`` when unset or not a count."""
+    value = environ.get(name, "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _physical_cores(cpus: Iterable[int]) -> int:
+    """Distinct (package, core) pairs among ``cpus``, as the kernel reports them."""
+    cores = set()
+    cpus = list(cpus)
+    for cpu in cpus:
+        topology = pathlib.Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topology.joinpath("physical_package_id").read_text().strip(),
+                       topology.joinpath("core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return len(cores) or len(cpus)
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What decides a server's thread counts: its environment and CPUs."""
+
+    environ: Mapping[str, str]
+    logical_cpus: int
+    physical_cores: int
+
+    @classmethod
+    def here(cls, environ: Optional[Mapping[str, str]] = None) -> "Machine":
+        """This process's machine; in the helper's Python stub, the server's
+        environment (the stub inherits it) and the CPUs it may run on."""
+        cpus = sorted(os.sched_getaffinity(0))
+        return cls(dict(os.environ if environ is None else environ), len(cpus), _physical_cores(cpus))
+
+    @property
+    def openmp_default(self) -> int:
+        """The OpenMP thread count a new thread starts with (libgomp's rule)."""
+        return _count_from(self.environ, OPENMP_VARIABLE) or self.logical_cpus
+
+    @property
+    def torch_default(self) -> int:
+        """torch's intra-op count when no model sets one."""
+        return _count_from(self.environ, OPENMP_VARIABLE) or _count_from(self.environ, MKL_VARIABLE) or self.physical_cores
+
+
+def runs_in_libtorch(config: model_config_pb2.ModelConfig) -> bool:
+    """A TorchScript model that Triton's native libtorch backend runs in the
+    server process (not the PyTorch 2 runtime, which runs in a Python stub)."""
+    libtorch = config.backend in _LIBTORCH or config.platform in _LIBTORCH
+    return libtorch and not config.runtime.endswith(".py")
+
+
+def intra_op_threads(config: model_config_pb2.ModelConfig, machine: Machine) -> Optional[int]:
+    """The thread count libtorch runs ``config``'s model with; ``None`` when
+    libtorch does not run it. A value the backend would refuse counts as unset."""
+    if not runs_in_libtorch(config):
+        return None
+    parameter = config.parameters.get(THREAD_COUNT_PARAMETER)
+    value = parameter.string_value.strip() if parameter is not None else ""
+    return int(value) if value.isdigit() and int(value) > 0 else machine.torch_default
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadMismatch:
+    """A libtorch model whose warmth the server's OpenMP default would undo."""
+
+    model: str
+    intra_op: int
+    openmp_default: int
+
+    @property
+    def note(self) -> str:
+        return (
+            f"{OPENMP_VARIABLE} is {self.openmp_default} on the server but the model runs {self.intra_op} "
+            f"intra-op thread(s): oneDNN primitives warmed before libtorch switches may be made again at "
+            f"the first request; start tritonserver with {OPENMP_VARIABLE}={self.intra_op}"
+        )
+
+
+def mismatch(config: model_config_pb2.ModelConfig, machine: Machine) -> Optional[ThreadMismatch]:
+    """The mismatch for ``config`` on ``machine``; ``None`` when the counts agree."""
+    threads = intra_op_threads(config, machine)
+    if threads is None or threads == machine.openmp_default:
+        return None
+    return ThreadMismatch(config.name, threads, machine.openmp_default)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenMPSetting:
+    """What to set ``OMP_NUM_THREADS`` to for a server, and why.
+
+    ``value`` is ``None`` when nothing should be set: the user set it, the
+    counts already agree, or the models disagree among themselves (libtorch's
+    count is one per process: the last model loaded sets it for all).
+    """
+
+    value: Optional[int]
+    reason: str
+
+
+def openmp_setting(configs: Sequence[model_config_pb2.ModelConfig], machine: Machine) -> OpenMPSetting:
+    """The ``OMP_NUM_THREADS`` that makes every libtorch model of ``configs``
+    run its warmup and its requests at one thread count."""
+    if OPENMP_VARIABLE in machine.environ:
+        return OpenMPSetting(None, f"{OPENMP_VARIABLE}={machine.environ[OPENMP_VARIABLE]} is already set")
+    counts: Dict[int, List[str]] = {}
+    for config in configs:
+        threads = intra_op_threads(config, machine)
+        if threads is not None:
+            counts.setdefault(threads, []).append(config.name)
+    if not counts:
+        return OpenMPSetting(None, "no model runs in libtorch")
+    if len(counts) > 1:
+        spread = "; ".join(f"{threads}: {', '.join(sorted(names))}" for threads, names in sorted(counts.items()))
+        return OpenMPSetting(None, f"the libtorch models run different intra-op thread counts ({spread})")
+    (threads, names), = counts.items()
+    if threads == machine.openmp_default:
+        return OpenMPSetting(None, f"the libtorch models run {threads} intra-op thread(s), OpenMP's default")
+    return OpenMPSetting(
+        threads,
+        f"the libtorch models run {threads} intra-op thread(s) and OpenMP would start threads at "
+        f"{machine.openmp_default}",
+    )
+
+
+def largest_first(samples: Sequence[model_config_pb2.ModelWarmup]) -> List[model_config_pb2.ModelWarmup]:
+    """``samples`` with the one of most elements moved to the front.
+
+    Its first run makes libtorch switch the backend thread to the model's
+    count (operations that large ask for it), so that the samples after it
+    are cached for the count requests will run at.
+    """
+    if len(samples) < 2:
+        return list(samples)
+
+    def elements(sample: model_config_pb2.ModelWarmup) -> int:
+        total = 0
+        for data in sample.inputs.values():
+            size = max(sample.batch_size, 1)
+            for dim in data.dims:
+                size *= dim
+            total += size
+        return total
+
+    largest = max(range(len(samples)), key=lambda index: (elements(samples[index]), -index))
+    return [samples[largest]] + [sample for index, sample in enumerate(samples) if index != largest]
+
+
+def repository_configs(repository: pathlib.Path) -> List[model_config_pb2.ModelConfig]:
+    """The configs of a local repository's models; unreadable ones are left
+    out (Triton reports those when it loads them)."""
+    from triton_warmup.helper.config_rewrite import read_config
+
+    configs = []
+    for folder in sorted(pathlib.Path(repository).iterdir()):
+        try:
+            _, config = read_config(folder)
+        except Exception:  # noqa: BLE001 - any unreadable config is Triton's to report
+            continue
+        if not config.name:
+            config.name = folder.name
+        configs.append(config)
+    return configs
+
+
+def server_environment(repository: pathlib.Path, environ: Mapping[str, str]) -> Tuple[Dict[str, str], OpenMPSetting]:
+    """``environ`` with ``OMP_NUM_THREADS`` set for ``repository``'s models where they need it."""
+    machine = Machine.here(environ)
+    setting = openmp_setting(repository_configs(repository), machine)
+    updated = dict(environ)
+    if setting.value is not None:
+        updated[OPENMP_VARIABLE] = str(setting.value)
+    return updated, setting
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="triton-warmup-threads",
+        description=f"Print the {OPENMP_VARIABLE} that keeps the repository's libtorch models warm "
+        "(nothing when none is needed); the reason goes to stderr.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("model_repository", type=pathlib.Path)
+    args = parser.parse_args(argv)
+    if not args.model_repository.is_dir():
+        # A repository in object storage: its configs are not read here.
+        print(f"{OPENMP_VARIABLE} left as it is: {args.model_repository} is not a local folder", file=sys.stderr)
+        return 0
+    _, setting = server_environment(args.model_repository, os.environ)
+    if setting.value is not None:
+        print(setting.value)
+        print(f"{OPENMP_VARIABLE}={setting.value}: {setting.reason}", file=sys.stderr)
+    else:
+        print(f"{OPENMP_VARIABLE} left as it is: {setting.reason}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
