@@ -18,6 +18,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from triton_warmup import threads
+from triton_warmup.client import warm as warm_cli
 from triton_warmup.helper.config_rewrite import read_config, render_config
 from triton_warmup.helper.warmup_plan import plan_warmup
 from live_server import send_warmup, warmup_inputs
@@ -96,10 +97,14 @@ def test_a_mismatched_server_makes_warmed_primitives_again(start_server):
     assert misses > 0
 
 
-def test_the_helper_warms_the_largest_sample_first_on_a_mismatched_server(start_server):
+def test_the_helper_warms_the_largest_sample_first_on_a_mismatched_server(start_server, run_cli):
     server = start_server("threads_helper", extra_env={**VERBOSE, threads.OPENMP_VARIABLE: "2"})
-    entry = warm_with_helper(server)
-    assert threads.OPENMP_VARIABLE in entry.threads and f"={model_threads(server)}" in entry.threads
+    result = run_cli(warm_cli.main, "-u", server.http_url, "--models", MODEL, "--feature-dims", str(FEATURE_DIM),
+                     "--group-size-max", str(GROUP_MAX), "--batch-sizes", *map(str, BATCH_SIZES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The user is told, with the setting that fixes it.
+    assert f"NOTE: {MODEL}: {threads.OPENMP_VARIABLE} is 2 on the server" in result.stdout
+    assert f"{threads.OPENMP_VARIABLE}={model_threads(server)}" in result.stdout
     _, config = read_config(server.model_repository / MODEL)
     first = config.model_warmup[0]
     assert (first.batch_size, list(first.inputs["x"].dims)) == (max(BATCH_SIZES), [GROUP_MAX, FEATURE_DIM])

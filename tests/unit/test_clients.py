@@ -368,3 +368,12 @@ def test_serve_refuses_a_word_without_a_flag_and_a_flag_without_a_value(run_cli,
     result = run_cli(MAINS["triton-warmup-serve"], *given)
     assert result.returncode == 2
     assert words in result.stderr
+
+
+def test_a_thread_count_mismatch_shows_in_the_row_and_its_whole_text_in_a_note():
+    note = "OMP_NUM_THREADS is 2 on the server but the model runs 1 intra-op thread(s): ..."
+    entry = ModelEntry.from_dict({"name": "m", "status": "READY", "warmup_samples": 4, "count": 3, "instances": 1,
+                                  "seconds_to_ready": 0.5, "threads": note})
+    row = warmup_models.format_table([entry]).splitlines()[2]
+    assert row.endswith("thread counts differ (see NOTE)")
+    assert ModelEntry.from_dict(entry.to_dict()).threads == note

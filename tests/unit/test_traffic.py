@@ -29,6 +29,7 @@ from triton_warmup.traffic.shapes import (
     request_shape,
 )
 from triton_warmup.traffic.trace import ReadSummary, TraceError, TracedRequest, TracedTensor, expand_paths, read_requests
+from triton_warmup.traffic import trace as trace_module
 from repository_fixtures import PROJECT_REPOSITORY, snapshot
 from trace_files import encoder_request, request_records, triton_trace, v1_request, write_trace
 
@@ -83,7 +84,7 @@ def test_records_of_requests_may_interleave_and_come_in_any_order(tmp_path):
     mixed = [record for pair in zip(one, two) for record in pair]
     path = tmp_path / "mixed.json"
     path.write_bytes(triton_trace(mixed))
-    requests = {request.trace_id: request for request in read_requests([path])}
+    requests = {request.trace_id[1]: request for request in read_requests([path])}
     assert requests[1].model == "model-v1" and set(requests[1].inputs) == {"x", "mask"}
     assert requests[2].model == "text-encoder" and set(requests[2].inputs) == {"input_ids", "attention_mask"}
 
@@ -93,7 +94,7 @@ def test_a_request_is_handed_on_once_its_inputs_are_read(tmp_path):
     needed = {"model-v1": {"x", "mask"}}
     stream = read_requests([path], needed.get)
     summary_before_end = next(stream)
-    assert summary_before_end.trace_id == 1
+    assert summary_before_end.trace_id == (0, 1)
     assert len(list(stream)) == 2
 
 
@@ -171,7 +172,7 @@ def test_inputs_without_a_model_record_are_not_kept_without_bound(tmp_path, monk
 
 def traced(model, inputs):
     return TracedRequest(
-        1,
+        (0, 1),
         model,
         {
             name: TracedTensor(name, dtype, shape, "")
@@ -406,3 +407,15 @@ def test_from_trace_reports_rejected_shapes_and_bad_input(run_cli, tmp_path, tra
     assert bad_cover.returncode == 2 and "must be in (0, 1]" in bad_cover.stderr
     assert snapshot(traffic_repository) == before
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_traces_of_different_servers_keep_requests_that_share_an_id(tmp_path):
+    # Every tritonserver numbers its requests from 1: two replicas' traces,
+    # and a server's numbered parts, which share one run's ids.
+    first = write_trace(tmp_path / "replica-a.json", [v1_request(1, 2), v1_request(2, 3)])
+    second = write_trace(tmp_path / "replica-b.json", [encoder_request(1, 5), encoder_request(1, 6)])
+    requests = list(read_requests([first, second]))
+    assert sorted((request.model, request.trace_id[1]) for request in requests) == [
+        ("model-v1", 1), ("model-v1", 2), ("text-encoder", 1), ("text-encoder", 2)]
+    assert len({request.trace_id for request in requests}) == 4
+    assert trace_module._run_of(tmp_path / "t.json.3") == trace_module._run_of(tmp_path / "t.json.0")

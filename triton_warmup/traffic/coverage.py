@@ -15,6 +15,7 @@ from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.request import parse_plan_document
 from triton_warmup.traffic.shapes import Shape, TrafficProfile, counted_dicts, rejected_dicts, sample_shape
+from triton_warmup.traffic.trace import TraceId
 
 
 @dataclasses.dataclass
@@ -88,7 +89,7 @@ def _ensemble_coverage(profile: TrafficProfile, warmed: Mapping[str, Set[Shape]]
         trace_id: children for traffic in profile.ensembles.values() for trace_id, children in traffic.children.items()
     }
 
-    def covered(trace_id: int, depth: int = 0) -> bool:
+    def covered(trace_id: TraceId, depth: int = 0) -> bool:
         children = requests_of.get(trace_id, [])
         if not children or depth > 16:
             return False

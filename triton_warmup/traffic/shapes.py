@@ -18,7 +18,7 @@ from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, find_model_dir, read_config
 from triton_warmup.helper.model_kind import kind_of
 from triton_warmup.helper.warmup_plan import dims_fit
-from triton_warmup.traffic.trace import ReadSummary, TracedRequest, TracedTensor, read_requests
+from triton_warmup.traffic.trace import ReadSummary, TraceId, TracedRequest, TracedTensor, read_requests
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -161,7 +161,7 @@ class EnsembleTraffic:
     name: str
     members: List[str]
     requests: int = 0
-    children: Dict[int, List[Tuple[str, object]]] = dataclasses.field(default_factory=dict)
+    children: Dict[TraceId, List[Tuple[str, object]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -272,7 +272,7 @@ def profile_traffic(
     parents: Dict[int, str] = {}
     orphans: Dict[int, List[Tuple[str, object]]] = {}
 
-    def add_child(parent_id: int, child: Tuple[str, object]) -> None:
+    def add_child(parent_id: TraceId, child: Tuple[str, object]) -> None:
         if not ensembles:
             return
         ensemble = parents.get(parent_id)

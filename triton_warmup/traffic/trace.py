@@ -63,18 +63,31 @@ class TracedTensor:
     data: str
 
 
+# (the run of the server that wrote the record, Triton's id in that run)
+TraceId = Tuple[int, int]
+
+
+def _run_of(path: pathlib.Path) -> pathlib.Path:
+    """The file a numbered part (``PATH.3``) belongs to; a file is its own run."""
+    return path.with_suffix("") if path.suffix[1:].isdigit() else path
+
+
 @dataclasses.dataclass
 class TracedRequest:
     """One request to one model, with the inputs it sent.
 
+    ``trace_id``: which run of the server wrote it (the index of its file,
+    or of its numbered parts' base name, among those read) and Triton's id.
+    Every tritonserver process numbers its requests from 1, so traces of
+    replicas or of restarts reuse the same ids.
     ``parent_id``: the trace id of the ensemble request that sent it to a
     composing model (Triton records both); ``None`` for a client's request.
     """
 
-    trace_id: int
+    trace_id: TraceId
     model: str
     inputs: Dict[str, TracedTensor]
-    parent_id: Optional[int] = None
+    parent_id: Optional[TraceId] = None
 
 
 @dataclasses.dataclass
@@ -170,15 +183,16 @@ def read_requests(
             raise TraceError(f"{path}: no such trace file")
     summary.files = [str(path) for path in files]
     summary.bytes_read = sum(path.stat().st_size for path in files)
-    pending: Dict[int, TracedRequest] = {}
+    pending: Dict[TraceId, TracedRequest] = {}
     # Inputs read before their request's model record, and the ids whose
     # inputs were dropped because too many such requests were open at once
     # (a trace without model records would otherwise end up in memory).
-    unnamed: Dict[int, Dict[str, TracedTensor]] = {}
-    unnamed_dropped: Set[int] = set()
+    unnamed: Dict[TraceId, Dict[str, TracedTensor]] = {}
+    unnamed_dropped: Set[TraceId] = set()
     # Requests already handed on: their later records (outputs, timestamps)
     # are of no use.
-    done: Set[int] = set()
+    done: Set[TraceId] = set()
+    runs: Dict[pathlib.Path, int] = {}
 
     # tqdm's disable=None means "only on a terminal".
     disable = None if show_progress is None else not show_progress
@@ -186,13 +200,14 @@ def read_requests(
         total=summary.bytes_read, unit="B", unit_scale=True, desc="reading trace", disable=disable, leave=False
     ) as progress:
         for path in files:
+            run = runs.setdefault(_run_of(path), len(runs))
             for record in _records(path, summary, progress):
-                trace_id = record.get("id")
+                trace_id = (run, record.get("id"))
                 if trace_id in done:
                     continue
                 if "model_name" in record:
                     model = str(record["model_name"])
-                    parent_id = record.get("parent_id")
+                    parent_id = (run, record["parent_id"]) if record.get("parent_id") is not None else None
                     unnamed_dropped.discard(trace_id)
                     request = TracedRequest(trace_id, model, unnamed.pop(trace_id, {}), parent_id)
                     if required_inputs is not None and required_inputs(model) is None:
