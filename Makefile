@@ -62,7 +62,9 @@ test-faults: venv backend
 # (deploy/entrypoint.sh) takes to become ready (about 3 minutes); how often
 # tritonserver dies when a warmup sample fails (about 3 minutes); a range plan
 # against a traffic plan; the first request through the example ensemble,
-# cold and warmed (about 2 minutes). Results in bench/results/.
+# cold and warmed (about 2 minutes); every warmed shape of four models after
+# READY, six conditions on fresh servers (about 15 minutes). Results in
+# bench/results/.
 bench: venv backend models
 	$(PY) -m bench.warmup_benchmark
 	$(PY) -m bench.replica_benchmark
@@ -70,6 +72,7 @@ bench: venv backend models
 	$(PY) -m bench.preflight_cost
 	$(PY) -m bench.traffic_benchmark
 	$(PY) -m bench.ensemble_benchmark
+	$(PY) -m bench.warm_stays_warm
 
 # Run every command the README and the docs show (blocks marked
 # <!-- shown: ... -->) and write what they printed into the docs;

@@ -168,3 +168,23 @@ def test_traffic_benchmark_compares_every_plan_on_the_recorded_traffic(tmp_path)
     recorded, scaled = result["reading"]
     assert recorded["requests"] == 40 and scaled["requests"] == 200
     assert "## model-v1" in (tmp_path / "traffic_benchmark.md").read_text()
+
+
+def test_warm_stays_warm_warms_the_four_models_from_one_trace_and_scores_both_passes(tmp_path):
+    traffic = "traffic, four in one request"
+    finished = run_module("bench.warm_stays_warm", "--requests", "20", "--trials", "1", "--steady", "2",
+                          "--conditions", "cold", traffic, "--output-dir", str(tmp_path),
+                          timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((tmp_path / "warm_stays_warm.json").read_text())
+    rows = {row["condition"]: row for row in results["conditions"]}
+    assert list(rows) == ["cold", traffic]
+    # One trace of one server holds the four models' traffic, and the plan
+    # made of it warms every recorded shape of each.
+    assert set(rows[traffic]["models"]) == {"model-v1", "model-v2", "model-v3", "text-encoder"}
+    assert rows[traffic]["samples"] == rows[traffic]["shapes"] and rows["cold"]["samples"] == 0
+    (trial,) = rows[traffic]["trials"]
+    assert set(trial["floor"]) == set(trial["models"])
+    assert all(entry["shapes"] > 0 for entry in trial["floor"].values())
+    assert trial["resident_mib"] > 0 and trial["seconds_to_ready"] > 0
+    assert "second pass" in (tmp_path / "warm_stays_warm.md").read_text()
