@@ -75,6 +75,16 @@ def backend_line(record: Dict) -> str:
     )
 
 
+def results_header(title: str, results: Dict) -> List[str]:
+    """The first lines of a results page: its title, the ``run_record``
+    (command, machine, date) and the backend that ran it."""
+    return [
+        f"# {title}\n",
+        f"`{results['command']}` on {results['machine']}, {results['date']}.\n",
+        backend_line(results["backend"]),
+    ]
+
+
 def copy_repository(destination: pathlib.Path) -> pathlib.Path:
     """A working copy of the project's repository at ``destination``, with
     the example models' files generated if `make models` has not run."""

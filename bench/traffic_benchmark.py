@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import yaml
 
-from bench.measure import PROJECT_ROOT, TEXT_ENCODER, Session, Shape, backend_line, run_record, copy_repository
+from bench.measure import results_header, PROJECT_ROOT, TEXT_ENCODER, Session, Shape, run_record, copy_repository
 from bench.report import write_results
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.traffic.trace import recording_flags
@@ -257,10 +257,7 @@ def coverage_of(plans: Dict, model: str, condition: str, recorded: Dict) -> floa
 
 
 def markdown(results: Dict) -> str:
-    lines = [
-        "# Range plan vs traffic plan\n",
-        f"`{results['command']}` on {results['machine']}, {results['date']}.\n",
-        backend_line(results["backend"]),
+    lines = results_header("Range plan vs traffic plan", results) + [
         f"Per model, {results['requests']} requests recorded with Triton's tracing: sequence lengths (group "
         f"sizes) log-normal around 12 in 1..{LONGEST}, batch sizes {', '.join(map(str, BATCH_SIZES))} at "
         f"{', '.join(f'{share:.0%}' for share in BATCH_SHARES)}. Medians over {results['trials']} trials per condition, each on a "

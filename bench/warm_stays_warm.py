@@ -41,7 +41,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import yaml
 
-from bench.measure import PROJECT_ROOT, TEXT_ENCODER, Session, Shape, backend_line, copy_repository, run_record
+from bench.measure import results_header, PROJECT_ROOT, TEXT_ENCODER, Session, Shape, copy_repository, run_record
 from bench.report import write_results
 from bench.traffic_benchmark import BATCH_SIZES, LONGEST, range_plan, run_from_trace, traffic_shapes
 from triton_warmup import threads
@@ -201,10 +201,7 @@ def summarize(trials: List[Dict]) -> Dict:
 
 
 def markdown(results: Dict) -> str:
-    lines = [
-        "# Warm stays warm\n",
-        f"`{results['command']}` on {results['machine']}, {results['date']}.\n",
-        backend_line(results["backend"]),
+    lines = results_header("Warm stays warm", results) + [
         f"The four example models, each with {results['requests']} recorded requests (sequence lengths "
         f"log-normal around 12 in 1..{LONGEST}, batch sizes {', '.join(map(str, BATCH_SIZES))}). Medians over "
         f"{results['trials']} trials per condition, each on a new tritonserver. Every model is READY before "
