@@ -36,7 +36,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import serialize_byte_tensor
 
-from bench.measure import PROJECT_ROOT, REQUEST_TIMEOUT_S, backend_line, run_record, copy_repository
+from bench.measure import PROJECT_ROOT, REQUEST_TIMEOUT_S, copy_repository, results_header, run_record
 from bench.report import table, write_results
 from triton_warmup.client.warm import request_warmup
 from triton_warmup.embedded import EmbeddedTriton, free_port
@@ -176,10 +176,7 @@ def summarize(trials: List[Dict]) -> Dict:
 
 
 def markdown(results: Dict) -> str:
-    parts = [
-        "# The first request through the example ensemble after READY\n",
-        f"{results['date']}, {results['machine']}. `{results['command']}`.\n",
-        backend_line(results["backend"]),
+    parts = results_header("The first request through the example ensemble after READY", results) + [
         f"`{ENSEMBLE}` = `{TOKENIZER}` (Python) then `{ENCODER}` (TorchScript). Each trial a new tritonserver; "
         f"{results['trials']} trials, medians. Server-side: the ensemble's request time (`success`) and "
         f"{ENCODER}'s `compute_infer`, first request against the median of {results['steady']} more. "

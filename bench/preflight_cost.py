@@ -30,7 +30,7 @@ import time
 from typing import Dict, List, Optional
 
 from triton_warmup import HELPER_MODEL as HELPER
-from bench.measure import PROJECT_ROOT, Session, backend_line, run_record, copy_repository
+from bench.measure import PROJECT_ROOT, Session, copy_repository, results_header, run_record
 from bench.report import write_results
 
 import torch
@@ -140,10 +140,7 @@ def one_run(workdir: pathlib.Path, layers: int, preflight: bool, max_model_bytes
 
 
 def markdown(results: Dict) -> str:
-    lines = [
-        "# What the preflight's scratch copy costs as a model grows\n",
-        f"`{results['command']}` on {results['machine']}, {results['date']}.\n",
-        backend_line(results["backend"]),
+    lines = results_header("What the preflight's scratch copy costs as a model grows", results) + [
         f"A stack of Linear({WIDTH}, {WIDTH}) layers, not loaded, warmed with group sizes 1..{GROUP_MAX} "
         "at batch size 1 (4 samples) through warmup_helper; a fresh server for each row. Memory: "
         "peak (VmHWM) above what the process held before the request; 'after' is what tritonserver "
