@@ -44,6 +44,7 @@ from triton_warmup.report import PreflightRecord, one_line
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOLDER, config_json, render_config
 from triton_warmup.helper.repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
 from triton_warmup.helper.requests_mode import sample_arrays
+from triton_warmup.threads import runs_in_libtorch
 
 # Where the repository folder cannot take the scratch folder (read-only),
 # the model's files travel base64-encoded in the load request instead, and
@@ -59,9 +60,6 @@ DEFAULT_PREFLIGHT_IN_FLIGHT = 4
 # How the scratch copy reaches Triton when the repository folder is writable.
 LINKED_FOLDER = "a hidden folder of links to the model's files"
 
-
-# The backends that run TorchScript through libtorch.
-_LIBTORCH = ("pytorch", "pytorch_libtorch")
 
 class PreflightFailed(Exception):
     """A planned sample, or the scratch copy itself, failed; nothing may be written.
@@ -181,7 +179,7 @@ def scratch_config(config: model_config_pb2.ModelConfig, scratch_name: str) -> m
         scratch.instance_group.append(group)
     scratch.ClearField("dynamic_batching")
     scratch.ClearField("response_cache")
-    if scratch.backend in _LIBTORCH or scratch.platform in _LIBTORCH:
+    if runs_in_libtorch(scratch):
         scratch.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value = "true"
     return scratch
 
