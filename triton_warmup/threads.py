@@ -185,27 +185,34 @@ def largest_first(samples: Sequence[model_config_pb2.ModelWarmup]) -> List[model
     return [samples[largest]] + [sample for index, sample in enumerate(samples) if index != largest]
 
 
-def repository_configs(repository: pathlib.Path) -> List[model_config_pb2.ModelConfig]:
-    """The configs of a local repository's models; unreadable ones are left
-    out (Triton reports those when it loads them)."""
+def repository_configs(repository, environ: Mapping[str, str] = os.environ) -> List[model_config_pb2.ModelConfig]:
+    """The configs of a repository's models (a folder, or a bucket URL read
+    with ``environ``'s credentials); unreadable ones are left out (Triton
+    reports those when it loads them)."""
     from triton_warmup.helper.config_rewrite import read_config
+    from triton_warmup.helper.repository import ObjectStoreRepository, is_cloud
 
-    configs = []
-    for folder in sorted(pathlib.Path(repository).iterdir()):
-        try:
-            _, config = read_config(folder)
-        except Exception:  # noqa: BLE001 - any unreadable config is Triton's to report
-            continue
-        if not config.name:
-            config.name = folder.name
-        configs.append(config)
-    return configs
+    copy = ObjectStoreRepository(str(repository), environ).mirror() if is_cloud(str(repository)) else None
+    try:
+        configs = []
+        for folder in sorted(pathlib.Path(copy.root if copy else repository).iterdir()):
+            try:
+                _, config = read_config(folder)
+            except Exception:  # noqa: BLE001 - any unreadable config is Triton's to report
+                continue
+            if not config.name:
+                config.name = folder.name
+            configs.append(config)
+        return configs
+    finally:
+        if copy is not None:
+            copy.close()
 
 
-def server_environment(repository: pathlib.Path, environ: Mapping[str, str]) -> Tuple[Dict[str, str], OpenMPSetting]:
+def server_environment(repository, environ: Mapping[str, str]) -> Tuple[Dict[str, str], OpenMPSetting]:
     """``environ`` with ``OMP_NUM_THREADS`` set for ``repository``'s models where they need it."""
     machine = Machine.here(environ)
-    setting = openmp_setting(repository_configs(repository), machine)
+    setting = openmp_setting(repository_configs(repository, environ), machine)
     updated = dict(environ)
     if setting.value is not None:
         updated[OPENMP_VARIABLE] = str(setting.value)
@@ -219,13 +226,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "(nothing when none is needed); the reason goes to stderr.",
         allow_abbrev=False,
     )
-    parser.add_argument("model_repository", type=pathlib.Path)
+    parser.add_argument("model_repository", help="a folder, or a bucket URL as tritonserver takes it (s3://, gs://, as://)")
     args = parser.parse_args(argv)
-    if not args.model_repository.is_dir():
-        # A repository in object storage: its configs are not read here.
-        print(f"{OPENMP_VARIABLE} left as it is: {args.model_repository} is not a local folder", file=sys.stderr)
+    from triton_warmup.helper.repository import RepositoryError, is_cloud
+
+    if not is_cloud(args.model_repository) and not pathlib.Path(args.model_repository).is_dir():
+        print(f"{OPENMP_VARIABLE} left as it is: {args.model_repository} is not a folder", file=sys.stderr)
         return 0
-    _, setting = server_environment(args.model_repository, os.environ)
+    try:
+        _, setting = server_environment(args.model_repository, os.environ)
+    except RepositoryError as error:
+        # The server reports an unreadable repository itself; leave the setting alone.
+        print(f"{OPENMP_VARIABLE} left as it is: {error}", file=sys.stderr)
+        return 0
     if setting.value is not None:
         print(setting.value)
         print(f"{OPENMP_VARIABLE}={setting.value}: {setting.reason}", file=sys.stderr)

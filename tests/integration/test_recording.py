@@ -102,7 +102,7 @@ def recording(template_repository, tmp_path_factory):
 def traffic_plan(recording, run_cli, tmp_path_factory):
     repository, trace, _ = recording
     plan = tmp_path_factory.mktemp("plan") / "traffic.yaml"
-    result = run_cli(from_trace.main, str(trace), "-r", str(repository), "-o", str(plan), "--json")
+    result = run_cli(from_trace.main, str(trace), "-r", str(repository), "-o", str(plan), "--data", "recorded", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     return plan, json.loads(result.stdout)
 

@@ -109,7 +109,8 @@ def recorded(start_server, template_repository, tmp_path_factory) -> Recording:
 @pytest.fixture(scope="module")
 def plans(recorded, run_cli) -> Dict[str, pathlib.Path]:
     made = {}
-    for name, options in (("full", ()), ("cut", ("--cover", str(COVER)))):
+    # Recorded data: the witness model's checksum shows the warmup ran it.
+    for name, options in (("full", ("--data", "recorded")), ("cut", ("--data", "recorded", "--cover", str(COVER)))):
         made[name] = recorded.trace.parent / f"{name}.yaml"
         result = run_cli(
             from_trace.main, str(recorded.trace), "-r", str(recorded.repository), "-o", str(made[name]), *options

@@ -289,7 +289,7 @@ def made_plan(trace, repository, **options):
     ],
 )
 def test_the_plan_lists_shapes_in_warmup_order_with_recorded_data(trace, traffic_repository, tmp_path, order, expected):
-    plan = made_plan(trace, traffic_repository, order=order)
+    plan = made_plan(trace, traffic_repository, order=order, data="recorded")
     output = tmp_path / "plan.yaml"
     written = write_plan(plan, output)
     document, request = load_plan(output)
@@ -312,10 +312,10 @@ def test_the_plan_lists_shapes_in_warmup_order_with_recorded_data(trace, traffic
 
 def test_a_second_run_writes_no_new_file_and_the_same_plan(trace, traffic_repository, tmp_path):
     first = tmp_path / "first.yaml"
-    write_plan(made_plan(trace, traffic_repository), first)
+    write_plan(made_plan(trace, traffic_repository, data="recorded"), first)
     before = snapshot(traffic_repository)
     second = tmp_path / "second.yaml"
-    assert write_plan(made_plan(trace, traffic_repository), second) == []
+    assert write_plan(made_plan(trace, traffic_repository, data="recorded"), second) == []
     assert snapshot(traffic_repository) == before
     assert first.read_text() == second.read_text()
 
@@ -325,7 +325,7 @@ def test_a_failed_write_leaves_nothing_behind(trace, traffic_repository, tmp_pat
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     with pytest.raises(TrafficPlanError, match="nothing was kept"):
-        write_plan(made_plan(trace, traffic_repository), blocker / "plan.yaml")
+        write_plan(made_plan(trace, traffic_repository, data="recorded"), blocker / "plan.yaml")
     assert snapshot(traffic_repository) == before
     assert not (traffic_repository / "model-v1" / "warmup").exists()
 

@@ -2,7 +2,8 @@
 
 The warmed shapes are those of a plan file (--plan; planned by the helper's
 own code, with the hand-written samples the configs keep), or else those of
-the model_warmup samples in the configs on disk. Per model it prints the
+the model_warmup samples in the configs on disk (-r FOLDER), or in the
+configs a running server serves (-u URL: what its loaded models ran). Per model it prints the
 share of recorded requests whose shape (batch size and every input's dims) a
 sample runs, and the shapes it misses, most frequent first. Requests that a
 model's config cannot take count as uncovered and are listed apart. An
@@ -21,12 +22,13 @@ import pathlib
 import sys
 from typing import List, Optional
 
-from triton_warmup.client.from_trace import add_trace_flags, reading_notes, share
+from triton_warmup.client.flags import ServedConfigError
+from triton_warmup.client.from_trace import add_trace_flags, model_configs, reading_notes, share
 from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.request import WarmupRequestError
 from triton_warmup.traffic.coverage import measure_coverage, overall_share, planned_configs
-from triton_warmup.traffic.shapes import profile_traffic, repository_configs
+from triton_warmup.traffic.shapes import profile_traffic
 from triton_warmup.traffic.trace import TraceError, expand_paths
 
 # How many uncovered shapes a table lists per model; --json lists all.
@@ -38,7 +40,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add_trace_flags(parser)
     parser.add_argument(
         "--plan", type=pathlib.Path, default=None,
-        help="A plan file whose samples count as warmed. Default is the configs' model_warmup on disk.",
+        help="A plan file whose samples count as warmed (with -r: its data files are checked in the "
+        "model folders). Default is the configs' model_warmup.",
     )
     parser.add_argument(
         "--min-coverage", type=share, default=None,
@@ -47,7 +50,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--top", type=int, default=DEFAULT_TOP, help=f"Uncovered shapes listed per model. Default is {DEFAULT_TOP}."
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.url and args.plan:
+        parser.error("--plan is planned against the model folders: use -r with the repository folder")
+    return args
 
 
 def format_report(results, top: int) -> str:
@@ -81,7 +87,7 @@ def format_report(results, top: int) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        configs = repository_configs(args.model_repository, args.models)
+        configs = model_configs(args)
         sources = {}
         if args.plan is not None:
             document, _ = load_plan(args.plan)
@@ -90,7 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             configs.update(planned)
             sources = {name: "plan" for name in planned}
         profile = profile_traffic(expand_paths(args.traces), configs, keep_data=False, show_progress=args.progress)
-    except (TraceError, WarmupRequestError, PlanFileError, OSError) as error:
+    except (TraceError, WarmupRequestError, PlanFileError, ServedConfigError, OSError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 2
     results = measure_coverage(profile, configs, sources)

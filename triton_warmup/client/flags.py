@@ -193,3 +193,37 @@ def server_is_live(client, headers: Optional[Dict[str, str]] = None) -> bool:
         return bool(client.is_server_live(headers=headers))
     except (OSError, InferenceServerException):
         return False
+
+
+class ServedConfigError(Exception):
+    """The server's configs could not be read; the message says why."""
+
+
+def served_configs(url: str, names: Optional[List[str]] = None, timeout_s: float = 60.0) -> Dict[str, object]:
+    """The config Triton serves for each READY model (or for ``names``) at
+    the HTTP ``url``, keyed by name; the helper is left out. For a repository
+    in a bucket, the server is where the configs are read from.
+
+    Raises:
+        ServedConfigError: no server answers, or a named model is not READY.
+    """
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        with httpclient.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s) as client:
+            index = repository_index(client, "http")
+            ready = sorted({entry["name"] for entry in index if entry.get("state") == "READY"} - {HELPER_MODEL})
+            missing = [name for name in names or [] if name not in ready]
+            if missing:
+                raise ServedConfigError(
+                    f"{', '.join(missing)} not READY on {url}: its served config is what is read (READY: {ready})"
+                )
+            configs = {}
+            for name in names or ready:
+                config = model_config_pb2.ModelConfig()
+                json_format.ParseDict(client.get_model_config(name), config, ignore_unknown_fields=True)
+                configs[name] = config
+            return configs
+    except (OSError, InferenceServerException) as error:
+        raise ServedConfigError(f"reading the served configs from {url} failed: {error}") from None

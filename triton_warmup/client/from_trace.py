@@ -3,14 +3,15 @@
 Record with tritonserver --trace-config triton,file=trace.json
 --trace-config level=TIMESTAMPS --trace-config level=TENSORS
 --trace-config rate=1 --trace-config count=-1 (rate=N records every Nth
-request). Per model of the repository, the plan lists every shape the traffic
-sent that the model's config can take, cut by --max-samples or --cover to
-the most frequent ones, in the order Triton is to run them: the most
-frequent last by default, because TorchScript kept the shapes warmed last
-fast (--order; docs/traffic.md). Each sample carries
-the data of the first request recorded at its shape, written to the model's
-warmup/traffic/ folder, unless --data says otherwise. Shapes the config
-cannot take are reported and left out. Then: triton-warmup --plan PLAN.
+request). Per model of the repository (-r FOLDER) or of a running server
+(-u URL, for repositories in a bucket), the plan lists every shape the
+traffic sent that the model's config can take, cut by --max-samples or
+--cover to the most frequent ones, in the order Triton is to run them: the
+most frequent last by default (--order; docs/traffic.md). Samples carry
+shapes only and the helper's data policy; --data recorded writes the first
+request recorded at each shape, what a user sent, to the model's
+warmup/traffic/ folder. Shapes the config cannot take are reported and left
+out. Then: triton-warmup --plan PLAN.
 
 Exit codes: 0 the plan was written, 1 the trace holds nothing to plan,
 2 bad usage or an unreadable trace.
@@ -23,10 +24,22 @@ import pathlib
 import sys
 from typing import List, Optional
 
+from triton_warmup.client.flags import ServedConfigError, served_configs
+from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.request import WarmupRequestError
-from triton_warmup.traffic.plan import DATA_CHOICES, FREQUENT_LAST, ORDERS, TrafficPlanError, make_plan, write_plan
-from triton_warmup.traffic.shapes import profile_traffic, repository_configs
+from triton_warmup.traffic.plan import (
+    DATA_CHOICES,
+    DEFAULT_MAX_DATA_BYTES,
+    FREQUENT_LAST,
+    ORDERS,
+    TrafficPlanError,
+    make_plan,
+    named_data_files,
+    prune_data_files,
+    write_plan,
+)
+from triton_warmup.traffic.shapes import profile_traffic, repository_configs, with_members
 from triton_warmup.traffic.trace import TraceError, expand_paths
 
 
@@ -50,9 +63,15 @@ def add_trace_flags(parser: argparse.ArgumentParser) -> None:
         "traces", nargs="+", metavar="TRACE",
         help="Triton trace files; a path with numbered parts (PATH.0, PATH.1, ...) stands for all of them.",
     )
-    parser.add_argument(
-        "-r", "--model-repository", type=pathlib.Path, required=True,
-        help="The model repository whose configs the shapes are checked against.",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "-r", "--model-repository", type=pathlib.Path,
+        help="The model repository folder whose configs the shapes are checked against.",
+    )
+    source.add_argument(
+        "-u", "--url",
+        help="Check the shapes against the configs a running server serves (HTTP, host:port), for "
+        "repositories that live in a bucket. Only READY models count.",
     )
     parser.add_argument(
         "-m", "--models", nargs="+", default=None,
@@ -79,9 +98,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "(0.99 = 99%%). Default is every shape.",
     )
     parser.add_argument(
-        "--data", choices=DATA_CHOICES, default="recorded",
-        help="Sample data: recorded (the first request of each shape, written to warmup/traffic/), auto "
-        "(floats random, the rest zeros), random or zero. Default is recorded.",
+        "--data", choices=DATA_CHOICES, default="auto",
+        help="Sample data: auto (shapes only: floats random, the rest zeros, as the helper does), random, "
+        "zero, or recorded: the first request of each shape, written to the model's warmup/traffic/ "
+        "folder; that is what users sent (docs/traffic.md). Default is auto.",
+    )
+    parser.add_argument(
+        "--max-data-bytes", type=positive, default=DEFAULT_MAX_DATA_BYTES,
+        help="With --data recorded: a recorded input larger than this keeps the default data instead. "
+        f"Default is {DEFAULT_MAX_DATA_BYTES}.",
+    )
+    parser.add_argument(
+        "--prune", action="store_true",
+        help="Remove files of warmup/traffic/ that neither the new plan, the models' config.pbtxt nor a "
+        "--keep plan names. Nothing outside warmup/traffic/ is touched.",
+    )
+    parser.add_argument(
+        "--keep", type=pathlib.Path, action="append", default=[], metavar="PLAN",
+        help="A plan file whose data files --prune keeps; give it once per plan.",
     )
     parser.add_argument(
         "--order", choices=ORDERS, default=FREQUENT_LAST,
@@ -89,7 +123,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "warmed last, which kept the frequent shapes fast in bench/results/traffic_benchmark.md.",
     )
     parser.add_argument("--count", type=positive, default=None, help="Runs per sample. Default is the helper's.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.url and (args.data == "recorded" or args.prune):
+        parser.error("--data recorded and --prune write into model folders: use -r with the repository folder")
+    return args
 
 
 def plan_header(args: argparse.Namespace, profile, plan) -> List[str]:
@@ -154,23 +191,62 @@ def reading_notes(profile) -> List[str]:
     return notes
 
 
+def model_configs(args: argparse.Namespace):
+    """The configs the traffic is checked against: the repository folder's,
+    or those the server at ``--url`` serves, with their ensembles' members."""
+    if args.model_repository is not None:
+        return repository_configs(args.model_repository, args.models)
+    served = served_configs(args.url)
+    if args.models is None:
+        return served
+    missing = [name for name in args.models if name not in served]
+    if missing:
+        raise ServedConfigError(f"{', '.join(missing)} not READY on {args.url} (READY: {sorted(served)})")
+    return {name: served[name] for name in with_members(args.models, served)}
+
+
+def recorded_data_lines(written: List[pathlib.Path], repository: pathlib.Path) -> List[str]:
+    """What the user must know about the recorded data files just written."""
+    if not written:
+        return []
+    folders = sorted({str(path.parent) for path in written})
+    return [
+        f"NOTE: wrote {len(written)} files of recorded request data to {', '.join(folders)}: they hold what "
+        "users sent. Keep them out of images and git where that matters (docs/traffic.md, \"Recorded data "
+        "is user data\")."
+    ]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        configs = repository_configs(args.model_repository, args.models)
+        configs = model_configs(args)
         profile = profile_traffic(expand_paths(args.traces), configs, show_progress=args.progress)
-    except (TraceError, WarmupRequestError, OSError) as error:
+        keep = {}
+        for plan_path in args.keep:
+            document, _ = load_plan(plan_path)
+            for name, files in named_data_files(document, configs).items():
+                keep.setdefault(name, set()).update(files)
+    except (TraceError, WarmupRequestError, ServedConfigError, PlanFileError, OSError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 2
     notes = reading_notes(profile)
+    repository = args.model_repository or pathlib.Path(".")
     try:
         plan = make_plan(
-            profile, configs, args.model_repository, args.max_samples, args.cover, args.data, args.count, args.order
+            profile, configs, repository, args.max_samples, args.cover, args.data, args.count, args.order,
+            args.max_data_bytes,
         )
         written = write_plan(plan, args.output, plan_header(args, profile, plan))
     except TrafficPlanError as error:
         print("\n".join(notes + [f"FAILED: {error}"]), file=sys.stderr)
         return 1
+    pruned = []
+    if args.prune:
+        for name, files in named_data_files(plan.document, configs).items():
+            keep.setdefault(name, set()).update(files)
+        pruned = prune_data_files(args.model_repository, configs, keep)
+    notes += recorded_data_lines(written, repository)
     if args.json:
         print(
             json.dumps(
@@ -181,6 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "bytes_read": profile.summary.bytes_read,
                     "notes": notes,
                     "data_files_written": [str(path) for path in written],
+                    "data_files_pruned": [str(path) for path in pruned],
                     "models": [selection.to_dict() for selection in plan.selections],
                 },
                 indent=2,
@@ -195,6 +272,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     for selection in plan.selections:
         for raw, reason, count in selection.rejected:
             print(f"left out of {selection.model}: {count} requests with {raw}: {reason}")
+    for path in pruned:
+        print(f"pruned {path}: no plan or config names it")
     print(f"wrote {args.output}: {plan.samples} samples, {len(written)} new data files")
     print(f"PASS: next, triton-warmup --plan {args.output}")
     return 0

@@ -43,6 +43,7 @@ from triton_warmup.libtorch_backend import BuildError
 from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client import warm
 from triton_warmup.client.flags import usage_error
+from triton_warmup.helper.repository import is_cloud
 
 
 # tritonserver 2.51 (``tritonserver --help``): every long option takes a
@@ -96,9 +97,9 @@ def parse_args(argv):
     )
     parser.add_argument(
         "--model-repository",
-        type=pathlib.Path,
-        default=pathlib.Path("model_repository"),
-        help="Model repository to serve. Default is ./model_repository.",
+        default="model_repository",
+        help="Model repository to serve: a folder, or a bucket URL as tritonserver takes it "
+        "(s3://, gs://, as://; docs/object-storage.md). Default is ./model_repository.",
     )
     parser.add_argument(
         "--working-copy",
@@ -166,7 +167,11 @@ def _interrupt(signum, frame):
 def main(argv=None) -> int:
     args, passthrough, command = parse_args(sys.argv[1:] if argv is None else argv)
     workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="embedded-triton-"))
-    repository = args.model_repository.resolve()
+    repository = args.model_repository if is_cloud(args.model_repository) else pathlib.Path(args.model_repository).resolve()
+    if args.working_copy and is_cloud(repository):
+        print(f"FAILED: --working-copy copies a folder; {repository} is a bucket, which the helper "
+              "never writes into anyway", file=sys.stderr)
+        return 2
     if args.working_copy:
         copy = workdir / "model_repository"
         shutil.rmtree(copy, ignore_errors=True)

@@ -29,9 +29,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 from triton_warmup import HELPER_MODEL, libtorch_backend, threads
+from triton_warmup.helper.repository import is_cloud
 
 # The name a backend built from core's sources links against; the wheel
 # renamed its copy (auditwheel), and the backend must use that one.
@@ -202,7 +203,7 @@ def free_port() -> int:
 
 
 def server_options(
-    model_repository: pathlib.Path,
+    model_repository: Union[pathlib.Path, str],
     backend_directory: pathlib.Path,
     http_port: int = DEFAULT_HTTP_PORT,
     grpc_port: int = DEFAULT_GRPC_PORT,
@@ -250,7 +251,7 @@ class EmbeddedTriton:
 
     def __init__(
         self,
-        model_repository: pathlib.Path,
+        model_repository: Union[pathlib.Path, str],
         workdir: pathlib.Path,
         http_port: int = DEFAULT_HTTP_PORT,
         grpc_port: int = DEFAULT_GRPC_PORT,
@@ -260,7 +261,10 @@ class EmbeddedTriton:
         pytorch_backend: Optional[libtorch_backend.BuiltBackend] = None,
         **options,
     ):
-        self.model_repository = pathlib.Path(model_repository).resolve()
+        # A bucket URL (s3://, gs://, as://) goes to tritonserver as it is.
+        self.model_repository = (
+            str(model_repository) if is_cloud(str(model_repository)) else pathlib.Path(model_repository).resolve()
+        )
         self.workdir = pathlib.Path(workdir).resolve()
         self.http_port = http_port
         self.grpc_port = grpc_port
@@ -300,7 +304,7 @@ class EmbeddedTriton:
         return self._process.pid if self._process else None
 
     def start(self) -> "EmbeddedTriton":
-        if not self.model_repository.is_dir():
+        if isinstance(self.model_repository, pathlib.Path) and not self.model_repository.is_dir():
             raise TritonStartError(f"model repository {self.model_repository} is not a folder")
         self.workdir.mkdir(parents=True, exist_ok=True)
         assemble_backend_directory(self.backend_directory, self.install, self.pytorch_backend)

@@ -48,6 +48,10 @@ TEMP_FILE_GLOB = ".config.pbtxt.*.tmp"
 BACKUP_SUFFIX = ".config.pbtxt.before-warmup"
 # The preflight's scratch copy of model M is the hidden folder <repository>/<prefix>M.
 SCRATCH_PREFIX = ".warmup_helper.preflight."
+# A repository folder holding this file is read-only to the helper, for the
+# reason the file holds: the helper's local copy of a bucket carries one
+# (``repository.ObjectStoreRepository``).
+READ_ONLY_MARKER = ".warmup_helper.read-only"
 
 # A load holds the lock of its model; a second writer waits for it. Loads of
 # big models can take minutes, so the default wait is long.
@@ -175,8 +179,22 @@ def _permission_reason(path: pathlib.Path, kind: str) -> Optional[str]:
     return None
 
 
+def _declared_read_only(folder: pathlib.Path) -> Optional[str]:
+    """The reason a ``READ_ONLY_MARKER`` in the repository folder gives, for
+    the repository folder itself or a model folder in it."""
+    for candidate in (folder, folder.parent):
+        try:
+            return (candidate / READ_ONLY_MARKER).read_text().strip() or "the repository is marked read-only"
+        except OSError:
+            continue
+    return None
+
+
 def folder_unwritable_reason(folder: pathlib.Path) -> Optional[str]:
     """Why nothing may be created in ``folder``, or ``None`` if it may."""
+    declared = _declared_read_only(folder)
+    if declared is not None:
+        return declared
     try:
         if os.statvfs(folder).f_flag & os.ST_RDONLY:
             return f"{folder} is on a read-only file system"

@@ -17,7 +17,7 @@ import hashlib
 import math
 import pathlib
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import yaml
@@ -25,6 +25,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import serialize_byte_tensor, triton_to_np_dtype
 
 from triton_warmup import HELPER_MODEL
+from triton_warmup.helper.config_rewrite import read_config
 from triton_warmup.helper.job_planning import WARMUP_DATA_FOLDER
 from triton_warmup.helper.repository_guard import fsync_folder, write_atomically
 from triton_warmup.helper.request import DATA_FILE_KEY, parse_plan_document
@@ -49,6 +50,11 @@ ORDERS = (FREQUENT_LAST, FREQUENT_FIRST)
 
 # Where the recorded data goes inside the model's warmup/ folder.
 TRAFFIC_DATA_FOLDER = "traffic"
+
+# A recorded input above this many bytes (one request's worth) keeps the
+# default data: one huge request must not put gigabytes into a repository
+# that ships in images and git. 4 MiB holds a [512, 2048] FP32 input.
+DEFAULT_MAX_DATA_BYTES = 4 * 2**20
 
 # Triton's trace writer leaves these without values (server src/tracer.cc).
 _NO_RECORDED_DATA = {
@@ -233,9 +239,10 @@ def make_plan(
     repository: pathlib.Path,
     max_samples: Optional[int] = None,
     cover: Optional[float] = None,
-    data: str = "recorded",
+    data: str = "auto",
     count: Optional[int] = None,
     order: str = FREQUENT_LAST,
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
 ) -> TrafficPlan:
     """The plan for every model of ``profile``, checked as the helper checks it.
 
@@ -271,7 +278,7 @@ def make_plan(
             sample: Dict = {"batch_size": shape.batch_size, "inputs": {key: list(dims) for key, dims in shape.inputs}}
             if data == "recorded":
                 files = _sample_files(
-                    config, traffic.recorded[shape], repository / name, selection.data_notes, data_files
+                    config, traffic.recorded[shape], repository / name, selection.data_notes, data_files, max_data_bytes
                 )
                 if files:
                     sample["data"] = {key: {DATA_FILE_KEY: file_name} for key, file_name in files.items()}
@@ -296,6 +303,7 @@ def _sample_files(
     model_dir: pathlib.Path,
     notes: Dict[str, str],
     data_files: Dict[pathlib.Path, bytes],
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
 ) -> Dict[str, str]:
     """Input name to the data file (under ``warmup/``) holding its recorded values."""
     files = {}
@@ -311,6 +319,13 @@ def _sample_files(
             payload = recorded_bytes(tensor, batching)
         except ValueError as reason:
             notes.setdefault(model_input.name, f"{reason}: its samples use the default data policy")
+            continue
+        if len(payload) > max_data_bytes:
+            notes.setdefault(
+                model_input.name,
+                f"a recorded request holds {len(payload)} bytes, above --max-data-bytes {max_data_bytes}: "
+                "samples of that size use the default data policy",
+            )
             continue
         file_name = data_file_name(model_input.name, payload)
         data_files[model_dir / WARMUP_DATA_FOLDER / file_name] = payload
@@ -374,3 +389,70 @@ def write_plan(plan: TrafficPlan, output: pathlib.Path, header: Sequence[str] = 
                 pass
         raise TrafficPlanError(f"writing the plan failed, nothing was kept: {error}") from None
     return created_files
+
+
+def named_data_files(document: Any, models: Iterable[str]) -> Dict[str, Set[str]]:
+    """Per model, the data files (paths under ``warmup/``) a plan document names,
+    its defaults' included."""
+    named: Dict[str, Set[str]] = {name: set() for name in models}
+    if not isinstance(document, Mapping):
+        return named
+
+    def files_of(data: Any) -> Set[str]:
+        if not isinstance(data, Mapping):
+            return set()
+        return {
+            str(spec[DATA_FILE_KEY])
+            for spec in data.values()
+            if isinstance(spec, Mapping) and DATA_FILE_KEY in spec
+        }
+
+    defaults = files_of((document.get("defaults") or {}).get("data")) if isinstance(document.get("defaults"), Mapping) else set()
+    for name in named:
+        named[name] |= defaults
+        entry = (document.get("models") or {}).get(name) if isinstance(document.get("models"), Mapping) else None
+        if not isinstance(entry, Mapping):
+            continue
+        named[name] |= files_of(entry.get("data"))
+        for sample in entry.get("samples") or []:
+            if isinstance(sample, Mapping):
+                named[name] |= files_of(sample.get("data"))
+    return named
+
+
+def prune_data_files(
+    repository: pathlib.Path,
+    configs: Mapping[str, model_config_pb2.ModelConfig],
+    keep: Mapping[str, Set[str]],
+) -> List[pathlib.Path]:
+    """Remove the files of each model's ``warmup/traffic/`` that neither
+    ``keep`` nor the model's ``config.pbtxt`` on disk names; return them.
+
+    Only ``warmup/traffic/`` is looked at: that folder is this command's,
+    and a hand-written data file elsewhere in ``warmup/`` is never touched.
+    """
+    removed = []
+    for name in sorted(configs):
+        folder = repository / name / WARMUP_DATA_FOLDER / TRAFFIC_DATA_FOLDER
+        if not folder.is_dir():
+            continue
+        try:
+            _, on_disk = read_config(repository / name)
+        except (OSError, ValueError):
+            continue  # a config that cannot be read could name anything: keep every file
+        named = set(keep.get(name, ())) | {
+            sample_input.input_data_file
+            for sample in on_disk.model_warmup
+            for sample_input in sample.inputs.values()
+            if sample_input.input_data_file
+        }
+        unnamed = [
+            path for path in sorted(folder.iterdir())
+            if path.is_file() and path.relative_to(folder.parent).as_posix() not in named
+        ]
+        for path in unnamed:
+            path.unlink()
+        if unnamed:
+            fsync_folder(folder)
+        removed.extend(unnamed)
+    return removed

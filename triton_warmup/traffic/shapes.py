@@ -221,6 +221,20 @@ def repository_configs(
     return configs
 
 
+def with_members(names: Iterable[str], configs: Mapping[str, model_config_pb2.ModelConfig]) -> List[str]:
+    """``names`` and, for the ensembles among them, their composing models
+    (nested ones' included) that ``configs`` holds."""
+    chosen: List[str] = []
+    wanted = list(names)
+    while wanted:
+        name = wanted.pop(0)
+        if name in chosen or name not in configs:
+            continue
+        chosen.append(name)
+        wanted.extend(step.model for step in kind_of(configs[name]).steps)
+    return chosen
+
+
 def ensemble_members(name: str, configs: Mapping[str, model_config_pb2.ModelConfig]) -> List[str]:
     """An ensemble's composing models, nested ensembles' included, in step order."""
     members: List[str] = []

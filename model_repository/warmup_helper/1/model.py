@@ -28,6 +28,7 @@ from triton_warmup.helper.model_loading import (
     server_argv,
 )
 from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
+from triton_warmup.helper.repository import LocalRepository, RepositoryError, choose_repository
 from triton_warmup.helper.repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
 from triton_warmup.helper.job_planning import PlanSettings, plan_jobs
 from triton_warmup.helper.load_jobs import build_report, run_jobs
@@ -142,9 +143,6 @@ class TritonPythonModel:
 
     def initialize(self, args):
         self.model_name = args["model_name"]
-        # args["model_repository"] is this model's own folder; its parent is
-        # the repository that holds the target models.
-        self.repository = pathlib.Path(args["model_repository"]).resolve().parent
         parameters = json.loads(args["model_config"]).get("parameters", {})
         self.settings = PlanSettings(
             count=_int_parameter(parameters, "warmup_count", DEFAULT_WARMUP_COUNT),
@@ -166,6 +164,19 @@ class TritonPythonModel:
             self.logger.log_warn(f"{self.model_name}: cannot read the server's command line: {error}")
             argv = None
         self.server_mode = model_control_mode_from_argv(argv)
+        # args["model_repository"] is this model's own folder: in a local
+        # repository its parent holds the target models; for a bucket it is
+        # Triton's temporary download, and the server's flags say where.
+        try:
+            server_cwd = pathlib.Path(os.readlink(f"/proc/{os.getppid()}/cwd"))
+        except OSError:
+            server_cwd = None
+        try:
+            self.repository = choose_repository(
+                pathlib.Path(args["model_repository"]), argv, _parameter(parameters, "model_repository"), server_cwd
+            )
+        except RepositoryError as error:
+            raise pb_utils.TritonModelException(f"warmup_helper: {error}") from None
         self.preflight = None
         preflight_on = _bool_parameter(parameters, "preflight", True)
         # Parallel by default only while no sample can fail in Triton's warmup
@@ -204,7 +215,9 @@ class TritonPythonModel:
             # anyway; the HTTP endpoint is what loads models in parallel.
             self.max_parallel_loads = 1
 
-        removed, restored = clean_repository(self.repository)
+        removed, restored = (
+            clean_repository(self.repository.root) if isinstance(self.repository, LocalRepository) else ([], [])
+        )
         if removed:
             self.logger.log_warn(
                 f"{self.model_name}: removed temporary files a killed writer left: {removed}"
@@ -215,7 +228,7 @@ class TritonPythonModel:
                 "their rewrite never finished (the server was killed or crashed)"
             )
         self.logger.log_info(
-            f"{self.model_name}: repository {self.repository}, {self.settings}, "
+            f"{self.model_name}: repository {self.repository.location}, {self.settings}, "
             f"allowed_models {sorted(self.allowed_models) if self.allowed_models else 'all'}, "
             f"max_parallel_loads {self.max_parallel_loads}, "
             f"preflight {'on' if self.preflight else 'OFF'}, "
@@ -228,6 +241,7 @@ class TritonPythonModel:
 
     def _handle(self, request):
         plan_started = time.monotonic()
+        workspace = None
         try:
             inputs = {}
             for name in REQUEST_INPUTS:
@@ -239,22 +253,46 @@ class TritonPythonModel:
             except ValueError as error:
                 field = "PLAN" if warmup_request.from_plan else "MODE"
                 raise WarmupRequestError(field, str(error), path=("mode",)) from None
-            plan = plan_jobs(
-                self.repository, warmup_request, self.settings, self.model_name, self.allowed_models
-            )
+            # A bucket is read into a local copy for this request only.
+            workspace = self.repository.mirror()
+            plan = plan_jobs(workspace.root, warmup_request, self.settings, self.model_name, self.allowed_models)
+            if mode == "load" and self.preflight is not None:
+                workspace.fetch_model_files(job.name for job in plan.jobs)
+        except RepositoryError as error:
+            self.logger.log_warn(f"{self.model_name}: {error}")
+            self._close(workspace)
+            return _error_response(str(error), "UNAVAILABLE")
         except WarmupRequestError as error:
-            self.logger.log_warn(f"{self.model_name}: refused request: {error}")
-            return _error_response(error.response_message(), error.code)
+            message = self._public(workspace, error.response_message())
+            self.logger.log_warn(f"{self.model_name}: refused request: {self._public(workspace, str(error))}")
+            self._close(workspace)
+            return _error_response(message, error.code)
         except Exception:  # noqa: BLE001 - answer the request, log the traceback
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
-            return _error_response(
-                f"{self.model_name} failed to plan the warmup: {traceback.format_exc(limit=1)}",
-                "INTERNAL",
+            message = self._public(
+                workspace, f"{self.model_name} failed to plan the warmup: {traceback.format_exc(limit=1)}"
             )
+            self._close(workspace)
+            return _error_response(message, "INTERNAL")
+        try:
+            return self._warm(plan, mode, mode_reason, workspace, plan_started)
+        finally:
+            self._close(workspace)
 
+    @staticmethod
+    def _public(workspace, text: str) -> str:
+        """Messages name the repository's URL, never a bucket's local copy."""
+        return text if workspace is None else workspace.public(text)
+
+    @staticmethod
+    def _close(workspace) -> None:
+        if workspace is not None:
+            workspace.close()
+
+    def _warm(self, plan, mode, mode_reason, workspace, plan_started):
         plan_s = round(time.monotonic() - plan_started, 6)
         started = time.monotonic()
-        self._log_plan(plan, mode)
+        self._log_plan(plan, mode, workspace)
         try:
             if mode == "load":
                 # Loads run in worker threads; logging stays on this thread.
@@ -266,17 +304,18 @@ class TritonPythonModel:
         except Exception:  # noqa: BLE001 - a bug of the helper's: answer, and log the traceback
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
             return _error_response(
-                f"{self.model_name} failed while warming: {traceback.format_exc(limit=1)}", "INTERNAL"
+                workspace.public(f"{self.model_name} failed while warming: {traceback.format_exc(limit=1)}"),
+                "INTERNAL",
             )
         for entry in entries:
-            self._log_entry(entry)
+            self._log_entry(entry, workspace)
         report = build_report(entries, round(time.monotonic() - started, 3), plan_s)
         report.mode = mode
         report.mode_reason = mode_reason
         report.limitation = LIMITATION if mode == "requests" else None
 
         loaded = np.array([name.encode("utf-8") for name in report.loaded], dtype=np.object_)
-        report_json = np.array([json.dumps(report.to_dict()).encode("utf-8")], dtype=np.object_)
+        report_json = np.array([workspace.public(json.dumps(report.to_dict())).encode("utf-8")], dtype=np.object_)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("LOADED_MODELS", loaded),
@@ -284,7 +323,7 @@ class TritonPythonModel:
             ]
         )
 
-    def _log_plan(self, plan, mode: str) -> None:
+    def _log_plan(self, plan, mode: str, workspace) -> None:
         fed = {member for ensemble in plan.ensembles for member in ensemble.members}
         for job in plan.jobs:
             if mode == "load" and job.name in fed:
@@ -305,9 +344,9 @@ class TritonPythonModel:
                 f"{ensemble.members + ensemble.nested}, loaded once they are warm"
             )
         for entry in plan.failed:
-            self.logger.log_warn(f"{self.model_name}: '{entry.name}' left out: {entry.error}")
+            self.logger.log_warn(workspace.public(f"{self.model_name}: '{entry.name}' left out: {entry.error}"))
 
-    def _log_entry(self, entry) -> None:
+    def _log_entry(self, entry, workspace) -> None:
         checked = entry.preflight
         if checked is not None and checked.passed:
             self.logger.log_info(
@@ -315,9 +354,11 @@ class TritonPythonModel:
                 f"sample(s) checked by {checked.how} in {checked.seconds} s"
             )
         if entry.fallback:
-            self.logger.log_warn(f"{self.model_name}: '{entry.name}': {entry.fallback}")
+            self.logger.log_warn(workspace.public(f"{self.model_name}: '{entry.name}': {entry.fallback}"))
         if entry.error:
-            self.logger.log_error(f"{self.model_name}: '{entry.name}' failed: {entry.detail or entry.error}")
+            self.logger.log_error(
+                workspace.public(f"{self.model_name}: '{entry.name}' failed: {entry.detail or entry.error}")
+            )
         elif entry.mode == "load":
             self.logger.log_info(f"{self.model_name}: '{entry.name}' READY after {entry.seconds_to_ready} s")
         else:

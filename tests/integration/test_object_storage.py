@@ -1,0 +1,153 @@
+"""A model repository in S3: the real tritonserver serves
+``s3://http://127.0.0.1:PORT/models/repo`` from moto's S3 server, and the
+helper warms its models from there.
+
+What is checked is read from Triton (the config it serves, its log's warmup
+runs) and from the bucket (every object's bytes, before and after).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from triton_warmup.client import coverage as coverage_command
+from triton_warmup.client import from_trace, warm
+from triton_warmup.helper.repository import ObjectStoreRepository, RepositoryError
+from triton_warmup.report import WarmupReport
+from live_server import model_states, served_config, serving, warmup_runs
+from object_store import s3_server
+from trace_files import v1_request, write_trace
+
+# moto's server and two tritonservers start; each load reads the bucket.
+MODULE_TIMEOUT_S = 600
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+MODELS = ("warmup_helper", "model-v1", "model-v2")
+# model-v2's hand-written sample: one request of x [4, 128] and mask [4].
+X_DATA = np.linspace(-1, 1, 4 * 128, dtype=np.float32)
+MASK_DATA = np.ones(4, dtype=np.int64)
+
+
+def bucket_repository(template, destination):
+    """The models the bucket holds, model-v2 with hand-written sample data."""
+    for name in MODELS:
+        shutil.copytree(template / name, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+    warmup = destination / "model-v2" / "warmup"
+    warmup.mkdir(exist_ok=True)
+    (warmup / "x.bin").write_bytes(X_DATA.tobytes())
+    (warmup / "mask.bin").write_bytes(MASK_DATA.tobytes())
+    return destination
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory, template_repository):
+    folder = tmp_path_factory.mktemp("s3")
+    with s3_server(folder / "moto.log") as server:
+        server.upload(bucket_repository(template_repository, folder / "repository"))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(s3, tmp_path_factory):
+    with serving(s3.url(), tmp_path_factory.mktemp("triton-s3"), extra_env=s3.environment) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def bucket_before(s3):
+    return s3.snapshot()
+
+
+def warm_json(run_cli, server, *args):
+    result = run_cli(warm.main, "-u", server.http_url, "--json", *args)
+    report = WarmupReport.from_dict(json.loads(result.stdout)) if result.stdout.strip() else None
+    return result, report
+
+
+def test_a_model_in_s3_is_warmed_before_ready_and_the_bucket_is_unchanged(server, s3, bucket_before, run_cli):
+    result, report = warm_json(run_cli, server, "--models", "model-v1", "--group-size-max", "4", "--batch-sizes", "1", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    entry = report.entry("model-v1")
+    assert entry.ready and not entry.config_written
+    assert s3.url() in entry.fallback and "object storage" in entry.fallback
+    # Triton serves the planned samples and ran each on the instance before READY.
+    served = served_config(server, "model-v1")["model_warmup"]
+    assert len(served) == entry.warmup_samples == 4 * 2
+    runs = warmup_runs(server, "model-v1")
+    assert {run["sample"] for run in runs} == {sample["name"] for sample in served}
+    assert len(runs) == entry.warmup_samples * entry.count
+    # Nothing was written into the bucket, and no local copy is named.
+    assert s3.snapshot() == bucket_before
+    assert "warmup_helper.repository." not in result.stdout
+
+
+def test_a_plan_with_data_files_in_the_bucket(server, s3, bucket_before, run_cli, tmp_path):
+    plan = tmp_path / "plan.json"
+    sample = {"batch_size": 1, "inputs": {"x": [4, 128], "mask": [4]},
+              "data": {"x": {"file": "x.bin"}, "mask": {"file": "mask.bin"}}}
+    plan.write_text(json.dumps({"models": {"model-v2": {"samples": [sample]}}}))
+    result, report = warm_json(run_cli, server, "--plan", str(plan))
+    assert result.returncode == 0, result.stdout + result.stderr
+    entry = report.entry("model-v2")
+    assert entry.ready and entry.preflight.samples_checked == 1
+    (served,) = served_config(server, "model-v2")["model_warmup"]
+    assert {name: spec["input_data_file"] for name, spec in served["inputs"].items()} == {"x": "x.bin", "mask": "mask.bin"}
+    assert len(warmup_runs(server, "model-v2")) == entry.count
+    assert "failed to run warmup" not in server.log_text()
+    assert s3.snapshot() == bucket_before
+
+
+def test_a_traffic_plan_from_the_served_configs(server, s3, bucket_before, run_cli, tmp_path):
+    # model-v1 is READY (first test): its served config is what -u reads.
+    assert model_states(server).get("model-v1") == "READY"
+    shapes = [(1, 3)] * 6 + [(2, 7)] * 3 + [(4, 11)]
+    trace = write_trace(tmp_path / "trace.json", [v1_request(batch, group) for batch, group in shapes])
+    plan = tmp_path / "traffic.yaml"
+    made = run_cli(from_trace.main, str(trace), "-u", server.http_url, "-o", str(plan), "-m", "model-v1")
+    assert made.returncode == 0, made.stdout + made.stderr
+    samples = yaml.safe_load(plan.read_text())["models"]["model-v1"]["samples"]
+    assert [(sample["batch_size"], sample["inputs"]["x"][0]) for sample in samples] == [(4, 11), (2, 7), (1, 3)]
+    assert all("data" not in sample for sample in samples)
+    refused = run_cli(from_trace.main, str(trace), "-u", server.http_url, "-o", str(plan), "--data", "recorded")
+    assert refused.returncode == 2 and "use -r" in refused.stderr
+
+    result, report = warm_json(run_cli, server, "--plan", str(plan))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report.entry("model-v1").ready
+    covered = run_cli(coverage_command.main, str(trace), "-u", server.http_url, "-m", "model-v1", "--min-coverage", "1")
+    assert covered.returncode == 0, covered.stdout + covered.stderr
+    assert "PASS: 100.0% of 10 recorded requests" in covered.stdout
+    assert s3.snapshot() == bucket_before
+
+
+def test_a_model_absent_from_the_bucket_is_named_with_the_url(server, s3, run_cli):
+    result = run_cli(warm.main, "-u", server.http_url, "--models", "nosuch")
+    assert result.returncode != 0
+    assert f"no model 'nosuch' in the model repository {s3.url()}" in result.stderr
+    assert "/tmp" not in result.stderr
+
+
+def test_no_credentials_revoked_ones_and_an_unreachable_bucket_each_give_one_clear_error(
+    template_repository, tmp_path, run_cli
+):
+    with s3_server(tmp_path / "moto.log", enforce_auth=True) as s3:
+        s3.upload(bucket_repository(template_repository, tmp_path / "repository"))
+        # No credentials: sent unsigned, as Triton's SDK sends them, and
+        # refused (moto answers an unsigned request with a 500 of its own
+        # when it checks signatures, so only the URL is asserted).
+        with pytest.raises(RepositoryError, match=rf"^cannot read the model repository {s3.url()}: "):
+            ObjectStoreRepository(s3.url(), {"AWS_EC2_METADATA_DISABLED": "true"}).mirror()
+        with serving(s3.url(), tmp_path / "triton", extra_env=s3.environment) as server:
+            s3.revoke_key()
+            revoked = run_cli(warm.main, "-u", server.http_url, "--models", "model-v1")
+            assert revoked.returncode != 0
+            assert f"cannot read the model repository {s3.url()}: access refused" in revoked.stderr
+            s3.stop()
+            unreachable = run_cli(warm.main, "-u", server.http_url, "--models", "model-v1")
+            assert unreachable.returncode != 0
+            assert f"cannot read the model repository {s3.url()}: Could not connect" in unreachable.stderr
+            assert "/tmp" not in revoked.stderr + unreachable.stderr
+            assert server.is_running()
