@@ -419,3 +419,68 @@ def test_traces_of_different_servers_keep_requests_that_share_an_id(tmp_path):
         ("model-v1", 1), ("model-v1", 2), ("text-encoder", 1), ("text-encoder", 2)]
     assert len({request.trace_id for request in requests}) == 4
     assert trace_module._run_of(tmp_path / "t.json.3") == trace_module._run_of(tmp_path / "t.json.0")
+
+
+# --- recorded data is user data ---------------------------------------------
+
+
+def test_from_trace_writes_shapes_only_unless_recorded_data_is_asked_for(run_cli, trace, traffic_repository, tmp_path):
+    before = snapshot(traffic_repository)
+    plan_path = tmp_path / "plan.yaml"
+    shapes_only = run_cli(from_trace.main, str(trace), "-r", str(traffic_repository), "-o", str(plan_path))
+    assert shapes_only.returncode == 0, shapes_only.stderr
+    assert snapshot(traffic_repository) == before
+    assert "recorded request data" not in shapes_only.stdout
+    recorded = run_cli(from_trace.main, str(trace), "-r", str(traffic_repository), "-o", str(plan_path),
+                       "--data", "recorded")
+    written = {path for path in set(snapshot(traffic_repository)) - set(before) if path.endswith(".bin")}
+    assert written and all(path.split("/", 1)[1].startswith("warmup/traffic/") for path in written)
+    assert f"NOTE: wrote {len(written)} files of recorded request data to " in recorded.stdout
+    assert "they hold what users sent" in recorded.stdout
+
+
+def test_a_recorded_input_above_the_cap_keeps_the_default_data(trace, traffic_repository):
+    # model-v1's x at group 16 is 16 x 64 floats: 4096 bytes per request.
+    plan = made_plan(trace, traffic_repository, data="recorded", max_data_bytes=2048)
+    samples = {
+        (sample["batch_size"], sample["inputs"]["x"][0]): sample.get("data", {})
+        for sample in plan.document["models"]["model-v1"]["samples"]
+    }
+    assert "x" not in samples[(1, 16)] and "x" in samples[(1, 4)]
+    note = plan.selections[0].data_notes["x"]
+    assert "above --max-data-bytes 2048" in note and plan.selections[0].model == "model-v1"
+
+
+def test_prune_removes_only_traffic_files_nothing_names(run_cli, trace, traffic_repository, tmp_path):
+    full = tmp_path / "full.yaml"
+    made = run_cli(from_trace.main, str(trace), "-r", str(traffic_repository), "-o", str(full), "--data", "recorded")
+    assert made.returncode == 0, made.stderr
+    folder = traffic_repository / "model-v1" / "warmup"
+    every = {path.relative_to(folder).as_posix() for path in (folder / "traffic").iterdir()}
+    hand_written = folder / "mine.bin"
+    hand_written.write_bytes(b"\0" * 16)
+    # A cut plan names fewer files; --keep keeps the full plan's.
+    cut = tmp_path / "cut.yaml"
+    kept = run_cli(from_trace.main, str(trace), "-r", str(traffic_repository), "-o", str(cut), "--data", "recorded",
+                   "--cover", "0.5", "--prune", "--keep", str(full))
+    assert kept.returncode == 0, kept.stderr
+    assert {path.relative_to(folder).as_posix() for path in (folder / "traffic").iterdir()} == every
+    pruned = run_cli(from_trace.main, str(trace), "-r", str(traffic_repository), "-o", str(cut), "--data", "recorded",
+                     "--cover", "0.5", "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    remaining = {path.relative_to(folder).as_posix() for path in (folder / "traffic").iterdir()}
+    named = {spec["file"] for sample in yaml.safe_load(cut.read_text())["models"]["model-v1"]["samples"]
+             for spec in sample.get("data", {}).values()}
+    assert remaining == named and remaining < every
+    assert pruned.stdout.count("pruned ") == len(every - remaining)
+    assert hand_written.is_file()
+
+
+def test_from_trace_and_coverage_refuse_what_needs_a_folder_with_a_server_url(run_cli, trace, tmp_path):
+    recorded = run_cli(from_trace.main, str(trace), "-u", "localhost:1", "-o", str(tmp_path / "p.yaml"),
+                       "--data", "recorded")
+    assert recorded.returncode == 2 and "use -r" in recorded.stderr
+    planned = run_cli(coverage_command.main, str(trace), "-u", "localhost:1", "--plan", str(tmp_path / "p.yaml"))
+    assert planned.returncode == 2 and "use -r" in planned.stderr
+    nobody = run_cli(from_trace.main, str(trace), "-u", "localhost:1", "-o", str(tmp_path / "p.yaml"))
+    assert nobody.returncode == 2 and "reading the served configs from localhost:1 failed" in nobody.stderr
