@@ -54,8 +54,8 @@ class RepositoryError(Exception):
     """The repository cannot be read; the message names its URL."""
 
 
-def is_cloud(location: str) -> bool:
-    return location.startswith(CLOUD_SCHEMES)
+def is_cloud(location) -> bool:
+    return str(location).startswith(CLOUD_SCHEMES)
 
 
 @dataclasses.dataclass(frozen=True)
