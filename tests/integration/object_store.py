@@ -109,7 +109,7 @@ def _wait_until_answering(endpoint: str, process: subprocess.Popen) -> None:
 def s3_server(log: pathlib.Path, enforce_auth: bool = False) -> Iterator[S3Server]:
     """Start moto's S3 server on a free port; stop it afterwards."""
     port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://localhost:{port}"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -399,6 +399,28 @@ class NoneMode(Scenario):
         self.shown.update({self.server.http_url: SHOWN_HTTP, self.server.grpc_url: SHOWN_GRPC})
 
 
+class ObjectStorage(Scenario):
+    """A repository in S3 (moto's server; README, "Repository in S3/GCS/Azure"):
+    the helper, model-v1 and text-encoder at ``s3://http://localhost:9000/models/repo``,
+    served by the embedded tritonserver with the bucket's credentials."""
+
+    def setup(self) -> None:
+        from object_store import s3_server
+
+        _example_models(self.folder / "repository", ["warmup_helper", "model-v1", "text-encoder"])
+        self.s3 = self._stack.enter_context(s3_server(self.folder / "moto.log"))
+        self.s3.upload(self.folder / "repository")
+        self.shown[self.s3.endpoint.removeprefix("http://")] = "localhost:9000"
+
+    def start_server(self) -> None:
+        from live_server import serving
+
+        self.server = self._stack.enter_context(
+            serving(self.s3.url(), self.folder / "server", extra_env=self.s3.environment)
+        )
+        self.shown.update({self.server.http_url: SHOWN_HTTP, self.server.grpc_url: SHOWN_GRPC})
+
+
 SCENARIOS: Dict[str, Callable[[pathlib.Path], Scenario]] = {
     "make-run": MakeRun,
     "own": OwnRepository,
@@ -407,6 +429,7 @@ SCENARIOS: Dict[str, Callable[[pathlib.Path], Scenario]] = {
     "replicas": Replicas,
     "restricted": Restricted,
     "none-mode": NoneMode,
+    "s3": ObjectStorage,
 }
 
 
