@@ -60,7 +60,9 @@ def _physical_cores(cpus: Iterable[int]) -> int:
 class Machine:
     """What decides a server's thread counts: its environment and CPUs."""
 
-    environ: Mapping[str, str]
+    # Out of repr: the helper logs its settings, and the environment holds
+    # credentials (AWS_SECRET_ACCESS_KEY and the like).
+    environ: Mapping[str, str] = dataclasses.field(repr=False)
     logical_cpus: int
     physical_cores: int
 
@@ -211,8 +213,15 @@ def repository_configs(repository, environ: Mapping[str, str] = os.environ) -> L
 
 def server_environment(repository, environ: Mapping[str, str]) -> Tuple[Dict[str, str], OpenMPSetting]:
     """``environ`` with ``OMP_NUM_THREADS`` set for ``repository``'s models where they need it."""
+    from triton_warmup.helper.repository import RepositoryError
+
     machine = Machine.here(environ)
-    setting = openmp_setting(repository_configs(repository, environ), machine)
+    try:
+        configs = repository_configs(repository, environ)
+    except RepositoryError as error:
+        # The server reports an unreadable repository itself.
+        return dict(environ), OpenMPSetting(None, f"the repository's configs were not read: {error}")
+    setting = openmp_setting(configs, machine)
     updated = dict(environ)
     if setting.value is not None:
         updated[OPENMP_VARIABLE] = str(setting.value)
@@ -228,17 +237,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("model_repository", help="a folder, or a bucket URL as tritonserver takes it (s3://, gs://, as://)")
     args = parser.parse_args(argv)
-    from triton_warmup.helper.repository import RepositoryError, is_cloud
+    from triton_warmup.helper.repository import is_cloud
 
     if not is_cloud(args.model_repository) and not pathlib.Path(args.model_repository).is_dir():
         print(f"{OPENMP_VARIABLE} left as it is: {args.model_repository} is not a folder", file=sys.stderr)
         return 0
-    try:
-        _, setting = server_environment(args.model_repository, os.environ)
-    except RepositoryError as error:
-        # The server reports an unreadable repository itself; leave the setting alone.
-        print(f"{OPENMP_VARIABLE} left as it is: {error}", file=sys.stderr)
-        return 0
+    _, setting = server_environment(args.model_repository, os.environ)
     if setting.value is not None:
         print(setting.value)
         print(f"{OPENMP_VARIABLE}={setting.value}: {setting.reason}", file=sys.stderr)

@@ -188,3 +188,18 @@ def test_warm_stays_warm_warms_the_four_models_from_one_trace_and_scores_both_pa
     assert all(entry["shapes"] > 0 for entry in trial["floor"].values())
     assert trial["resident_mib"] > 0 and trial["seconds_to_ready"] > 0
     assert "second pass" in (tmp_path / "warm_stays_warm.md").read_text()
+
+
+def test_the_s3_benchmark_reports_both_sources(tmp_path):
+    finished = run_module("bench.s3_benchmark", "--trials", "1", "--models", "model-v1", "--output-dir", str(tmp_path),
+                          timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((tmp_path / "s3_benchmark.json").read_text())
+    runs = {run["source"]: run for run in results["runs"]}
+    assert set(runs) == {"folder", "s3"}
+    # The folder's config is rewritten; the bucket's never is.
+    assert runs["folder"]["config_written"] == {"model-v1": True}
+    assert runs["s3"]["config_written"] == {"model-v1": False}
+    assert runs["s3"]["samples"] == runs["folder"]["samples"] == {"model-v1": 32}
+    page = (tmp_path / "s3_benchmark.md").read_text()
+    assert "| model-v1 to READY |" in page and "S3 / folder" in page

@@ -1,0 +1,146 @@
+"""A real S3 server for the tests and the benchmarks: moto's ``moto.server``, one process per use.
+
+The product talks S3 to it exactly as to AWS (s3fs in the helper, the AWS
+SDK inside tritonserver); nothing is mocked inside either. With
+``enforce_auth`` the server checks every request's signature against the
+IAM users it knows, so wrong and missing credentials are refused as AWS
+refuses them.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Dict, Iterator
+
+import boto3
+
+from triton_warmup.embedded import free_port
+
+REGION = "us-east-1"
+BUCKET = "models"
+PREFIX = "repo"
+READER = "reader"
+# How long moto's server takes to answer on a busy machine, with room.
+START_TIMEOUT_S = 60
+
+
+@dataclasses.dataclass
+class S3Server:
+    endpoint: str
+    key_id: str
+    secret: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        """Stop the server: the bucket becomes unreachable."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+    def revoke_key(self) -> None:
+        """Delete the IAM access key the server was started with."""
+        self._iam().delete_access_key(UserName=READER, AccessKeyId=self.key_id)
+
+    def _iam(self):
+        return boto3.client(
+            "iam", endpoint_url=self.endpoint, region_name=REGION,
+            aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
+        )
+
+    @property
+    def environment(self) -> Dict[str, str]:
+        """What tritonserver (and so the helper) reads its credentials from."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_DEFAULT_REGION": REGION,
+            # No instance metadata to ask on this machine.
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def url(self, bucket: str = BUCKET, prefix: str = PREFIX) -> str:
+        """The repository URL in Triton's form for S3-compatible stores."""
+        return f"s3://{self.endpoint}/{bucket}/{prefix}"
+
+    def client(self):
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=REGION,
+            aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
+        )
+
+    def upload(self, folder: pathlib.Path, bucket: str = BUCKET, prefix: str = PREFIX) -> None:
+        client = self.client()
+        client.create_bucket(Bucket=bucket)
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+    def snapshot(self, bucket: str = BUCKET) -> Dict[str, str]:
+        """Every object's key and the SHA-256 of its bytes."""
+        client = self.client()
+        objects = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for item in page.get("Contents", []):
+                body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                objects[item["Key"]] = hashlib.sha256(body).hexdigest()
+        return objects
+
+
+def _wait_until_answering(endpoint: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto's server exited with {process.returncode}")
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"moto's server did not answer at {endpoint} within {START_TIMEOUT_S} s")
+
+
+@contextlib.contextmanager
+def s3_server(log: pathlib.Path, enforce_auth: bool = False) -> Iterator[S3Server]:
+    """Start moto's S3 server on a free port; stop it afterwards."""
+    port = free_port()
+    endpoint = f"http://localhost:{port}"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_answering(endpoint, process)
+            server = S3Server(endpoint, "testing", "testing", process)
+            if enforce_auth:
+                server = _with_a_reader(server)
+            yield server
+        finally:
+            server_process_stop(process)
+
+
+def server_process_stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _with_a_reader(server: S3Server) -> S3Server:
+    """An IAM user allowed every S3 and IAM action; from then on the server
+    checks every request's credentials."""
+    iam = server._iam()
+    iam.create_user(UserName=READER)
+    key = iam.create_access_key(UserName=READER)["AccessKey"]
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*", "iam:*"], "Resource": "*"}]}
+    iam.put_user_policy(UserName=READER, PolicyName="s3", PolicyDocument=json.dumps(policy))
+    request = urllib.request.Request(
+        f"{server.endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+    return S3Server(server.endpoint, key["AccessKeyId"], key["SecretAccessKey"], server.process)
