@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 from bench.measure import EXAMPLE_MODELS, PROJECT_ROOT, TEXT_ENCODER, Session, copy_repository, run_record
 from bench.report import table, write_results
 from bench.measure import results_header
-from bench.s3_server import s3_server
+from bench.object_stores import s3_server
 from triton_warmup.embedded import EmbeddedTriton, free_port
 
 MODELS = EXAMPLE_MODELS + [TEXT_ENCODER]

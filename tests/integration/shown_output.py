@@ -405,7 +405,7 @@ class ObjectStorage(Scenario):
     served by the embedded tritonserver with the bucket's credentials."""
 
     def setup(self) -> None:
-        from object_store import s3_server
+        from bench.object_stores import s3_server
 
         _example_models(self.folder / "repository", ["warmup_helper", "model-v1", "text-encoder"])
         self.s3 = self._stack.enter_context(s3_server(self.folder / "moto.log"))

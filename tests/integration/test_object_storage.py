@@ -15,10 +15,9 @@ import yaml
 
 from triton_warmup.client import coverage as coverage_command
 from triton_warmup.client import from_trace, warm
-from triton_warmup.helper.repository import ObjectStoreRepository, RepositoryError
 from triton_warmup.report import WarmupReport
 from live_server import model_states, served_config, serving, warmup_runs
-from object_store import s3_server
+from bench.object_stores import gcs_server, s3_server
 from trace_files import v1_request, write_trace
 
 # moto's server and two tritonservers start; each load reads the bucket.
@@ -130,16 +129,11 @@ def test_a_model_absent_from_the_bucket_is_named_with_the_url(server, s3, run_cl
     assert "/tmp" not in result.stderr
 
 
-def test_no_credentials_revoked_ones_and_an_unreachable_bucket_each_give_one_clear_error(
+def test_revoked_credentials_and_an_unreachable_bucket_each_give_one_clear_error(
     template_repository, tmp_path, run_cli
 ):
     with s3_server(tmp_path / "moto.log", enforce_auth=True) as s3:
         s3.upload(bucket_repository(template_repository, tmp_path / "repository"))
-        # No credentials: sent unsigned, as Triton's SDK sends them, and
-        # refused (moto answers an unsigned request with a 500 of its own
-        # when it checks signatures, so only the URL is asserted).
-        with pytest.raises(RepositoryError, match=rf"^cannot read the model repository {s3.url()}: "):
-            ObjectStoreRepository(s3.url(), {"AWS_EC2_METADATA_DISABLED": "true"}).mirror()
         with serving(s3.url(), tmp_path / "triton", extra_env=s3.environment) as server:
             s3.revoke_key()
             revoked = run_cli(warm.main, "-u", server.http_url, "--models", "model-v1")
@@ -151,3 +145,19 @@ def test_no_credentials_revoked_ones_and_an_unreachable_bucket_each_give_one_cle
             assert f"cannot read the model repository {s3.url()}: Could not connect" in unreachable.stderr
             assert "/tmp" not in revoked.stderr + unreachable.stderr
             assert server.is_running()
+
+
+def test_a_model_in_gcs_is_warmed_and_the_bucket_is_unchanged(template_repository, tmp_path, run_cli):
+    with gcs_server(tmp_path / "gcs.log") as gcs:
+        gcs.upload(bucket_repository(template_repository, tmp_path / "repository"))
+        before = gcs.snapshot()
+        with serving(gcs.url(), tmp_path / "triton", extra_env=gcs.environment) as server:
+            result, report = warm_json(run_cli, server, "--models", "model-v1", "--group-size-max", "2",
+                                       "--batch-sizes", "1", "4")
+            assert result.returncode == 0, result.stdout + result.stderr
+            entry = report.entry("model-v1")
+            assert entry.ready and not entry.config_written and gcs.url() in entry.fallback
+            served = served_config(server, "model-v1")["model_warmup"]
+            assert len(served) == entry.warmup_samples == 2 * 2
+            assert len(warmup_runs(server, "model-v1")) == entry.warmup_samples * entry.count
+        assert gcs.snapshot() == before

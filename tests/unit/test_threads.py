@@ -108,3 +108,10 @@ def test_the_command_prints_the_setting_for_a_repository(run_cli, repository):
     expected = threads.openmp_setting(configs, threads.Machine.here())
     assert result.stdout.strip() == ("" if expected.value is None else str(expected.value))
     assert expected.reason in result.stderr
+
+
+def test_the_helper_s_logged_settings_hold_no_environment():
+    # model.py logs its PlanSettings; the environment holds credentials.
+    settings = PlanSettings(machine=threads.Machine.here({"AWS_SECRET_ACCESS_KEY": "s3cret-value"}))
+    assert "s3cret-value" not in repr(settings) and "AWS_SECRET" not in repr(settings)
+    assert settings.machine.environ["AWS_SECRET_ACCESS_KEY"] == "s3cret-value"

@@ -1,10 +1,15 @@
-"""A real S3 server for the tests and the benchmarks: moto's ``moto.server``, one process per use.
+"""Real object stores on this machine, for the tests and the benchmarks,
+one process per use, both from PyPI:
 
-The product talks S3 to it exactly as to AWS (s3fs in the helper, the AWS
-SDK inside tritonserver); nothing is mocked inside either. With
-``enforce_auth`` the server checks every request's signature against the
-IAM users it knows, so wrong and missing credentials are refused as AWS
-refuses them.
+* ``s3_server``: moto's S3 server (``moto.server``). With ``enforce_auth``
+  it checks every request's signature against the IAM users it knows, so
+  wrong credentials are refused as AWS refuses them.
+* ``gcs_server``: the GCS emulator of ``gcp-storage-emulator``, which
+  tritonserver's GCS client reaches through ``CLOUD_STORAGE_EMULATOR_ENDPOINT``.
+
+The product talks to them exactly as to the clouds (s3fs and gcsfs in the
+helper, the AWS and Google SDKs inside tritonserver); nothing is mocked
+inside either.
 """
 
 import contextlib
@@ -92,17 +97,17 @@ class S3Server:
         return objects
 
 
-def _wait_until_answering(endpoint: str, process: subprocess.Popen) -> None:
+def _wait_until_answering(probe: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"moto's server exited with {process.returncode}")
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
         try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).read()
+            urllib.request.urlopen(probe, timeout=2).read()
             return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"moto's server did not answer at {endpoint} within {START_TIMEOUT_S} s")
+    raise RuntimeError(f"nothing answered at {probe} within {START_TIMEOUT_S} s")
 
 
 @contextlib.contextmanager
@@ -116,7 +121,7 @@ def s3_server(log: pathlib.Path, enforce_auth: bool = False) -> Iterator[S3Serve
             stdout=log_file, stderr=subprocess.STDOUT,
         )
         try:
-            _wait_until_answering(endpoint, process)
+            _wait_until_answering(f"{endpoint}/moto-api/", process)
             server = S3Server(endpoint, "testing", "testing", process)
             if enforce_auth:
                 server = _with_a_reader(server)
@@ -144,3 +149,60 @@ def _with_a_reader(server: S3Server) -> S3Server:
     )
     urllib.request.urlopen(request, timeout=10).read()
     return S3Server(server.endpoint, key["AccessKeyId"], key["SecretAccessKey"], server.process)
+
+
+@dataclasses.dataclass
+class GcsServer:
+    """A GCS emulator (``gcp-storage-emulator`` from PyPI) on this machine."""
+
+    endpoint: str
+    process: subprocess.Popen
+
+    @property
+    def environment(self) -> Dict[str, str]:
+        """Where tritonserver's GCS client (google-cloud-cpp) and the helper's
+        gcsfs find the emulator; no credentials, as the emulator wants none."""
+        return {"CLOUD_STORAGE_EMULATOR_ENDPOINT": self.endpoint, "STORAGE_EMULATOR_HOST": self.endpoint}
+
+    def url(self, bucket: str = BUCKET, prefix: str = PREFIX) -> str:
+        return f"gs://{bucket}/{prefix}"
+
+    def _client(self):
+        import os
+
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        os.environ["STORAGE_EMULATOR_HOST"] = self.endpoint
+        return storage.Client(credentials=AnonymousCredentials(), project="test")
+
+    def upload(self, folder: pathlib.Path, bucket: str = BUCKET, prefix: str = PREFIX) -> None:
+        target = self._client().create_bucket(bucket)
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                target.blob(f"{prefix}/{path.relative_to(folder).as_posix()}").upload_from_filename(str(path))
+
+    def snapshot(self, bucket: str = BUCKET) -> Dict[str, str]:
+        """Every object's name and the SHA-256 of its bytes."""
+        return {
+            blob.name: hashlib.sha256(blob.download_as_bytes()).hexdigest()
+            for blob in self._client().list_blobs(bucket)
+        }
+
+
+@contextlib.contextmanager
+def gcs_server(log: pathlib.Path) -> Iterator[GcsServer]:
+    """Start the GCS emulator, in memory, on a free port; stop it afterwards."""
+    port = free_port()
+    endpoint = f"http://localhost:{port}"
+    emulator = pathlib.Path(sys.executable).parent / "gcp-storage-emulator"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [str(emulator), "start", "--host", "localhost", "--port", str(port), "--in-memory"],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_answering(f"{endpoint}/storage/v1/b?project=test", process)
+            yield GcsServer(endpoint, process)
+        finally:
+            server_process_stop(process)
