@@ -79,12 +79,15 @@ class S3Server:
             aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
         )
 
-    def upload(self, folder: pathlib.Path, bucket: str = BUCKET, prefix: str = PREFIX) -> None:
+    def upload(self, folder: pathlib.Path, bucket: str = BUCKET, prefix: str = PREFIX, public: bool = False) -> None:
+        """Put ``folder`` into a new bucket; ``public``: anyone may list and read it."""
         client = self.client()
-        client.create_bucket(Bucket=bucket)
+        acl = {"ACL": "public-read"} if public else {}
+        client.create_bucket(Bucket=bucket, **acl)
         for path in sorted(folder.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
-                client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+                client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}",
+                                   ExtraArgs=acl or None)
 
     def snapshot(self, bucket: str = BUCKET) -> Dict[str, str]:
         """Every object's key and the SHA-256 of its bytes."""

@@ -15,6 +15,7 @@ import yaml
 
 from triton_warmup.client import coverage as coverage_command
 from triton_warmup.client import from_trace, warm
+from triton_warmup.helper.repository import ObjectStoreRepository
 from triton_warmup.report import WarmupReport
 from live_server import model_states, served_config, serving, warmup_runs
 from bench.object_stores import gcs_server, s3_server
@@ -161,3 +162,20 @@ def test_a_model_in_gcs_is_warmed_and_the_bucket_is_unchanged(template_repositor
             assert len(served) == entry.warmup_samples == 2 * 2
             assert len(warmup_runs(server, "model-v1")) == entry.warmup_samples * entry.count
         assert gcs.snapshot() == before
+
+
+def test_without_credentials_the_helper_reads_a_public_bucket_unsigned_as_triton_does(
+    s3, template_repository, tmp_path, monkeypatch
+):
+    s3.upload(bucket_repository(template_repository, tmp_path / "repository"), bucket="public", public=True)
+    # botocore finds no credentials in this process: the listing goes unsigned.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    repository = ObjectStoreRepository(s3.url(bucket="public"), {})
+    copy = repository.mirror()
+    try:
+        assert repository.address.options.get("anon") is True
+        assert (copy.root / "model-v1" / "config.pbtxt").is_file()
+    finally:
+        copy.close()
