@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup import example_models as gen_model
 from triton_warmup import libtorch_backend
+from triton_warmup.helper.preflight_record import record_path
 from triton_warmup.client.warm import request_warmup, shape_arrays
 from triton_warmup.helper.config_rewrite import read_config, render_config
 from triton_warmup.helper.repository_guard import write_atomically
@@ -91,7 +92,7 @@ def copy_repository(destination: pathlib.Path) -> pathlib.Path:
     shutil.copytree(
         PROJECT_ROOT / "model_repository",
         destination,
-        ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock"),
+        ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock", ".*.warmup-preflight.json"),
     )
     if not all((destination / model / "1" / "model.pt").exists() for model in EXAMPLE_MODELS + [TEXT_ENCODER]):
         gen_model.write_models(destination)
@@ -146,9 +147,11 @@ class Session:
     def unload(self, models: Sequence[str]) -> None:
         """Unload and wait until Triton no longer lists the models as loaded,
         so that the next load starts fresh instances (a new TorchScript
-        module, nothing profiled yet)."""
+        module, nothing profiled yet). The preflight record goes too: the
+        benchmarks time a first start, where every sample is checked."""
         for model in models:
             self.client.unload_model(model)
+            record_path(self.repository / model).unlink(missing_ok=True)
         deadline = time.monotonic() + 120
         while any(self.state(model) not in ("UNAVAILABLE", "") for model in models):
             if time.monotonic() > deadline:

@@ -81,16 +81,25 @@ class _Record:
         return cls(**values)
 
 
+# PreflightRecord.how: where the preflight checked the samples.
+PREFLIGHT_SCRATCH = "scratch copy"
+PREFLIGHT_SERVING = "requests to the serving model"
+PREFLIGHT_RECORD = "the preflight record"
+
+
 @dataclasses.dataclass
 class PreflightRecord(_Record):
     """What the preflight ran for one model before anything was written.
 
     Attributes:
-        how: "scratch copy" or "requests to the serving model".
+        how: ``PREFLIGHT_SCRATCH``, ``PREFLIGHT_SERVING`` or, when an earlier
+            preflight's record vouched for every sample, ``PREFLIGHT_RECORD``.
         why: why that way (the model was not loaded, its files changed, ...).
         scratch: how the scratch copy was loaded (linked folder or file overrides).
         samples_checked: samples sent; samples_known_good: skipped, because
-            the serving model already ran them.
+            the serving model already ran them or the preflight record
+            (``helper/preflight_record.py``) says they passed;
+            samples_recorded: how many the record vouched for.
         failed_sample: the sample that failed, with each input's request shape.
         error: why, in one line (``one_line``); ``None`` when every sample passed.
         detail: Triton's whole error text, when it holds more than that line.
@@ -103,6 +112,7 @@ class PreflightRecord(_Record):
     scratch: Optional[str] = None
     samples_checked: int = 0
     samples_known_good: int = 0
+    samples_recorded: int = 0
     failed_sample: Optional[Dict[str, Any]] = None
     error: Optional[str] = None
     detail: Optional[str] = None

@@ -19,7 +19,7 @@ def template_repository(tmp_path_factory) -> pathlib.Path:
     shutil.copytree(
         PROJECT_REPOSITORY,
         repository,
-        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*.tmp", ".warmup_helper.lock"),
+        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*.tmp", ".warmup_helper.lock", ".*.warmup-preflight.json"),
     )
     gen_model.write_models(repository)
     return repository

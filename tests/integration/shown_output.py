@@ -213,7 +213,7 @@ def _example_models(destination: pathlib.Path, names: List[str]) -> None:
 
     staging = destination.parent / ".staging"
     shutil.copytree(PROJECT_ROOT / "model_repository", staging,
-                    ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock"))
+                    ignore=shutil.ignore_patterns("__pycache__", ".*.tmp", ".warmup_helper.lock", ".*.warmup-preflight.json"))
     example_models.write_models(staging)
     destination.mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -36,7 +36,7 @@ from triton_warmup.client.live_view import StateWatcher
 from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_plan_error
 from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.request import WarmupRequestError, parse_request
-from triton_warmup.report import ModelEntry, WarmupReport
+from triton_warmup.report import PREFLIGHT_RECORD, PREFLIGHT_SCRATCH, ModelEntry, WarmupReport
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
 DEFAULT_GROUP_SIZE_MIN = 1
@@ -259,7 +259,9 @@ def preflight_cell(entry: ModelEntry) -> str:
         return "-"
     if not record.passed:
         return "FAILED"
-    where = "scratch" if record.how == "scratch copy" else "serving"
+    if record.how == PREFLIGHT_RECORD:
+        return f"{record.samples_known_good} recorded {record.seconds:.2f}s"
+    where = "scratch" if record.how == PREFLIGHT_SCRATCH else "serving"
     return f"{record.samples_checked} {where} {record.seconds:.2f}s"
 
 

@@ -40,9 +40,10 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.model_kind import Infer, ModelKind, correlation_ids, requests_for
-from triton_warmup.report import PreflightRecord, one_line
+from triton_warmup.report import PREFLIGHT_RECORD, PREFLIGHT_SCRATCH, PREFLIGHT_SERVING, PreflightRecord, one_line
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOLDER, config_json, render_config
 from triton_warmup.helper.repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
+from triton_warmup.helper.preflight_record import fingerprint, known_good, write_record
 from triton_warmup.helper.requests_mode import sample_arrays
 from triton_warmup.threads import runs_in_libtorch
 
@@ -198,6 +199,9 @@ class Preflight:
     infer: Infer
     max_model_bytes: int = DEFAULT_PREFLIGHT_MAX_MODEL_BYTES
     server_started_at: Optional[float] = None
+    # preflight_record.server_identity: with it, samples that passed are
+    # recorded beside the model and not run again while nothing changed.
+    server_identity: Optional[str] = None
     # Requests in flight at once on a scratch copy (the serving model gets one
     # at a time: its dynamic batcher could merge them).
     in_flight: int = DEFAULT_PREFLIGHT_IN_FLIGHT
@@ -221,23 +225,45 @@ class Preflight:
                 record.model_bytes = sum(path.stat().st_size for path in files)
             except OSError as error:
                 raise PreflightFailed(f"reading the model's files failed: {error}") from None
+            current = self._fingerprint(job, files, versions, config)
+            recorded = known_good(job.model_dir, job.name, current, config) if current else []
+            record.samples_recorded = len(recorded)
             serving, why = self._serving_runs_these_files(job.name, files) if was_ready else (False, None)
             if serving:
-                record.how = "requests to the serving model"
+                record.how = PREFLIGHT_SERVING
                 record.why = why
-                known_good = self._served_samples(job, control)
-                samples = unchecked_samples(config, known_good)
+                samples = unchecked_samples(config, self._served_samples(job, control) + recorded)
                 record.samples_known_good = len(config.model_warmup) - len(samples)
                 self._send(job.name, job.kind, config, samples, job.model_dir, record, versions)
+            elif not unchecked_samples(config, recorded):
+                record.how = PREFLIGHT_RECORD
+                record.why = "these samples passed before against the same model files, config and server"
+                record.samples_known_good = len(config.model_warmup)
             else:
-                record.how = "scratch copy"
+                record.how = PREFLIGHT_SCRATCH
                 record.why = why or "model not loaded"
-                self._check_scratch(job, control, config, versions, files, record)
+                record.samples_known_good = len(recorded)
+                self._check_scratch(job, control, config, versions, files, record, recorded)
+            if current is not None:
+                try:
+                    write_record(job.model_dir, job.name, current, config.model_warmup)
+                except OSError:
+                    pass  # the record only saves time; the next preflight runs the samples
         except PreflightFailed as failure:
             record.error = str(failure)
             record.detail = failure.detail
         record.seconds = round(time.monotonic() - started, 6)
         return record
+
+    def _fingerprint(self, job, files, versions, config) -> Optional[Dict]:
+        """What a record of this model's samples holds against; ``None``
+        when the server's identity is unknown or a file cannot be read."""
+        if self.server_identity is None:
+            return None
+        try:
+            return fingerprint(job.model_dir, files, versions, config, self.server_identity)
+        except OSError:
+            return None
 
     def _serving_runs_these_files(self, name: str, files: List[pathlib.Path]) -> Tuple[bool, str]:
         """Whether the READY version runs the files on disk, and why it is
@@ -268,10 +294,10 @@ class Preflight:
             return list(job.rewrite.current.model_warmup)
         return list(config.model_warmup)
 
-    def _check_scratch(self, job, control, config, versions, files, record) -> None:
+    def _check_scratch(self, job, control, config, versions, files, record, known=()) -> None:
         if not versions:
             raise PreflightFailed(f"{job.model_dir} holds no version folder to load")
-        samples = unchecked_samples(config)
+        samples = unchecked_samples(config, known)
         if not samples:
             return
         folder = scratch_folder(job.model_dir)

@@ -28,6 +28,7 @@ from triton_warmup.helper.model_loading import (
     server_argv,
 )
 from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
+from triton_warmup.helper.preflight_record import identity_from_argv
 from triton_warmup.helper.repository import LocalRepository, RepositoryError, choose_repository
 from triton_warmup.helper.repository_guard import DEFAULT_LOCK_TIMEOUT_S, clean_repository
 from triton_warmup.helper.job_planning import PlanSettings, plan_jobs
@@ -193,6 +194,9 @@ class TritonPythonModel:
                 server_started_at = None
             self.preflight = Preflight(
                 infer=bls_infer,
+                # Samples that passed are recorded beside each model and not
+                # run again while its files, config and this server stay the same.
+                server_identity=identity_from_argv(argv),
                 max_model_bytes=_int_parameter(
                     parameters, "preflight_max_model_bytes", DEFAULT_PREFLIGHT_MAX_MODEL_BYTES
                 ),
