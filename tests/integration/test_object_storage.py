@@ -15,7 +15,7 @@ import yaml
 
 from triton_warmup.client import coverage as coverage_command
 from triton_warmup.client import from_trace, warm
-from triton_warmup.helper.repository import ObjectStoreRepository
+from triton_warmup.helper.repository import ObjectStoreRepository, RepositoryError
 from triton_warmup.report import WarmupReport
 from live_server import model_states, served_config, serving, warmup_runs
 from bench.object_stores import gcs_server, s3_server
@@ -179,3 +179,11 @@ def test_without_credentials_the_helper_reads_a_public_bucket_unsigned_as_triton
         assert (copy.root / "model-v1" / "config.pbtxt").is_file()
     finally:
         copy.close()
+
+
+def test_a_bucket_that_does_not_exist_is_named_with_the_url(s3, monkeypatch):
+    for name, value in s3.environment.items():
+        monkeypatch.setenv(name, value)
+    url = s3.url(bucket="no-such-bucket")
+    with pytest.raises(RepositoryError, match=rf"^cannot read the model repository {url}: no such bucket or path"):
+        ObjectStoreRepository(url, s3.environment).mirror()
