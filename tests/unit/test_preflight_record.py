@@ -158,3 +158,13 @@ def test_two_replicas_writing_at_once_leave_one_whole_record(repository):
         assert writer.exitcode == 0
     # Whole, valid, and holding both replicas' samples.
     assert len(known_good(model_dir, "model-v1", current, job.rewrite.config)) == len(samples) == 2
+
+
+def test_a_record_that_already_holds_every_sample_is_not_rewritten(repository):
+    job_for(repository)
+    warm(repository)
+    path = record_path(repository / "model-v1")
+    before = path.stat().st_mtime_ns, path.read_bytes()
+    os.utime(path, ns=(before[0] - 10**9, before[0] - 10**9))
+    warm(repository)
+    assert path.stat().st_mtime_ns == before[0] - 10**9 and path.read_bytes() == before[1]

@@ -176,7 +176,10 @@ def write_record(
     path = record_path(model_dir)
     if unwritable_reason(path) is not None:
         return None
-    digests = set(passed_samples(model_dir, model, current)) | {sample_digest(sample) for sample in samples}
+    held = passed_samples(model_dir, model, current)
+    digests = set(held) | {sample_digest(sample) for sample in samples}
+    if digests == held:
+        return path  # a restart's record already says it all: no rewrite, no fsync
     body = {"format": FORMAT, "model": model, "fingerprint": current, "samples": sorted(digests)}
     body = json.loads(json.dumps(body))
     write_atomically(path, json.dumps({"record": body, "checksum": _checksum(body)}, indent=1).encode())
