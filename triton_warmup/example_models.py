@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the example TorchScript models ``model-v1``..``model-v3``, ``text-encoder`` and ``session-encoder``.
+"""Write the example models ``model-v1``..``model-v3``, ``text-encoder``, ``session-encoder`` and ``compiled-encoder``'s weights.
 
 model-v1..v3 are the same small network with a different feature dimension.
 Each request carries a group of ``G`` feature vectors ``x`` ``[G, D]`` and a
@@ -19,6 +19,11 @@ the answer is the running mean of the session's pooled encodings. Triton's
 sequence batcher adds the ``START`` and ``READY`` control inputs; the model
 keeps each batch slot's running sum in a buffer.
 
+``compiled-encoder`` is model-v1's network as a PyTorch 2 model: a Python
+class in its ``1/model.py`` that Triton's PyTorch 2 runtime compiles with
+``torch.compile``. Only its weights (``1/model.pt``, a state dict) are
+written here, from that class.
+
 The example repository also holds Python and ensemble models that need no
 file written here: ``tokenizer`` and ``embed`` (tokenizer -> text-encoder).
 
@@ -28,6 +33,7 @@ Usage::
 """
 
 import argparse
+import importlib.util
 import pathlib
 import sys
 import warnings
@@ -136,6 +142,28 @@ class SessionEncoder(torch.nn.Module):
         return total / steps.clamp(min=1.0)
 
 
+COMPILED_ENCODER = "compiled-encoder"
+
+
+def compiled_encoder_weights(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> dict:
+    """The seeded state dict of the class in ``compiled-encoder/1/model.py``,
+    built from that file as Triton's runtime builds it: the first
+    ``torch.nn.Module`` subclass, with no arguments."""
+    source = model_repository / COMPILED_ENCODER / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location(COMPILED_ENCODER.replace("-", "_"), source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = [
+        value
+        for _, value in sorted(vars(module).items())
+        if isinstance(value, type) and issubclass(value, torch.nn.Module) and value is not torch.nn.Module
+    ]
+    if not classes:
+        raise FileNotFoundError(f"{source} defines no torch.nn.Module")
+    torch.manual_seed(seed)
+    return classes[0]().state_dict()
+
+
 def _script(model: torch.nn.Module) -> torch.jit.ScriptModule:
     # torch 2.13 marks torch.jit.script deprecated, but TorchScript is the
     # format Triton's libtorch backend loads, so it is the one to write.
@@ -196,6 +224,12 @@ def write_models(model_repository: pathlib.Path, seed: int = DEFAULT_SEED) -> li
     for model_name, build in ((TEXT_ENCODER, build_text_encoder), (SESSION_ENCODER, build_session_encoder)):
         path = _model_file(model_repository, model_name)
         build(seed).save(str(path))
+        written.append(path)
+    # A copy of the repository without the PyTorch 2 example (the tests'
+    # template) gets the TorchScript models only.
+    if (model_repository / COMPILED_ENCODER).is_dir():
+        path = _model_file(model_repository, COMPILED_ENCODER)
+        torch.save(compiled_encoder_weights(model_repository, seed), str(path))
         written.append(path)
     return written
 

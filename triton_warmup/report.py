@@ -126,6 +126,37 @@ class PreflightRecord(_Record):
 
 
 
+# CompileRecord.verdict: what torch.compile did while a PyTorch 2 model loaded.
+COMPILE_COMPILED = "compiled"
+COMPILE_REUSED = "reused the cache"
+COMPILE_UNKNOWN = "unknown"
+
+
+@dataclasses.dataclass
+class CompileRecord(_Record):
+    """What torch.compile did while a PyTorch 2 model loaded, from the counts
+    its instances kept (``helper/compile_status.py``).
+
+    Attributes:
+        verdict: ``COMPILE_COMPILED`` when Inductor compiled any graph anew
+            (a cache miss), ``COMPILE_REUSED`` when every graph came from its
+            cache, ``COMPILE_UNKNOWN`` with ``why``.
+        instances: the instance processes that reported.
+        graphs: graphs torch.compile made (traced, then compiled or taken
+            from the cache), summed over instances.
+        cache_hits, cache_misses: Inductor's FX graph cache, summed.
+        cache_dir: ``TORCHINDUCTOR_CACHE_DIR``.
+    """
+
+    verdict: str = COMPILE_UNKNOWN
+    why: Optional[str] = None
+    instances: int = 0
+    graphs: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_dir: Optional[str] = None
+
+
 @dataclasses.dataclass
 class LockHold(_Record):
     """The model's lock as this warmup held it (repository_guard.model_lock)."""
@@ -183,6 +214,8 @@ class ModelEntry(_Record):
         serving_previous_version: after a failure, whether the model still
             serves what it served before.
         preflight: what ran before the load; ``None`` when nothing had to.
+        compile: a PyTorch 2 model's compilation during the load; ``None``
+            for other models.
         timings: where the time went (load mode).
         stale_temp_files_removed, interrupted_rewrite_restored: what a
             killed writer had left and this one cleaned up.
@@ -216,6 +249,7 @@ class ModelEntry(_Record):
     detail: Optional[str] = None
     serving_previous_version: Optional[bool] = None
     preflight: Optional[PreflightRecord] = None
+    compile: Optional[CompileRecord] = None
     timings: Timings = dataclasses.field(default_factory=Timings)
     stale_temp_files_removed: List[str] = dataclasses.field(default_factory=list)
     interrupted_rewrite_restored: Optional[str] = None
@@ -224,6 +258,7 @@ class ModelEntry(_Record):
         "status": Status,
         "lock": LockHold.from_dict,
         "preflight": PreflightRecord.from_dict,
+        "compile": CompileRecord.from_dict,
         "timings": Timings.from_dict,
     }
 

@@ -14,12 +14,15 @@ from live_server import PROJECT_REPOSITORY, client_for, running_server, serving
 
 @pytest.fixture(scope="session")
 def template_repository(tmp_path_factory) -> pathlib.Path:
-    """The project's repository with freshly generated model.pt files."""
+    """The project's repository with freshly generated model.pt files,
+    without the PyTorch 2 example: its compiles take tens of seconds per load
+    on 2 CPUs, so only test_pytorch2.py serves it."""
     repository = tmp_path_factory.mktemp("template") / "model_repository"
     shutil.copytree(
         PROJECT_REPOSITORY,
         repository,
-        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*.tmp", ".warmup_helper.lock", ".*.warmup-preflight.json"),
+        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*.tmp", ".warmup_helper.lock",
+                                      ".*.warmup-preflight.json", gen_model.COMPILED_ENCODER),
     )
     gen_model.write_models(repository)
     return repository

@@ -181,9 +181,9 @@ def test_a_rolling_update_adds_a_ready_pod_before_it_removes_one():
 def test_the_probes_wait_for_the_models_the_entrypoint_warms():
     documents = manifests()
     env = {item["name"]: item["value"] for item in deployment_container()["env"]}
-    (mount,) = deployment_container()["volumeMounts"]
-    (volume,) = documents["Deployment"]["spec"]["template"]["spec"]["volumes"]
-    assert volume["name"] == mount["name"] and volume["configMap"]["name"] == documents["ConfigMap"]["metadata"]["name"]
+    volumes = {volume["name"]: volume for volume in documents["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [mount for mount in deployment_container()["volumeMounts"] if "configMap" in volumes[mount["name"]]]
+    assert volumes[mount["name"]]["configMap"]["name"] == documents["ConfigMap"]["metadata"]["name"]
     (key,) = documents["ConfigMap"]["data"]
     plan_path = f"{mount['mountPath']}/{key}"
     assert env["WARMUP_PLAN"] == plan_path
@@ -194,6 +194,21 @@ def test_the_probes_wait_for_the_models_the_entrypoint_warms():
         assert command[command.index("-u") + 1] == f"localhost:{http_port}", probe
     assert deployment_container()["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert deployment_container()["resources"]["requests"].keys() >= {"cpu", "memory"}
+
+
+def test_the_compile_cache_is_a_volume_where_the_image_points_torch():
+    """Inductor's cache outlives a container (docs/pytorch2.md): the image's
+    TORCHINDUCTOR_CACHE_DIR is a mounted volume, owned by the server's user
+    when nothing is mounted."""
+    documents = manifests()
+    volumes = {volume["name"]: volume for volume in documents["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in deployment_container()["volumeMounts"]}
+    image_env = " ".join(arguments for instruction, arguments in dockerfile_instructions() if instruction == "ENV")
+    cache_dir = image_env.split("TORCHINDUCTOR_CACHE_DIR=")[1].split()[0]
+    assert cache_dir in mounts and "emptyDir" in volumes[mounts[cache_dir]]
+    runs = " ".join(arguments for instruction, arguments in dockerfile_instructions() if instruction == "RUN")
+    assert "triton-warmup-install-runtime /opt/tritonserver/backends/pytorch" in runs
+    assert f"chown 1000:1000 {cache_dir}" in runs
 
 
 def test_the_plan_in_the_configmap_is_valid_and_names_models_of_the_repository(tmp_path):

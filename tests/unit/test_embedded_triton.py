@@ -7,7 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-from triton_warmup import libtorch_backend
+from triton_warmup import libtorch_backend, pytorch2
 from triton_warmup.embedded import server
 
 
@@ -55,9 +55,15 @@ def test_backend_folder_holds_the_python_backend_and_the_native_pytorch_backend(
     # Real files: Triton refuses a backend library that resolves outside the folder.
     assert not any(path.is_symlink() for path in (backends / "python").iterdir())
     assert os.access(backends / "python" / "triton_python_backend_stub", os.X_OK)
-    assert sorted(path.name for path in (backends / "pytorch").iterdir()) == ["libtriton_pytorch.so"]
+    assert sorted(path.name for path in (backends / "pytorch").iterdir()) == [
+        "libtriton_pytorch.so", "model.py", "triton_pytorch_runtime.py"
+    ]
     library = backends / "pytorch" / "libtriton_pytorch.so"
     assert not library.is_symlink()
+    # The PyTorch 2 runtime: the shim in front, Triton's own runtime beside it.
+    assert pytorch2.is_shim(backends / "pytorch" / "model.py")
+    assert (backends / "pytorch" / "triton_pytorch_runtime.py").read_bytes() == built.runtime.read_bytes()
+    assert "class TritonPythonModel" in built.runtime.read_text()
 
     # The copy links the wheel's own core library, not the upstream name
     # (which would load a second core, or none); the cached build is untouched.
@@ -79,7 +85,9 @@ def test_assembling_again_replaces_the_library_by_rename(tmp_path):
     server.assemble_backend_directory(tmp_path / "backends", install, built)
     # A new file, not a write into the old one that a live server may map.
     assert library.stat().st_ino != first_inode
-    assert sorted(path.name for path in (backends / "pytorch").iterdir()) == ["libtriton_pytorch.so"]
+    assert sorted(path.name for path in (backends / "pytorch").iterdir()) == [
+        "libtriton_pytorch.so", "model.py", "triton_pytorch_runtime.py"
+    ]
 
 
 def test_free_port_never_hands_out_a_port_twice():

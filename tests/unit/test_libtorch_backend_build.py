@@ -98,6 +98,8 @@ def test_a_cached_build_is_reused_and_a_changed_key_builds_again(source_dir, too
         compiled.append(commits["core"])
         library = work / "libtriton_pytorch.so"
         library.write_bytes(commits["core"].encode())
+        # The real build copies pytorch_backend's src/model.py beside it.
+        (work / backend_build.RUNTIME_NAME).write_text("# the PyTorch 2 runtime\n")
         log_path.write_text("built\n")
         return library
 
@@ -107,6 +109,7 @@ def test_a_cached_build_is_reused_and_a_changed_key_builds_again(source_dir, too
     first = backend_build.build(source_dir, cache_root=cache, log=lambda line: None)
     again = backend_build.build(source_dir, cache_root=cache, log=lambda line: None)
     assert len(compiled) == 1 and again.library == first.library
+    assert first.runtime.read_text() == "# the PyTorch 2 runtime\n"
     assert first.info["sources"] == backend_build.local_source_commits(source_dir)
     assert first.info["torch"] == toolchain.torch_version and first.info["build_seconds"] >= 0
 

@@ -36,7 +36,15 @@ from triton_warmup.client.live_view import StateWatcher
 from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_plan_error
 from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.request import WarmupRequestError, parse_request
-from triton_warmup.report import PREFLIGHT_RECORD, PREFLIGHT_SCRATCH, ModelEntry, WarmupReport
+from triton_warmup.report import (
+    COMPILE_REUSED,
+    COMPILE_UNKNOWN,
+    PREFLIGHT_RECORD,
+    PREFLIGHT_SCRATCH,
+    CompileRecord,
+    ModelEntry,
+    WarmupReport,
+)
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
 DEFAULT_GROUP_SIZE_MIN = 1
@@ -288,7 +296,20 @@ def notes_cell(entry: ModelEntry) -> str:
         notes.append("loaded with the planned config: " + entry.fallback.split(";")[0])
     if entry.threads:
         notes.append("thread counts differ (see NOTE)")
+    if entry.compile is not None:
+        notes.append(compile_note(entry.compile))
     return "; ".join(notes)
+
+
+def compile_note(record: CompileRecord) -> str:
+    """A PyTorch 2 model's compilation during its load, in a few words."""
+    if record.verdict == COMPILE_UNKNOWN:
+        return "torch.compile cache: unknown (TORCHINDUCTOR_CACHE_DIR)" if not record.cache_dir else (
+            "torch.compile cache: unknown (no counts from the runtime)"
+        )
+    if record.verdict == COMPILE_REUSED:
+        return f"torch.compile: {record.graphs} graphs, all from the cache"
+    return f"torch.compile: {record.graphs} graphs, {record.cache_misses} compiled, {record.cache_hits} from the cache"
 
 
 def format_table(entries: List[ModelEntry]) -> str:

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Sequence, Union
 
-from triton_warmup import HELPER_MODEL, libtorch_backend, threads
+from triton_warmup import HELPER_MODEL, libtorch_backend, pytorch2, threads
 from triton_warmup.helper.repository import is_cloud
 
 # The name a backend built from core's sources links against; the wheel
@@ -118,6 +118,9 @@ def assemble_backend_directory(
 ) -> pathlib.Path:
     """Build ``target`` as a ``--backend-directory``: ``python/`` and ``pytorch/``.
 
+    ``pytorch/`` also holds the PyTorch 2 runtime (``model.py``, the shim of
+    ``triton_warmup.pytorch2``, and Triton's runtime beside it).
+
     ``pytorch/libtriton_pytorch.so`` is the native backend, patched to link
     the wheel's core library: with the upstream name the process would load a
     second copy of the core, or none.
@@ -139,6 +142,8 @@ def assemble_backend_directory(
         pytorch_dir / libtorch_backend.LIBRARY_NAME,
         patch=["--replace-needed", UPSTREAM_CORE_LIBRARY, install.core_library.name],
     )
+    # The PyTorch 2 runtime: Triton's, behind this project's shim (pytorch2/).
+    pytorch2.install_runtime(pytorch_dir, upstream=pytorch_backend.runtime)
     return target
 
 
@@ -314,6 +319,8 @@ class EmbeddedTriton:
         environment, self.openmp_setting = threads.server_environment(
             self.model_repository, {**server_environment(self.install), **self.extra_env}
         )
+        # torch.compile models reuse what an earlier server compiled.
+        environment.setdefault(pytorch2.CACHE_VARIABLE, str(pytorch2.default_cache_dir()))
         # A session of its own: signals to the group reach the stubs as well.
         self._process = subprocess.Popen(
             self.argv,

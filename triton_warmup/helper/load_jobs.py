@@ -14,11 +14,13 @@ which keeps this module free of Triton imports. ``job_planning`` makes the plan.
 
 import concurrent.futures
 import dataclasses
+import os
 import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from triton_warmup.helper.compile_status import CACHE_VARIABLE, is_pytorch2, read_compile_record
 from triton_warmup.helper.config_rewrite import ConfigRewrite, config_json
 from triton_warmup.helper.job_planning import EnsembleJob, ModelWarmupJob, RequestPlan
 from triton_warmup.helper.model_kind import Infer, correlation_ids
@@ -346,6 +348,10 @@ def _load(
         return
     entry.timings.load_s = _since(load_started)
     entry.status = Status.READY
+    if is_pytorch2(job.rewrite.config):
+        entry.compile = read_compile_record(
+            os.environ.get(CACHE_VARIABLE), job.name, job.versions or ("1",), load_started_at
+        )
     if preflight is not None:
         # The serving version now runs the files as they were when the load began.
         preflight.loaded_at[job.name] = load_started_at

@@ -142,7 +142,9 @@ def model_entries(model_dir: pathlib.Path, versions: Iterable[str]) -> List[path
 
 
 def model_files(model_dir: pathlib.Path, versions: Iterable[str]) -> List[pathlib.Path]:
-    """Every file of ``model_entries``, hidden ones inside folders left out."""
+    """Every file of ``model_entries``, hidden ones inside folders and
+    Python's bytecode caches (``__pycache__``, written when a stub imports a
+    model's ``.py`` files) left out."""
     files = []
     for entry in model_entries(model_dir, versions):
         if entry.is_dir():
@@ -150,7 +152,9 @@ def model_files(model_dir: pathlib.Path, versions: Iterable[str]) -> List[pathli
                 path
                 for path in sorted(entry.rglob("*"))
                 if path.is_file()
-                and not any(part.startswith(".") for part in path.relative_to(model_dir).parts)
+                and not any(
+                    part.startswith(".") or part == "__pycache__" for part in path.relative_to(model_dir).parts
+                )
             )
         elif entry.is_file():
             files.append(entry)

@@ -34,6 +34,8 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional
 
+from triton_warmup.pytorch2 import UPSTREAM_RUNTIME_FILE
+
 # The checkout this package is installed from (editable: `make venv`): the
 # build cache lives in it and the sources beside it.
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -43,13 +45,16 @@ DEFAULT_SOURCE_DIR = PROJECT_ROOT.parent / "shared" / "triton-src"
 SOURCE_DIR_VARIABLE = "TRITON_SRC_DIR"
 
 LIBRARY_NAME = "libtriton_pytorch.so"
+# The backend's PyTorch 2 runtime (pytorch_backend src/model.py), kept beside
+# the library under the name the shim of triton_warmup.pytorch2 loads it by.
+RUNTIME_NAME = UPSTREAM_RUNTIME_FILE
 BRANCH = "r24.10"
 UPSTREAM = "https://github.com/triton-inference-server"
 # The four trees the backend is built from, in the order cmake needs them.
 TRITON_REPOSITORIES = ("pytorch_backend", "backend", "core", "common")
 # Bumped when the flags below change, so a cached library built another way
-# is not reused.
-RECIPE_VERSION = 1
+# is not reused. 2: the entry holds the PyTorch 2 runtime too.
+RECIPE_VERSION = 2
 
 Log = Callable[[str], None]
 
@@ -68,6 +73,11 @@ class BuiltBackend:
     @property
     def commit(self) -> str:
         return self.info["sources"]["pytorch_backend"]
+
+    @property
+    def runtime(self) -> pathlib.Path:
+        """Triton's PyTorch 2 runtime from the same sources (``src/model.py``)."""
+        return self.library.with_name(RUNTIME_NAME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +336,10 @@ def _compile(
     library = build_dir / LIBRARY_NAME
     if not library.exists():
         raise BuildError(f"the build finished without {library}; see {log_path}")
+    runtime = sources["pytorch_backend"] / "src" / "model.py"
+    if not runtime.exists():
+        raise BuildError(f"pytorch_backend has no PyTorch 2 runtime at {runtime}")
+    shutil.copy2(runtime, build_dir / RUNTIME_NAME)
     # Find libtorch where this venv's torch wheel keeps it, without
     # LD_LIBRARY_PATH.
     _run([str(_tool("patchelf", "")), "--set-rpath", str(torch_dir / "lib"), str(library)], log_path)
@@ -334,7 +348,7 @@ def _compile(
 
 def _read_cached(directory: pathlib.Path) -> Optional[BuiltBackend]:
     library, info_path = directory / LIBRARY_NAME, directory / "build-info.json"
-    if library.exists() and info_path.exists():
+    if library.exists() and info_path.exists() and (directory / RUNTIME_NAME).exists():
         return BuiltBackend(library=library, info=json.loads(info_path.read_text()))
     return None
 
@@ -386,6 +400,7 @@ def build(
             staged = work / "result"
             staged.mkdir()
             shutil.copy2(library, staged / LIBRARY_NAME)
+            shutil.copy2(library.with_name(RUNTIME_NAME), staged / RUNTIME_NAME)
             shutil.copy2(log_path, staged / "build.log")
             (staged / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
             if target.exists():

@@ -1,0 +1,241 @@
+"""PyTorch 2 models: Triton's PyTorch 2 runtime (behind this project's shim)
+on the embedded server, warmed before READY, and Inductor's cache reused.
+
+What compiled is read from the runtime itself: the shim logs every
+``execute`` that made torch.compile trace or compile a graph, with torch's
+own counters, and keeps the counts where the helper reads them
+(``report.compile``). No timing is asserted.
+"""
+
+import json
+import pathlib
+import re
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from live_server import (
+    PROJECT_REPOSITORY,
+    send_warmup,
+    served_config,
+    serving,
+    template_with_helper_parameters,
+    warmup_inputs,
+)
+from triton_warmup import example_models
+from triton_warmup.report import COMPILE_COMPILED, COMPILE_REUSED, PREFLIGHT_RECORD
+
+MODEL = example_models.COMPILED_ENCODER
+# Cold compiles on 2 CPUs take tens of seconds per load; five loads, four
+# server starts and two servers side by side, with room for a busy machine.
+MODULE_TIMEOUT_S = 900
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+# Few shapes, but every kind torch.compile treats apart: size 1 and larger in
+# the group and the batch dimension.
+GROUP_MIN, GROUP_MAX, BATCH_SIZES = 1, 3, [1, 2]
+COMPILE_LINE = re.compile(r"torch\.compile in (initialize|execute) of '([^']+)'")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> pathlib.Path:
+    """The helper and compiled-encoder with its weights."""
+    repository = tmp_path_factory.mktemp("pytorch2") / "model_repository"
+    for name in ("warmup_helper", MODEL):
+        shutil.copytree(PROJECT_REPOSITORY / name, repository / name,
+                        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*"))
+    torch_save(example_models.compiled_encoder_weights(repository), repository / MODEL / "1" / "model.pt")
+    return repository
+
+
+def torch_save(state, path: pathlib.Path) -> None:
+    import torch
+
+    torch.save(state, str(path))
+
+
+def compile_lines_after_ready(server, model: str):
+    """The runtime's "torch.compile in execute" lines for ``model`` after its
+    last successful load: compilations a client's request paid for."""
+    log = server.log_text()
+    loaded = log.rfind(f"successfully loaded '{model}'")
+    assert loaded >= 0, f"{model} never loaded"
+    return [
+        line for line in log[loaded:].splitlines()
+        if (match := COMPILE_LINE.search(line)) and match.group(2) == model
+    ]
+
+
+def send_each_planned_shape(server, model: str) -> int:
+    """One request per planned sample, as a client sends it: one request of
+    the sample's batch size (Triton's warmup sends B requests of one row)."""
+    samples = served_config(server, model)["model_warmup"]
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        for sample in samples:
+            batch = sample["batch_size"]
+            inputs = []
+            for name, spec in sample["inputs"].items():
+                dims = [batch] + [int(d) for d in spec["dims"]]
+                dtype = np.float32 if spec["data_type"] == "TYPE_FP32" else np.int64
+                tensor = httpclient.InferInput(name, dims, "FP32" if dtype is np.float32 else "INT64")
+                tensor.set_data_from_numpy(np.ones(dims, dtype=dtype))
+                inputs.append(tensor)
+            result = client.infer(model, inputs)
+            assert result.as_numpy("output").shape == (batch, example_models.OUTPUT_DIM)
+    return len(samples)
+
+
+def warm(server):
+    _, report = send_warmup(server, "http", warmup_inputs([MODEL], GROUP_MIN, GROUP_MAX, batch_sizes=BATCH_SIZES))
+    entry = report.entry(MODEL)
+    assert entry.ready, entry.error
+    return entry
+
+
+def rewrite_config(path: pathlib.Path, edit) -> None:
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    edit(config)
+    path.write_text(text_format.MessageToString(config))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> pathlib.Path:
+    """One Inductor cache for the module's servers, empty at first."""
+    return tmp_path_factory.mktemp("torch_compile_cache")
+
+
+@pytest.fixture(scope="module")
+def cold(template, cache, tmp_path_factory):
+    """A first start: nothing compiled yet. The server stays up for the
+    module's checks of what a client sees after READY."""
+    repository = tmp_path_factory.mktemp("cold") / "model_repository"
+    shutil.copytree(template, repository)
+    with serving(repository, repository.parent / "server", extra_env={"TORCHINDUCTOR_CACHE_DIR": str(cache)}) as server:
+        entry = warm(server)
+        yield server, entry
+
+
+def test_a_batching_pytorch2_model_loads_warm_and_compiled(cold):
+    server, entry = cold
+    assert entry.kind == "plain" and entry.preflight.how == "scratch copy"
+    assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
+    assert entry.compile.instances == 1 and entry.compile.graphs > 0
+    # The locale shim worked: Inductor read its templates and compiled.
+    assert "UnicodeDecodeError" not in server.log_text()
+
+
+def test_no_planned_shape_compiles_after_ready(cold):
+    server, _ = cold
+    sent = send_each_planned_shape(server, MODEL)
+    assert sent == (GROUP_MAX - GROUP_MIN + 1) * len(BATCH_SIZES)
+    assert compile_lines_after_ready(server, MODEL) == []
+
+
+def test_an_unplanned_shape_compiles_and_the_log_says_so(cold):
+    """The control for the check above: a shape the plan left out (a larger
+    batch, one request) does make torch.compile work, and the runtime logs it."""
+    server, _ = cold
+    before = len(compile_lines_after_ready(server, MODEL))
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        x = httpclient.InferInput("x", [8, 1, 64], "FP32")
+        x.set_data_from_numpy(np.ones((8, 1, 64), np.float32))
+        mask = httpclient.InferInput("mask", [8, 1], "INT64")
+        mask.set_data_from_numpy(np.ones((8, 1), np.int64))
+        client.infer(MODEL, [x, mask])
+    lines = compile_lines_after_ready(server, MODEL)
+    assert len(lines) == before + 1 and "[8, 1, 64]" in lines[-1]
+
+
+@pytest.fixture(scope="module")
+def restarted(cold, cache, tmp_path_factory):
+    """The cold server stopped and a new one started on the same repository
+    and cache: what a restart or a replica on a shared volume pays."""
+    first, _ = cold
+    first.stop()
+    repository = first.model_repository
+    with serving(repository, tmp_path_factory.mktemp("restart"), extra_env={"TORCHINDUCTOR_CACHE_DIR": str(cache)}) as server:
+        yield server, warm(server)
+
+
+def test_a_restart_reuses_the_cache_and_the_preflight_record(restarted):
+    server, entry = restarted
+    assert entry.preflight.how == PREFLIGHT_RECORD
+    assert entry.compile.verdict == COMPILE_REUSED
+    assert entry.compile.cache_misses == 0 and entry.compile.cache_hits > 0
+    send_each_planned_shape(server, MODEL)
+    assert compile_lines_after_ready(server, MODEL) == []
+
+
+def test_changed_compile_options_compile_again(restarted):
+    server, _ = restarted
+    config_path = server.model_repository / MODEL / "config.pbtxt"
+    original = config_path.read_bytes()
+    options = {"options": {"epilogue_fusion": False}}
+    rewrite_config(config_path, lambda config: config.parameters["TORCH_COMPILE_OPTIONAL_PARAMETERS"]
+                   .__setattr__("string_value", json.dumps(options)))
+    try:
+        entry = warm(server)
+        assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
+    finally:
+        config_path.write_bytes(original)
+
+
+def test_a_changed_model_file_compiles_again(restarted):
+    server, _ = restarted
+    model_file = server.model_repository / MODEL / "1" / "model.py"
+    original = model_file.read_text()
+    # The same weights, another computation: GELU's tanh approximation.
+    changed = original.replace("torch.nn.GELU()", 'torch.nn.GELU(approximate="tanh")')
+    assert changed != original
+    model_file.write_text(changed)
+    try:
+        entry = warm(server)
+        assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
+    finally:
+        model_file.write_text(original)
+
+
+def test_two_servers_sharing_one_cache_both_end_up_ready_and_warm(template, tmp_path_factory):
+    """Two replicas start together on an empty shared cache: Inductor's own
+    file locks and atomic writes keep the cache whole, and both are warm."""
+    shared_cache = tmp_path_factory.mktemp("shared_cache")
+    # The preflight off: two scratch copies on top would double a long test.
+    quick = template_with_helper_parameters(template, tmp_path_factory.mktemp("quick") / "model_repository",
+                                            preflight="false")
+    entries, errors = {}, []
+    servers = []
+    try:
+        for name in ("a", "b"):
+            workdir = tmp_path_factory.mktemp(f"replica_{name}")
+            shutil.copytree(quick, workdir / "model_repository")
+            context = serving(workdir / "model_repository", workdir, extra_env={"TORCHINDUCTOR_CACHE_DIR": str(shared_cache)})
+            servers.append((name, context, context.__enter__()))
+
+        def warm_one(name, server):
+            try:
+                entries[name] = warm(server)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(f"{name}: {error!r}")
+
+        threads = [threading.Thread(target=warm_one, args=(name, server)) for name, _, server in servers]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(MODULE_TIMEOUT_S - 60)
+        assert not errors, errors
+        assert set(entries) == {"a", "b"}, f"warmups unfinished after {time.monotonic() - started:.0f} s"
+        for name, _, server in servers:
+            send_each_planned_shape(server, MODEL)
+            assert compile_lines_after_ready(server, MODEL) == [], name
+        assert all(entry.compile.graphs > 0 for entry in entries.values())
+    finally:
+        for _, context, _ in servers:
+            context.__exit__(None, None, None)

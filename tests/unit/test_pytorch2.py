@@ -1,0 +1,144 @@
+"""The PyTorch 2 runtime's installation, and what the helper makes of the
+counts the runtime keeps (``helper/compile_status.py``)."""
+
+import ast
+import json
+import pathlib
+import time
+
+import pytest
+from tritonclient.grpc import model_config_pb2
+
+from triton_warmup import pytorch2
+from triton_warmup.client.warm import compile_note
+from triton_warmup.helper.compile_status import is_pytorch2, read_compile_record
+from triton_warmup.report import COMPILE_COMPILED, COMPILE_REUSED, COMPILE_UNKNOWN, CompileRecord, ModelEntry
+
+TRITON_RUNTIME = "# Triton's PyTorch 2 runtime\nclass TritonPythonModel:\n    pass\n"
+
+
+def shim_constants():
+    """The module-level string constants of the shim, read without importing it
+    (it imports triton_python_backend_utils, which only a Triton stub has)."""
+    tree = ast.parse(pytorch2.shim_source().read_text())
+    return {
+        node.targets[0].id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    }
+
+
+def test_the_shim_and_the_package_agree_on_names():
+    constants = shim_constants()
+    assert constants["UPSTREAM_RUNTIME_FILE"] == pytorch2.UPSTREAM_RUNTIME_FILE
+    assert constants["STATUS_FOLDER"] == pytorch2.STATUS_FOLDER
+    assert pytorch2.is_shim(pytorch2.shim_source())
+
+
+def test_installing_moves_tritons_runtime_aside_and_puts_the_shim_in_front(tmp_path):
+    (tmp_path / "model.py").write_text(TRITON_RUNTIME)
+    (tmp_path / "libtriton_pytorch.so").write_bytes(b"\x7fELF")
+    done = pytorch2.install_runtime(tmp_path)
+    assert (tmp_path / pytorch2.UPSTREAM_RUNTIME_FILE).read_text() == TRITON_RUNTIME
+    assert pytorch2.is_shim(tmp_path / "model.py")
+    assert len(done) == 2
+    # Again: only the shim is replaced; Triton's runtime is not overwritten by the shim.
+    assert len(pytorch2.install_runtime(tmp_path)) == 1
+    assert (tmp_path / pytorch2.UPSTREAM_RUNTIME_FILE).read_text() == TRITON_RUNTIME
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "libtriton_pytorch.so", "model.py", pytorch2.UPSTREAM_RUNTIME_FILE
+    ]
+
+
+def test_installing_from_a_given_runtime(tmp_path):
+    upstream = tmp_path / "src_model.py"
+    upstream.write_text(TRITON_RUNTIME)
+    folder = tmp_path / "pytorch"
+    folder.mkdir()
+    pytorch2.install_runtime(folder, upstream=upstream)
+    assert (folder / pytorch2.UPSTREAM_RUNTIME_FILE).read_text() == TRITON_RUNTIME
+    assert pytorch2.is_shim(folder / "model.py")
+
+
+@pytest.mark.parametrize("content", [None, "shim"])
+def test_installing_refuses_a_folder_without_tritons_runtime(tmp_path, content):
+    if content == "shim":
+        (tmp_path / "model.py").write_text(pytorch2.shim_source().read_text())
+    with pytest.raises(FileNotFoundError, match="no PyTorch 2 runtime"):
+        pytorch2.install_runtime(tmp_path)
+    assert not (tmp_path / pytorch2.UPSTREAM_RUNTIME_FILE).exists()
+
+
+def test_the_command_says_what_it_did_and_fails_with_1(tmp_path, capsys):
+    assert pytorch2.main([str(tmp_path)]) == 1
+    assert "FAILED" in capsys.readouterr().err
+    (tmp_path / "model.py").write_text(TRITON_RUNTIME)
+    assert pytorch2.main([str(tmp_path)]) == 0
+    assert "the shim" in capsys.readouterr().out
+
+
+def config(text: str) -> model_config_pb2.ModelConfig:
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_pytorch2_models_are_told_from_torchscript_ones():
+    assert is_pytorch2(config('backend: "pytorch" runtime: "model.py"'))
+    assert not is_pytorch2(config('backend: "pytorch"'))
+    assert not is_pytorch2(config('platform: "pytorch_libtorch"'))
+    assert not is_pytorch2(config('backend: "python"'))
+
+
+def write_status(cache: pathlib.Path, model: str, version: str, name: str, started: float, **counts) -> None:
+    folder = cache / pytorch2.STATUS_FOLDER / model / version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({
+        "started": started,
+        "counts": {f"inductor.fxgraph_cache_{key}": value for key, value in counts.items() if key in ("hit", "miss")}
+        | {"stats.unique_graphs": counts.get("graphs", 0)},
+    }))
+
+
+def test_a_load_that_missed_the_cache_compiled(tmp_path):
+    now = time.time()
+    write_status(tmp_path, "m", "1", "host-1", now, hit=1, miss=2, graphs=3)
+    write_status(tmp_path, "m", "1", "host-2", now, hit=3, miss=0, graphs=3)
+    record = read_compile_record(str(tmp_path), "m", ["1"], now)
+    assert (record.verdict, record.instances, record.graphs, record.cache_hits, record.cache_misses) == (
+        COMPILE_COMPILED, 2, 6, 4, 2)
+
+
+def test_only_this_loads_instances_count(tmp_path):
+    now = time.time()
+    write_status(tmp_path, "m", "1", "old", now - 600, hit=0, miss=5, graphs=5)
+    write_status(tmp_path, "m", "1", "new", now + 0.5, hit=4, miss=0, graphs=4)
+    write_status(tmp_path, "other", "1", "new", now, hit=0, miss=9, graphs=9)
+    (tmp_path / pytorch2.STATUS_FOLDER / "m" / "1" / "broken.json").write_text("{")
+    record = read_compile_record(str(tmp_path), "m", ["1"], now)
+    assert (record.verdict, record.instances, record.cache_hits, record.cache_misses) == (COMPILE_REUSED, 1, 4, 0)
+
+
+def test_versions_are_summed(tmp_path):
+    now = time.time()
+    write_status(tmp_path, "m", "1", "a", now, hit=2, graphs=2)
+    write_status(tmp_path, "m", "2", "a", now, miss=1, graphs=1)
+    record = read_compile_record(str(tmp_path), "m", ["2", "1"], now)
+    assert (record.verdict, record.instances, record.graphs) == (COMPILE_COMPILED, 2, 3)
+
+
+def test_unknown_when_no_cache_or_no_counts_and_why(tmp_path):
+    unset = read_compile_record(None, "m", ["1"], time.time())
+    assert unset.verdict == COMPILE_UNKNOWN and "TORCHINDUCTOR_CACHE_DIR is not set" in unset.why
+    silent = read_compile_record(str(tmp_path), "m", ["1"], time.time())
+    assert silent.verdict == COMPILE_UNKNOWN and "no instance reported" in silent.why
+
+
+def test_the_report_carries_the_record_and_the_table_says_it():
+    entry = ModelEntry(name="m", compile=CompileRecord(verdict=COMPILE_REUSED, instances=1, graphs=7, cache_hits=7))
+    again = ModelEntry.from_dict(json.loads(json.dumps(entry.to_dict())))
+    assert again.compile == entry.compile
+    assert compile_note(again.compile) == "torch.compile: 7 graphs, all from the cache"
+    compiled = CompileRecord(verdict=COMPILE_COMPILED, graphs=7, cache_hits=2, cache_misses=5)
+    assert compile_note(compiled) == "torch.compile: 7 graphs, 5 compiled, 2 from the cache"
+    assert "unknown" in compile_note(CompileRecord())

@@ -1,0 +1,79 @@
+"""What torch.compile did while a PyTorch 2 model loaded: compiled, or
+reused Inductor's cache.
+
+PyTorch 2 models (``backend: "pytorch"``, ``runtime: "model.py"``) run in
+the PyTorch backend's Python runtime, behind this project's shim
+(``triton_warmup/pytorch2/runtime.py``). The shim counts, in each instance's
+process, what torch's own counters say (graphs compiled, Inductor's FX graph
+cache hits and misses) and keeps the counts in a status file per process
+under ``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/<model>/<version>/``.
+The helper runs in the same server, so it sees the same variable; after a
+load it sums the files that instances of that load wrote.
+
+Pure Python: the files are read, nothing of Triton or torch is imported.
+"""
+
+import json
+import os
+import pathlib
+from typing import Iterable, Optional
+
+from tritonclient.grpc import model_config_pb2
+
+from triton_warmup.pytorch2 import CACHE_VARIABLE, STATUS_FOLDER
+from triton_warmup.report import COMPILE_COMPILED, COMPILE_REUSED, COMPILE_UNKNOWN, CompileRecord
+
+PYTORCH_BACKEND = "pytorch"
+# A status file written this long before the load began still counts: its
+# clock and ours are the same machine's, but the file's "started" is taken
+# in another process.
+_CLOCK_SLACK_S = 1.0
+
+
+def is_pytorch2(config: model_config_pb2.ModelConfig) -> bool:
+    """Whether Triton serves ``config`` with the PyTorch backend's Python
+    runtime (a ``torch.compile`` model), not its C++ libtorch one."""
+    return config.backend == PYTORCH_BACKEND and config.runtime.endswith(".py")
+
+
+def _statuses(folder: pathlib.Path, since: float) -> Iterable[dict]:
+    for path in sorted(folder.glob("*.json")):
+        try:
+            status = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced, or not ours: the shim renames whole files in
+        if isinstance(status, dict) and status.get("started", 0) >= since - _CLOCK_SLACK_S:
+            yield status
+
+
+def read_compile_record(
+    cache_dir: Optional[str], model: str, versions: Iterable[str], since: float
+) -> CompileRecord:
+    """What the instances of ``model`` that started after ``since`` (epoch
+    seconds) reported, summed over ``versions``."""
+    if not cache_dir:
+        return CompileRecord(
+            verdict=COMPILE_UNKNOWN,
+            why=f"{CACHE_VARIABLE} is not set in tritonserver's environment, so Inductor's cache is torch's "
+            "default folder under /tmp, which a new container or replica does not have, and the runtime "
+            "keeps no counts the helper can read",
+        )
+    record = CompileRecord(cache_dir=cache_dir)
+    for version in versions:
+        for status in _statuses(pathlib.Path(cache_dir) / STATUS_FOLDER / model / str(version), since):
+            counts = status.get("counts", {})
+            record.instances += 1
+            record.graphs += int(counts.get("stats.unique_graphs", 0))
+            record.cache_hits += int(counts.get("inductor.fxgraph_cache_hit", 0))
+            record.cache_misses += int(counts.get("inductor.fxgraph_cache_miss", 0))
+    if record.instances == 0:
+        record.verdict = COMPILE_UNKNOWN
+        record.why = (
+            f"no instance reported under {os.path.join(cache_dir, STATUS_FOLDER, model)}: the backend's "
+            "runtime is not this project's shim (triton-warmup-install-runtime), or nothing was compiled"
+        )
+    elif record.cache_misses:
+        record.verdict = COMPILE_COMPILED
+    else:
+        record.verdict = COMPILE_REUSED
+    return record

@@ -1,0 +1,220 @@
+"""The PyTorch backend's PyTorch 2 runtime, made to run in Triton's Python stub.
+
+tritonserver serves a ``backend: "pytorch"`` model with ``runtime:
+"model.py"`` by running ``backends/pytorch/model.py`` in the Python backend's
+stub. This file is installed under that name. Triton's own runtime
+(pytorch_backend ``src/model.py``) lies beside it as
+``triton_pytorch_runtime.py`` and does all the work. This file adds two
+things the stub lacks, and changes nothing else:
+
+* **A UTF-8 locale, before torch is imported.** The stub's interpreter is
+  isolated (``sys.flags.isolated``, locale ``C``, ASCII preferred encoding),
+  so ``LANG`` and ``PYTHONUTF8`` have no effect, and Inductor fails to read
+  its own templates (``UnicodeDecodeError: 'ascii'``). Triton's runtime
+  compiles its batching helpers in ``initialize``, before a user's module is
+  even imported, so no fix inside the user's model comes early enough.
+* **The batching helpers compiled for one request of each warmup batch
+  size.** Triton's warmup sends a sample of batch size B as B requests of
+  batch 1, so the runtime's compiled gather and scatter (``torch.compile``
+  of ``_gather_torch_tensors`` and ``_scatter_torch_tensors``) see B tensors
+  of one row each. A client sends one request of B rows, which those
+  functions have never seen: without this, its first request compiles
+  them again after READY. So ``initialize`` runs them once on zeros of each
+  warmup sample's shape as one request (and the model, uncompiled, only to
+  learn its outputs' shapes).
+* **What torch.compile did.** After every ``execute`` that compiled, one line
+  in Triton's log names the requests' shapes and the counts from torch's own
+  counters (``torch._dynamo.utils.counters``): graphs compiled, Inductor's
+  FX graph cache hits and misses. When ``TORCHINDUCTOR_CACHE_DIR`` is set,
+  the same counts go to a small JSON file per instance under
+  ``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/``, which the warmup helper
+  reads to report whether a load compiled or reused the cache.
+
+It imports only the standard library, torch and Triton's Python backend
+utilities, so it ships into any Triton image on its own
+(``triton-warmup-install-runtime``).
+"""
+
+import importlib.util
+import json
+import locale
+import os
+import pathlib
+import socket
+import time
+
+# Triton's runtime, renamed so that this file can take its place.
+UPSTREAM_RUNTIME_FILE = "triton_pytorch_runtime.py"
+# Under $TORCHINDUCTOR_CACHE_DIR: one status file per model instance's process.
+STATUS_FOLDER = "triton_warmup_loads"
+STATUS_FORMAT = 1
+# The counters that say what torch.compile did (torch._dynamo.utils.counters).
+COUNTERS = (
+    ("stats", "unique_graphs"),
+    ("inductor", "fxgraph_cache_hit"),
+    ("inductor", "fxgraph_cache_miss"),
+    ("aot_autograd", "autograd_cache_hit"),
+    ("aot_autograd", "autograd_cache_miss"),
+)
+
+
+def _utf8_locale():
+    """Switch LC_CTYPE to a UTF-8 locale; the name used, or None if none exists."""
+    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+            return name
+        except locale.Error:
+            continue
+    return None
+
+
+# Before Triton's runtime imports torch: torch and Inductor read the
+# preferred encoding when they open files.
+UTF8_LOCALE = _utf8_locale()
+
+
+def _load_upstream():
+    path = pathlib.Path(__file__).with_name(UPSTREAM_RUNTIME_FILE)
+    spec = importlib.util.spec_from_file_location("triton_pytorch_runtime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_upstream = _load_upstream()
+torch = _upstream.torch
+pb_utils = _upstream.pb_utils
+
+# Config data types the runtime can take (it passes tensors through DLPack).
+_TORCH_DTYPES = {
+    "TYPE_BOOL": torch.bool,
+    "TYPE_UINT8": torch.uint8,
+    "TYPE_INT8": torch.int8,
+    "TYPE_INT16": torch.int16,
+    "TYPE_INT32": torch.int32,
+    "TYPE_INT64": torch.int64,
+    "TYPE_FP16": torch.float16,
+    "TYPE_BF16": torch.bfloat16,
+    "TYPE_FP32": torch.float32,
+    "TYPE_FP64": torch.float64,
+}
+
+
+def _counts():
+    from torch._dynamo.utils import counters  # noqa: PLC0415 - torch is imported above
+
+    return {f"{group}.{name}": int(counters[group][name]) for group, name in COUNTERS}
+
+
+def _shapes(requests):
+    shapes = []
+    for request in requests:
+        tensors = request.inputs()
+        shapes.append({tensor.name(): list(tensor.shape()) for tensor in tensors})
+    return shapes
+
+
+class TritonPythonModel(_upstream.TritonPythonModel):
+    """Triton's runtime, with the compile counts logged and kept."""
+
+    def initialize(self, args):
+        self._status_path = None
+        self._status = {
+            "format": STATUS_FORMAT,
+            "model": args["model_name"],
+            "version": args["model_version"],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.time(),
+            "torch": torch.__version__,
+            "locale": UTF8_LOCALE,
+            "executes_that_compiled": 0,
+        }
+        cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        if cache_dir:
+            folder = pathlib.Path(cache_dir) / STATUS_FOLDER / args["model_name"] / args["model_version"]
+            self._status_path = folder / f"{socket.gethostname()}-{os.getpid()}.json"
+        if UTF8_LOCALE is None:
+            pb_utils.Logger.log_warn("no UTF-8 locale found: torch.compile may fail to read its templates")
+        before = _counts()
+        super().initialize(args)
+        self._compile_batching_for_single_requests()
+        self._record("initialize", before, [])
+
+    def _compile_batching_for_single_requests(self):
+        if not self._support_batching:
+            return
+        # The model as written, not compiled: only its outputs' shapes matter.
+        eager = getattr(self, "_raw_model", self._model)
+        seen = set()
+        for sample in self._model_config.get("model_warmup", []):
+            batch_size = int(sample.get("batch_size", 0))
+            inputs = sample.get("inputs", {})
+            try:
+                shapes = tuple(
+                    (io["name"], tuple([batch_size] + [int(d) for d in inputs[io["name"]]["dims"]]),
+                     inputs[io["name"]]["data_type"])
+                    for io in self._model_config["input"]
+                )
+            except (KeyError, TypeError, ValueError):
+                continue  # a sample that Triton itself will refuse or that feeds no regular input
+            if batch_size < 2 or shapes in seen:
+                continue
+            seen.add(shapes)
+            try:
+                tensors = [
+                    torch.zeros(shape, dtype=_TORCH_DTYPES[data_type], device=self._device)
+                    for _, shape, data_type in shapes
+                ]
+                gathered, sections = self._gather([tensors])
+                outputs = eager(*gathered)
+                if not isinstance(outputs, (tuple, list)):
+                    outputs = [outputs]
+                self._scatter(list(outputs), sections)
+            except Exception as error:  # noqa: BLE001 - the warmup itself still runs; say why this did not
+                pb_utils.Logger.log_warn(
+                    f"could not compile the batching helpers of '{self._model_name}' for one request of "
+                    f"{dict((name, list(shape)) for name, shape, _ in shapes)}: {error!r}"
+                )
+
+    def execute(self, requests):
+        before = _counts()
+        responses = super().execute(requests)
+        self._record("execute", before, requests)
+        return responses
+
+    def finalize(self):
+        super().finalize()
+        # The helper reads the file right after the load; an instance that
+        # is gone has nothing more to say.
+        if self._status_path is not None:
+            try:
+                self._status_path.unlink()
+            except OSError:
+                pass
+
+    def _record(self, where, before, requests):
+        after = _counts()
+        if after == before:
+            return
+        change = {key: after[key] - before[key] for key in after}
+        if where == "execute":
+            self._status["executes_that_compiled"] += 1
+        pb_utils.Logger.log_info(
+            f"torch.compile in {where} of '{self._status['model']}' version {self._status['version']}: "
+            f"{json.dumps(change, sort_keys=True)} for request shapes {json.dumps(_shapes(requests))}"
+        )
+        self._status.update(updated=time.time(), counts=after)
+        if self._status_path is not None:
+            self._write_status()
+
+    def _write_status(self):
+        # Written beside and renamed over: a reader never sees half a file.
+        try:
+            self._status_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self._status_path.with_name(f".{self._status_path.name}.new")
+            temporary.write_text(json.dumps(self._status, sort_keys=True))
+            os.replace(temporary, self._status_path)
+        except OSError as error:
+            pb_utils.Logger.log_warn(f"could not write {self._status_path}: {error}")
