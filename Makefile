@@ -75,6 +75,7 @@ bench: venv backend models
 	$(PY) -m bench.warm_stays_warm
 	$(PY) -m bench.s3_benchmark
 	$(PY) -m bench.scale_benchmark
+	$(PY) -m bench.pytorch2_benchmark
 
 # Run every command the README and the docs show (blocks marked
 # <!-- shown: ... -->) and write what they printed into the docs;

@@ -36,7 +36,15 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import serialize_byte_tensor
 
-from bench.measure import PROJECT_ROOT, REQUEST_TIMEOUT_S, copy_repository, results_header, run_record
+from bench.measure import (
+    PROJECT_ROOT,
+    REQUEST_TIMEOUT_S,
+    copy_repository,
+    counters,
+    results_header,
+    run_record,
+    settled_counters,
+)
 from bench.report import table, write_results
 from triton_warmup.client.warm import request_warmup
 from triton_warmup.embedded import EmbeddedTriton, free_port
@@ -74,32 +82,6 @@ def plan_document(files: Dict[int, str], batch_sizes: List[int]) -> Dict:
         for batch in batch_sizes
     ]
     return {"models": {ENSEMBLE: {"samples": samples}}}
-
-
-def counters(client, model: str) -> Dict[str, int]:
-    stats = client.get_inference_statistics(model_name=model)["model_stats"][0]
-    inference = stats["inference_stats"]
-    return {
-        "successes": int(inference["success"]["count"]),
-        "success_ns": int(inference["success"]["ns"]),
-        "computes": int(inference["compute_infer"]["count"]),
-        "compute_ns": int(inference["compute_infer"]["ns"]),
-    }
-
-
-def settled_counters(client, before: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
-    """The counters once Triton has counted the request just answered: it
-    updates its statistics when it releases a request, which can be after
-    the client has the response, and a read before that would hand this
-    request's time to the next one."""
-    deadline = time.monotonic() + 5
-    while True:
-        after = {model: counters(client, model) for model in before}
-        if all(after[model]["successes"] > before[model]["successes"] for model in before):
-            return after
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Triton's statistics did not count the request: {before} -> {after}")
-        time.sleep(0.005)
 
 
 def one_request(client, batch: int, length: int, seed: int) -> Dict[str, float]:

@@ -99,6 +99,32 @@ def copy_repository(destination: pathlib.Path) -> pathlib.Path:
     return destination
 
 
+def counters(client, model: str) -> Dict[str, int]:
+    stats = client.get_inference_statistics(model_name=model)["model_stats"][0]
+    inference = stats["inference_stats"]
+    return {
+        "successes": int(inference["success"]["count"]),
+        "success_ns": int(inference["success"]["ns"]),
+        "computes": int(inference["compute_infer"]["count"]),
+        "compute_ns": int(inference["compute_infer"]["ns"]),
+    }
+
+
+def settled_counters(client, before: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
+    """The counters once Triton has counted the request just answered: it
+    updates its statistics when it releases a request, which can be after
+    the client has the response, and a read before that would hand this
+    request's time to the next one."""
+    deadline = time.monotonic() + 5
+    while True:
+        after = {model: counters(client, model) for model in before}
+        if all(after[model]["successes"] > before[model]["successes"] for model in before):
+            return after
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Triton's statistics did not count the request: {before} -> {after}")
+        time.sleep(0.005)
+
+
 @dataclasses.dataclass(frozen=True)
 class Shape:
     group: int

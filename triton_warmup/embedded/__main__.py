@@ -26,12 +26,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m triton_warmup.embedded",
         description=__doc__.split("\n\n")[0],
-        usage="%(prog)s [--workdir DIR] [tritonserver flags]",
+        usage="%(prog)s [--workdir DIR] [--no-pytorch2-shim] [tritonserver flags]",
     )
     parser.add_argument(
         "--workdir",
         type=pathlib.Path,
         help="Folder for the assembled backends. Default is a new temporary folder.",
+    )
+    parser.add_argument(
+        "--no-pytorch2-shim",
+        action="store_true",
+        help="Install Triton's PyTorch 2 runtime without this project's shim in front, as NVIDIA's image has "
+        "it (docs/pytorch2-locale-issue.md reproduces what then fails).",
     )
     args, server_flags = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -41,7 +47,9 @@ def main(argv=None) -> int:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
     workdir = args.workdir or pathlib.Path(tempfile.mkdtemp(prefix="embedded-triton-"))
-    backends = assemble_backend_directory(workdir / "backends", install, pytorch_backend)
+    backends = assemble_backend_directory(
+        workdir / "backends", install, pytorch_backend, pytorch2_shim=not args.no_pytorch2_shim
+    )
     argv = [str(install.binary), f"--backend-directory={backends}", *server_flags]
     sys.stdout.flush()
     os.execve(install.binary, argv, server_environment(install))

@@ -114,12 +114,16 @@ class TritonInstall:
 
 
 def assemble_backend_directory(
-    target: pathlib.Path, install: TritonInstall, pytorch_backend: libtorch_backend.BuiltBackend
+    target: pathlib.Path,
+    install: TritonInstall,
+    pytorch_backend: libtorch_backend.BuiltBackend,
+    pytorch2_shim: bool = True,
 ) -> pathlib.Path:
     """Build ``target`` as a ``--backend-directory``: ``python/`` and ``pytorch/``.
 
     ``pytorch/`` also holds the PyTorch 2 runtime (``model.py``, the shim of
-    ``triton_warmup.pytorch2``, and Triton's runtime beside it).
+    ``triton_warmup.pytorch2``, and Triton's runtime beside it; without
+    ``pytorch2_shim``, Triton's runtime itself).
 
     ``pytorch/libtriton_pytorch.so`` is the native backend, patched to link
     the wheel's core library: with the upstream name the process would load a
@@ -142,8 +146,13 @@ def assemble_backend_directory(
         pytorch_dir / libtorch_backend.LIBRARY_NAME,
         patch=["--replace-needed", UPSTREAM_CORE_LIBRARY, install.core_library.name],
     )
-    # The PyTorch 2 runtime: Triton's, behind this project's shim (pytorch2/).
-    pytorch2.install_runtime(pytorch_dir, upstream=pytorch_backend.runtime)
+    if pytorch2_shim:
+        # The PyTorch 2 runtime: Triton's, behind this project's shim (pytorch2/).
+        pytorch2.install_runtime(pytorch_dir, upstream=pytorch_backend.runtime)
+    else:
+        # Triton's runtime alone, as NVIDIA's image has it.
+        (pytorch_dir / pytorch2.UPSTREAM_RUNTIME_FILE).unlink(missing_ok=True)
+        _replace_with_copy(pytorch_backend.runtime, pytorch_dir / pytorch2.RUNTIME_FILE)
     return target
 
 
@@ -171,6 +180,9 @@ def server_environment(install: TritonInstall, base: Optional[Dict[str, str]] = 
     * ``LD_LIBRARY_PATH`` holds the wheel's bundled libraries (libcudart and
       friends) and this Python's own libpython, so the stub does not pick up a
       system libpython of the same version.
+    * ``TORCHINDUCTOR_CACHE_DIR``, unless set, is a user cache folder that
+      outlives the server (``pytorch2.default_cache_dir``), for torch.compile
+      models.
     """
     env = dict(os.environ if base is None else base)
     interpreter_bin = str(pathlib.Path(sys.executable).parent)
@@ -182,6 +194,8 @@ def server_environment(install: TritonInstall, base: Optional[Dict[str, str]] = 
     if env.get("LD_LIBRARY_PATH"):
         libraries.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
+    # torch.compile models reuse what an earlier server compiled.
+    env.setdefault(pytorch2.CACHE_VARIABLE, str(pytorch2.default_cache_dir()))
     return env
 
 
@@ -319,8 +333,6 @@ class EmbeddedTriton:
         environment, self.openmp_setting = threads.server_environment(
             self.model_repository, {**server_environment(self.install), **self.extra_env}
         )
-        # torch.compile models reuse what an earlier server compiled.
-        environment.setdefault(pytorch2.CACHE_VARIABLE, str(pytorch2.default_cache_dir()))
         # A session of its own: signals to the group reach the stubs as well.
         self._process = subprocess.Popen(
             self.argv,

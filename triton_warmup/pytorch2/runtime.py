@@ -4,8 +4,8 @@ tritonserver serves a ``backend: "pytorch"`` model with ``runtime:
 "model.py"`` by running ``backends/pytorch/model.py`` in the Python backend's
 stub. This file is installed under that name. Triton's own runtime
 (pytorch_backend ``src/model.py``) lies beside it as
-``triton_pytorch_runtime.py`` and does all the work. This file adds two
-things the stub lacks, and changes nothing else:
+``triton_pytorch_runtime.py`` and does all the work: this file's model hands
+every call to it. It adds what the stub lacks, and changes nothing else:
 
 * **A UTF-8 locale, before torch is imported.** The stub's interpreter is
   isolated (``sys.flags.isolated``, locale ``C``, ASCII preferred encoding),
@@ -30,8 +30,8 @@ things the stub lacks, and changes nothing else:
   ``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/``, which the warmup helper
   reads to report whether a load compiled or reused the cache.
 
-It imports only the standard library, torch and Triton's Python backend
-utilities, so it ships into any Triton image on its own
+It imports only the standard library, and Triton's runtime (with torch)
+once an instance initializes, so it ships into any Triton image on its own
 (``triton-warmup-install-runtime``).
 """
 
@@ -75,6 +75,10 @@ UTF8_LOCALE = _utf8_locale()
 
 
 def _load_upstream():
+    """Triton's runtime, which imports torch: loaded only when an instance
+    initializes, because the stub that fills in a model's config at load time
+    (Triton's auto-complete) also imports this file, and torch's import takes
+    seconds that it does not need."""
     path = pathlib.Path(__file__).with_name(UPSTREAM_RUNTIME_FILE)
     spec = importlib.util.spec_from_file_location("triton_pytorch_runtime", path)
     module = importlib.util.module_from_spec(spec)
@@ -82,27 +86,24 @@ def _load_upstream():
     return module
 
 
-_upstream = _load_upstream()
-torch = _upstream.torch
-pb_utils = _upstream.pb_utils
-
-# Config data types the runtime can take (it passes tensors through DLPack).
+# Config data types the runtime can take (it passes tensors through DLPack),
+# by the name of torch's dtype.
 _TORCH_DTYPES = {
-    "TYPE_BOOL": torch.bool,
-    "TYPE_UINT8": torch.uint8,
-    "TYPE_INT8": torch.int8,
-    "TYPE_INT16": torch.int16,
-    "TYPE_INT32": torch.int32,
-    "TYPE_INT64": torch.int64,
-    "TYPE_FP16": torch.float16,
-    "TYPE_BF16": torch.bfloat16,
-    "TYPE_FP32": torch.float32,
-    "TYPE_FP64": torch.float64,
+    "TYPE_BOOL": "bool",
+    "TYPE_UINT8": "uint8",
+    "TYPE_INT8": "int8",
+    "TYPE_INT16": "int16",
+    "TYPE_INT32": "int32",
+    "TYPE_INT64": "int64",
+    "TYPE_FP16": "float16",
+    "TYPE_BF16": "bfloat16",
+    "TYPE_FP32": "float32",
+    "TYPE_FP64": "float64",
 }
 
 
 def _counts():
-    from torch._dynamo.utils import counters  # noqa: PLC0415 - torch is imported above
+    from torch._dynamo.utils import counters  # noqa: PLC0415 - torch is imported by then
 
     return {f"{group}.{name}": int(counters[group][name]) for group, name in COUNTERS}
 
@@ -115,10 +116,13 @@ def _shapes(requests):
     return shapes
 
 
-class TritonPythonModel(_upstream.TritonPythonModel):
+class TritonPythonModel:
     """Triton's runtime, with the compile counts logged and kept."""
 
     def initialize(self, args):
+        upstream = _load_upstream()
+        self._torch, self._pb_utils = upstream.torch, upstream.pb_utils
+        self._runtime = upstream.TritonPythonModel()
         self._status_path = None
         self._status = {
             "format": STATUS_FORMAT,
@@ -127,7 +131,7 @@ class TritonPythonModel(_upstream.TritonPythonModel):
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": time.time(),
-            "torch": torch.__version__,
+            "torch": self._torch.__version__,
             "locale": UTF8_LOCALE,
             "executes_that_compiled": 0,
         }
@@ -136,26 +140,27 @@ class TritonPythonModel(_upstream.TritonPythonModel):
             folder = pathlib.Path(cache_dir) / STATUS_FOLDER / args["model_name"] / args["model_version"]
             self._status_path = folder / f"{socket.gethostname()}-{os.getpid()}.json"
         if UTF8_LOCALE is None:
-            pb_utils.Logger.log_warn("no UTF-8 locale found: torch.compile may fail to read its templates")
+            self._pb_utils.Logger.log_warn("no UTF-8 locale found: torch.compile may fail to read its templates")
         before = _counts()
-        super().initialize(args)
+        self._runtime.initialize(args)
         self._compile_batching_for_single_requests()
         self._record("initialize", before, [])
 
     def _compile_batching_for_single_requests(self):
-        if not self._support_batching:
+        runtime, torch = self._runtime, self._torch
+        if not runtime._support_batching:
             return
         # The model as written, not compiled: only its outputs' shapes matter.
-        eager = getattr(self, "_raw_model", self._model)
+        eager = getattr(runtime, "_raw_model", runtime._model)
         seen = set()
-        for sample in self._model_config.get("model_warmup", []):
+        for sample in runtime._model_config.get("model_warmup", []):
             batch_size = int(sample.get("batch_size", 0))
             inputs = sample.get("inputs", {})
             try:
                 shapes = tuple(
                     (io["name"], tuple([batch_size] + [int(d) for d in inputs[io["name"]]["dims"]]),
                      inputs[io["name"]]["data_type"])
-                    for io in self._model_config["input"]
+                    for io in runtime._model_config["input"]
                 )
             except (KeyError, TypeError, ValueError):
                 continue  # a sample that Triton itself will refuse or that feeds no regular input
@@ -164,28 +169,28 @@ class TritonPythonModel(_upstream.TritonPythonModel):
             seen.add(shapes)
             try:
                 tensors = [
-                    torch.zeros(shape, dtype=_TORCH_DTYPES[data_type], device=self._device)
+                    torch.zeros(shape, dtype=getattr(torch, _TORCH_DTYPES[data_type]), device=runtime._device)
                     for _, shape, data_type in shapes
                 ]
-                gathered, sections = self._gather([tensors])
+                gathered, sections = runtime._gather([tensors])
                 outputs = eager(*gathered)
                 if not isinstance(outputs, (tuple, list)):
                     outputs = [outputs]
-                self._scatter(list(outputs), sections)
+                runtime._scatter(list(outputs), sections)
             except Exception as error:  # noqa: BLE001 - the warmup itself still runs; say why this did not
-                pb_utils.Logger.log_warn(
-                    f"could not compile the batching helpers of '{self._model_name}' for one request of "
+                self._pb_utils.Logger.log_warn(
+                    f"could not compile the batching helpers of '{runtime._model_name}' for one request of "
                     f"{dict((name, list(shape)) for name, shape, _ in shapes)}: {error!r}"
                 )
 
     def execute(self, requests):
         before = _counts()
-        responses = super().execute(requests)
+        responses = self._runtime.execute(requests)
         self._record("execute", before, requests)
         return responses
 
     def finalize(self):
-        super().finalize()
+        self._runtime.finalize()
         # The helper reads the file right after the load; an instance that
         # is gone has nothing more to say.
         if self._status_path is not None:
@@ -201,7 +206,7 @@ class TritonPythonModel(_upstream.TritonPythonModel):
         change = {key: after[key] - before[key] for key in after}
         if where == "execute":
             self._status["executes_that_compiled"] += 1
-        pb_utils.Logger.log_info(
+        self._pb_utils.Logger.log_info(
             f"torch.compile in {where} of '{self._status['model']}' version {self._status['version']}: "
             f"{json.dumps(change, sort_keys=True)} for request shapes {json.dumps(_shapes(requests))}"
         )
@@ -217,4 +222,4 @@ class TritonPythonModel(_upstream.TritonPythonModel):
             temporary.write_text(json.dumps(self._status, sort_keys=True))
             os.replace(temporary, self._status_path)
         except OSError as error:
-            pb_utils.Logger.log_warn(f"could not write {self._status_path}: {error}")
+            self._pb_utils.Logger.log_warn(f"could not write {self._status_path}: {error}")
