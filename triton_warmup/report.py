@@ -139,12 +139,16 @@ class CompileRecord(_Record):
 
     Attributes:
         verdict: ``COMPILE_COMPILED`` when Inductor compiled any graph anew
-            (a cache miss), ``COMPILE_REUSED`` when every graph came from its
-            cache, ``COMPILE_UNKNOWN`` with ``why``.
+            (a cache miss), in the load or its preflight, ``COMPILE_REUSED``
+            when every graph came from its cache, ``COMPILE_UNKNOWN`` with
+            ``why``.
         instances: the instance processes that reported.
         graphs: graphs torch.compile made (traced, then compiled or taken
             from the cache), summed over instances.
         cache_hits, cache_misses: Inductor's FX graph cache, summed.
+        preflight_graphs, preflight_cache_hits, preflight_cache_misses: the
+            same for the preflight's scratch copy, which compiles into the
+            same cache before the load (0 when it did not run).
         cache_dir: ``TORCHINDUCTOR_CACHE_DIR``.
     """
 
@@ -154,6 +158,9 @@ class CompileRecord(_Record):
     graphs: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    preflight_graphs: int = 0
+    preflight_cache_hits: int = 0
+    preflight_cache_misses: int = 0
     cache_dir: Optional[str] = None
 
 

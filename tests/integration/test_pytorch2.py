@@ -32,6 +32,9 @@ from triton_warmup import example_models
 from triton_warmup.report import COMPILE_COMPILED, COMPILE_REUSED, PREFLIGHT_RECORD
 
 MODEL = example_models.COMPILED_ENCODER
+TORCHSCRIPT = "model-v1"
+# What the shim logs when Triton hands it a TorchScript model (runtime.py).
+MISROUTED = "does not ask for the PyTorch 2 runtime"
 # Cold compiles on 2 CPUs take tens of seconds per load; five loads, four
 # server starts and two servers side by side, with room for a busy machine.
 MODULE_TIMEOUT_S = 900
@@ -46,12 +49,14 @@ COMPILE_LINE = re.compile(r"torch\.compile in (initialize|execute) of '([^']+)'"
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> pathlib.Path:
-    """The helper and compiled-encoder with its weights."""
+    """The helper, compiled-encoder with its weights, and model-v1 (TorchScript)."""
     repository = tmp_path_factory.mktemp("pytorch2") / "model_repository"
-    for name in ("warmup_helper", MODEL):
+    for name in ("warmup_helper", MODEL, TORCHSCRIPT):
         shutil.copytree(PROJECT_REPOSITORY / name, repository / name,
                         ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*"))
     torch_save(example_models.compiled_encoder_weights(repository), repository / MODEL / "1" / "model.pt")
+    example_models.build_model(example_models.FEATURE_DIMS[TORCHSCRIPT]).save(
+        str(repository / TORCHSCRIPT / "1" / "model.pt"))
     return repository
 
 
@@ -200,6 +205,33 @@ def test_a_changed_model_file_compiles_again(restarted):
         assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
     finally:
         model_file.write_text(original)
+
+
+def test_a_torchscript_model_loaded_after_a_pytorch2_one_runs_in_the_python_runtime(restarted):
+    """Triton 2.51's one 'pytorch' backend per server: in this server a
+    PyTorch 2 model loaded first, so a TorchScript model loaded after it goes
+    to the PyTorch 2 runtime, and the shim says so in the log. This is the
+    control for the next test (docs/pytorch2.md)."""
+    server, _ = restarted
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        client.load_model(TORCHSCRIPT)
+        client.unload_model(TORCHSCRIPT)
+    assert f"'{TORCHSCRIPT}' {MISROUTED}" in server.log_text()
+
+
+def test_one_request_with_both_kinds_keeps_torchscript_in_the_native_backend(template, cache, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("mixed") / "model_repository"
+    shutil.copytree(template, repository)
+    with serving(repository, repository.parent / "server", extra_env={"TORCHINDUCTOR_CACHE_DIR": str(cache)}) as server:
+        # The PyTorch 2 model first in the request: the helper loads it last.
+        inputs = warmup_inputs([MODEL, TORCHSCRIPT], GROUP_MIN, GROUP_MAX, feature_dims=[64, 64],
+                               batch_sizes=BATCH_SIZES)
+        _, report = send_warmup(server, "http", inputs)
+        assert report.loaded == [MODEL, TORCHSCRIPT], report.to_dict()
+        log = server.log_text()
+        assert MISROUTED not in log
+        # Triton's native backend created the TorchScript model's instances.
+        assert re.search(rf"libtorch\.cc:\d+\] \"TRITONBACKEND_ModelInstanceInitialize: {TORCHSCRIPT}_0", log)
 
 
 def test_two_servers_sharing_one_cache_both_end_up_ready_and_warm(template, tmp_path_factory):

@@ -127,6 +127,21 @@ def test_versions_are_summed(tmp_path):
     assert (record.verdict, record.instances, record.graphs) == (COMPILE_COMPILED, 2, 3)
 
 
+def test_the_scratch_copys_compiles_count_and_old_files_go(tmp_path):
+    now = time.time()
+    write_status(tmp_path, ".scratch.m", "1", "a", now, miss=6, graphs=6)
+    write_status(tmp_path, "m", "1", "b", now, hit=6, graphs=6)
+    write_status(tmp_path, "m", "1", "old", now - 3 * 24 * 3600, miss=1, graphs=1)
+    record = read_compile_record(str(tmp_path), "m", ["1"], now, scratch=".scratch.m")
+    assert (record.verdict, record.cache_misses, record.preflight_graphs, record.preflight_cache_misses) == (
+        COMPILE_COMPILED, 0, 6, 6)
+    assert compile_note(record) == (
+        "torch.compile: 6 graphs, all from the cache (preflight: 6 graphs, 6 compiled, 0 from the cache)"
+    )
+    assert not (tmp_path / pytorch2.STATUS_FOLDER / "m" / "1" / "old.json").exists()
+    assert (tmp_path / pytorch2.STATUS_FOLDER / "m" / "1" / "b.json").exists()
+
+
 def test_unknown_when_no_cache_or_no_counts_and_why(tmp_path):
     unset = read_compile_record(None, "m", ["1"], time.time())
     assert unset.verdict == COMPILE_UNKNOWN and "TORCHINDUCTOR_CACHE_DIR is not set" in unset.why

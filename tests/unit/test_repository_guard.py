@@ -16,7 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.config_rewrite import read_config
-from repository_fixtures import RecordingControl, snapshot, warmup_request
+from repository_fixtures import PROJECT_REPOSITORY, RecordingControl, snapshot, warmup_request
 from triton_warmup.helper.repository_guard import (
     backup_path,
     LOCK_FILENAME,
@@ -378,3 +378,18 @@ def test_run_jobs_one_at_a_time_when_asked(repository):
     entries = run_jobs(jobs, control, max_parallel=1)
     assert [entry.status for entry in entries] == [Status.READY, Status.READY]
     assert control.most == 1
+
+
+def test_a_pytorch2_model_loads_after_the_requests_torchscript_models(repository):
+    """Triton 2.51 keeps one 'pytorch' backend per server: a PyTorch 2 model
+    loaded first would also run every later TorchScript model (docs/pytorch2.md)."""
+    (repository / "compiled-encoder").mkdir()
+    shutil.copy(PROJECT_REPOSITORY / "compiled-encoder" / "config.pbtxt", repository / "compiled-encoder")
+    jobs = plan_jobs(repository, warmup_request(models=("compiled-encoder", "model-v2", "model-v1"),
+                                                feature_dims=(64, 128, 64)))
+    control = RecordingControl()
+    entries = run_jobs(jobs, control, max_parallel=4)
+    loads = [call[1] for call in control.calls if call[0] == "load"]
+    assert loads[-1] == "compiled-encoder" and sorted(loads[:2]) == ["model-v1", "model-v2"]
+    # The report keeps the request's order.
+    assert [entry.name for entry in entries] == ["compiled-encoder", "model-v2", "model-v1"]

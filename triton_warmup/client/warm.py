@@ -307,9 +307,19 @@ def compile_note(record: CompileRecord) -> str:
         return "torch.compile cache: unknown (TORCHINDUCTOR_CACHE_DIR)" if not record.cache_dir else (
             "torch.compile cache: unknown (no counts from the runtime)"
         )
-    if record.verdict == COMPILE_REUSED:
-        return f"torch.compile: {record.graphs} graphs, all from the cache"
-    return f"torch.compile: {record.graphs} graphs, {record.cache_misses} compiled, {record.cache_hits} from the cache"
+
+    def counts(graphs: int, misses: int, hits: int) -> str:
+        if not misses:
+            return f"{graphs} graphs, all from the cache"
+        return f"{graphs} graphs, {misses} compiled, {hits} from the cache"
+
+    note = f"torch.compile: {counts(record.graphs, record.cache_misses, record.cache_hits)}"
+    if record.preflight_graphs:
+        note += (
+            " (preflight: "
+            f"{counts(record.preflight_graphs, record.preflight_cache_misses, record.preflight_cache_hits)})"
+        )
+    return note
 
 
 def format_table(entries: List[ModelEntry]) -> str:

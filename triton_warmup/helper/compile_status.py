@@ -13,10 +13,11 @@ load it sums the files that instances of that load wrote.
 Pure Python: the files are read, nothing of Triton or torch is imported.
 """
 
+import contextlib
 import json
 import os
 import pathlib
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
@@ -28,6 +29,8 @@ PYTORCH_BACKEND = "pytorch"
 # clock and ours are the same machine's, but the file's "started" is taken
 # in another process.
 _CLOCK_SLACK_S = 1.0
+# Older status files are of loads long gone (or of another replica's).
+_STALE_AFTER_S = 24 * 3600.0
 
 
 def is_pytorch2(config: model_config_pb2.ModelConfig) -> bool:
@@ -37,20 +40,45 @@ def is_pytorch2(config: model_config_pb2.ModelConfig) -> bool:
 
 
 def _statuses(folder: pathlib.Path, since: float) -> Iterable[dict]:
+    """The status files in ``folder`` of processes started after ``since``;
+    files a day older than that are removed on the way (the shim leaves its
+    file when its instance goes, so that the scratch copy's can be read)."""
     for path in sorted(folder.glob("*.json")):
         try:
             status = json.loads(path.read_text())
-        except (OSError, ValueError):
+            started = float(status.get("started", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
             continue  # being replaced, or not ours: the shim renames whole files in
-        if isinstance(status, dict) and status.get("started", 0) >= since - _CLOCK_SLACK_S:
+        if started < since - _STALE_AFTER_S:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        elif started >= since - _CLOCK_SLACK_S:
             yield status
 
 
+def _sum(cache_dir: str, model: str, versions: Iterable[str], since: float) -> Tuple[int, int, int, int]:
+    """(instances, graphs, cache hits, cache misses) of ``model``'s instances since ``since``."""
+    instances = graphs = hits = misses = 0
+    for version in versions:
+        for status in _statuses(pathlib.Path(cache_dir) / STATUS_FOLDER / model / str(version), since):
+            counts = status.get("counts", {})
+            instances += 1
+            graphs += int(counts.get("stats.unique_graphs", 0))
+            hits += int(counts.get("inductor.fxgraph_cache_hit", 0))
+            misses += int(counts.get("inductor.fxgraph_cache_miss", 0))
+    return instances, graphs, hits, misses
+
+
 def read_compile_record(
-    cache_dir: Optional[str], model: str, versions: Iterable[str], since: float
+    cache_dir: Optional[str],
+    model: str,
+    versions: Iterable[str],
+    since: float,
+    scratch: Optional[str] = None,
 ) -> CompileRecord:
-    """What the instances of ``model`` that started after ``since`` (epoch
-    seconds) reported, summed over ``versions``."""
+    """What the instances of ``model`` (and of its preflight's scratch copy
+    ``scratch``) that started after ``since`` (epoch seconds) reported,
+    summed over ``versions``."""
     if not cache_dir:
         return CompileRecord(
             verdict=COMPILE_UNKNOWN,
@@ -58,21 +86,20 @@ def read_compile_record(
             "default folder under /tmp, which a new container or replica does not have, and the runtime "
             "keeps no counts the helper can read",
         )
+    versions = list(versions)
     record = CompileRecord(cache_dir=cache_dir)
-    for version in versions:
-        for status in _statuses(pathlib.Path(cache_dir) / STATUS_FOLDER / model / str(version), since):
-            counts = status.get("counts", {})
-            record.instances += 1
-            record.graphs += int(counts.get("stats.unique_graphs", 0))
-            record.cache_hits += int(counts.get("inductor.fxgraph_cache_hit", 0))
-            record.cache_misses += int(counts.get("inductor.fxgraph_cache_miss", 0))
+    record.instances, record.graphs, record.cache_hits, record.cache_misses = _sum(cache_dir, model, versions, since)
+    if scratch:
+        _, record.preflight_graphs, record.preflight_cache_hits, record.preflight_cache_misses = _sum(
+            cache_dir, scratch, versions, since
+        )
     if record.instances == 0:
         record.verdict = COMPILE_UNKNOWN
         record.why = (
             f"no instance reported under {os.path.join(cache_dir, STATUS_FOLDER, model)}: the backend's "
-            "runtime is not this project's shim (triton-warmup-install-runtime), or nothing was compiled"
+            "runtime is not this project's shim (triton-warmup-install-runtime)"
         )
-    elif record.cache_misses:
+    elif record.cache_misses or record.preflight_cache_misses:
         record.verdict = COMPILE_COMPILED
     else:
         record.verdict = COMPILE_REUSED

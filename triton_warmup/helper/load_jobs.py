@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from triton_warmup.helper.compile_status import CACHE_VARIABLE, is_pytorch2, read_compile_record
+from triton_warmup.threads import runs_in_libtorch
 from triton_warmup.helper.config_rewrite import ConfigRewrite, config_json
 from triton_warmup.helper.job_planning import EnsembleJob, ModelWarmupJob, RequestPlan
 from triton_warmup.helper.model_kind import Infer, correlation_ids
@@ -31,6 +32,7 @@ from triton_warmup.helper.repository_guard import (
     model_lock,
     remove_stale_temp_files,
     restore_interrupted_rewrite,
+    scratch_folder,
     unwritable_reason,
 )
 from triton_warmup.helper.request import WarmupRequestError
@@ -111,7 +113,7 @@ def run_job(
         config_changed=job.rewrite.changed,
         timings=Timings(),
     )
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     try:
         was_ready = control.is_ready(job.name)
     except Exception:  # noqa: BLE001 - only the report uses it
@@ -131,7 +133,7 @@ def run_job(
                     entry.config_changed = job.rewrite.changed
                     entry.warmup_samples = job.samples
                 if _preflight_passes(job, control, entry, was_ready, preflight):
-                    _load(job, control, entry, was_ready, preflight)
+                    _load(job, control, entry, was_ready, preflight, started_at)
             finally:
                 if hold is not None:
                     hold.held_until = time.time()
@@ -177,7 +179,10 @@ def run_jobs(
         return entry.error if entry is not None and not entry.ready else None
 
     while pending:
-        wave = [job for job in pending.values() if not any(flow.waits_for_outputs(job.name) for flow in flows)]
+        wave = [
+            job for job in pending.values()
+            if not any(flow.waits_for_outputs(job.name) for flow in flows) and not _waits_for_libtorch(job, pending)
+        ]
         # Ensembles that feed two models into each other leave none free:
         # those go with the shapes known so far.
         wave = wave or list(pending.values())
@@ -193,6 +198,19 @@ def run_jobs(
     for ensemble in plan.ensembles:
         entries[ensemble.name] = load_ensemble(ensemble, control, entries, started)
     return [entries[name] for name in plan.order]
+
+
+def _waits_for_libtorch(job: ModelWarmupJob, pending: Dict[str, ModelWarmupJob]) -> bool:
+    """A PyTorch 2 model waits while a TorchScript model of the request is
+    still to load. Triton 2.51 creates one 'pytorch' backend per server,
+    whichever kind loads first; when the PyTorch 2 runtime comes first, it
+    also gets every TorchScript model loaded after it (core
+    backend_manager.cc, ``TritonBackendManager::CreateBackend``), and runs
+    them in a Python stub instead of the native backend
+    (docs/pytorch2.md, "TorchScript and PyTorch 2 models in one server")."""
+    return is_pytorch2(job.rewrite.config) and any(
+        runs_in_libtorch(other.rewrite.config) for other in pending.values() if other is not job
+    )
 
 
 def _planned_with_shapes(job: ModelWarmupJob, flows):
@@ -315,8 +333,16 @@ def _preflight_passes(
 
 
 def _load(
-    job: ModelWarmupJob, control, entry: ModelEntry, was_ready: Optional[bool], preflight: Optional[Preflight]
+    job: ModelWarmupJob,
+    control,
+    entry: ModelEntry,
+    was_ready: Optional[bool],
+    preflight: Optional[Preflight],
+    started_at: float,
 ) -> None:
+    """Write the config (or fall back to the load API's override) and load;
+    ``started_at`` is when the job began (epoch), for what its PyTorch 2
+    instances, the preflight's included, reported since."""
     write_started = time.monotonic()
     config_override = _write_or_fall_back(job.rewrite, entry)
     entry.timings.write_s = _since(write_started)
@@ -350,7 +376,11 @@ def _load(
     entry.status = Status.READY
     if is_pytorch2(job.rewrite.config):
         entry.compile = read_compile_record(
-            os.environ.get(CACHE_VARIABLE), job.name, job.versions or ("1",), load_started_at
+            os.environ.get(CACHE_VARIABLE),
+            job.name,
+            job.versions or ("1",),
+            started_at,
+            scratch=scratch_folder(job.model_dir).name,
         )
     if preflight is not None:
         # The serving version now runs the files as they were when the load began.

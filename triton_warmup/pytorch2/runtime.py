@@ -29,6 +29,11 @@ every call to it. It adds what the stub lacks, and changes nothing else:
   the same counts go to a small JSON file per instance under
   ``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/``, which the warmup helper
   reads to report whether a load compiled or reused the cache.
+* **An error in the log when Triton sends it a TorchScript model.** Triton
+  2.51 keeps one 'pytorch' backend per server: when a PyTorch 2 model loads
+  first, every later TorchScript model comes here instead of to the native
+  libtorch backend. The runtime can run it, but in a Python stub; the log
+  says so, and why.
 
 It imports only the standard library, and Triton's runtime (with torch)
 once an instance initializes, so it ships into any Triton image on its own
@@ -141,6 +146,15 @@ class TritonPythonModel:
             self._status_path = folder / f"{socket.gethostname()}-{os.getpid()}.json"
         if UTF8_LOCALE is None:
             self._pb_utils.Logger.log_warn("no UTF-8 locale found: torch.compile may fail to read its templates")
+        if not str(json.loads(args["model_config"]).get("runtime", "")).endswith(".py"):
+            self._pb_utils.Logger.log_error(
+                f"'{args['model_name']}' does not ask for the PyTorch 2 runtime (its config has no runtime: "
+                '"model.py"), yet Triton runs it here, in a Python stub, instead of in its native libtorch '
+                "backend: a PyTorch 2 model was loaded first, and Triton then reuses that 'pytorch' backend for "
+                "every 'pytorch' model (core backend_manager.cc, TritonBackendManager::CreateBackend). Load a "
+                "TorchScript model before any PyTorch 2 model (warmup_helper does, within one request), or serve "
+                "the two kinds from separate servers (docs/pytorch2.md)"
+            )
         before = _counts()
         self._runtime.initialize(args)
         self._compile_batching_for_single_requests()
@@ -190,14 +204,9 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
+        # The status file stays: the helper reads the preflight's scratch
+        # copy's after that copy is gone, and removes old files itself.
         self._runtime.finalize()
-        # The helper reads the file right after the load; an instance that
-        # is gone has nothing more to say.
-        if self._status_path is not None:
-            try:
-                self._status_path.unlink()
-            except OSError:
-                pass
 
     def _record(self, where, before, requests):
         after = _counts()
