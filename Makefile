@@ -63,8 +63,9 @@ test-faults: venv backend
 # tritonserver dies when a warmup sample fails (about 3 minutes); a range plan
 # against a traffic plan; the first request through the example ensemble,
 # cold and warmed (about 2 minutes); every warmed shape of four models after
-# READY, six conditions on fresh servers (about 15 minutes). Results in
-# bench/results/.
+# READY, six conditions on fresh servers (about 15 minutes); a repository in
+# S3; time to READY at scale; a torch.compile model cold, warmed and
+# restarted (about 4 minutes). Results in bench/results/.
 bench: venv backend models
 	$(PY) -m bench.warmup_benchmark
 	$(PY) -m bench.replica_benchmark
