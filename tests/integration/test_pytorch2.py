@@ -211,7 +211,7 @@ def test_a_torchscript_model_loaded_after_a_pytorch2_one_runs_in_the_python_runt
     """Triton 2.51's one 'pytorch' backend per server: in this server a
     PyTorch 2 model loaded first, so a TorchScript model loaded after it goes
     to the PyTorch 2 runtime, and the shim says so in the log. This is the
-    control for the next test (docs/pytorch2.md)."""
+    control for the mixed request of the last test (docs/pytorch2.md)."""
     server, _ = restarted
     with httpclient.InferenceServerClient(server.http_url) as client:
         client.load_model(TORCHSCRIPT)
@@ -219,24 +219,12 @@ def test_a_torchscript_model_loaded_after_a_pytorch2_one_runs_in_the_python_runt
     assert f"'{TORCHSCRIPT}' {MISROUTED}" in server.log_text()
 
 
-def test_one_request_with_both_kinds_keeps_torchscript_in_the_native_backend(template, cache, tmp_path_factory):
-    repository = tmp_path_factory.mktemp("mixed") / "model_repository"
-    shutil.copytree(template, repository)
-    with serving(repository, repository.parent / "server", extra_env={"TORCHINDUCTOR_CACHE_DIR": str(cache)}) as server:
-        # The PyTorch 2 model first in the request: the helper loads it last.
-        inputs = warmup_inputs([MODEL, TORCHSCRIPT], GROUP_MIN, GROUP_MAX, feature_dims=[64, 64],
-                               batch_sizes=BATCH_SIZES)
-        _, report = send_warmup(server, "http", inputs)
-        assert report.loaded == [MODEL, TORCHSCRIPT], report.to_dict()
-        log = server.log_text()
-        assert MISROUTED not in log
-        # Triton's native backend created the TorchScript model's instances.
-        assert re.search(rf"libtorch\.cc:\d+\] \"TRITONBACKEND_ModelInstanceInitialize: {TORCHSCRIPT}_0", log)
-
-
 def test_two_servers_sharing_one_cache_both_end_up_ready_and_warm(template, tmp_path_factory):
     """Two replicas start together on an empty shared cache: Inductor's own
-    file locks and atomic writes keep the cache whole, and both are warm."""
+    file locks and atomic writes keep the cache whole, and both are warm.
+    Each warms a TorchScript model in the same request, the PyTorch 2 model
+    named first: the helper loads it last, so that the TorchScript model
+    stays in Triton's native backend."""
     shared_cache = tmp_path_factory.mktemp("shared_cache")
     # The preflight off: two scratch copies on top would double a long test.
     quick = template_with_helper_parameters(template, tmp_path_factory.mktemp("quick") / "model_repository",
@@ -252,7 +240,11 @@ def test_two_servers_sharing_one_cache_both_end_up_ready_and_warm(template, tmp_
 
         def warm_one(name, server):
             try:
-                entries[name] = warm(server)
+                inputs = warmup_inputs([MODEL, TORCHSCRIPT], GROUP_MIN, GROUP_MAX, feature_dims=[64, 64],
+                                       batch_sizes=BATCH_SIZES)
+                _, report = send_warmup(server, "http", inputs)
+                assert report.loaded == [MODEL, TORCHSCRIPT], report.to_dict()
+                entries[name] = report.entry(MODEL)
             except BaseException as error:  # noqa: BLE001 - reported below
                 errors.append(f"{name}: {error!r}")
 
@@ -267,6 +259,10 @@ def test_two_servers_sharing_one_cache_both_end_up_ready_and_warm(template, tmp_
         for name, _, server in servers:
             send_each_planned_shape(server, MODEL)
             assert compile_lines_after_ready(server, MODEL) == [], name
+            log = server.log_text()
+            assert MISROUTED not in log, name
+            # Triton's native backend created the TorchScript model's instance.
+            assert re.search(rf"libtorch\.cc:\d+\] \"TRITONBACKEND_ModelInstanceInitialize: {TORCHSCRIPT}_0", log), name
         assert all(entry.compile.graphs > 0 for entry in entries.values())
     finally:
         for _, context, _ in servers:
