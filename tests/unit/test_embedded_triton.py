@@ -95,3 +95,17 @@ def test_free_port_never_hands_out_a_port_twice():
     # tritonserver refuse to start in a benchmark run.
     ports = [server.free_port() for _ in range(300)]
     assert len(set(ports)) == len(ports)
+
+
+def test_a_port_another_process_handed_out_is_not_handed_out_again(tmp_path, monkeypatch):
+    # Test workers and benchmarks start servers side by side, each in its own process.
+    monkeypatch.setattr(server, "_PORT_REGISTRY", tmp_path / "ports")
+    child = subprocess.run(
+        [sys.executable, "-c",
+         "import pathlib, sys; from triton_warmup.embedded import server; "
+         f"server._PORT_REGISTRY = pathlib.Path({str(tmp_path / 'ports')!r}); print(server.free_port())"],
+        capture_output=True, text=True, check=True,
+    )
+    port = int(child.stdout)
+    assert not server._claim_across_processes(port)
+    assert server._claim_across_processes(port + 1 if port < 65535 else port - 1)

@@ -17,6 +17,7 @@ environment the stub needs, and manages the process:
 """
 
 import dataclasses
+import fcntl
 import os
 import pathlib
 import shutil
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 import urllib.error
@@ -208,9 +210,45 @@ _HANDED_OUT: set = set()
 _HANDED_OUT_LOCK = threading.Lock()
 
 
+# The same across processes (test workers, benchmarks side by side): ports
+# handed out in the last ten minutes, in a file under a lock.
+_PORT_REGISTRY = pathlib.Path(tempfile.gettempdir()) / "triton-warmup-handed-out-ports"
+_PORT_REGISTRY_TTL_S = 600.0
+
+
+def _claim_across_processes(port: int) -> bool:
+    """Record ``port`` as handed out; False when another process handed it
+    out within the registry's time. Without a usable registry file, every
+    port passes (this process's own set still applies)."""
+    try:
+        with open(_PORT_REGISTRY, "a+") as registry:
+            fcntl.flock(registry, fcntl.LOCK_EX)
+            registry.seek(0)
+            now = time.time()
+            recent = {}
+            for line in registry.read().splitlines():
+                fields = line.split()
+                if len(fields) == 2 and fields[0].isdigit():
+                    try:
+                        stamp = float(fields[1])
+                    except ValueError:
+                        continue
+                    if now - stamp < _PORT_REGISTRY_TTL_S:
+                        recent[int(fields[0])] = stamp
+            if port in recent:
+                return False
+            recent[port] = now
+            registry.seek(0)
+            registry.truncate()
+            registry.write("".join(f"{number} {stamp}\n" for number, stamp in recent.items()))
+    except OSError:
+        pass
+    return True
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now and that this process has not
-    handed out before (for servers started side by side)."""
+    """A TCP port nothing listens on right now and that no process on this
+    machine has handed out lately (for servers started side by side)."""
     with _HANDED_OUT_LOCK:
         while True:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -218,7 +256,8 @@ def free_port() -> int:
                 port = sock.getsockname()[1]
             if port not in _HANDED_OUT:
                 _HANDED_OUT.add(port)
-                return port
+                if _claim_across_processes(port):
+                    return port
 
 
 def server_options(
