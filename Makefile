@@ -10,7 +10,11 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 MODELS := model_repository/model-v1/1/model.pt model_repository/model-v2/1/model.pt model_repository/model-v3/1/model.pt \
-	model_repository/text-encoder/1/model.pt model_repository/session-encoder/1/model.pt
+	model_repository/text-encoder/1/model.pt model_repository/session-encoder/1/model.pt \
+	model_repository/compiled-encoder/1/model.pt
+# The suite's integration tests spend much of their time waiting on servers;
+# two workers (pytest-xdist, a test file each at a time) halve its time on 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: run test unit integration test-faults bench docs venv backend models clean
 
@@ -32,7 +36,7 @@ backend: venv
 
 models: $(MODELS)
 
-$(MODELS): triton_warmup/example_models.py $(VENV)/.installed
+$(MODELS): triton_warmup/example_models.py model_repository/compiled-encoder/1/model.py $(VENV)/.installed
 	$(PY) gen_model.py --model-repository model_repository
 
 # Every model of the example repository (plain, Python with a string input,
@@ -43,13 +47,13 @@ run: venv backend models
 		&& $(VENV)/bin/triton-warmup-states -u localhost:$(HTTP_PORT)'
 
 test: venv backend
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 unit: venv
 	$(PY) -m pytest tests/unit
 
 integration: venv backend
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/integration
 
 # The full fault battery: 20 SIGKILL runs, 1000 fuzzed requests per protocol,
 # and 30 bad plans with the preflight off (how often tritonserver crashes).
