@@ -178,33 +178,30 @@ def test_a_restart_reuses_the_cache_and_the_preflight_record(restarted):
     assert compile_lines_after_ready(server, MODEL) == []
 
 
-def test_changed_compile_options_compile_again(restarted):
-    server, _ = restarted
-    config_path = server.model_repository / MODEL / "config.pbtxt"
-    original = config_path.read_bytes()
+def other_compile_options(path: pathlib.Path) -> None:
     options = {"options": {"epilogue_fusion": False}}
-    rewrite_config(config_path, lambda config: config.parameters["TORCH_COMPILE_OPTIONAL_PARAMETERS"]
+    rewrite_config(path, lambda config: config.parameters["TORCH_COMPILE_OPTIONAL_PARAMETERS"]
                    .__setattr__("string_value", json.dumps(options)))
-    try:
-        entry = warm(server)
-        assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
-    finally:
-        config_path.write_bytes(original)
 
 
-def test_a_changed_model_file_compiles_again(restarted):
-    server, _ = restarted
-    model_file = server.model_repository / MODEL / "1" / "model.py"
-    original = model_file.read_text()
+def other_computation(path: pathlib.Path) -> None:
     # The same weights, another computation: GELU's tanh approximation.
-    changed = original.replace("torch.nn.GELU()", 'torch.nn.GELU(approximate="tanh")')
-    assert changed != original
-    model_file.write_text(changed)
+    path.write_text(path.read_text().replace("torch.nn.GELU()", 'torch.nn.GELU(approximate="tanh")'))
+
+
+@pytest.mark.parametrize("path, change", [("config.pbtxt", other_compile_options), ("1/model.py", other_computation)],
+                         ids=["TORCH_COMPILE_OPTIONAL_PARAMETERS", "model file"])
+def test_a_change_to_what_is_compiled_compiles_again(restarted, path, change):
+    server, _ = restarted
+    changed = server.model_repository / MODEL / path
+    original = changed.read_bytes()
+    change(changed)
+    assert changed.read_bytes() != original
     try:
         entry = warm(server)
         assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
     finally:
-        model_file.write_text(original)
+        changed.write_bytes(original)
 
 
 def test_a_torchscript_model_loaded_after_a_pytorch2_one_runs_in_the_python_runtime(restarted):
