@@ -55,6 +55,9 @@ def template(tmp_path_factory) -> pathlib.Path:
         shutil.copytree(PROJECT_REPOSITORY / name, repository / name,
                         ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*"))
     torch_save(example_models.compiled_encoder_weights(repository), repository / MODEL / "1" / "model.pt")
+    # A fresh clone has no version folder for a TorchScript example (git keeps
+    # no empty folders, and model.pt is generated).
+    (repository / TORCHSCRIPT / "1").mkdir(exist_ok=True)
     example_models.build_model(example_models.FEATURE_DIMS[TORCHSCRIPT]).save(
         str(repository / TORCHSCRIPT / "1" / "model.pt"))
     return repository
