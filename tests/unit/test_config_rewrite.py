@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from triton_warmup.helper.config_rewrite import ConfigRewrite, merge_warmup, read_config
+from triton_warmup.helper.config_rewrite import ConfigRewrite, merge_warmup, parse_config, read_config
 from triton_warmup.helper.repository_guard import backup_path, write_atomically
 from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.load_jobs import run_job
@@ -240,3 +240,28 @@ def test_instances_counted_from_the_instance_groups(repository):
     path.write_text(text_format.MessageToString(config))
     (job,) = plan_jobs(repository, warmup_request())
     assert job.instances == 2 + 3 * 2
+
+
+def test_parsed_configs_are_independent_copies_of_the_text(repository):
+    text = (repository / "model-v1" / "config.pbtxt").read_bytes()
+    first = parse_config(text, "first")
+    first.name = "changed by a caller"
+    del first.input[:]
+    second = parse_config(text, "second")
+    assert second == text_format.Parse(text.decode(), model_config_pb2.ModelConfig())
+    assert second.name == "model-v1" and len(second.input) == 2
+
+
+def test_an_edited_config_is_parsed_again_not_taken_from_memory(repository):
+    path = repository / "model-v1" / "config.pbtxt"
+    before = parse_config(path.read_bytes(), str(path))
+    path.write_text(path.read_text().replace("max_batch_size: 8", "max_batch_size: 4"))
+    after = parse_config(path.read_bytes(), str(path))
+    assert before.max_batch_size == 8 and after.max_batch_size == 4
+
+
+def test_an_unparsable_config_is_refused_every_time(repository):
+    for source in ("first read", "second read"):
+        with pytest.raises(WarmupRequestError) as caught:
+            parse_config(b"max_batch_size: [", source)
+        assert caught.value.field == "MODELS" and source in str(caught.value)
