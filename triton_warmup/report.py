@@ -176,14 +176,23 @@ class LockHold(_Record):
 
 @dataclasses.dataclass
 class Timings(_Record):
-    """Where a load-mode warmup's time went: the helper's own work
-    (re-planning under the lock, the preflight, writing the file) and
-    Triton's load, its warmup included."""
+    """Where a load-mode warmup's time went, in three parts that add up to
+    ``total_s``: the preflight, Triton's load with its warmup (``load_s``),
+    and the helper's own time (``helper_s``: everything else, such as
+    waiting for the model's lock, re-planning under it and writing the
+    file, of which ``replan_s`` and ``write_s`` are parts)."""
 
     replan_s: float = 0.0
     preflight_s: float = 0.0
     write_s: float = 0.0
     load_s: float = 0.0
+    helper_s: float = 0.0
+    total_s: float = 0.0
+
+    def settle(self, total_s: float) -> None:
+        """Set the total and the helper's own part of it."""
+        self.total_s = round(total_s, 6)
+        self.helper_s = round(max(0.0, total_s - self.preflight_s - self.load_s), 6)
 
 
 

@@ -67,10 +67,12 @@ def test_table_lists_each_model_with_its_preflight_and_error():
     entries = [
         {"name": "model-v1", "status": "READY", "warmup_samples": 16, "count": 3, "instances": 1,
          "seconds_to_ready": 2.5, "config_changed": True, "config_written": True, "error": None,
-         "preflight": preflight},
+         "preflight": preflight,
+         "timings": {"preflight_s": 0.125, "load_s": 2.25, "helper_s": 0.125, "total_s": 2.5}},
         {"name": "broken", "status": "FAILED", "warmup_samples": 4, "count": 3, "instances": 2,
          "seconds_to_ready": None, "config_changed": True, "config_written": True,
-         "config_restored": True, "error": "load failed: bad file", "preflight": None},
+         "config_restored": True, "error": "load failed: bad file", "preflight": None,
+         "timings": {"load_s": 0.5, "helper_s": 0.25, "total_s": 0.75}},
         {"name": "read-only", "status": "READY", "warmup_samples": 4, "count": 3, "instances": 1,
          "seconds_to_ready": 1.0, "config_changed": True, "config_written": False, "error": None,
          "fallback": "/m/read-only/config.pbtxt is read-only (mode 0444); loaded with ...",
@@ -83,24 +85,29 @@ def test_table_lists_each_model_with_its_preflight_and_error():
          "detail": "PyTorch execute failure: The following\n  File code/__torch__.py, line 18\n"
                    "    ~~~ <--- HERE\nRuntimeError: too long\n"},
         {"name": "embed", "status": "READY", "kind": "ensemble", "members": ["tokenizer", "text-encoder"],
-         "warmup_samples": 4, "seconds_to_ready": 3.0, "preflight": None},
+         "warmup_samples": 4, "seconds_to_ready": 3.0, "preflight": None,
+         "timings": {"load_s": 0.25, "total_s": 0.25}},
         {"name": "text-encoder", "status": "READY", "kind": "plain", "warmed_for": ["embed"],
          "derived_samples": 2, "warmup_samples": 6, "count": 3, "instances": 1, "seconds_to_ready": 2.0,
          "config_written": True, "preflight": preflight},
     ]
     lines = warmup_models.format_table([ModelEntry.from_dict(entry) for entry in entries]).splitlines()
-    assert lines[0].split() == ["model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "notes"]
-    assert lines[2].split() == ["model-v1", "READY", "16", "3", "1", "16", "scratch", "0.12s", "2.50", "rewritten"]
-    assert lines[3].split()[:8] == ["broken", "FAILED", "4", "3", "2", "-", "-", "restored"]
+    assert lines[0].split() == [
+        "model", "status", "samples", "runs", "instances", "preflight", "load", "helper", "seconds", "config", "notes"
+    ]
+    # The preflight, Triton's load and the helper's own time: the three parts of the seconds.
+    assert lines[2].split() == ["model-v1", "READY", "16", "3", "1", "16", "scratch", "0.12s", "2.25", "0.12", "2.50", "rewritten"]
+    assert lines[3].split()[:10] == ["broken", "FAILED", "4", "3", "2", "-", "0.50", "0.25", "-", "restored"]
     assert lines[3].endswith("load failed: bad file")
-    assert lines[4].split()[:11] == ["read-only", "READY", "4", "3", "1", "2", "serving", "0.12s", "1.00", "not", "written"]
+    # A report without timings (an older helper) shows none.
+    assert lines[4].split()[:13] == ["read-only", "READY", "4", "3", "1", "2", "serving", "0.12s", "-", "-", "1.00", "not", "written"]
     assert lines[4].endswith("loaded with the planned config: /m/read-only/config.pbtxt is read-only (mode 0444)")
     # The helper's one-line reason; its whole text waits for --verbose.
     assert lines[5].split()[:6] == ["picky", "FAILED", "4", "3", "1", "FAILED"]
     assert lines[5].endswith("RuntimeError: too long; nothing was written or loaded")
     assert "HERE" not in "\n".join(lines)
     # An ensemble shows its members; a member, the shapes it got from it.
-    assert lines[6].split()[:8] == ["embed", "READY", "4", "-", "-", "-", "3.00", "-"]
+    assert lines[6].split()[:10] == ["embed", "READY", "4", "-", "-", "-", "0.25", "-", "3.00", "-"]
     assert lines[6].endswith("ensemble of tokenizer, text-encoder")
     assert lines[7].endswith("member of embed (2 new shapes from it)")
     assert len(lines) == 8
@@ -198,7 +205,7 @@ def test_requests_mode_rows_say_the_config_was_not_used():
              "instances": 1, "seconds_to_ready": None, "seconds_warming": 0.25, "config_changed": False,
              "error": None}
     row = warmup_models.format_table([ModelEntry.from_dict(entry)]).splitlines()[2].split()
-    assert row == ["m", "READY", "4", "3", "1", "-", "0.25", "not", "used"]
+    assert row == ["m", "READY", "4", "3", "1", "-", "-", "-", "0.25", "not", "used"]
 
 
 def test_load_failures_are_models_that_were_tried_and_failed():

@@ -3,6 +3,7 @@
 import os
 import pathlib
 import stat
+import time
 
 import pytest
 from google.protobuf import text_format
@@ -161,6 +162,21 @@ def test_report_entry_of_a_successful_load(repository):
     assert entry.status == Status.READY and entry.error is None
     assert entry.warmup_samples == 2 * 4 and entry.instances == 1
     assert entry.seconds_to_ready >= 0 and entry.config_changed is True
+
+
+def test_a_models_time_splits_into_the_load_and_the_helpers_own_time(repository):
+    (job,) = plan_jobs(repository, warmup_request(group_max=2))
+
+    def slow_load(name):
+        time.sleep(0.2)
+
+    entry = run_job(job, RecordingControl(fail_load=slow_load))
+    timings = entry.timings
+    # Measured, not assumed: the load took the 0.2 s the control slept.
+    assert timings.load_s >= 0.2 and timings.total_s >= timings.load_s
+    assert timings.helper_s == pytest.approx(timings.total_s - timings.load_s - timings.preflight_s, abs=1e-5)
+    assert timings.helper_s < timings.load_s
+    assert entry.seconds_to_ready == round(timings.total_s, 3)
 
 
 @pytest.mark.parametrize(

@@ -322,8 +322,22 @@ def compile_note(record: CompileRecord) -> str:
     return note
 
 
+def split_cells(entry: ModelEntry) -> Tuple[str, str]:
+    """Triton's load (its warmup included) and the helper's own time; the
+    preflight's part is in its own cell. An ensemble's time to READY counts
+    its members' warmups, so it has only its load."""
+    timings = entry.timings
+    if entry.mode != "load" or not timings.total_s:
+        return "-", "-"
+    if entry.kind == "ensemble":
+        return f"{timings.load_s:.2f}", "-"
+    return f"{timings.load_s:.2f}", f"{timings.helper_s:.2f}"
+
+
 def format_table(entries: List[ModelEntry]) -> str:
-    header = ("model", "status", "samples", "runs", "instances", "preflight", "seconds", "config", "notes")
+    header = (
+        "model", "status", "samples", "runs", "instances", "preflight", "load", "helper", "seconds", "config", "notes"
+    )
     rows = [header]
     for entry in entries:
         seconds = entry.seconds_to_ready if entry.seconds_to_ready is not None else entry.seconds_warming
@@ -336,6 +350,7 @@ def format_table(entries: List[ModelEntry]) -> str:
                 "-" if ensemble else str(entry.count),
                 "-" if ensemble else str(entry.instances),
                 preflight_cell(entry),
+                *split_cells(entry),
                 "-" if seconds is None else f"{seconds:.2f}",
                 config_cell(entry),
                 notes_cell(entry),

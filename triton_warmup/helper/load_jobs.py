@@ -142,8 +142,9 @@ def run_job(
         entry.error = str(error)
     except WarmupRequestError as error:
         entry.error = f"config.pbtxt changed while waiting for the lock and cannot be planned: {error.message}"
+    entry.timings.settle(time.monotonic() - started)
     if entry.ready:
-        entry.seconds_to_ready = round(time.monotonic() - started, 3)
+        entry.seconds_to_ready = round(entry.timings.total_s, 3)
     return entry
 
 
@@ -271,6 +272,7 @@ def load_ensemble(ensemble: EnsembleJob, control, entries: Dict[str, ModelEntry]
             entry.error = f"load failed: {explain_load_error(str(error))}"
             entry.detail = str(error)
     entry.timings.load_s = _since(load_started)
+    entry.timings.settle(entry.timings.load_s)
     entry.finished_s = _since(started)
     if entry.ready:
         # It waited for its members: READY counts from the request's start.
