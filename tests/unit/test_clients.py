@@ -1,5 +1,6 @@
 """The clients' own logic: usage errors, unreachable servers, output formats."""
 
+import io
 import json
 import pathlib
 import socket
@@ -10,7 +11,7 @@ from triton_warmup.client import states as query_model_states
 from triton_warmup.client import live_view
 from triton_warmup.client import warm as warmup_models
 from triton_warmup.embedded import serve
-from triton_warmup.report import ModelEntry
+from triton_warmup.report import ModelEntry, Status
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
 MAINS = {"triton-warmup": warmup_models.main, "triton-warmup-states": query_model_states.main, "triton-warmup-serve": serve.main}
@@ -247,6 +248,45 @@ def test_a_model_settles_when_it_turns_ready_after_it_was_not():
     view._show("b", "READY", 1.0)
     view._show("a", "READY", 1.0)
     assert view.settled == {"b"}
+
+
+def many_models_view(count):
+    args = warmup_models.parse_args(["-u", f"localhost:{unused_port()}", "--all"])
+    stream = io.StringIO()  # not a terminal: plain lines
+    view = live_view.StateWatcher(args, None, stream=stream)
+    view.ready_before = set()
+    return view, stream
+
+
+def test_a_repository_of_many_models_shows_counts_and_each_failure_not_a_line_per_model():
+    count = live_view.MANY_MODELS + 10
+    names = [f"m{index:03d}" for index in range(count)]
+    view, stream = many_models_view(count)
+    view.index_states = {name: "UNAVAILABLE" for name in names}
+    view.redraw(0.5)
+    view.index_states.update({name: "READY" for name in names[:10]})
+    view.index_states.update({name: "LOADING" for name in names[10:14]})
+    view.index_states[names[14]] = "FAILED"
+    view.redraw(1.0)  # a failure is shown at once; the counts wait for their interval
+    view.redraw(live_view._SUMMARY_LINE_INTERVAL_S + 0.5)
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        f"[   0.5s] 0 of {count} READY, {count} waiting",
+        f"[   1.0s] {names[14]} FAILED",
+        f"[   {live_view._SUMMARY_LINE_INTERVAL_S + 0.5:.1f}s] 10 of {count} READY, 4 LOADING, 1 FAILED, {count - 15} waiting",
+    ]
+    entries = [ModelEntry(name=name, status=Status.READY, finished_s=2.0) for name in names]
+    entries[14] = ModelEntry(name=names[14], status=Status.FAILED, error="load failed", finished_s=1.0)
+    view.finish(entries)
+    (final,) = stream.getvalue().splitlines()[3:]
+    assert final.endswith(f"] {count - 1} of {count} READY, 1 FAILED")
+
+
+def test_a_few_models_keep_a_line_each():
+    view, stream = many_models_view(3)
+    view.index_states = {"a": "UNAVAILABLE", "b": "READY", "c": "LOADING"}
+    view.redraw(0.5)
+    assert stream.getvalue().splitlines() == ["[   0.5s] a UNAVAILABLE", "[   0.5s] b READY", "[   0.5s] c LOADING"]
 
 
 def test_several_urls_are_kept_in_order_and_a_repeated_one_exits_2(capsys):

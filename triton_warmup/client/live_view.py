@@ -3,10 +3,11 @@ blocking warmup request runs, from Triton's repository index, settled at the
 end by the helper's report."""
 
 import argparse
+import collections
 import itertools
 import threading
 import time
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
@@ -16,6 +17,14 @@ from triton_warmup.report import ModelEntry
 
 _POLL_INTERVAL_S = 0.5
 _DRAW_INTERVAL_S = 0.2
+
+# Above this many models, the view is one line of counts (a bar on a
+# terminal) rather than a bar or a line per model, which for a repository of
+# hundreds would scroll the terminal or flood a CI log. Failures still get a
+# line each, with the model's name.
+MANY_MODELS = 20
+# How often, at most, the counts are printed when stdout is not a terminal.
+_SUMMARY_LINE_INTERVAL_S = 5.0
 
 
 # Where a model's bar stands in its load: UNAVAILABLE, LOADING, then READY.
@@ -37,7 +46,9 @@ class StateWatcher:
     One thread polls the repository index; another redraws. On a terminal
     each model has a progress bar (UNAVAILABLE, LOADING, READY or FAILED)
     with the seconds since the request went out; elsewhere (CI logs) a plain
-    line is printed whenever a model's state changes.
+    line is printed whenever a model's state changes. With more than
+    ``MANY_MODELS`` models, one bar (or a line every few seconds) counts
+    them by state instead, and each failure gets its own line.
 
     Triton's index is a coarse view of a warmup: the call often waits while
     Triton loads a model, and during a reload it keeps saying READY because
@@ -90,6 +101,11 @@ class StateWatcher:
         self.expect_loads = args.mode != "requests"
         self.bars: Dict[str, tqdm] = {}
         self.seen_loading = set()
+        # Decided at the first draw, when the number of models is known.
+        self.many: Optional[bool] = None
+        self.summary_bar: Optional[tqdm] = None
+        self.summary_printed: Optional[Tuple[float, str]] = None
+        self.failures_shown = set()
         # Bars on a terminal only: CI logs get one plain line per change.
         self.plain = not (hasattr(stream, "isatty") and stream.isatty())
         self.threads = [
@@ -159,23 +175,85 @@ class StateWatcher:
 
     def _draw(self) -> None:
         while not self.done.wait(_DRAW_INTERVAL_S):
-            elapsed = time.monotonic() - self.started
-            for name, state in self._current().items():
-                self._show(name, state, elapsed)
+            self.redraw(time.monotonic() - self.started)
 
-    def _show(self, name: str, state: str, elapsed: float, final: bool = False) -> None:
+    def redraw(self, elapsed: float) -> None:
+        """Show the states as they stand ``elapsed`` seconds after the start."""
+        current = self._current()
+        if self.many is None and current:
+            self.many = len(current) > MANY_MODELS
+        for name, state in current.items():
+            self._show(name, state, elapsed)
+        if self.many:
+            self._show_counts(elapsed)
+
+    def _note(self, name: str, state: str, final: bool) -> Optional[bool]:
+        """Keep ``state`` as the model's shown state; whether it changed, or
+        ``None`` when it is not taken."""
         previous = self.shown.get(name)
         if not final and previous in _STAGES and state in _STAGES and _STAGES[state] < _STAGES[previous]:
             # A poll that waited showed it LOADING, and the next one says
             # UNAVAILABLE again (not started yet): a view that flickers back
             # tells nothing, so it stays until the state moves on.
-            return
-        changed = previous != state
+            return None
         # FAILED, or READY for a model that was not READY before: this warmup
         # is done with it. The report settles the rest.
         if state == "FAILED" or (state == "READY" and name not in (self.ready_before or ())):
             self.settled.add(name)
         self.shown[name] = state
+        return previous != state
+
+    def counts(self) -> str:
+        """The shown models by state: '37 of 96 READY, 4 LOADING, 55 waiting'."""
+        by_state = collections.Counter(self.shown.values())
+        parts = [f"{by_state.pop('READY', 0)} of {len(self.shown)} READY"]
+        for state in ("LOADING", "FAILED"):
+            if by_state.get(state):
+                parts.append(f"{by_state.pop(state)} {state}")
+        waiting = sum(by_state.values())
+        if waiting:
+            parts.append(f"{waiting} waiting")
+        return ", ".join(parts)
+
+    def _show_counts(self, elapsed: float, final: bool = False) -> None:
+        counts = self.counts()
+        if self.plain:
+            last_at, last_counts = self.summary_printed or (None, None)
+            due = last_at is None or elapsed - last_at >= _SUMMARY_LINE_INTERVAL_S
+            if counts != last_counts and (due or final):
+                self.stream.write(f"[{elapsed:6.1f}s] {self.label}{counts}\n")
+                self.stream.flush()
+                self.summary_printed = (elapsed, counts)
+            return
+        if self.summary_bar is None:
+            self.summary_bar = tqdm(
+                total=len(self.shown),
+                desc=self.label + "models",
+                bar_format="{desc} |{bar:24}| {postfix[0]}",
+                postfix=[""],
+                file=self.stream,
+                position=next(self.positions),
+                leave=True,
+            )
+        self.summary_bar.total = len(self.shown)
+        self.summary_bar.n = len(self.settled)
+        self.summary_bar.postfix[0] = f"{counts}  {elapsed:6.1f}s"
+        self.summary_bar.refresh()
+
+    def _show(self, name: str, state: str, elapsed: float, final: bool = False) -> None:
+        changed = self._note(name, state, final)
+        if changed is None:
+            return
+        if self.many:
+            if state == "FAILED" and name not in self.failures_shown:
+                self.failures_shown.add(name)
+                line = f"[{elapsed:6.1f}s] {self.label}{name} FAILED"
+                if self.plain:
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
+                else:
+                    tqdm.write(line, file=self.stream)
+            return
         if self.plain:
             if changed:
                 self.printed_until = max(self.printed_until, elapsed)
@@ -229,16 +307,22 @@ class StateWatcher:
             seconds = ended if seconds is None else min(seconds, ended)
             return max(seconds, self.printed_until) if self.plain else seconds
 
+        if self.many is None:
+            self.many = len(entries) > MANY_MODELS
         if self.plain:
             entries = sorted(entries, key=settled)
         for entry in entries:
             self._show(entry.name, str(entry.status), settled(entry), final=True)
+        if self.many:
+            self._show_counts(ended, final=True)
         self.close()
 
     def close(self) -> None:
         self.stop()
         for bar in self.bars.values():
             bar.close()
+        if self.summary_bar is not None:
+            self.summary_bar.close()
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - the poll thread may still hold it
