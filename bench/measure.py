@@ -24,6 +24,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2
 
+from triton_warmup import HELPER_MODEL
 from triton_warmup import example_models as gen_model
 from triton_warmup import libtorch_backend
 from triton_warmup.helper.preflight_record import record_path
@@ -133,6 +134,27 @@ class Shape:
     @property
     def label(self) -> str:
         return f"g{self.group}xb{self.batch}"
+
+
+def memory_kib(pid: int) -> Dict[str, int]:
+    """VmHWM (peak) and VmRSS of a process, in KiB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def helper_stub(server_pid: int) -> int:
+    """The pid of the Python-backend stub that runs warmup_helper."""
+    with open(f"/proc/{server_pid}/task/{server_pid}/children") as children:
+        for pid in children.read().split():
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if f"/{HELPER_MODEL}/".encode() in cmdline.read():
+                    return int(pid)
+    raise RuntimeError("no warmup_helper stub found")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

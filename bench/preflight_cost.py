@@ -30,7 +30,7 @@ import time
 from typing import Dict, List, Optional
 
 from triton_warmup import HELPER_MODEL as HELPER
-from bench.measure import PROJECT_ROOT, Session, copy_repository, results_header, run_record
+from bench.measure import PROJECT_ROOT, Session, copy_repository, helper_stub, memory_kib, results_header, run_record
 from bench.report import write_results
 
 import torch
@@ -70,27 +70,6 @@ def write_model(repository: pathlib.Path, layers: int) -> int:
         instance_group [ {{ count: 1 kind: KIND_CPU }} ]
         """))
     return (model_dir / "1" / "model.pt").stat().st_size
-
-
-def memory_kib(pid: int) -> Dict[str, int]:
-    """VmHWM (peak) and VmRSS of a process, in KiB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                values[key] = int(rest.split()[0])
-    return values
-
-
-def helper_stub(server_pid: int) -> int:
-    """The pid of the Python-backend stub that runs warmup_helper."""
-    with open(f"/proc/{server_pid}/task/{server_pid}/children") as children:
-        for pid in children.read().split():
-            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-                if f"/{HELPER}/".encode() in cmdline.read():
-                    return int(pid)
-    raise RuntimeError("no warmup_helper stub found")
 
 
 def one_run(workdir: pathlib.Path, layers: int, preflight: bool, max_model_bytes: int, read_only: bool) -> Dict:

@@ -203,3 +203,24 @@ def test_the_s3_benchmark_reports_both_sources(tmp_path):
     assert runs["s3"]["samples"] == runs["folder"]["samples"] == {"model-v1": 32}
     page = (tmp_path / "s3_benchmark.md").read_text()
     assert "| model-v1 to READY |" in page and "S3 / folder" in page
+
+
+def test_scale_benchmark_splits_the_helpers_time_and_runs_the_command_on_the_whole_repository(tmp_path):
+    finished = run_module("bench.scale_benchmark", "--sizes", "2", "--large-model-mib", "0", "--trials", "1",
+                          "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    (runs,) = json.loads((tmp_path / "scale_benchmark.json").read_text())["repositories"]["2"]
+    first, restart = runs["first start"], runs["restart"]
+    assert (first["scratch_copies"], first["recorded"]) == (2, 0)
+    # The restart finds the record the first start left: no scratch copy.
+    assert (restart["scratch_copies"], restart["recorded"]) == (0, 2)
+    assert first["preflight_s"] > restart["preflight_s"] >= 0
+    for run in (first, restart):
+        assert run["load_s"] > 0 and run["helper_s"] > 0 and run["plan_s"] > 0
+        assert run["stub_peak_mib"] > run["stub_growth_mib"] >= 0
+    cli = runs["triton-warmup --all"]
+    # Output to a pipe: a line per model and change, READY last.
+    assert cli["models"] == 2 and cli["progress_lines"] >= 2 and cli["last_progress_line"].endswith("READY")
+    assert 0 < cli["client_peak_mib"] < 1024
+    markdown = (tmp_path / "scale_benchmark.md").read_text()
+    assert "| 2 | restart |" in markdown and "## `triton-warmup --all`" in markdown
