@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from triton_warmup.helper.config_cache import cached_config, keep_config
 from triton_warmup.helper.repository_guard import CONFIG_FILENAME, backup_path, remove_backup, write_atomically
 from triton_warmup.helper.warmup_plan import GENERATED_PREFIX
 from triton_warmup.helper.request import NOT_FOUND, WarmupRequestError
@@ -106,7 +107,9 @@ def read_config(model_dir: pathlib.Path) -> Tuple[bytes, model_config_pb2.ModelC
         raise WarmupRequestError(
             "MODELS", f"'{model_dir.name}' has no {CONFIG_FILENAME}", NOT_FOUND
         ) from None
-    return text, parse_config(text, str(path))
+    # A restart finds the binary its last load kept (config_cache).
+    config = cached_config(model_dir, text)
+    return text, config if config is not None else parse_config(text, str(path))
 
 
 class ConfigRewrite:
@@ -140,6 +143,7 @@ class ConfigRewrite:
         # holds this plan keeps its bytes (and its comments).
         self.changed = self.config != current or bool(self.missing_data_files())
         self._applied = False
+        self._written: Optional[bytes] = None
         self._created: List[pathlib.Path] = []
 
     @property
@@ -175,7 +179,8 @@ class ConfigRewrite:
         try:
             for name in self.missing_data_files():
                 self._write_data_file(self._data_path(name), self.data_files[name])
-            write_atomically(self.path, render_config(self.config))
+            self._written = render_config(self.config)
+            write_atomically(self.path, self._written)
         except BaseException:
             self._remove_created()
             remove_backup(self.path.parent)
@@ -212,7 +217,15 @@ class ConfigRewrite:
 
     def commit(self) -> None:
         """The load succeeded: keep the new config and drop the backup."""
+        # Kept only where the file holds what Triton loaded: not after a
+        # load that took the planned config through the load API instead.
+        kept = (self._written, self.config) if self._applied else None if self.changed else (self.original, self.current)
         if self._applied:
             remove_backup(self.path.parent)
             self._applied = False
             self._created = []
+        if kept is not None:
+            try:
+                keep_config(self.path.parent, *kept)
+            except OSError:
+                pass  # it only saves the next reader a parse
