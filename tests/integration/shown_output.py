@@ -42,7 +42,7 @@ import numpy as np
 import tritonclient.http as httpclient
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
-DOCUMENTS = ["README.md", "docs/clients.md", "docs/request.md", "docs/traffic.md", "docs/safety.md",
+DOCUMENTS = ["README.md", "docs/clients.md", "docs/request.md", "docs/traffic.md", "docs/safety.md", "docs/object-storage.md",
              "deploy/README.md"]
 MARKER = re.compile(r"^<!-- (?P<kind>shown|file): (?P<scenario>[\w-]+)(/(?P<file>[\w./-]+))? -->$")
 # The docs' stand-ins for a scenario's own URLs, and for the checkout's path
