@@ -15,7 +15,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from triton_warmup.helper.config_cache import cache_path
 from triton_warmup.helper.config_rewrite import read_config
+from triton_warmup.helper.preflight_record import record_path
 from repository_fixtures import PROJECT_REPOSITORY, RecordingControl, snapshot, warmup_request
 from triton_warmup.helper.repository_guard import (
     backup_path,
@@ -139,6 +141,24 @@ def test_clean_repository_removes_stale_temp_files_but_not_under_a_held_lock(rep
     release(lock_holder)
     assert len(clean_repository(repository)[0]) == 2
     assert not stale_temp_files(repository / "model-v1") and not half_backups["model-v1"].exists()
+
+
+def test_clean_repository_removes_a_dead_writers_half_written_record_and_parsed_config(repository, lock_holder):
+    # What write_atomically leaves when killed while writing the files kept
+    # beside each model: the preflight record and the parsed config.
+    halves = {
+        name: [repository / f".{path.name}.k1ll3d.tmp"
+               for path in (record_path(repository / name), cache_path(repository / name))]
+        for name in ("model-v1", "model-v2")
+    }
+    for paths in halves.values():
+        for path in paths:
+            path.write_bytes(b"half")
+    removed, _ = clean_repository(repository)
+    assert sorted(removed) == sorted(str(path) for path in halves["model-v2"])
+    assert all(path.exists() for path in halves["model-v1"])  # its lock is held: a live writer's
+    release(lock_holder)
+    assert sorted(clean_repository(repository)[0]) == sorted(str(path) for path in halves["model-v1"])
 
 
 def test_clean_repository_removes_a_dead_preflights_scratch_folder_but_not_what_it_links(repository, lock_holder):

@@ -30,9 +30,8 @@ from typing import Optional
 
 from tritonclient.grpc import model_config_pb2
 
-from triton_warmup.helper.repository_guard import folder_unwritable_reason, write_atomically
+from triton_warmup.helper.repository_guard import PARSED_CONFIG_SUFFIX, folder_unwritable_reason, write_atomically
 
-CACHE_SUFFIX = ".config.binpb"
 _MAGIC = b"triton-warmup parsed config 1\n"
 _DIGEST_BYTES = 32
 # The schema the binary was made with: a text parses differently under another.
@@ -40,7 +39,7 @@ _SCHEMA = hashlib.sha256(model_config_pb2.DESCRIPTOR.serialized_pb).digest()
 
 
 def cache_path(model_dir: pathlib.Path) -> pathlib.Path:
-    return model_dir.parent / f".{model_dir.name}{CACHE_SUFFIX}"
+    return model_dir.parent / f".{model_dir.name}{PARSED_CONFIG_SUFFIX}"
 
 
 def _text_digest(text: bytes) -> bytes:

@@ -39,9 +39,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.config_rewrite import WARMUP_DATA_FOLDER
-from triton_warmup.helper.repository_guard import unwritable_reason, write_atomically
+from triton_warmup.helper.repository_guard import RECORD_SUFFIX, unwritable_reason, write_atomically
 
-RECORD_SUFFIX = ".warmup-preflight.json"
 FORMAT = 1
 
 

@@ -46,6 +46,11 @@ TEMP_FILE_GLOB = ".config.pbtxt.*.tmp"
 # ".<model>" + this, in the repository folder: the model's config as it was
 # before the rewrite whose load has not settled yet.
 BACKUP_SUFFIX = ".config.pbtxt.before-warmup"
+# ".<model>" + these, in the repository folder too: the preflight record
+# (``preflight_record``) and the parsed config (``config_cache``).
+RECORD_SUFFIX = ".warmup-preflight.json"
+PARSED_CONFIG_SUFFIX = ".config.binpb"
+_BESIDE_MODEL_SUFFIXES = (BACKUP_SUFFIX, RECORD_SUFFIX, PARSED_CONFIG_SUFFIX)
 # The preflight's scratch copy of model M is the hidden folder <repository>/<prefix>M.
 SCRATCH_PREFIX = ".warmup_helper.preflight."
 # A repository folder holding this file is read-only to the helper, for the
@@ -323,13 +328,18 @@ def clean_repository(repository: pathlib.Path) -> Tuple[List[str], List[str]]:
     listed once here, not on every model's load.
     """
     entries = sorted(repository.iterdir())
-    backup_temps = [entry for entry in entries if entry.name.endswith(".tmp") and BACKUP_SUFFIX in entry.name]
+    # What write_atomically leaves of a file beside a model when killed.
+    backup_temps = [
+        entry for entry in entries
+        if entry.name.endswith(".tmp") and any(suffix in entry.name for suffix in _BESIDE_MODEL_SUFFIXES)
+    ]
     removed, restored = [], []
     for model_dir in entries:
         if model_dir.name.startswith(".") or not model_dir.is_dir():
             continue
         own_backup_temps = [
-            path for path in backup_temps if path.name.startswith(f".{backup_path(model_dir).name}.")
+            path for path in backup_temps
+            if any(path.name.startswith(f"..{model_dir.name}{suffix}.") for suffix in _BESIDE_MODEL_SUFFIXES)
         ]
         scratch = scratch_folder(model_dir)
         if not (
