@@ -219,7 +219,12 @@ class ConfigRewrite:
         """The load succeeded: keep the new config and drop the backup."""
         # Kept only where the file holds what Triton loaded: not after a
         # load that took the planned config through the load API instead.
-        kept = (self._written, self.config) if self._applied else None if self.changed else (self.original, self.current)
+        if self._applied:
+            kept = (self._written, self.config)
+        elif not self.changed:
+            kept = (self.original, self.current)
+        else:
+            kept = None
         if self._applied:
             remove_backup(self.path.parent)
             self._applied = False
