@@ -146,6 +146,9 @@ class CompileRecord(_Record):
         graphs: graphs torch.compile made (traced, then compiled or taken
             from the cache), summed over instances.
         cache_hits, cache_misses: Inductor's FX graph cache, summed.
+        traced_from_cache: functions whose Dynamo output (traced code and
+            its compiled graphs) came from Dynamo's own cache, so nothing was
+            traced for them (the shim's ``caching precompile``), summed.
         preflight_graphs, preflight_cache_hits, preflight_cache_misses: the
             same for the preflight's scratch copy, which compiles into the
             same cache before the load (0 when it did not run).
@@ -158,6 +161,7 @@ class CompileRecord(_Record):
     graphs: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    traced_from_cache: int = 0
     preflight_graphs: int = 0
     preflight_cache_hits: int = 0
     preflight_cache_misses: int = 0

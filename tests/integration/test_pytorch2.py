@@ -176,9 +176,51 @@ def test_a_restart_reuses_the_cache_and_the_preflight_record(restarted):
     server, entry = restarted
     assert entry.preflight.how == PREFLIGHT_RECORD
     assert entry.compile.verdict == COMPILE_REUSED
-    assert entry.compile.cache_misses == 0 and entry.compile.cache_hits > 0
+    # Dynamo's own cache (the shim's keyed folder): nothing is traced again.
+    assert entry.compile.cache_misses == 0 and entry.compile.graphs == 0
+    assert entry.compile.traced_from_cache > 0
     send_each_planned_shape(server, MODEL)
     assert compile_lines_after_ready(server, MODEL) == []
+    # What it runs is the model's code: the same outputs as the module run eagerly.
+    for batch, group in ((1, 1), (2, 3)):
+        x, mask = example_inputs(batch, group)
+        np.testing.assert_allclose(served_output(server, x, mask), eager_output(server.model_repository, x, mask),
+                                   rtol=1e-4, atol=OUTPUT_ATOL)
+
+
+# Compiled and eager float results differ by reordering, far below what a
+# change of computation (ReLU for GELU) moves them.
+OUTPUT_ATOL = 1e-5
+
+
+def example_inputs(batch: int, group: int):
+    rng = np.random.default_rng(batch * 100 + group)
+    x = rng.normal(size=(batch, group, example_models.FEATURE_DIMS[TORCHSCRIPT])).astype(np.float32) * 2
+    return x, np.ones((batch, group), np.int64)
+
+
+def served_output(server, x, mask):
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        inputs = [httpclient.InferInput("x", list(x.shape), "FP32"), httpclient.InferInput("mask", list(mask.shape), "INT64")]
+        inputs[0].set_data_from_numpy(x)
+        inputs[1].set_data_from_numpy(mask)
+        return client.infer(MODEL, inputs).as_numpy("output")
+
+
+def eager_output(repository: pathlib.Path, x, mask):
+    """The model's module file and weights, run in this process without torch.compile."""
+    import importlib.util
+
+    import torch
+
+    version = repository / MODEL / "1"
+    spec = importlib.util.spec_from_file_location(f"eager_{MODEL.replace('-', '_')}", version / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.MaskedPoolingEncoder()
+    model.load_state_dict(torch.load(str(version / "model.pt")))
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(x), torch.from_numpy(mask)).numpy()
 
 
 def other_compile_options(path: pathlib.Path) -> None:
@@ -188,8 +230,8 @@ def other_compile_options(path: pathlib.Path) -> None:
 
 
 def other_computation(path: pathlib.Path) -> None:
-    # The same weights, another computation: GELU's tanh approximation.
-    path.write_text(path.read_text().replace("torch.nn.GELU()", 'torch.nn.GELU(approximate="tanh")'))
+    # The same weights, another computation: ReLU for GELU, in the same line.
+    path.write_text(path.read_text().replace("torch.nn.GELU()", "torch.nn.ReLU()"))
 
 
 @pytest.mark.parametrize("path, change", [("config.pbtxt", other_compile_options), ("1/model.py", other_computation)],
@@ -200,11 +242,71 @@ def test_a_change_to_what_is_compiled_compiles_again(restarted, path, change):
     original = changed.read_bytes()
     change(changed)
     assert changed.read_bytes() != original
+    x, mask = example_inputs(2, 3)
+    before = served_output(server, x, mask)
     try:
         entry = warm(server)
         assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
+        assert entry.compile.graphs > 0 and entry.compile.traced_from_cache == 0
+        after = served_output(server, x, mask)
+        if path.endswith("model.py"):
+            # The edited forward runs, not code traced from the old one.
+            expected = eager_output(server.model_repository, x, mask)
+            assert np.abs(expected - before).max() > 10 * OUTPUT_ATOL
+            np.testing.assert_allclose(after, expected, rtol=1e-4, atol=OUTPUT_ATOL)
     finally:
         changed.write_bytes(original)
+
+
+# A submodule whose class is made inside a function: Dynamo cannot save a
+# reference to it, so with its cache on, torch.compile fails ("defined in
+# local scope") instead of compiling.
+UNPICKLABLE_GUARD = """
+import torch
+
+
+def make_doubler():
+    class Doubler(torch.nn.Module):
+        def forward(self, x):
+            return x * 2.0
+
+    return Doubler()
+
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = make_doubler()
+
+    def forward(self, x):
+        return self.inner(x)
+"""
+
+
+def test_a_model_whose_guards_cannot_be_saved_still_serves(restarted):
+    """Dynamo's cache is experimental: where it fails a compile, the shim
+    turns it off for that process and compiles again."""
+    server, _ = restarted
+    name = "local-class-doubler"
+    folder = server.model_repository / name
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.py").write_text(UNPICKLABLE_GUARD)
+    (folder / "config.pbtxt").write_text(
+        f'name: "{name}" backend: "pytorch" runtime: "model.py" max_batch_size: 0 '
+        'input [{ name: "x" data_type: TYPE_FP32 dims: [ 3 ] }] '
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [ 3 ] }]'
+    )
+    try:
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            client.load_model(name)
+            x = httpclient.InferInput("x", [3], "FP32")
+            x.set_data_from_numpy(np.array([1.0, 2.0, 3.0], np.float32))
+            result = client.infer(name, [x]).as_numpy("y")
+            client.unload_model(name)
+        np.testing.assert_array_equal(result, [2.0, 4.0, 6.0])
+        assert f"Dynamo's cache is off for '{name}'" in server.log_text()
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_a_torchscript_model_loaded_after_a_pytorch2_one_runs_in_the_python_runtime(restarted):

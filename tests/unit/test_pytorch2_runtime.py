@@ -18,8 +18,7 @@ TRITON_RUNTIME = "# Triton's PyTorch 2 runtime\nclass TritonPythonModel:\n    pa
 
 
 def shim_constants():
-    """The module-level string constants of the shim, read without importing it
-    (it imports triton_python_backend_utils, which only a Triton stub has)."""
+    """The module-level string constants of the shim, read without running it."""
     tree = ast.parse(pytorch2.shim_source().read_text())
     return {
         node.targets[0].id: node.value.value
@@ -157,3 +156,66 @@ def test_the_report_carries_the_record_and_the_table_says_it():
     compiled = CompileRecord(verdict=COMPILE_COMPILED, graphs=7, cache_hits=2, cache_misses=5)
     assert compile_note(compiled) == "torch.compile: 7 graphs, 5 compiled, 2 from the cache"
     assert "unknown" in compile_note(CompileRecord())
+
+
+def test_functions_from_dynamos_cache_count_as_reuse_and_the_table_says_so(tmp_path):
+    now = time.time()
+    folder = tmp_path / pytorch2.STATUS_FOLDER / "m" / "1"
+    folder.mkdir(parents=True)
+    (folder / "a.json").write_text(json.dumps({
+        "started": now,
+        "counts": {"dynamo_cache.dynamo_cache_hit": 3, "stats.unique_graphs": 0, "inductor.fxgraph_cache_miss": 0},
+    }))
+    record = read_compile_record(str(tmp_path), "m", ["1"], now)
+    assert (record.verdict, record.graphs, record.traced_from_cache) == (COMPILE_REUSED, 0, 3)
+    assert compile_note(record) == "torch.compile: nothing traced, 3 functions from Dynamo's cache"
+    partly = CompileRecord(verdict=COMPILE_COMPILED, graphs=2, cache_misses=2, traced_from_cache=3)
+    assert compile_note(partly) == "torch.compile: 2 graphs, 2 compiled, 0 from the cache, 3 functions from Dynamo's cache"
+
+
+def shim_module():
+    """The shim itself, imported outside Triton: at import it needs only the
+    standard library (it sets the process's LC_CTYPE to a UTF-8 locale)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("triton_warmup_runtime_shim", pytorch2.shim_source())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dynamos_cache_key_changes_with_everything_the_traced_code_depends_on(tmp_path):
+    key = shim_module().dynamo_cache_key
+    version = tmp_path / "1"
+    version.mkdir()
+    (version / "model.py").write_text("class Net: ...\n")
+    (version / "model.pt").write_bytes(b"weights")
+    runtime = tmp_path / "runtime.py"
+    runtime.write_text("# runtime\n")
+    versions = {"python": "3.11", "torch": "2.13.0", "kind": "CPU", "module": "m"}
+    parameters = {"NUM_THREADS": {"string_value": "1"}}
+
+    def current():
+        return key(version, parameters, [runtime], versions)
+
+    first = current()
+    assert current() == first and len(first) == 64
+    (version / "__pycache__").mkdir()
+    (version / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"bytecode")
+    assert current() == first, "bytecode Python writes beside the model is not the model"
+
+    seen = {first}
+
+    def changed(edit):
+        edit()
+        now = current()
+        assert now not in seen
+        seen.add(now)
+
+    changed(lambda: (version / "model.py").write_text("class Net: pass\n"))
+    changed(lambda: (version / "model.pt").write_bytes(b"other weights"))
+    changed(lambda: (version / "extra.json").write_text("{}"))
+    changed(lambda: parameters.update(TORCH_COMPILE_OPTIONAL_PARAMETERS={"string_value": '{"mode": "max-autotune"}'}))
+    changed(lambda: runtime.write_text("# runtime, another release\n"))
+    changed(lambda: versions.update(torch="2.14.0"))
+    changed(lambda: versions.update(module="m-copy"))

@@ -313,7 +313,13 @@ def compile_note(record: CompileRecord) -> str:
             return f"{graphs} graphs, all from the cache"
         return f"{graphs} graphs, {misses} compiled, {hits} from the cache"
 
-    note = f"torch.compile: {counts(record.graphs, record.cache_misses, record.cache_hits)}"
+    dynamo = f"{record.traced_from_cache} functions from Dynamo's cache"
+    if record.traced_from_cache and not record.graphs:
+        note = f"torch.compile: nothing traced, {dynamo}"
+    else:
+        note = f"torch.compile: {counts(record.graphs, record.cache_misses, record.cache_hits)}"
+        if record.traced_from_cache:
+            note += f", {dynamo}"
     if record.preflight_graphs:
         note += (
             " (preflight: "

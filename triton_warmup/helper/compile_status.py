@@ -5,7 +5,7 @@ PyTorch 2 models (``backend: "pytorch"``, ``runtime: "model.py"``) run in
 the PyTorch backend's Python runtime, behind this project's shim
 (``triton_warmup/pytorch2/runtime.py``). The shim counts, in each instance's
 process, what torch's own counters say (graphs compiled, Inductor's FX graph
-cache hits and misses) and keeps the counts in a status file per process
+cache hits and misses, functions whose traced code came from Dynamo's cache) and keeps the counts in a status file per process
 under ``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/<model>/<version>/``.
 The helper runs in the same server, so it sees the same variable; after a
 load it sums the files that instances of that load wrote.
@@ -56,9 +56,10 @@ def _statuses(folder: pathlib.Path, since: float) -> Iterable[dict]:
             yield status
 
 
-def _sum(cache_dir: str, model: str, versions: Iterable[str], since: float) -> Tuple[int, int, int, int]:
-    """(instances, graphs, cache hits, cache misses) of ``model``'s instances since ``since``."""
-    instances = graphs = hits = misses = 0
+def _sum(cache_dir: str, model: str, versions: Iterable[str], since: float) -> Tuple[int, int, int, int, int]:
+    """(instances, graphs, cache hits, cache misses, functions traced from
+    Dynamo's cache) of ``model``'s instances since ``since``."""
+    instances = graphs = hits = misses = traced_from_cache = 0
     for version in versions:
         for status in _statuses(pathlib.Path(cache_dir) / STATUS_FOLDER / model / str(version), since):
             counts = status.get("counts", {})
@@ -66,7 +67,8 @@ def _sum(cache_dir: str, model: str, versions: Iterable[str], since: float) -> T
             graphs += int(counts.get("stats.unique_graphs", 0))
             hits += int(counts.get("inductor.fxgraph_cache_hit", 0))
             misses += int(counts.get("inductor.fxgraph_cache_miss", 0))
-    return instances, graphs, hits, misses
+            traced_from_cache += int(counts.get("dynamo_cache.dynamo_cache_hit", 0))
+    return instances, graphs, hits, misses, traced_from_cache
 
 
 def read_compile_record(
@@ -88,9 +90,10 @@ def read_compile_record(
         )
     versions = list(versions)
     record = CompileRecord(cache_dir=cache_dir)
-    record.instances, record.graphs, record.cache_hits, record.cache_misses = _sum(cache_dir, model, versions, since)
+    (record.instances, record.graphs, record.cache_hits, record.cache_misses,
+     record.traced_from_cache) = _sum(cache_dir, model, versions, since)
     if scratch:
-        _, record.preflight_graphs, record.preflight_cache_hits, record.preflight_cache_misses = _sum(
+        _, record.preflight_graphs, record.preflight_cache_hits, record.preflight_cache_misses, _ = _sum(
             cache_dir, scratch, versions, since
         )
     if record.instances == 0:

@@ -29,6 +29,20 @@ every call to it. It adds what the stub lacks, and changes nothing else:
   the same counts go to a small JSON file per instance under
   ``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/``, which the warmup helper
   reads to report whether a load compiled or reused the cache.
+* **Dynamo's traced code kept across restarts.** Inductor's cache keeps
+  compiled graphs, but Dynamo traces the Python code again in every new
+  process, which is most of what a restart still pays. torch's own
+  "caching precompile" (``torch._dynamo.config.caching_precompile``,
+  experimental in torch 2.13) keeps Dynamo's output too, keyed by a
+  function's name and first line only. So the shim turns it on only when
+  ``TORCHINDUCTOR_CACHE_DIR`` is set and ``TORCH_CACHING_PRECOMPILE`` is
+  not, and keeps each model's entries in a folder of their own, named by a
+  SHA-256 of what the traced code depends on: the model's version folder
+  (every file), the config's ``parameters`` (the compile options among
+  them), the runtime's files, and the Python and torch versions. After an
+  ``execute`` that traced anything, it saves them
+  (``torch.compiler.save_cache_artifacts``); the next process with the same
+  key starts from them.
 * **An error in the log when Triton sends it a TorchScript model.** Triton
   2.51 keeps one 'pytorch' backend per server: when a PyTorch 2 model loads
   first, every later TorchScript model comes here instead of to the native
@@ -40,12 +54,14 @@ once an instance initializes, so it ships into any Triton image on its own
 (``triton-warmup-install-runtime``).
 """
 
+import hashlib
 import importlib.util
 import json
 import locale
 import os
 import pathlib
 import socket
+import sys
 import time
 
 # Triton's runtime, renamed so that this file can take its place.
@@ -53,6 +69,10 @@ UPSTREAM_RUNTIME_FILE = "triton_pytorch_runtime.py"
 # Under $TORCHINDUCTOR_CACHE_DIR: one status file per model instance's process.
 STATUS_FOLDER = "triton_warmup_loads"
 STATUS_FORMAT = 1
+# Under $TORCHINDUCTOR_CACHE_DIR: Dynamo's saved packages, one folder per key.
+DYNAMO_FOLDER = "triton_warmup_dynamo"
+# torch's own switch for its Dynamo cache; the shim leaves it alone when set.
+PRECOMPILE_VARIABLE = "TORCH_CACHING_PRECOMPILE"
 # The counters that say what torch.compile did (torch._dynamo.utils.counters).
 COUNTERS = (
     ("stats", "unique_graphs"),
@@ -60,6 +80,9 @@ COUNTERS = (
     ("inductor", "fxgraph_cache_miss"),
     ("aot_autograd", "autograd_cache_hit"),
     ("aot_autograd", "autograd_cache_miss"),
+    ("dynamo_cache", "dynamo_cache_hit"),
+    ("dynamo_cache", "dynamo_cache_miss"),
+    ("dynamo_cache", "dynamo_cache_error"),
 )
 
 
@@ -113,6 +136,31 @@ def _counts():
     return {f"{group}.{name}": int(counters[group][name]) for group, name in COUNTERS}
 
 
+def dynamo_cache_key(version_folder, parameters, runtime_files, versions):
+    """A SHA-256 of everything Dynamo's saved code for a model depends on
+    beyond what its guards check: the files of the model's version folder
+    (names and bytes), the config's parameters, the runtime's files, and the
+    versions. torch keys its packages by a function's name and first line,
+    so without this, an edited ``forward`` at the same line would run the
+    code traced from the old one."""
+    digest = hashlib.sha256()
+
+    def part(label, data):
+        digest.update(f"{label}\0{len(data)}\0".encode())
+        digest.update(data)
+
+    for name, value in sorted(versions.items()):
+        part("version " + name, str(value).encode())
+    part("parameters", json.dumps(parameters, sort_keys=True).encode())
+    for path in runtime_files:
+        part("runtime " + pathlib.Path(path).name, pathlib.Path(path).read_bytes())
+    root = pathlib.Path(version_folder)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.relative_to(root).parts:
+            part("file " + path.relative_to(root).as_posix(), path.read_bytes())
+    return digest.hexdigest()
+
+
 def _shapes(requests):
     shapes = []
     for request in requests:
@@ -126,6 +174,7 @@ class TritonPythonModel:
 
     def initialize(self, args):
         upstream = _load_upstream()
+        self._upstream = upstream
         self._torch, self._pb_utils = upstream.torch, upstream.pb_utils
         self._runtime = upstream.TritonPythonModel()
         self._status_path = None
@@ -155,10 +204,77 @@ class TritonPythonModel:
                 "TorchScript model before any PyTorch 2 model (warmup_helper does, within one request), or serve "
                 "the two kinds from separate servers (docs/pytorch2.md)"
             )
+        self._dynamo_folder = self._keep_dynamo_output(args, cache_dir)
+        self._status["dynamo_cache"] = str(self._dynamo_folder) if self._dynamo_folder else None
         before = _counts()
-        self._runtime.initialize(args)
+        try:
+            self._runtime.initialize(args)
+        except Exception as error:
+            if self._dynamo_folder is None:
+                raise
+            # Dynamo's cache is experimental: a saved package it cannot
+            # install fails torch.compile itself. The model must load anyway.
+            self._turn_dynamo_cache_off(error, recompile=False)
+            self._runtime = upstream.TritonPythonModel()
+            self._runtime.initialize(args)
         self._compile_batching_for_single_requests()
         self._record("initialize", before, [])
+
+    def _keep_dynamo_output(self, args, cache_dir):
+        """Turn on torch's Dynamo cache in a folder keyed for this model
+        (``dynamo_cache_key``); the folder, or None when it stays off."""
+        torch = self._torch
+        if not cache_dir or os.environ.get(PRECOMPILE_VARIABLE):
+            return None  # no lasting cache to keep it in, or the user decided
+        if "." in args["model_name"]:
+            # The runtime names the user's module after the model, and Dynamo
+            # saves references to its classes by that name, which pickle then
+            # imports: a dotted name reads as a package path (the preflight's
+            # scratch copies are ".warmup_helper.preflight.<model>").
+            return None
+        try:
+            from torch._dynamo import package as dynamo_package  # noqa: PLC0415 - torch is imported by then
+
+            config = json.loads(args["model_config"])
+            version_folder = pathlib.Path(args["model_repository"]) / args["model_version"]
+            key = dynamo_cache_key(
+                version_folder,
+                config.get("parameters", {}),
+                [__file__, pathlib.Path(__file__).with_name(UPSTREAM_RUNTIME_FILE)],
+                {
+                    "python": sys.version,
+                    "torch": torch.__version__,
+                    "kind": args.get("model_instance_kind", ""),
+                    # Saved guards name the user's classes by module, which the runtime names after the model.
+                    "module": args["model_name"],
+                },
+            )
+            folder = pathlib.Path(cache_dir) / DYNAMO_FOLDER / key
+            self._register_modules()
+            # Every reader and writer of torch's one DynamoCache asks it for
+            # this; the instance attribute shadows its method.
+            dynamo_package.DynamoCache.path_prefix = lambda: str(folder)
+            torch._dynamo.config.caching_precompile = True
+        except Exception as error:  # noqa: BLE001 - an experimental torch API; the model works without it
+            self._pb_utils.Logger.log_warn(f"Dynamo's cache stays off for '{args['model_name']}': {error!r}")
+            return None
+        return folder
+
+    def _register_modules(self):
+        """Put Triton's runtime, and the user's module once the runtime
+        imports it, in ``sys.modules``: Dynamo saves references to the
+        classes and functions it guards on by module name, and both are
+        loaded from files, under names that import cannot find otherwise."""
+        upstream = self._upstream
+        sys.modules.setdefault(upstream.__name__, upstream)
+        import_from_file = upstream._import_module_from_path
+
+        def import_and_register(module_name, file_path):
+            module = import_from_file(module_name, file_path)
+            sys.modules.setdefault(module_name, module)
+            return module
+
+        upstream._import_module_from_path = import_and_register
 
     def _compile_batching_for_single_requests(self):
         runtime, torch = self._runtime, self._torch
@@ -199,9 +315,37 @@ class TritonPythonModel:
 
     def execute(self, requests):
         before = _counts()
-        responses = self._runtime.execute(requests)
+        try:
+            responses = self._runtime.execute(requests)
+        except Exception as error:
+            if self._dynamo_folder is None or not isinstance(error, self._torch._dynamo.exc.TorchDynamoException):
+                raise
+            # Dynamo's cache is experimental: a guard it cannot save (a
+            # lambda, say) fails the compile. The model must work anyway.
+            self._turn_dynamo_cache_off(error)
+            responses = self._runtime.execute(requests)
         self._record("execute", before, requests)
         return responses
+
+    def _turn_dynamo_cache_off(self, error, recompile=True):
+        """Turn Dynamo's cache off in this process; with ``recompile``, wrap
+        the runtime's functions in torch.compile again, as it does."""
+        torch, runtime, upstream = self._torch, self._runtime, self._upstream
+        self._pb_utils.Logger.log_warn(
+            f"Dynamo's cache is off for '{self._status['model']}' in this process: {error!r}"
+        )
+        self._dynamo_folder = None
+        self._status["dynamo_cache"] = None
+        torch._dynamo.config.caching_precompile = False
+        torch._dynamo.reset()
+        if not recompile:
+            return
+        params = upstream._get_torch_compile_params(runtime._model_config)
+        if runtime._support_batching:
+            runtime._gather = torch.compile(upstream._gather_torch_tensors, **params)
+            runtime._scatter = torch.compile(upstream._scatter_torch_tensors, **params)
+        if hasattr(runtime, "_raw_model"):
+            runtime._model = torch.compile(runtime._raw_model, **params)
 
     def finalize(self):
         # The status file stays: the helper reads the preflight's scratch
@@ -215,6 +359,8 @@ class TritonPythonModel:
         change = {key: after[key] - before[key] for key in after}
         if where == "execute":
             self._status["executes_that_compiled"] += 1
+        if self._dynamo_folder is not None and change["stats.unique_graphs"]:
+            self._save_dynamo_output()
         self._pb_utils.Logger.log_info(
             f"torch.compile in {where} of '{self._status['model']}' version {self._status['version']}: "
             f"{json.dumps(change, sort_keys=True)} for request shapes {json.dumps(_shapes(requests))}"
@@ -222,6 +368,14 @@ class TritonPythonModel:
         self._status.update(updated=time.time(), counts=after)
         if self._status_path is not None:
             self._write_status()
+
+    def _save_dynamo_output(self):
+        # torch writes each package to a temporary file and renames it in:
+        # two replicas saving at once leave one whole package.
+        try:
+            self._torch.compiler.save_cache_artifacts()
+        except Exception as error:  # noqa: BLE001 - the next start traces again, nothing worse
+            self._pb_utils.Logger.log_warn(f"could not save Dynamo's cache to {self._dynamo_folder}: {error!r}")
 
     def _write_status(self):
         # Written beside and renamed over: a reader never sees half a file.
