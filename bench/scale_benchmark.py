@@ -17,8 +17,10 @@ loaded at start):
   loaded through the Model Loading API by a plain client, no helper
   involved: the floor any warmup through Triton's `model_warmup` pays.
 
-Times are from the request (or the first load) to every model READY, by the
-client, medians of the trials. For the helper's runs the report splits each
+Within a trial the first start runs first (the others load what it wrote);
+the other three take turns in order from trial to trial. Times are from the
+request (or the first load) to every model READY, by the client, medians of
+the trials, and per trial as ratios to that trial's best Triton run. For the helper's runs the report splits each
 model's time into the preflight, Triton's load with its warmup and the
 helper's own time (summed over the models), and gives the planning before
 the first load; the helper's stub process gives its peak memory (VmHWM).
@@ -169,7 +171,16 @@ def cli_run(repository: pathlib.Path, workdir: pathlib.Path, models: int) -> Dic
     }
 
 
-def one_trial(workdir: pathlib.Path, repository_kind: str, with_cli: bool) -> Dict[str, Dict]:
+def run_order(trial: int) -> List[str]:
+    """The first start comes first: it rewrites the configs the other runs
+    load. The other three take turns by trial, so that no condition always
+    runs at the same point of a trial (after the same one)."""
+    later = list(CONDITIONS[1:])
+    shift = trial % len(later)
+    return [CONDITIONS[0]] + later[shift:] + later[:shift]
+
+
+def one_trial(workdir: pathlib.Path, repository_kind: str, with_cli: bool, trial: int = 0) -> Dict[str, Dict]:
     repository = workdir / "model_repository"
     if repository_kind.endswith("MiB"):
         names = large_model_repository(repository, int(repository_kind.split()[0]))
@@ -177,12 +188,13 @@ def one_trial(workdir: pathlib.Path, repository_kind: str, with_cli: bool) -> Di
     else:
         names = scaled_repository(repository, int(repository_kind))
         batch_sizes = BATCH_SIZES
-    runs = {
-        "first start": helper_run(repository, workdir / "first", names, batch_sizes),
-        "restart": helper_run(repository, workdir / "restart", names, batch_sizes),
-        "Triton, 1 at a time": triton_run(repository, workdir / "triton-1", names, 1),
-        "Triton, 4 at once": triton_run(repository, workdir / "triton-4", names, 4),
+    run_condition = {
+        "first start": lambda: helper_run(repository, workdir / "first", names, batch_sizes),
+        "restart": lambda: helper_run(repository, workdir / "restart", names, batch_sizes),
+        "Triton, 1 at a time": lambda: triton_run(repository, workdir / "triton-1", names, 1),
+        "Triton, 4 at once": lambda: triton_run(repository, workdir / "triton-4", names, 4),
     }
+    runs = {condition: run_condition[condition]() for condition in run_order(trial)}
     if with_cli:
         runs["triton-warmup --all"] = cli_run(repository, workdir / "cli", len(names))
     shutil.rmtree(workdir, ignore_errors=True)
@@ -200,7 +212,8 @@ def markdown(results: Dict) -> str:
         f"planned with group sizes 1..{GROUP_MAX} x batch sizes {BATCH_SIZES} (32 samples); and one large "
         f"TorchScript model, planned with group sizes 1..{GROUP_MAX} at batch size 1. A fresh tritonserver per "
         "run; client time from the request (or first load) to every model READY; medians of "
-        f"{results['settings']['trials']} trials.\n"
+        f"{results['settings']['trials']} trials. Within a trial the first start runs first (it rewrites the "
+        "configs); the other three take turns in order from trial to trial.\n"
     )
     rows = []
     for kind, trials in results["repositories"].items():
@@ -214,6 +227,14 @@ def markdown(results: Dict) -> str:
             rows.append((kind, condition, f"{medians[condition]:.2f}", f"{medians[condition] / best:.2f}x", extra))
     parts.append(table(("repository", "run", "seconds", "vs Triton's best", "preflight"), rows))
     parts.append("\nTargets: first start within 1.2x of Triton's best, restart within 1.05x.\n")
+    parts.append("\nPer trial, against the best of Triton's two runs of the same trial:\n")
+    for kind, trials in results["repositories"].items():
+        def ratios(condition: str) -> str:
+            return ", ".join(
+                f"{trial[condition]['seconds'] / min(trial[c]['seconds'] for c in CONDITIONS[2:]):.2f}x"
+                for trial in trials
+            )
+        parts.append(f"- {kind}: first start {ratios('first start')}; restart {ratios('restart')}")
 
     parts.append(
         "\n## Where the helper's time went\n\nFrom the helper's report, medians of the trials: the planning "
@@ -267,7 +288,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             trials = results["repositories"].setdefault(kind, [])
             for trial in range(args.trials):
                 with_cli = trial == args.trials - 1 and not kind.endswith("MiB")
-                runs = one_trial(workdir / f"{kind.replace(' ', '')}-{trial}", kind, with_cli)
+                runs = one_trial(workdir / f"{kind.replace(' ', '')}-{trial}", kind, with_cli, trial)
                 trials.append(runs)
                 print(f"{kind}, trial {trial + 1}: "
                       + ", ".join(f"{condition} {runs[condition]['seconds']:.2f} s" for condition in CONDITIONS),

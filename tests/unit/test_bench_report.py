@@ -64,3 +64,13 @@ def test_specialization_summary_groups_shapes_by_where_they_were_warmed():
     assert [bucket["above_1_5x"] for bucket in summary["buckets"]] == [0, 4]
     assert summary["marks"] == {12: 1.0, 16: 3.0}
     assert summary["buckets"][1]["worst_excess_us"] == pytest.approx(200.0)
+
+
+def test_the_scale_benchmark_runs_the_first_start_first_and_rotates_the_rest():
+    from bench.scale_benchmark import CONDITIONS, run_order
+
+    orders = [run_order(trial) for trial in range(3)]
+    assert all(order[0] == "first start" and sorted(order) == sorted(CONDITIONS) for order in orders)
+    # Over three trials each later condition takes each later place once.
+    for place in range(1, len(CONDITIONS)):
+        assert sorted(order[place] for order in orders) == sorted(CONDITIONS[1:])
