@@ -30,7 +30,8 @@ DEFAULT_BACKEND_FOLDER = pathlib.Path("/opt/tritonserver/backends/pytorch")
 
 
 # Inductor's cache folder, torch's own variable (FX graph and AOTAutograd
-# caches, compiled kernels); the shim also keeps its counts under it.
+# caches, compiled kernels); the shim also keeps its counts and Dynamo's
+# packages under it.
 CACHE_VARIABLE = "TORCHINDUCTOR_CACHE_DIR"
 
 
