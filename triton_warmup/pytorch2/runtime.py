@@ -210,7 +210,7 @@ class TritonPythonModel:
         try:
             self._runtime.initialize(args)
         except Exception as error:
-            if self._dynamo_folder is None:
+            if self._dynamo_folder is None or not self._raised_by_dynamo(error):
                 raise
             # Dynamo's cache is experimental: a saved package it cannot
             # install fails torch.compile itself. The model must load anyway.
@@ -318,7 +318,7 @@ class TritonPythonModel:
         try:
             responses = self._runtime.execute(requests)
         except Exception as error:
-            if self._dynamo_folder is None or not isinstance(error, self._torch._dynamo.exc.TorchDynamoException):
+            if self._dynamo_folder is None or not self._raised_by_dynamo(error):
                 raise
             # Dynamo's cache is experimental: a guard it cannot save (a
             # lambda, say) fails the compile. The model must work anyway.
@@ -326,6 +326,18 @@ class TritonPythonModel:
             responses = self._runtime.execute(requests)
         self._record("execute", before, requests)
         return responses
+
+    def _raised_by_dynamo(self, error):
+        """Whether ``error`` is Dynamo's, or came out of Dynamo's code (an
+        error of the user's model, or of the runtime, is not)."""
+        if isinstance(error, self._torch._dynamo.exc.TorchDynamoException):
+            return True
+        trace = error.__traceback__
+        while trace is not None:
+            if f"{os.sep}torch{os.sep}_dynamo{os.sep}" in trace.tb_frame.f_code.co_filename:
+                return True
+            trace = trace.tb_next
+        return False
 
     def _turn_dynamo_cache_off(self, error, recompile=True):
         """Turn Dynamo's cache off in this process; with ``recompile``, wrap
