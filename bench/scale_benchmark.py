@@ -20,10 +20,11 @@ loaded at start):
 Within a trial the first start runs first (the others load what it wrote);
 the other three take turns in order from trial to trial. Times are from the
 request (or the first load) to every model READY, by the client, medians of
-the trials, and per trial as ratios to that trial's best Triton run. For the helper's runs the report splits each
-model's time into the preflight, Triton's load with its warmup and the
-helper's own time (summed over the models), and gives the planning before
-the first load; the helper's stub process gives its peak memory (VmHWM).
+the trials, and per trial as ratios to that trial's best Triton run. For the
+helper's runs the report splits each model's time into the preflight,
+Triton's load with its warmup and the helper's own time (summed over the
+models), and gives the planning before the first load; the helper's stub
+process gives its peak memory (VmHWM).
 
 Once per repository of example models, `triton-warmup --all` itself runs
 on a fresh server on the rewritten repository, its output not a terminal:
@@ -228,13 +229,14 @@ def markdown(results: Dict) -> str:
     parts.append(table(("repository", "run", "seconds", "vs Triton's best", "preflight"), rows))
     parts.append("\nTargets: first start within 1.2x of Triton's best, restart within 1.05x.\n")
     parts.append("\nPer trial, against the best of Triton's two runs of the same trial:\n")
+
+    def ratios(trials: List[Dict], condition: str) -> str:
+        return ", ".join(
+            f"{trial[condition]['seconds'] / min(trial[c]['seconds'] for c in CONDITIONS[2:]):.2f}x" for trial in trials
+        )
+
     for kind, trials in results["repositories"].items():
-        def ratios(condition: str) -> str:
-            return ", ".join(
-                f"{trial[condition]['seconds'] / min(trial[c]['seconds'] for c in CONDITIONS[2:]):.2f}x"
-                for trial in trials
-            )
-        parts.append(f"- {kind}: first start {ratios('first start')}; restart {ratios('restart')}")
+        parts.append(f"- {kind}: first start {ratios(trials, 'first start')}; restart {ratios(trials, 'restart')}")
 
     parts.append(
         "\n## Where the helper's time went\n\nFrom the helper's report, medians of the trials: the planning "

@@ -201,7 +201,10 @@ def example_inputs(batch: int, group: int):
 
 def served_output(server, x, mask):
     with httpclient.InferenceServerClient(server.http_url) as client:
-        inputs = [httpclient.InferInput("x", list(x.shape), "FP32"), httpclient.InferInput("mask", list(mask.shape), "INT64")]
+        inputs = [
+            httpclient.InferInput("x", list(x.shape), "FP32"),
+            httpclient.InferInput("mask", list(mask.shape), "INT64"),
+        ]
         inputs[0].set_data_from_numpy(x)
         inputs[1].set_data_from_numpy(mask)
         return client.infer(MODEL, inputs).as_numpy("output")

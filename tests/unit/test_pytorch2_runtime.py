@@ -170,7 +170,9 @@ def test_functions_from_dynamos_cache_count_as_reuse_and_the_table_says_so(tmp_p
     assert (record.verdict, record.graphs, record.traced_from_cache) == (COMPILE_REUSED, 0, 3)
     assert compile_note(record) == "torch.compile: nothing traced, 3 functions from Dynamo's cache"
     partly = CompileRecord(verdict=COMPILE_COMPILED, graphs=2, cache_misses=2, traced_from_cache=3)
-    assert compile_note(partly) == "torch.compile: 2 graphs, 2 compiled, 0 from the cache, 3 functions from Dynamo's cache"
+    assert compile_note(partly) == (
+        "torch.compile: 2 graphs, 2 compiled, 0 from the cache, 3 functions from Dynamo's cache"
+    )
 
 
 def shim_module():

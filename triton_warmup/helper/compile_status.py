@@ -5,10 +5,11 @@ PyTorch 2 models (``backend: "pytorch"``, ``runtime: "model.py"``) run in
 the PyTorch backend's Python runtime, behind this project's shim
 (``triton_warmup/pytorch2/runtime.py``). The shim counts, in each instance's
 process, what torch's own counters say (graphs compiled, Inductor's FX graph
-cache hits and misses, functions whose traced code came from Dynamo's cache) and keeps the counts in a status file per process
-under ``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/<model>/<version>/``.
-The helper runs in the same server, so it sees the same variable; after a
-load it sums the files that instances of that load wrote.
+cache hits and misses, functions whose traced code came from Dynamo's
+cache) and keeps the counts in a status file per process under
+``$TORCHINDUCTOR_CACHE_DIR/triton_warmup_loads/<model>/<version>/``. The
+helper runs in the same server, so it sees the same variable; after a load
+it sums the files that instances of that load wrote.
 
 Pure Python: the files are read, nothing of Triton or torch is imported.
 """

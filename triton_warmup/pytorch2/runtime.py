@@ -39,7 +39,8 @@ every call to it. It adds what the stub lacks, and changes nothing else:
   not, and keeps each model's entries in a folder of their own, named by a
   SHA-256 of what the traced code depends on: the model's version folder
   (every file), the config's ``parameters`` (the compile options among
-  them), the runtime's files, and the Python and torch versions. After an
+  them), the runtime's files, the Python and torch versions, the instance
+  kind and the model's name (``dynamo_cache_key``). After an
   ``execute`` that traced anything, it saves them
   (``torch.compiler.save_cache_artifacts``); the next process with the same
   key starts from them.
@@ -320,16 +321,18 @@ class TritonPythonModel:
         except Exception as error:
             if self._dynamo_folder is None or not self._raised_by_dynamo(error):
                 raise
-            # Dynamo's cache is experimental: a guard it cannot save (a
-            # lambda, say) fails the compile. The model must work anyway.
+            # Dynamo's cache is experimental: a guard it cannot save (on a
+            # class made inside a function, say) fails the compile. The
+            # model must work anyway.
             self._turn_dynamo_cache_off(error)
             responses = self._runtime.execute(requests)
         self._record("execute", before, requests)
         return responses
 
     def _raised_by_dynamo(self, error):
-        """Whether ``error`` is Dynamo's, or came out of Dynamo's code (an
-        error of the user's model, or of the runtime, is not)."""
+        """Whether ``error`` is Dynamo's, or came out of Dynamo's code. An
+        error the user's model raises while Dynamo traces it counts too, so
+        such a request runs twice, once per process (docs/pytorch2.md)."""
         if isinstance(error, self._torch._dynamo.exc.TorchDynamoException):
             return True
         trace = error.__traceback__
