@@ -28,6 +28,7 @@ from triton_warmup import HELPER_MODEL
 from triton_warmup import example_models as gen_model
 from triton_warmup import libtorch_backend
 from triton_warmup.helper.preflight_record import record_path
+from triton_warmup.client.flags import repository_index
 from triton_warmup.client.warm import request_warmup, shape_arrays
 from triton_warmup.helper.config_rewrite import read_config, render_config
 from triton_warmup.helper.repository_guard import write_atomically
@@ -207,7 +208,7 @@ class Session:
             time.sleep(0.1)
 
     def state(self, model: str) -> str:
-        for entry in self.client.get_model_repository_index():
+        for entry in repository_index(self.client, "http"):
             if entry["name"] == model:
                 return entry.get("state", "")
         return ""

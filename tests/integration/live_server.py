@@ -26,6 +26,7 @@ import tritonclient.http as httpclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from triton_warmup.client.flags import repository_index
 from triton_warmup.client.warm import request_warmup, shape_arrays
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.report import WarmupReport
@@ -129,7 +130,7 @@ def warmup_inputs(
 
 def model_states(server: EmbeddedTriton, headers: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     with httpclient.InferenceServerClient(server.http_url) as client:
-        index = client.get_model_repository_index(headers=headers)
+        index = repository_index(client, "http", headers)
     return {entry["name"]: entry.get("state", "UNAVAILABLE") for entry in index}
 
 

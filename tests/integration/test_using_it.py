@@ -4,13 +4,15 @@ triton-warmup-serve --warmup. Each test runs the scripts as subprocesses."""
 
 import json
 import subprocess
+import threading
 import time
 
 import pytest
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from triton_warmup.helper.config_rewrite import read_config
-from triton_warmup.client import warm as warm_cli, states as states_cli
+from triton_warmup.client import flags as client_flags, warm as warm_cli, states as states_cli
 from triton_warmup.report import WarmupReport
 from live_server import (
     COMMANDS,
@@ -27,6 +29,10 @@ from target_models import write_corrupt_model, write_recording_model
 EXAMPLE_PLAN = PROJECT_ROOT / "plans" / "example.yaml"
 # Server start plus a few loads of three models; the margin is for a busy machine.
 MODULE_TIMEOUT_S = 240
+# Index calls per client while hidden entries come and go as fast as this
+# process can: without the retry, 1-20% of HTTP calls and about 20% of gRPC
+# calls failed (2 CPUs).
+INDEX_READS = 200
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
@@ -154,6 +160,48 @@ def test_wait_ready_as_a_startup_probe_waits_for_the_warmup(run_cli, server, pla
     # The probe said READY only after Triton's own "successfully loaded" line.
     windows = load_windows(server, "model-v3")
     assert windows and "READY: ['model-v3']" in stdout
+
+
+def test_the_index_is_read_while_entries_of_the_repository_come_and_go(server, planned):
+    """A warmup adds and removes hidden entries in the repository folder
+    (saved originals, temporary files, scratch copies). Triton fails an index
+    call whose listing saw an entry that is gone when it stats it; the
+    commands' index reads (live states, --wait-ready, --all) ask again."""
+    stop = threading.Event()
+
+    def churn():
+        turn = 0
+        while not stop.is_set():
+            entry = server.model_repository / f".churn.{turn % 4}.tmp"
+            entry.write_bytes(b"")
+            entry.unlink()
+            turn += 1
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    raw_failures = {}
+    try:
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+            client = client_flags.client_module(protocol).InferenceServerClient(url)
+            try:
+                raw_failures[protocol] = 0
+                for _ in range(INDEX_READS):
+                    try:
+                        client.get_model_repository_index()
+                    except InferenceServerException as error:
+                        assert client_flags.is_vanished_entry(error), error
+                        raw_failures[protocol] += 1
+                for _ in range(INDEX_READS):
+                    names = {entry["name"] for entry in client_flags.repository_index(client, protocol)}
+                    assert set(EXAMPLE_MODELS) <= names
+            finally:
+                client.close()
+        # Without a failure here, the retry was never tried: Triton fixed its
+        # listing, or this machine never hit the race.
+        assert sum(raw_failures.values()), raw_failures
+    finally:
+        stop.set()
+        churner.join()
 
 
 def test_wait_ready_times_out_and_names_the_missing(run_cli, server, planned):

@@ -6,7 +6,9 @@ import pathlib
 import socket
 
 import pytest
+from tritonclient.utils import InferenceServerException
 
+from triton_warmup.client import flags as client_flags
 from triton_warmup.client import states as query_model_states
 from triton_warmup.client import live_view
 from triton_warmup.client import warm as warmup_models
@@ -424,3 +426,32 @@ def test_a_thread_count_mismatch_shows_in_the_row_and_its_whole_text_in_a_note()
     row = warmup_models.format_table([entry]).splitlines()[2]
     assert row.endswith("thread counts differ (see NOTE)")
     assert ModelEntry.from_dict(entry.to_dict()).threads == note
+
+
+class _ScriptedIndex:
+    """Answers get_model_repository_index with the errors it is given, then an index."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.calls = 0
+
+    def get_model_repository_index(self, headers=None):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return [{"name": "model-v1", "state": "READY"}]
+
+
+def test_an_index_read_that_met_a_vanished_entry_is_asked_again():
+    vanished = InferenceServerException("failed to stat file /models/.model-v1.config.pbtxt.before-warmup")
+    client = _ScriptedIndex([vanished, vanished])
+    assert client_flags.repository_index(client, "http") == [{"name": "model-v1", "state": "READY"}]
+    assert client.calls == 3
+
+
+def test_any_other_index_error_is_raised_at_once():
+    refused = InferenceServerException("This protocol is restricted, expecting header 'x-token'")
+    client = _ScriptedIndex([refused])
+    with pytest.raises(InferenceServerException, match="restricted"):
+        client_flags.repository_index(client, "http")
+    assert client.calls == 1

@@ -9,6 +9,7 @@ for every script.
 import argparse
 import re
 import sys
+import time
 from typing import Dict, List, NoReturn, Optional
 
 import tritonclient.grpc as grpcclient
@@ -159,16 +160,46 @@ def client_module(protocol: str):
     return grpcclient if protocol == "grpc" else httpclient
 
 
-def repository_index(client, protocol: str, headers: Optional[Dict[str, str]] = None) -> List[Dict]:
-    """The repository index as a list of dicts, the same for both protocols.
+# Triton lists the repository folder and then stats each entry; an entry
+# removed in between fails the whole index call with "failed to stat file
+# <path>" (docs/safety.md, "Known Triton issues"). A warmup adds and removes
+# hidden entries there, so an index read during one is asked again.
+_VANISHED_ENTRY = "failed to stat file"
+# How long an index read keeps asking while entries keep vanishing; each
+# race is microseconds wide, so a warmup's own entries cost one retry at most
+# (tests/integration/test_using_it.py measures a far busier folder).
+INDEX_RETRY_BUDGET_S = 5.0
+_INDEX_RETRY_PAUSE_S = 0.01
 
-    Each entry has ``name`` and, once Triton has tried to load the model,
-    ``version``, ``state`` and (when it is not READY) ``reason``.
-    """
+
+def is_vanished_entry(error: Exception) -> bool:
+    """Whether ``error`` is Triton's index failing on an entry removed while it listed."""
+    return isinstance(error, InferenceServerException) and _VANISHED_ENTRY in (error.message() or "")
+
+
+def _index_once(client, protocol: str, headers: Optional[Dict[str, str]]) -> List[Dict]:
     if protocol == "grpc":
         index = client.get_model_repository_index(headers=headers, as_json=True)
         return list(index.get("models", []))
     return list(client.get_model_repository_index(headers=headers))
+
+
+def repository_index(client, protocol: str, headers: Optional[Dict[str, str]] = None) -> List[Dict]:
+    """The repository index as a list of dicts, the same for both protocols.
+
+    Each entry has ``name`` and, once Triton has tried to load the model,
+    ``version``, ``state`` and (when it is not READY) ``reason``. A call that
+    failed only because an entry of the repository folder vanished while
+    Triton listed it is made again, for up to ``INDEX_RETRY_BUDGET_S``.
+    """
+    deadline = time.monotonic() + INDEX_RETRY_BUDGET_S
+    while True:
+        try:
+            return _index_once(client, protocol, headers)
+        except InferenceServerException as error:
+            if not is_vanished_entry(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(_INDEX_RETRY_PAUSE_S)
 
 
 def is_unreachable(error: Exception) -> bool:
