@@ -68,8 +68,9 @@ test-faults: venv backend
 # against a traffic plan; the first request through the example ensemble,
 # cold and warmed (about 2 minutes); every warmed shape of four models after
 # READY, six conditions on fresh servers (about 15 minutes); a repository in
-# S3; time to READY at scale; a torch.compile model cold, warmed and
-# restarted (about 4 minutes). Results in bench/results/.
+# S3; time to READY at scale; torch.compile models cold, warmed and
+# restarted (the example, about 6 minutes, and a larger one, about 20).
+# Results in bench/results/.
 bench: venv backend models
 	$(PY) -m bench.warmup_benchmark
 	$(PY) -m bench.replica_benchmark
@@ -81,6 +82,7 @@ bench: venv backend models
 	$(PY) -m bench.s3_benchmark
 	$(PY) -m bench.scale_benchmark
 	$(PY) -m bench.pytorch2_benchmark
+	$(PY) -m bench.pytorch2_benchmark --model compiled-attention
 
 # Run every command the README and the docs show (blocks marked
 # <!-- shown: ... -->) and write what they printed into the docs;

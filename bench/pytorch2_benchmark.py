@@ -25,6 +25,7 @@ Writes pytorch2_benchmark.md and .json to --output-dir (default bench/results).
 """
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import re
@@ -36,6 +37,7 @@ import time
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 import tritonclient.http as httpclient
 
 from bench.measure import (
@@ -52,7 +54,15 @@ from triton_warmup import example_models
 from triton_warmup.client.warm import request_warmup, shape_arrays
 from triton_warmup.embedded import EmbeddedTriton, free_port
 
-MODEL = example_models.COMPILED_ENCODER
+# The models it can measure: the example repository's, and a larger one kept
+# with the benchmark (bench/models/), whose weights are written per run.
+DESCRIPTIONS = {
+    example_models.COMPILED_ENCODER: "model-v1's network",
+    "compiled-attention": "four attention blocks over the group's items, bench/models/",
+}
+BENCH_MODELS = pathlib.Path(__file__).resolve().parent / "models"
+BENCH_MODELS_LIST = ("compiled-attention",)
+WEIGHTS_SEED = 0
 FEATURE_DIM = 64
 CONDITIONS = ("cold", "warmed", "restart")
 # The issue's targets: every planned shape within 1.5x of steady at its first
@@ -66,39 +76,55 @@ RATIO_TARGET = 1.5
 IDLE_S = 1.0
 IDLE_REQUESTS = 5
 RESTART_SHARE_TARGET = 0.20
-COMPILE_LINE = re.compile(r"torch\.compile in execute of '" + re.escape(MODEL) + r"'.*?request shapes (\[.*)\"$")
-
-
-def compiles_after_ready(server: EmbeddedTriton) -> List[str]:
+def compiles_after_ready(server: EmbeddedTriton, model: str) -> List[str]:
     """The request shapes of each execute that made torch.compile work after
     the model's last load (the shim's log lines)."""
+    compile_line = re.compile(r"torch\.compile in execute of '" + re.escape(model) + r"'.*?request shapes (\[.*)\"$")
     log = server.log_text()
-    loaded = log.rfind(f"successfully loaded '{MODEL}'")
-    return [match.group(1) for line in log[loaded:].splitlines() if (match := COMPILE_LINE.search(line))]
+    loaded = log.rfind(f"successfully loaded '{model}'")
+    return [match.group(1) for line in log[loaded:].splitlines() if (match := compile_line.search(line))]
 
 
-def one_request(client, batch: int, group: int) -> float:
+def results_name(model: str) -> str:
+    """pytorch2_benchmark for the example model, with the model's name for another."""
+    return "pytorch2_benchmark" if model == example_models.COMPILED_ENCODER else f"pytorch2_benchmark_{model}"
+
+
+def add_bench_model(repository: pathlib.Path, model: str) -> None:
+    """Copy a model of bench/models/ into ``repository`` and write its seeded weights."""
+    folder = repository / model
+    shutil.copytree(BENCH_MODELS / model, folder, ignore=shutil.ignore_patterns("__pycache__", "model.pt"))
+    spec = importlib.util.spec_from_file_location(model.replace("-", "_"), folder / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = [getattr(module, name) for name in dir(module)]
+    network_class = next(c for c in classes if isinstance(c, type) and issubclass(c, torch.nn.Module))
+    torch.manual_seed(WEIGHTS_SEED)
+    torch.save(network_class().state_dict(), str(folder / "1" / "model.pt"))
+
+
+def one_request(client, model: str, batch: int, group: int) -> float:
     """One request of ``batch`` rows; the model's compute_infer in ms."""
-    before = {MODEL: counters(client, MODEL)}
+    before = {model: counters(client, model)}
     x = httpclient.InferInput("x", [batch, group, FEATURE_DIM], "FP32")
     x.set_data_from_numpy(np.random.default_rng().random((batch, group, FEATURE_DIM), dtype=np.float32))
     mask = httpclient.InferInput("mask", [batch, group], "INT64")
     mask.set_data_from_numpy(np.ones((batch, group), np.int64))
-    client.infer(MODEL, [x, mask])
+    client.infer(model, [x, mask])
     after = settled_counters(client, before)
-    return (after[MODEL]["compute_ns"] - before[MODEL]["compute_ns"]) / 1e6
+    return (after[model]["compute_ns"] - before[model]["compute_ns"]) / 1e6
 
 
 def bring_up(client, condition: str, args) -> Dict:
     started = time.perf_counter()
     if condition == "cold":
-        client.load_model(MODEL)
+        client.load_model(args.model)
         return {"seconds_to_ready": time.perf_counter() - started}
-    arrays = shape_arrays([MODEL], args.group_min, args.group_max, [FEATURE_DIM], args.batch_sizes)
+    arrays = shape_arrays([args.model], args.group_min, args.group_max, [FEATURE_DIM], args.batch_sizes)
     _, report = request_warmup(client, "http", arrays, timeout_s=REQUEST_TIMEOUT_S)
     if report.failed:
         raise RuntimeError(f"warmup failed: {report.to_dict()}")
-    entry = report.entry(MODEL)
+    entry = report.entry(args.model)
     return {
         "seconds_to_ready": time.perf_counter() - started,
         "samples": entry.warmup_samples,
@@ -120,13 +146,14 @@ def trial(condition: str, number: int, repository: pathlib.Path, cache: pathlib.
             brought_up = bring_up(client, condition, args)
             for group in range(args.group_min, args.group_max + 1):
                 for batch in args.batch_sizes:
-                    first = one_request(client, batch, group)
-                    steady = statistics.median(one_request(client, batch, group) for _ in range(args.steady))
+                    first = one_request(client, args.model, batch, group)
+                    steady = statistics.median(one_request(client, args.model, batch, group)
+                                               for _ in range(args.steady))
                     rows.append({"batch": batch, "group": group, "first_ms": first, "steady_ms": steady,
                                  "ratio": first / steady})
-            idle = statistics.median(after_idle(client, rows[0]["batch"], rows[0]["group"], args.idle_s)
+            idle = statistics.median(after_idle(client, args.model, rows[0]["batch"], rows[0]["group"], args.idle_s)
                                      for _ in range(args.idle_requests))
-        compiled = compiles_after_ready(server)
+        compiled = compiles_after_ready(server, args.model)
     result = {**brought_up, "rows": rows, "compiled_after_ready": compiled, "idle_ms": idle,
               "first_against_idle": rows[0]["first_ms"] / idle}
     print(f"{condition} {number}: READY in {brought_up['seconds_to_ready']:.1f} s; {slow_shapes(result)} of "
@@ -136,9 +163,9 @@ def trial(condition: str, number: int, repository: pathlib.Path, cache: pathlib.
     return result
 
 
-def after_idle(client, batch: int, group: int, idle_s: float) -> float:
+def after_idle(client, model: str, batch: int, group: int, idle_s: float) -> float:
     time.sleep(idle_s)
-    return one_request(client, batch, group)
+    return one_request(client, model, batch, group)
 
 
 def slow_shapes(trial_: Dict, idle_matched: bool = False) -> int:
@@ -179,8 +206,11 @@ def _compile_cell(trial_: Dict) -> str:
 
 def markdown(results: Dict) -> str:
     conditions = results["conditions"]
+    # Results written before --model existed measured the example model.
+    model = results.get("model", example_models.COMPILED_ENCODER)
     parts = results_header("A PyTorch 2 model: first requests and time to READY", results) + [
-        f"`{MODEL}` (model-v1's network, `torch.compile` through Triton's PyTorch 2 runtime), one CPU instance. "
+        f"`{model}` ({DESCRIPTIONS[model]}, `torch.compile` through Triton's PyTorch 2 "
+        "runtime), one CPU instance. "
         f"Plan: group sizes {results['group_min']}..{results['group_max']} x batch sizes "
         f"{', '.join(map(str, results['batch_sizes']))}. Each trial a new tritonserver; {results['trials']} trials, "
         f"medians. Server-side `compute_infer` of each planned shape's first request (one request of the batch "
@@ -231,6 +261,8 @@ def markdown(results: Dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(DESCRIPTIONS), default=example_models.COMPILED_ENCODER,
+                        help=f"The model to measure. Default is {example_models.COMPILED_ENCODER}.")
     parser.add_argument("--group-min", type=int, default=1, help="Smallest group size. Default is 1.")
     parser.add_argument("--group-max", type=int, default=8, help="Largest group size. Default is 8.")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4],
@@ -248,15 +280,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Write the Markdown again from the JSON in --output-dir, measuring nothing.")
     args = parser.parse_args(argv)
     if args.markdown_only:
-        results = json.loads((args.output_dir / "pytorch2_benchmark.json").read_text())
-        (args.output_dir / "pytorch2_benchmark.md").write_text(markdown(results))
+        results = json.loads((args.output_dir / f"{results_name(args.model)}.json").read_text())
+        (args.output_dir / f"{results_name(args.model)}.md").write_text(markdown(results))
         return 0
     if args.smoke:
         args.group_max, args.batch_sizes, args.trials, args.steady, args.idle_requests = 2, [1, 2], 1, 3, 2
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="pytorch2-bench-"))
     template = copy_repository(workdir / "template")
+    if args.model in BENCH_MODELS_LIST:
+        add_bench_model(template, args.model)
     results = {
         **run_record("bench.pytorch2_benchmark"),
+        "model": args.model,
         "trials": args.trials,
         "steady": args.steady,
         "idle_s": args.idle_s,
@@ -277,7 +312,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             results["conditions"][condition]["trials"].append(trial(condition, number, repository, cache, workdir, args))
     for condition in CONDITIONS:
         results["conditions"][condition].update(summarize(results["conditions"][condition]["trials"]))
-    write_results(args.output_dir, "pytorch2_benchmark", results, markdown(results))
+    write_results(args.output_dir, results_name(args.model), results, markdown(results))
     print(f"servers' logs and repositories: {workdir}")
     return 0
 

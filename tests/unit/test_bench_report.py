@@ -1,4 +1,6 @@
-"""The benchmark's pure arithmetic: combining trials, summaries, the fit."""
+"""The benchmarks' pure parts: combining trials, summaries, the fit, the order of turns, the bench-only model."""
+
+import importlib.util
 
 import pytest
 
@@ -74,3 +76,25 @@ def test_the_scale_benchmark_runs_the_first_start_first_and_rotates_the_rest():
     # Over three trials each later condition takes each later place once.
     for place in range(1, len(CONDITIONS)):
         assert sorted(order[place] for order in orders) == sorted(CONDITIONS[1:])
+
+
+def test_the_pytorch2_benchmarks_larger_model_gets_weights_its_served_class_loads(tmp_path):
+    import torch
+
+    from bench.pytorch2_benchmark import add_bench_model
+
+    add_bench_model(tmp_path, "compiled-attention")
+    folder = tmp_path / "compiled-attention"
+    assert (folder / "config.pbtxt").is_file()
+    # Triton's runtime serves the first nn.Module subclass by name; the
+    # weights must be that class's state dict.
+    spec = importlib.util.spec_from_file_location("compiled_attention", folder / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    served = next(getattr(module, name) for name in dir(module)
+                  if isinstance(getattr(module, name), type) and issubclass(getattr(module, name), torch.nn.Module))
+    assert served.__name__ == "AttentionEncoder"
+    network = served()
+    network.load_state_dict(torch.load(folder / "1" / "model.pt"))
+    output = network(torch.ones(2, 3, 64), torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    assert output.shape == (2, 16) and torch.isfinite(output).all()
