@@ -17,11 +17,13 @@ request of the sample's batch size), and --steady more. From Triton's
 statistics, the model's ``compute_infer`` for each request: first against
 the steady median. The first shape's first request is also the first after
 READY; it is also taken against that shape after --idle-s idle, since any
-request after a pause pays for waking the stub's threads. From the runtime's log (the shim), the requests that made
-torch.compile work after READY. From the helper's report, Inductor's FX graph
+request after a pause pays for waking the stub's threads. From the runtime's
+log (the shim), the requests that made torch.compile work after READY. From the helper's report, Inductor's FX graph
 cache hits and misses during the load. Medians over --trials.
 
-Writes pytorch2_benchmark.md and .json to --output-dir (default bench/results).
+Writes pytorch2_benchmark.md and .json to --output-dir (default
+bench/results); with --model compiled-attention, a larger model kept in
+bench/models/, pytorch2_benchmark_compiled-attention.md and .json.
 """
 
 import argparse
@@ -61,7 +63,6 @@ DESCRIPTIONS = {
     "compiled-attention": "four attention blocks over the group's items, bench/models/",
 }
 BENCH_MODELS = pathlib.Path(__file__).resolve().parent / "models"
-BENCH_MODELS_LIST = ("compiled-attention",)
 WEIGHTS_SEED = 0
 FEATURE_DIM = 64
 CONDITIONS = ("cold", "warmed", "restart")
@@ -76,6 +77,8 @@ RATIO_TARGET = 1.5
 IDLE_S = 1.0
 IDLE_REQUESTS = 5
 RESTART_SHARE_TARGET = 0.20
+
+
 def compiles_after_ready(server: EmbeddedTriton, model: str) -> List[str]:
     """The request shapes of each execute that made torch.compile work after
     the model's last load (the shim's log lines)."""
@@ -97,6 +100,7 @@ def add_bench_model(repository: pathlib.Path, model: str) -> None:
     spec = importlib.util.spec_from_file_location(model.replace("-", "_"), folder / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # The class Triton's runtime serves: the first nn.Module subclass by name.
     classes = [getattr(module, name) for name in dir(module)]
     network_class = next(c for c in classes if isinstance(c, type) and issubclass(c, torch.nn.Module))
     torch.manual_seed(WEIGHTS_SEED)
@@ -287,7 +291,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.group_max, args.batch_sizes, args.trials, args.steady, args.idle_requests = 2, [1, 2], 1, 3, 2
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="pytorch2-bench-"))
     template = copy_repository(workdir / "template")
-    if args.model in BENCH_MODELS_LIST:
+    if (BENCH_MODELS / args.model).is_dir():
         add_bench_model(template, args.model)
     results = {
         **run_record("bench.pytorch2_benchmark"),
