@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit and the integration tests, and the order files run in."""
+"""Fixtures shared by the unit and the integration tests."""
 
 import contextlib
 import io
@@ -32,27 +32,3 @@ def run_cli():
     """``run_cli(module.main, *argv)``: a command run in-process (the clients'
     own code, as its console script runs it) with its output captured."""
     return _run_cli
-
-
-# The test files that take longest on 2 CPUs (seconds of one worker, from
-# `pytest --durations=0`), started first: make test's workers each take whole
-# files (--dist loadfile) in collection order, so a long file collected late
-# would run alone at the end while the other worker sits idle.
-LONGEST_FILES = (
-    "test_pytorch2.py",  # about 170 s
-    "test_docs.py",  # about 150 s
-    "test_more_benchmarks_smoke.py",  # about 140 s
-    "test_benchmark_smoke.py",  # about 80 s
-    "test_sigkill.py",  # about 60 s
-    "test_object_storage.py",  # about 60 s
-    "test_replica_benchmark_smoke.py",  # about 50 s
-)
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
-
-    # sort is stable: every file keeps its tests in their order.
-    items.sort(key=rank)
