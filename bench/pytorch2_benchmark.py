@@ -17,9 +17,11 @@ request of the sample's batch size), and --steady more. From Triton's
 statistics, the model's ``compute_infer`` for each request: first against
 the steady median. The first shape's first request is also the first after
 READY; it is also taken against that shape after --idle-s idle, since any
-request after a pause pays for waking the stub's threads. From the runtime's
-log (the shim), the requests that made torch.compile work after READY. From the helper's report, Inductor's FX graph
-cache hits and misses during the load. Medians over --trials.
+request after a pause is slower (measured; most likely the stub's and
+torch's threads waking). From the runtime's log (the shim), the requests
+that made torch.compile work after READY. From the helper's report,
+Inductor's FX graph cache hits and misses during the load. Medians over
+--trials.
 
 Writes pytorch2_benchmark.md and .json to --output-dir (default
 bench/results); with --model compiled-attention, a larger model kept in
@@ -71,8 +73,9 @@ CONDITIONS = ("cold", "warmed", "restart")
 RATIO_TARGET = 1.5
 # The first planned shape's first request is also the first after READY: the
 # model sat idle from its last warmup sample through the rest of the load and
-# the helper's answer, and every request after a pause pays for waking the
-# stub and torch's threads. So that shape is also measured, already warm,
+# the helper's answer, and every request after a pause is slower (measured
+# in docs/pytorch2.md; most likely the stub's and torch's threads waking).
+# So that shape is also measured, already warm,
 # after this much idle time, to tell that cost from a cold shape's.
 IDLE_S = 1.0
 IDLE_REQUESTS = 5
