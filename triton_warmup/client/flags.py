@@ -165,9 +165,9 @@ def client_module(protocol: str):
 # <path>" (docs/safety.md, "Known Triton issues"). A warmup adds and removes
 # hidden entries there, so an index read during one is asked again.
 _VANISHED_ENTRY = "failed to stat file"
-# How long an index read keeps asking while entries keep vanishing; each
-# race is microseconds wide, so a warmup's own entries cost one retry at most
-# (tests/integration/test_using_it.py measures a far busier folder).
+# How long an index read keeps asking while entries keep vanishing. Against a
+# folder far busier than a warmup makes it (tests/integration/test_using_it.py),
+# a read needed at most 11 extra calls.
 INDEX_RETRY_BUDGET_S = 5.0
 _INDEX_RETRY_PAUSE_S = 0.01
 
