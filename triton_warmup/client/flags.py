@@ -165,9 +165,9 @@ def client_module(protocol: str):
 # <path>" (docs/safety.md, "Known Triton issues"). A warmup adds and removes
 # hidden entries there, so an index read during one is asked again.
 _VANISHED_ENTRY = "failed to stat file"
-# How long an index read keeps asking while entries keep vanishing. Against a
-# folder far busier than a warmup makes it (tests/integration/test_using_it.py),
-# a read needed at most 11 extra calls.
+# How long an index read keeps asking while entries keep vanishing. With the
+# churn of tests/integration/test_using_it.py, far busier than a warmup's,
+# 1000 reads per protocol needed at most 11 extra calls each.
 INDEX_RETRY_BUDGET_S = 5.0
 _INDEX_RETRY_PAUSE_S = 0.01
 
