@@ -20,12 +20,14 @@ tritonserver process (libtorch keeps what it made per process):
 
 Only when every model is READY is any request sent. Then, model after model,
 every recorded shape in the order the traffic first sent it: the first
-request, then --steady more; then the same pass again, whose "slow" shapes
-are the measurement's floor (a shape switch alone costs something on a
-model whose steady compute is a fraction of a millisecond). A shape is slow
-when its first request's compute_infer (Triton's statistics) is more than
-1.5x its steady median and more than 30 us above it. The tritonserver
-process's resident memory after READY is read from /proc.
+request, then --steady more. The same pass then runs again, --passes in all.
+A shape is slow when its first request's compute_infer (Triton's
+statistics) is more than 1.5x its steady median and more than 30 us above
+it. In the second pass every shape has run before; from the third on, the
+server has also served a whole pass of traffic: the median of those
+"settled" passes is the measurement's floor (a shape switch alone costs
+something on a model whose steady compute is a fraction of a millisecond).
+The tritonserver process's resident memory after READY is read from /proc.
 
 Writes warm_stays_warm.md and .json to --output-dir (default bench/results).
 """
@@ -142,7 +144,8 @@ def bring_up(session: Session, plan: Optional[Dict], together: bool) -> Dict:
     }
 
 
-def run_trial(condition, plans, recorded, workdir: pathlib.Path, repository: pathlib.Path, trial: int, steady: int):
+def run_trial(condition, plans, recorded, workdir: pathlib.Path, repository: pathlib.Path, trial: int, steady: int,
+              passes: int = 2):
     name, plan_name, together, environment = condition
     folder = workdir / f"{name.replace(' ', '_').replace(',', '')}-{trial}"
     server = EmbeddedTriton(repository, folder, http_port=free_port(), grpc_port=free_port(),
@@ -152,28 +155,35 @@ def run_trial(condition, plans, recorded, workdir: pathlib.Path, repository: pat
         try:
             brought_up = bring_up(session, plans.get(plan_name), together)
             memory = resident_mib(server.pid)
-            passes = []
-            for _ in range(2):
-                passes.append({
+            measured = []
+            for _ in range(passes):
+                measured.append({
                     model: session.measure_shapes(
                         model, [Shape(length, batch) for batch, length in recorded[model]["first_seen"]], steady)
                     for model in MODELS
                 })
         finally:
             session.close()
-    first, floor = passes
+    scored = [{model: score(rows[model], recorded[model]["counts"]) for model in MODELS} for rows in measured]
     result = {
         **brought_up,
         "resident_mib": memory,
-        "models": {model: score(first[model], recorded[model]["counts"]) for model in MODELS},
-        "floor": {model: score(floor[model], recorded[model]["counts"]) for model in MODELS},
+        "models": scored[0],
+        "floor": scored[1],
+        # Passes 3.. (none unless --passes is over 2).
+        "settled": scored[2:],
     }
-    slow = sum(entry["slow_shapes"] for entry in result["models"].values())
+    slow = [sum(entry["slow_shapes"] for entry in models.values()) for models in scored]
     shapes = sum(entry["shapes"] for entry in result["models"].values())
     print(f"{name}, trial {trial + 1}: READY in {brought_up['seconds_to_ready']:.2f} s, {memory:.0f} MiB; "
-          f"{slow} of {shapes} shapes slow (second pass {sum(e['slow_shapes'] for e in result['floor'].values())})",
-          flush=True)
+          f"{slow[0]} of {shapes} shapes slow (later passes {', '.join(map(str, slow[1:]))})", flush=True)
     return result
+
+
+def settled_slow_shapes(trial: Dict) -> Optional[float]:
+    """The median over the settled passes of the slow shapes of the four models."""
+    counts = [sum(entry["slow_shapes"] for entry in models.values()) for models in trial.get("settled", [])]
+    return statistics.median(counts) if counts else None
 
 
 def summarize(trials: List[Dict]) -> Dict:
@@ -196,6 +206,8 @@ def summarize(trials: List[Dict]) -> Dict:
     summary["slow_repeats"] = median(
         lambda trial: sum(m["slow_repeats"] for part in ("models", "floor") for m in trial[part].values()))
     summary["floor_slow_shapes"] = median(lambda trial: sum(m["slow_shapes"] for m in trial["floor"].values()))
+    settled = [settled_slow_shapes(trial) for trial in trials]
+    summary["settled_slow_shapes"] = statistics.median(settled) if None not in settled else None
     summary["shapes"] = sum(entry["shapes"] for entry in summary["models"].values())
     return summary
 
@@ -207,14 +219,16 @@ def markdown(results: Dict) -> str:
         f"{results['trials']} trials per condition, each on a new tritonserver. Every model is READY before "
         "any request; then every recorded shape of each model, in the order the traffic first sent it. A shape "
         f"is slow when its first request's compute_infer is over {SLOW_RATIO}x its steady median and over "
-        f"{SLOW_EXCESS_MS * 1000:.0f} us above it. 'second pass' sends the same shapes again: what is slow "
-        "there is the measurement's floor, not lost warmth. 'slow repeats' judges a request that is not a first "
-        "one the same way (each shape's first steady request against the median of the others, both passes, "
-        "out of twice the shapes): how often one request is that slow by chance. The launcher set "
-        f"`{results['openmp_setting']}` (`triton-warmup-threads`) except where the condition says otherwise.\n",
-        "| condition | samples | s to READY | server MiB | slow shapes | second pass | slow repeats | "
-        + " | ".join(f"{model} slow (traffic)" for model in MODELS) + " |",
-        "| --- | --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in MODELS) + " |",
+        f"{SLOW_EXCESS_MS * 1000:.0f} us above it. The same pass then runs again, {results['passes']} in all. "
+        "'second pass': every shape has run once before. 'settled passes': the median of passes 3 and later, "
+        "after the server has served whole passes of traffic; what is slow there is the measurement's floor. "
+        "'slow repeats' judges a request that is not a first one the same way (each shape's first steady "
+        "request against the median of the others, first and second pass, out of twice the shapes): how often "
+        f"one request is that slow by chance. The launcher set `{results['openmp_setting']}` "
+        "(`triton-warmup-threads`) except where the condition says otherwise.\n",
+        "| condition | samples | s to READY | server MiB | slow shapes | second pass | settled passes | "
+        "slow repeats | " + " | ".join(f"{model} slow (traffic)" for model in MODELS) + " |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in MODELS) + " |",
     ]
     for row in results["conditions"]:
         cells = [
@@ -225,18 +239,25 @@ def markdown(results: Dict) -> str:
         lines.append(
             f"| {row['condition']} | {row['samples']} | {row['seconds_to_ready']:.2f} | {row['resident_mib']:.0f} | "
             f"{row['slow_shapes']:g} of {row['shapes']:g} ({row['slow_shapes'] / row['shapes']:.1%}) | "
-            f"{row['floor_slow_shapes']:g} | {row['slow_repeats']:g} of {2 * row['shapes']:g} | "
+            f"{row['floor_slow_shapes']:g} | {_or_dash(row.get('settled_slow_shapes'))} | "
+            f"{row['slow_repeats']:g} of {2 * row['shapes']:g} | "
             + " | ".join(cells) + " |"
         )
-    lines += ["", "Per trial, slow shapes of the four models (first pass / second pass):", ""]
+    lines += ["", "Per trial, slow shapes of the four models in each pass, first pass first:", ""]
     for row in results["conditions"]:
         per_trial = "; ".join(
-            f"{sum(m['slow_shapes'] for m in trial['models'].values())} / "
-            f"{sum(m['slow_shapes'] for m in trial['floor'].values())}"
+            " / ".join(
+                str(sum(m["slow_shapes"] for m in models.values()))
+                for models in [trial["models"], trial["floor"], *trial.get("settled", [])]
+            )
             for trial in row["trials"]
         )
         lines.append(f"- {row['condition']}: {per_trial}")
     return "\n".join(lines) + "\n"
+
+
+def _or_dash(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -244,6 +265,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--requests", type=int, default=1500, help="Requests to record per model. Default is 1500.")
     parser.add_argument("--trials", type=int, default=3, help="Fresh servers per condition. Default is 3.")
     parser.add_argument("--steady", type=int, default=3, help="Requests after the first, per shape. Default is 3.")
+    parser.add_argument("--passes", type=int, default=4,
+                        help="Passes over the recorded shapes per trial, at least 2. Default is 4.")
     parser.add_argument("--group-size-max", type=int, default=LONGEST,
                         help=f"The range plan's largest group size. Default is {LONGEST}.")
     parser.add_argument("--conditions", nargs="+", default=[condition[0] for condition in CONDITIONS],
@@ -251,6 +274,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
+    if args.passes < 2:
+        parser.error("--passes must be at least 2: the second pass is part of the results")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="warm-stays-warm-"))
     repository = copy_repository(workdir / "model_repository")
     recording = record(workdir, repository, args.requests)
@@ -268,13 +293,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     for condition in CONDITIONS:
         if condition[0] not in args.conditions:
             continue
-        trials = [run_trial(condition, plans, recorded, workdir, repository, trial, args.steady)
+        trials = [run_trial(condition, plans, recorded, workdir, repository, trial, args.steady, args.passes)
                   for trial in range(args.trials)]
         rows.append({"condition": condition[0], **summarize(trials), "trials": trials})
     results = {
         **run_record("bench.warm_stays_warm"),
         "requests": args.requests,
         "trials": args.trials,
+        "passes": args.passes,
         "openmp_setting": f"{threads.OPENMP_VARIABLE}={setting.value}" if setting.value else setting.reason,
         "conditions": rows,
     }

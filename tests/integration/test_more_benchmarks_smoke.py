@@ -40,9 +40,9 @@ def test_traffic_benchmark_compares_every_plan_on_the_recorded_traffic(tmp_path)
     assert "## model-v1" in (tmp_path / "traffic_benchmark.md").read_text()
 
 
-def test_warm_stays_warm_warms_the_four_models_from_one_trace_and_scores_both_passes(tmp_path):
+def test_warm_stays_warm_warms_the_four_models_from_one_trace_and_scores_every_pass(tmp_path):
     traffic = "traffic, four in one request"
-    finished = run_module("bench.warm_stays_warm", "--requests", "20", "--trials", "1", "--steady", "2",
+    finished = run_module("bench.warm_stays_warm", "--requests", "20", "--trials", "1", "--steady", "2", "--passes", "3",
                           "--conditions", "cold", traffic, "--output-dir", str(tmp_path),
                           timeout=MODULE_TIMEOUT_S - 30)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
@@ -56,8 +56,14 @@ def test_warm_stays_warm_warms_the_four_models_from_one_trace_and_scores_both_pa
     (trial,) = rows[traffic]["trials"]
     assert set(trial["floor"]) == set(trial["models"])
     assert all(entry["shapes"] > 0 for entry in trial["floor"].values())
+    # The third pass is the one settled pass here; its count is the floor.
+    (settled,) = trial["settled"]
+    assert set(settled) == set(trial["models"])
+    assert all(entry["shapes"] == trial["models"][model]["shapes"] for model, entry in settled.items())
+    assert rows[traffic]["settled_slow_shapes"] == sum(entry["slow_shapes"] for entry in settled.values())
     assert trial["resident_mib"] > 0 and trial["seconds_to_ready"] > 0
-    assert "second pass" in (tmp_path / "warm_stays_warm.md").read_text()
+    page = (tmp_path / "warm_stays_warm.md").read_text()
+    assert "second pass" in page and "settled passes" in page
 
 
 def test_the_s3_benchmark_reports_both_sources(tmp_path):
