@@ -67,9 +67,10 @@ test-faults: venv backend
 # tritonserver dies when a warmup sample fails (about 3 minutes); a range plan
 # against a traffic plan; the first request through the example ensemble,
 # cold and warmed (about 2 minutes); every warmed shape of four models after
-# READY, six conditions on fresh servers (about 15 minutes); a repository in
-# S3; time to READY at scale; torch.compile models cold, warmed and
-# restarted (the example, about 6 minutes, and a larger one, about 20).
+# READY, six conditions on fresh servers, four passes (about 30 minutes); a
+# repository in S3; time to READY at scale, with paired restarts (about 30
+# minutes); torch.compile models cold, warmed and restarted (the example,
+# about 6 minutes, and a larger one, about 20).
 # Results in bench/results/.
 bench: venv backend models
 	$(PY) -m bench.warmup_benchmark

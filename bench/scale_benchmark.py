@@ -26,6 +26,13 @@ Triton's load with its warmup and the helper's own time (summed over the
 models), and gives the planning before the first load; the helper's stub
 process gives its peak memory (VmHWM).
 
+The restart target is 5%, and fresh servers differ by more than that: the
+same Triton loads took 10.8-14.6 s over ten fresh servers here. So in each
+repository's last trial, after the four runs, --restart-pairs more pairs of
+a restart and Triton's 4-at-once loads run on that rewritten repository,
+each on a fresh server, the pair's order alternating; the median of the
+pairs' ratios says what the restart costs over Triton's own loads.
+
 Once per repository of example models, `triton-warmup --all` itself runs
 on a fresh server on the rewritten repository, its output not a terminal:
 how many lines its progress printed and its own peak memory.
@@ -62,6 +69,7 @@ BATCH_SIZES = [1, 2, 4, 8]
 LARGE_BATCH_SIZES = [1]
 CONDITIONS = ("first start", "restart", "Triton, 1 at a time", "Triton, 4 at once")
 HELPER_RUNS = ("first start", "restart")
+PAIRED = ("restart", "Triton, 4 at once")
 
 # The client's own peak memory (VmHWM), read in its process as it ends;
 # not ru_maxrss, which a process keeps from the one that forked it.
@@ -181,7 +189,19 @@ def run_order(trial: int) -> List[str]:
     return [CONDITIONS[0]] + later[shift:] + later[:shift]
 
 
-def one_trial(workdir: pathlib.Path, repository_kind: str, with_cli: bool, trial: int = 0) -> Dict[str, Dict]:
+def restart_pairs(run_condition: Dict, pairs: int) -> List[Dict[str, float]]:
+    """``pairs`` pairs of a restart and Triton's 4-at-once loads, each on a
+    fresh server, alternating which of the two goes first."""
+    measured = []
+    for pair in range(pairs):
+        order = PAIRED if pair % 2 == 0 else PAIRED[::-1]
+        seconds = {condition: run_condition[condition]()["seconds"] for condition in order}
+        measured.append({"restart": seconds["restart"], "triton": seconds["Triton, 4 at once"]})
+    return measured
+
+
+def one_trial(workdir: pathlib.Path, repository_kind: str, with_cli: bool, trial: int = 0,
+              pairs: int = 0) -> Dict[str, Dict]:
     repository = workdir / "model_repository"
     if repository_kind.endswith("MiB"):
         names = large_model_repository(repository, int(repository_kind.split()[0]))
@@ -196,6 +216,8 @@ def one_trial(workdir: pathlib.Path, repository_kind: str, with_cli: bool, trial
         "Triton, 4 at once": lambda: triton_run(repository, workdir / "triton-4", names, 4),
     }
     runs = {condition: run_condition[condition]() for condition in run_order(trial)}
+    if pairs:
+        runs["restart pairs"] = restart_pairs(run_condition, pairs)
     if with_cli:
         runs["triton-warmup --all"] = cli_run(repository, workdir / "cli", len(names))
     shutil.rmtree(workdir, ignore_errors=True)
@@ -238,6 +260,26 @@ def markdown(results: Dict) -> str:
     for kind, trials in results["repositories"].items():
         parts.append(f"- {kind}: first start {ratios(trials, 'first start')}; restart {ratios(trials, 'restart')}")
 
+    paired = {kind: trial["restart pairs"] for kind, trials in results["repositories"].items()
+              for trial in trials if trial.get("restart pairs")}
+    if paired:
+        parts.append(
+            "\n## Restart against Triton's 4-at-once loads, in pairs\n\nIn each repository's last trial, on its "
+            "rewritten repository: pairs of a restart and Triton's 4-at-once loads, each on a fresh server, the "
+            "pair's order alternating. A pair's ratio is the restart's seconds over Triton's.\n"
+        )
+        rows = []
+        for kind, pairs in paired.items():
+            ratios = [pair["restart"] / pair["triton"] for pair in pairs]
+            restarts, tritons = [pair["restart"] for pair in pairs], [pair["triton"] for pair in pairs]
+            rows.append((
+                kind, len(pairs), f"{statistics.median(ratios):.2f}x", f"{min(ratios):.2f}-{max(ratios):.2f}x",
+                f"{statistics.median(restarts):.2f} ({min(restarts):.2f}-{max(restarts):.2f})",
+                f"{statistics.median(tritons):.2f} ({min(tritons):.2f}-{max(tritons):.2f})",
+            ))
+        parts.append(table(("repository", "pairs", "median ratio", "ratios", "restart s, median (range)",
+                            "Triton, 4 at once s, median (range)"), rows))
+
     parts.append(
         "\n## Where the helper's time went\n\nFrom the helper's report, medians of the trials: the planning "
         "before the first load, and each model's time split into the preflight, Triton's load with its "
@@ -279,18 +321,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--large-model-mib", type=int, default=256,
                         help="MiB of weights of the large model's repository; 0 leaves it out. Default is 256.")
     parser.add_argument("--trials", type=int, default=3, help="Trials per repository. Default is 3.")
+    parser.add_argument("--restart-pairs", type=int, default=6,
+                        help="Pairs of a restart and Triton's 4-at-once loads in each repository's last trial. "
+                        "Default is 6.")
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
     kinds = [str(size) for size in args.sizes] + ([f"{args.large_model_mib} MiB"] if args.large_model_mib else [])
-    results = {**run_record("bench.scale_benchmark"), "settings": {"trials": args.trials}, "repositories": {}}
+    results = {**run_record("bench.scale_benchmark"),
+               "settings": {"trials": args.trials, "restart_pairs": args.restart_pairs}, "repositories": {}}
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="scale-benchmark-"))
     try:
         for kind in kinds:
             trials = results["repositories"].setdefault(kind, [])
             for trial in range(args.trials):
-                with_cli = trial == args.trials - 1 and not kind.endswith("MiB")
-                runs = one_trial(workdir / f"{kind.replace(' ', '')}-{trial}", kind, with_cli, trial)
+                last = trial == args.trials - 1
+                runs = one_trial(workdir / f"{kind.replace(' ', '')}-{trial}", kind, last and not kind.endswith("MiB"),
+                                 trial, args.restart_pairs if last else 0)
                 trials.append(runs)
                 print(f"{kind}, trial {trial + 1}: "
                       + ", ".join(f"{condition} {runs[condition]['seconds']:.2f} s" for condition in CONDITIONS),

@@ -83,7 +83,7 @@ def test_the_s3_benchmark_reports_both_sources(tmp_path):
 
 def test_scale_benchmark_splits_the_helpers_time_and_runs_the_command_on_the_whole_repository(tmp_path):
     finished = run_module("bench.scale_benchmark", "--sizes", "2", "--large-model-mib", "0", "--trials", "1",
-                          "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+                          "--restart-pairs", "1", "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     (runs,) = json.loads((tmp_path / "scale_benchmark.json").read_text())["repositories"]["2"]
     first, restart = runs["first start"], runs["restart"]
@@ -98,5 +98,9 @@ def test_scale_benchmark_splits_the_helpers_time_and_runs_the_command_on_the_who
     # Output to a pipe: a line per model and change, READY last.
     assert cli["models"] == 2 and cli["progress_lines"] >= 2 and cli["last_progress_line"].endswith("READY")
     assert 0 < cli["client_peak_mib"] < 1024
+    # The last trial adds a restart and Triton's own loads, each timed on its own server.
+    (pair,) = runs["restart pairs"]
+    assert set(pair) == {"restart", "triton"} and pair["restart"] > 0 and pair["triton"] > 0
     markdown = (tmp_path / "scale_benchmark.md").read_text()
     assert "| 2 | restart |" in markdown and "## `triton-warmup --all`" in markdown
+    assert f"| 2 | 1 | {pair['restart'] / pair['triton']:.2f}x |" in markdown
