@@ -9,12 +9,14 @@ issues"); these tests then xfailed. No sample reaches Triton untried now, so
 every case must pass.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
 from triton_warmup import example_models as gen_model
-from live_server import model_states, send_warmup, warmup_inputs
+from live_server import model_states, send_warmup, wait_for_log, warmup_inputs
 from triton_warmup.helper.repository_guard import backup_path
 from target_models import (
     write_corrupt_model,
@@ -150,12 +152,31 @@ def test_a_transformer_asked_for_a_sequence_longer_than_its_positions_stays_unto
     assert_no_scratch_copy_left(server)
 
 
-def test_a_load_that_fails_after_the_preflight_passed_is_rolled_back(server):
+def test_a_load_that_fails_after_the_preflight_passed_is_rolled_back(server, start_server):
     """One instance loads (the scratch copy's), the second does not: the
-    preflight passes, the real load fails, and the config is put back."""
+    preflight passes, the real load fails, and the config is put back.
+
+    Rarely, Triton itself dies here: it tears down the first instance, which
+    has run its warmup, when the second fails to initialize, most likely
+    into its known SIGSEGV (docs/safety.md, "Known Triton issues"; seen
+    once in a CI run, 0 of 30 runs by hand). The config must then come back
+    when the helper next starts, which is what the test checks in that case.
+    """
     config = server.model_repository / "second-instance-fails" / "config.pbtxt"
     original = config.read_bytes()
-    loaded, report = send_warmup(server, "http", warmup_inputs(["second-instance-fails", "model-v3"], 1, 2))
+    try:
+        loaded, report = send_warmup(server, "http", warmup_inputs(["second-instance-fails", "model-v3"], 1, 2))
+    except Exception:  # noqa: BLE001 - a dead server only closes the connection
+        server.wait(timeout=10)
+        if server.is_running():
+            raise
+        log = server.log_path.read_text(errors="replace")
+        assert "this instance refuses to initialize" in log and "Signal (11) received." in log, log[-3000:]
+        warnings.warn("tritonserver crashed tearing down a warmed instance; checked the restore at restart instead")
+        restarted = start_server("load_failures_restarted", shared=server.model_repository)
+        wait_for_log(restarted, ["put back the original of"])
+        assert config.read_bytes() == original and not backup_path(config.parent).exists()
+        return
     failed, other = report.models
     assert failed.preflight.error is None and failed.preflight.samples_checked == failed.warmup_samples
     assert failed.status == "FAILED" and failed.error.startswith("load failed")
