@@ -181,8 +181,9 @@ class LockHold(_Record):
 @dataclasses.dataclass
 class Timings(_Record):
     """Where a load-mode warmup's time went, in three parts that add up to
-    ``total_s``: the preflight, Triton's load with its warmup (``load_s``),
-    and the helper's own time (``helper_s``: everything else, such as
+    ``total_s``: the preflight, Triton's load with its warmup (``load_s``)
+    or the in-place runs that replace it (``in_place_s``), and the helper's
+    own time (``helper_s``: everything else, such as
     waiting for the model's lock, re-planning under it and writing the
     file, of which ``replan_s`` and ``write_s`` are parts)."""
 
@@ -192,11 +193,14 @@ class Timings(_Record):
     load_s: float = 0.0
     helper_s: float = 0.0
     total_s: float = 0.0
+    # A READY model warmed in place: its new samples on the serving
+    # instances, in place of Triton's load (``helper/rewarm.py``).
+    in_place_s: float = 0.0
 
     def settle(self, total_s: float) -> None:
         """Set the total and the helper's own part of it."""
         self.total_s = round(total_s, 6)
-        self.helper_s = round(max(0.0, total_s - self.preflight_s - self.load_s), 6)
+        self.helper_s = round(max(0.0, total_s - self.preflight_s - self.load_s - self.in_place_s), 6)
 
 
 
@@ -239,6 +243,10 @@ class ModelEntry(_Record):
         timings: where the time went (load mode).
         stale_temp_files_removed, interrupted_rewrite_restored: what a
             killed writer had left and this one cleaned up.
+        rewarm: for a model that was READY and got new samples, ``"in
+            place"`` (they ran on the serving instances and the file was
+            written; no reload) or ``"reloaded"``; ``rewarm_reason`` says why.
+        in_place_runs: the requests an in-place re-warm sent.
     """
 
     name: str
@@ -273,6 +281,9 @@ class ModelEntry(_Record):
     timings: Timings = dataclasses.field(default_factory=Timings)
     stale_temp_files_removed: List[str] = dataclasses.field(default_factory=list)
     interrupted_rewrite_restored: Optional[str] = None
+    rewarm: Optional[str] = None
+    rewarm_reason: Optional[str] = None
+    in_place_runs: Optional[int] = None
 
     _NESTED = {
         "status": Status,

@@ -10,6 +10,7 @@ import pathlib
 import shutil
 import textwrap
 import warnings
+from typing import Dict
 
 import torch
 
@@ -512,3 +513,59 @@ class TritonPythonModel:
 def write_picky_decoupled_model(repository: pathlib.Path, name: str, largest_group: int) -> pathlib.Path:
     """A decoupled Python model whose stream answers an error for large groups."""
     return _python_model(repository, name, _PICKY_STREAM_CONFIG, _PICKY_STREAM_MODEL, largest_group=largest_group)
+
+
+# --- Which instance ran which shape: the re-warm tests ----------------------
+
+_SHAPE_COUNTER_CONFIG = """
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [
+  {{ name: "x" data_type: TYPE_FP32 dims: [ -1, 64 ] }},
+  {{ name: "mask" data_type: TYPE_INT64 dims: [ -1 ] }}
+]
+output [
+  {{ name: "output" data_type: TYPE_FP32 dims: [ 16 ] }},
+  {{ name: "seen" data_type: TYPE_INT64 dims: [ 1 ] }},
+  {{ name: "instance" data_type: TYPE_INT64 dims: [ 1 ] }}
+]
+dynamic_batching {{ max_queue_delay_microseconds: 100 }}
+instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
+parameters {{ key: "INTRA_OP_THREAD_COUNT" value {{ string_value: "1" }} }}
+"""
+
+
+class _ShapeCounter(torch.nn.Module):
+    """model-v1's interface; beside its output, how many times this instance
+    has run the request's shape (this run included) and a number that tells
+    the instance apart (random, drawn at its first run). Each instance loads
+    its own copy of the module, so both counts are per instance."""
+
+    seen: Dict[str, int]
+
+    def __init__(self):
+        super().__init__()
+        self.seen = {}
+        self.identity = 0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+        if self.identity == 0:
+            self.identity = int(torch.randint(1, 1 << 62, [1]).item())
+        key = str(x.size(0)) + "x" + str(x.size(1))
+        count = self.seen.get(key, 0) + 1
+        self.seen[key] = count
+        batch = x.size(0)
+        return (
+            x[:, 0, :16] * mask[:, :1].to(x.dtype),
+            torch.full([batch, 1], count, dtype=torch.int64),
+            torch.full([batch, 1], self.identity, dtype=torch.int64),
+        )
+
+
+def write_shape_counter_model(repository: pathlib.Path, name: str, instances: int) -> pathlib.Path:
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(_SHAPE_COUNTER_CONFIG.format(name=name, instances=instances))
+    torch.jit.script(_ShapeCounter()).save(str(model_dir / "1" / "model.pt"))
+    return model_dir

@@ -183,9 +183,10 @@ def test_clients_over_grpc_print_json_for_scripts(run_cli, server, warmed):
 
 
 @pytest.mark.timeout(SINGLE_LOAD_TIMEOUT_S)
-def test_new_plan_reloads_a_ready_model_while_it_keeps_serving(server, warmed, open_client):
-    """A READY model is not skipped: the new samples run in a reload, and the
-    old version answers requests until the new one is ready."""
+def test_new_plan_warms_a_ready_model_in_place_while_it_keeps_serving(server, warmed, open_client):
+    """A READY model is not skipped: its new samples run on the serving
+    instance, which answers requests throughout, and the file takes them for
+    the next load; nothing is reloaded (docs/rewarm.md)."""
     client = open_client(server)
     x = np.ones((1, 3, 64), dtype=np.float32)
     mask = np.ones((1, 3), dtype=np.int64)
@@ -221,11 +222,8 @@ def test_new_plan_reloads_a_ready_model_while_it_keeps_serving(server, warmed, o
         f"{GENERATED_PREFIX}group5_batch2",
         f"{GENERATED_PREFIX}group6_batch2",
     ]
-    windows = load_windows(server, "model-v1")
-    assert len(windows) == 2
-    shapes = [run["shapes"]["x"] for run in warmup_runs(server, "model-v1", windows[1])]
-    assert shapes.count([2, 5, 64]) == DEFAULT_WARMUP_COUNT
-    assert shapes.count([2, 6, 64]) == DEFAULT_WARMUP_COUNT
+    assert entry.rewarm == "in place" and entry.in_place_runs == 2 * DEFAULT_WARMUP_COUNT
+    assert len(load_windows(server, "model-v1")) == 1
     assert model_states(server)["model-v1"] == "READY"
     failures = [error for error in outcomes if error is not None]
     assert outcomes and not failures, failures[:3]

@@ -20,88 +20,28 @@ from triton_warmup.helper.preflight import (
     scratch_config,
     unchecked_samples,
 )
-from repository_fixtures import RecordingControl, snapshot, warmup_request
+from repository_fixtures import (
+    SCRATCH_PREFIX,
+    Infer,
+    RecordingControl,
+    control_for,
+    job_for,
+    snapshot,
+    warmup_request,
+    with_model_file,
+)
 from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.load_jobs import run_job
 from triton_warmup.report import Status
 from triton_warmup.helper.requests_mode import sample_arrays
-
-SCRATCH_PREFIX = ".warmup_helper.preflight."
-
-
-class Infer:
-    """Records each request; raises for groups above ``largest_group``."""
-
-    def __init__(self, largest_group=None):
-        self.largest_group = largest_group
-        self.calls = []
-
-    def __call__(self, request):
-        arrays = request.inputs
-        self.calls.append((request.model, request.version, {name: array.shape for name, array in arrays.items()}))
-        if self.largest_group is not None and arrays["mask"].shape[1] > self.largest_group:
-            raise RuntimeError("group size above the model's maximum")
-        return [{}]
-
-
-class ScratchControl(RecordingControl):
-    """Also loads scratch copies (recording their folder or their files) and
-    unloads; can refuse the scratch load."""
-
-    def __init__(self, ready=(), refuse_scratch=False, served=None):
-        super().__init__(ready)
-        self.refuse_scratch = refuse_scratch
-        self.served = served
-        self.files = {}
-        self.folders = {}
-
-    def load(self, name, config=None, files=None):
-        if not name.startswith(SCRATCH_PREFIX):
-            return super().load(name, config)
-        self.calls.append(("load scratch", name, config))
-        if files is not None:
-            self.files[name] = dict(files)
-        else:
-            folder = self.repository / name
-            self.folders[name] = {
-                entry.name: str(entry.readlink()) if entry.is_symlink() else entry.read_text()
-                for entry in folder.iterdir()
-            }
-        if self.refuse_scratch:
-            raise RuntimeError("failed to load: not a TorchScript archive")
-
-    def unload(self, name):
-        self.calls.append(("unload", name))
-
-    def served_config(self, name):
-        return self.served
-
 
 def files(repository):
     """Every file but the model's lock file, which any job leaves (empty)."""
     return {path: data for path, data in snapshot(repository).items() if not path.endswith(".warmup_helper.lock")}
 
 
-def with_model_file(repository, name="model-v1", content=b"torchscript bytes"):
-    (repository / name / "1").mkdir(exist_ok=True)
-    (repository / name / "1" / "model.pt").write_bytes(content)
-    return repository / name
-
-
-def job_for(repository, group_max=3, batch_sizes=(1,)):
-    with_model_file(repository)
-    (job,) = plan_jobs(repository, warmup_request(group_max=group_max, batch_sizes=batch_sizes))
-    return job
-
-
 def preflight(infer, **settings):
     return Preflight(infer=infer, **settings)
-
-
-def control_for(repository, **options):
-    control = ScratchControl(**options)
-    control.repository = repository
-    return control
 
 
 def test_sample_key_ignores_name_and_count_but_not_shape_batch_or_data():

@@ -22,10 +22,11 @@ import numpy as np
 
 from triton_warmup.helper.compile_status import CACHE_VARIABLE, is_pytorch2, read_compile_record
 from triton_warmup.threads import runs_in_libtorch
-from triton_warmup.helper.config_rewrite import ConfigRewrite, config_json
+from triton_warmup.helper.config_rewrite import ConfigRewrite, config_json, render_config
 from triton_warmup.helper.job_planning import EnsembleJob, ModelWarmupJob, RequestPlan
 from triton_warmup.helper.model_kind import Infer, correlation_ids
 from triton_warmup.helper.preflight import Preflight
+from triton_warmup.helper.rewarm import IN_PLACE, RELOADED, InPlaceRunFailed, Rewarm
 from triton_warmup.helper.repository_guard import (
     DEFAULT_LOCK_TIMEOUT_S,
     ModelLockTimeout,
@@ -74,9 +75,12 @@ def run_job(
     control,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     preflight: Optional[Preflight] = None,
+    rewarm: Optional[Rewarm] = None,
 ) -> ModelEntry:
     """Check the samples, rewrite the config and load the model; put the
-    config back if the load fails.
+    config back if the load fails. A READY model whose change can warm in
+    place (``rewarm.Rewarm.decide``) is not reloaded: its new samples run on
+    the serving instances, then the file is written.
 
     Args:
         job: from ``plan_jobs``.
@@ -89,6 +93,8 @@ def run_job(
             job before anything is written or loaded. It runs whenever the
             load would run samples: the config changes, or the model is not
             READY (Triton then runs every sample of the file).
+        rewarm: how a READY model with new samples is re-warmed; ``None``
+            reloads it.
 
     Everything from reading the config to the end of the load happens under
     the model's lock (``repository_guard.model_lock``), so writers on several
@@ -133,7 +139,8 @@ def run_job(
                     entry.config_changed = job.rewrite.changed
                     entry.warmup_samples = job.samples
                 if _preflight_passes(job, control, entry, was_ready, preflight):
-                    _load(job, control, entry, was_ready, preflight, started_at)
+                    if not _rewarmed_in_place(job, control, entry, was_ready, preflight, rewarm):
+                        _load(job, control, entry, was_ready, preflight, started_at)
             finally:
                 if hold is not None:
                     hold.held_until = time.time()
@@ -155,6 +162,7 @@ def run_jobs(
     max_parallel: int = 1,
     preflight: Optional[Preflight] = None,
     infer: Optional[Infer] = None,
+    rewarm: Optional[Rewarm] = None,
 ) -> List[ModelEntry]:
     """Run the whole plan; one entry per model, in the plan's report order.
 
@@ -164,7 +172,8 @@ def run_jobs(
     at once while its preflight is on and 1 while it is off, because Triton
     crashed when a reload ran beside a load whose warmup sample failed
     (docs/safety.md, "Known Triton issues"). ``infer`` sends the ensembles'
-    samples through their composing models.
+    samples through their composing models. ``rewarm`` re-warms READY models
+    in place where it can.
     """
     started = time.monotonic()
     entries: Dict[str, ModelEntry] = {entry.name: entry for entry in plan.failed}
@@ -192,7 +201,9 @@ def run_jobs(
         planned = [_planned_with_shapes(job, flows) for job in wave]
         entries.update((entry.name, entry) for entry in planned if isinstance(entry, ModelEntry))
         jobs = [job for job in planned if isinstance(job, ModelWarmupJob)]
-        for entry in run_each(jobs, lambda job: run_job(job, control, lock_timeout_s, preflight), max_parallel, started):
+        for entry in run_each(
+            jobs, lambda job: run_job(job, control, lock_timeout_s, preflight, rewarm), max_parallel, started
+        ):
             entries[entry.name] = entry
         for flow in flows:
             flow.advance(warm, failed, infer, ids)
@@ -332,6 +343,58 @@ def _preflight_passes(
     entry.detail = record.detail
     entry.serving_previous_version = was_ready
     return False
+
+
+def _rewarmed_in_place(
+    job: ModelWarmupJob,
+    control,
+    entry: ModelEntry,
+    was_ready: Optional[bool],
+    preflight: Optional[Preflight],
+    rewarm: Optional[Rewarm],
+) -> bool:
+    """For a READY model with new samples: warm it in place when
+    ``rewarm`` may, and say which way it went and why. True when it was
+    handled here (warm, or failed with the file untouched); False when it
+    is to be reloaded."""
+    if not (was_ready and job.rewrite.changed):
+        return False
+    if rewarm is None:
+        entry.rewarm, entry.rewarm_reason = RELOADED, "warming in place is not set up for this call"
+        return False
+    since = preflight.serving_since(job.name)[0] if preflight is not None else None
+    in_place, why = rewarm.decide(job, entry.preflight, since)
+    entry.rewarm, entry.rewarm_reason = (IN_PLACE if in_place else RELOADED), why
+    if not in_place:
+        return False
+    started = time.monotonic()
+    try:
+        entry.in_place_runs = rewarm.warm(job, preflight.served_samples(job, control))
+    except InPlaceRunFailed as error:
+        entry.error = f"warming in place: {error}; nothing was written, and the serving version is unchanged"
+        entry.detail = error.detail
+        entry.serving_previous_version = True
+        return True
+    finally:
+        entry.timings.in_place_s = _since(started)
+    write_started = time.monotonic()
+    try:
+        job.rewrite.apply()
+        job.rewrite.commit()
+    except OSError as error:
+        entry.timings.write_s = _since(write_started)
+        entry.error = (
+            f"writing {job.rewrite.path} failed: {error}; the serving instances ran the new samples, "
+            "but the next load will not"
+        )
+        entry.serving_previous_version = True
+        return True
+    entry.timings.write_s = _since(write_started)
+    entry.config_written = True
+    # The serving version runs this file but for the samples it has now run.
+    rewarm.written[job.name] = render_config(job.rewrite.config)
+    entry.status = Status.READY
+    return True
 
 
 def _load(

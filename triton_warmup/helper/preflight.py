@@ -47,6 +47,14 @@ from triton_warmup.helper.preflight_record import fingerprint, known_good, write
 from triton_warmup.helper.requests_mode import sample_arrays
 from triton_warmup.threads import runs_in_libtorch
 
+
+def pause_after(run_s: float, duty: float) -> float:
+    """The pause after a run of ``run_s`` seconds on a serving instance that
+    leaves the runs ``duty`` of the instance's time (1 or more: no pause)."""
+    if not 0 < duty < 1:
+        return 0.0
+    return run_s * (1 - duty) / duty
+
 # Where the repository folder cannot take the scratch folder (read-only),
 # the model's files travel base64-encoded in the load request instead, and
 # Triton holds the request, its decoded files and the loaded copy at once:
@@ -212,6 +220,9 @@ class Preflight:
     rng: np.random.Generator = dataclasses.field(default_factory=np.random.default_rng)
     # When the helper last started a load of each model that then succeeded.
     loaded_at: Dict[str, float] = dataclasses.field(default_factory=dict)
+    # The share of a serving instance's time its samples may take: the same
+    # pacing as an in-place re-warm (``rewarm.pause_after``); 1 is unpaced.
+    serving_duty: float = 1.0
 
     def check(self, job, control, was_ready: Optional[bool]) -> PreflightRecord:
         """Run every sample of ``job``'s planned config not known to pass.
@@ -236,9 +247,11 @@ class Preflight:
             if serving:
                 record.how = PREFLIGHT_SERVING
                 record.why = why
-                samples = unchecked_samples(config, self._served_samples(job, control) + recorded)
+                samples = unchecked_samples(config, self.served_samples(job, control) + recorded)
                 record.samples_known_good = len(config.model_warmup) - len(samples)
-                self._send(job.name, job.kind, config, samples, job.model_dir, record, versions)
+                self._send(
+                    job.name, job.kind, config, samples, job.model_dir, record, versions, duty=self.serving_duty
+                )
             elif not unchecked_samples(config, recorded):
                 record.how = PREFLIGHT_RECORD
                 record.why = "these samples passed before against the same model files, config and server"
@@ -269,13 +282,18 @@ class Preflight:
         except OSError:
             return None
 
+    def serving_since(self, name: str) -> Tuple[Optional[float], str]:
+        """When the serving version of ``name`` began loading (epoch), as far
+        as the helper knows, and what that time is; ``None`` when unknown."""
+        since = self.loaded_at.get(name)
+        if since is not None:
+            return since, "the helper's last load of it"
+        return self.server_started_at, "the server started"
+
     def _serving_runs_these_files(self, name: str, files: List[pathlib.Path]) -> Tuple[bool, str]:
         """Whether the READY version runs the files on disk, and why it is
         known (else the scratch copy checks them)."""
-        since = self.loaded_at.get(name)
-        described = "the helper's last load of it"
-        if since is None:
-            since, described = self.server_started_at, "the server started"
+        since, described = self.serving_since(name)
         if since is None:
             return False, "the server's start time is unknown, so the files the serving version runs are too"
         newest = max((path.stat().st_mtime for path in files), default=0.0)
@@ -284,7 +302,7 @@ class Preflight:
         return True, f"its files are unchanged since {described}"
 
     @staticmethod
-    def _served_samples(job, control) -> List[model_config_pb2.ModelWarmup]:
+    def served_samples(job, control) -> List[model_config_pb2.ModelWarmup]:
         """The samples Triton ran when it loaded the serving version: from the
         config it serves when the control can ask, else from the file."""
         served_config = getattr(control, "served_config", None)
@@ -373,11 +391,15 @@ class Preflight:
             raise
         return LINKED_FOLDER
 
-    def _send(self, model, kind: ModelKind, config, samples, model_dir, record, versions, in_flight=1) -> None:
+    def _send(
+        self, model, kind: ModelKind, config, samples, model_dir, record, versions, in_flight=1, duty=1.0
+    ) -> None:
         """Send each sample to each version, in the requests the model's kind
         takes (``model_kind.requests_for``); raise for the first that fails,
         in plan order. Up to ``in_flight`` samples at once: only where no
-        dynamic batcher can merge them into a batch no sample asked for."""
+        dynamic batcher can merge them into a batch no sample asked for.
+        One at a time, each run is followed by a pause that leaves it
+        ``duty`` of the time (``rewarm.pause_after``)."""
         runs = [(index, version) for index in range(len(samples)) for version in versions]
         ids = correlation_ids(self.rng)
         ids_lock = threading.Lock()
@@ -388,12 +410,15 @@ class Preflight:
 
         def run(index_and_version):
             index, version = index_and_version
+            started = time.monotonic()
             try:
                 arrays = sample_arrays(config, samples[index], model_dir, self.rng)
                 for request in requests_for(kind, model, version, config, arrays, iter(next_id, None)):
                     self.infer(request)
             except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
                 return error
+            if in_flight <= 1:
+                time.sleep(pause_after(time.monotonic() - started, duty))
             return None
 
         if in_flight > 1 and len(runs) > 1:

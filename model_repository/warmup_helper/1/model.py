@@ -37,6 +37,7 @@ from triton_warmup.helper.model_kind import InferRequest
 from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_MAX_WARMUP_SAMPLES, DEFAULT_WARMUP_COUNT
 from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
 from triton_warmup.helper.requests_mode import LIMITATION, run_requests_plan
+from triton_warmup.helper.rewarm import DEFAULT_DUTY, Rewarm
 from triton_warmup.threads import Machine
 
 # Models loaded at once when the preflight is on. 4 example models warmed from
@@ -202,6 +203,23 @@ class TritonPythonModel:
                 ),
                 server_started_at=server_started_at,
             )
+        rewarm = _parameter(parameters, "rewarm").lower() or "in_place"
+        if rewarm not in ("in_place", "reload"):
+            raise pb_utils.TritonModelException(
+                f"warmup_helper config parameter rewarm must be in_place or reload, got {rewarm!r}"
+            )
+        duty_percent = _int_parameter(parameters, "rewarm_duty_percent", round(DEFAULT_DUTY * 100))
+        if duty_percent > 100:
+            raise pb_utils.TritonModelException(
+                f"warmup_helper config parameter rewarm_duty_percent must be 1-100, got {duty_percent}"
+            )
+        if self.preflight is not None:
+            # Its runs on a serving model are paced as the in-place re-warm's.
+            self.preflight.serving_duty = duty_percent / 100
+        # Only with the preflight: it tells whether the serving version runs the files on disk.
+        self.rewarm = Rewarm(
+            infer=bls_infer, in_place=rewarm == "in_place" and self.preflight is not None, duty=duty_percent / 100
+        )
         http_url = _parameter(parameters, "http_url") or (
             http_url_from_argv(argv) if argv is not None else None
         )
@@ -236,6 +254,7 @@ class TritonPythonModel:
             f"allowed_models {sorted(self.allowed_models) if self.allowed_models else 'all'}, "
             f"max_parallel_loads {self.max_parallel_loads}, "
             f"preflight {'on' if self.preflight else 'OFF'}, "
+            f"rewarm {'in place where it can, duty ' + str(duty_percent) + '%' if self.rewarm.in_place else 'reload'}, "
             f"loads through {self.control.description}, "
             f"server model-control mode {self.server_mode or 'unknown'}"
         )
@@ -301,7 +320,13 @@ class TritonPythonModel:
             if mode == "load":
                 # Loads run in worker threads; logging stays on this thread.
                 entries = run_jobs(
-                    plan, self.control, self.lock_timeout_s, self.max_parallel_loads, self.preflight, infer=bls_infer
+                    plan,
+                    self.control,
+                    self.lock_timeout_s,
+                    self.max_parallel_loads,
+                    self.preflight,
+                    infer=bls_infer,
+                    rewarm=self.rewarm,
                 )
             else:
                 entries = run_requests_plan(plan, bls_infer, self.control.is_ready)
