@@ -69,8 +69,9 @@ test-faults: venv backend
 # cold and warmed (about 2 minutes); every warmed shape of four models after
 # READY, six conditions on fresh servers, four passes (about 30 minutes); a
 # repository in S3; time to READY at scale, with paired restarts (about 30
-# minutes); torch.compile models cold, warmed and restarted (the example,
-# about 6 minutes, and a larger one, about 20).
+# minutes); what clients see while a serving model is re-warmed, in place
+# and by a reload (about 20 minutes); torch.compile models cold, warmed and
+# restarted (the example, about 6 minutes, and a larger one, about 20).
 # Results in bench/results/.
 bench: venv backend models
 	$(PY) -m bench.warmup_benchmark
@@ -82,6 +83,7 @@ bench: venv backend models
 	$(PY) -m bench.warm_stays_warm
 	$(PY) -m bench.s3_benchmark
 	$(PY) -m bench.scale_benchmark
+	$(PY) -m bench.rewarm_under_traffic
 	$(PY) -m bench.pytorch2_benchmark
 	$(PY) -m bench.pytorch2_benchmark --model compiled-attention
 

@@ -11,9 +11,9 @@ whether the model is READY:
 * open loop: requests are due at a fixed rate (--rate per model); each is
   timed from when it was due, so queueing shows as latency.
 
-After --phase-s seconds (default 3) the helper re-warms the model with group
-sizes up to --rewarm-group-size (default 32); the clients go on for
---phase-s seconds after its answer. Requests are counted in the phase in
+After half a second (not counted) and --phase-s seconds (default 3) more,
+the helper re-warms the model with group sizes up to --rewarm-group-size
+(default 32); the clients go on for --phase-s seconds after its answer. Requests are counted in the phase in
 which they were sent: before, during the re-warm, after. Both ways the
 helper can re-warm run as conditions: "in place" (its default) and
 "reload" (its parameter ``rewarm: reload``, what it did before).
@@ -59,6 +59,7 @@ IN_PLACE, RELOAD = "in place", "reload"
 # CPUs: Python at more than 500 requests/s would measure itself.
 DEFAULT_RATES = {"model-v1": 500, TEXT_ENCODER: 50}
 POLL_S = 0.05
+SETTLE_S = 0.5
 # bench/warm_stays_warm.py's rule for a slow first request.
 SLOW_RATIO, SLOW_EXCESS_MS = 1.5, 0.03
 
@@ -88,10 +89,13 @@ class Traffic:
     def start(self) -> None:
         workers = self.clients if self.mode == CLOSED else max(8, self.clients)
         due: "queue.Queue[Optional[float]]" = queue.Queue()
+        # Requests fall due only once every client has its inputs ready, or
+        # the first ones would count the clients' own start as latency.
+        ready = threading.Barrier(workers + (1 if self.mode == OPEN else 0))
         for seed in range(workers):
-            self._threads.append(threading.Thread(target=self._client, args=(seed, due), daemon=True))
+            self._threads.append(threading.Thread(target=self._client, args=(seed, due, ready), daemon=True))
         if self.mode == OPEN:
-            self._threads.append(threading.Thread(target=self._schedule, args=(due, workers), daemon=True))
+            self._threads.append(threading.Thread(target=self._schedule, args=(due, workers, ready), daemon=True))
         self._threads.append(threading.Thread(target=self._poll, daemon=True))
         for thread in self._threads:
             thread.start()
@@ -101,7 +105,8 @@ class Traffic:
         for thread in self._threads:
             thread.join(timeout=60)
 
-    def _schedule(self, due: "queue.Queue", workers: int) -> None:
+    def _schedule(self, due: "queue.Queue", workers: int, ready: threading.Barrier) -> None:
+        ready.wait()
         interval = 1.0 / self.rate
         next_at = time.perf_counter()
         while not self._stop.is_set():
@@ -111,10 +116,12 @@ class Traffic:
         for _ in range(workers):
             due.put(None)
 
-    def _client(self, seed: int, due: "queue.Queue") -> None:
+    def _client(self, seed: int, due: "queue.Queue", ready: threading.Barrier) -> None:
         rng = np.random.default_rng(seed)
         with httpclient.InferenceServerClient(self.session.http_url, network_timeout=60) as client:
             prepared = [self.session.inputs_at(self.model, shape, rng) for shape in self.shapes]
+            client.is_server_live()  # the connection is open before the first timed request
+            ready.wait()
             while not self._stop.is_set():
                 if self.mode == OPEN:
                     at = due.get()
@@ -208,6 +215,8 @@ def run_trial(model: str, instances: int, mode: str, how: str, trial: int, workd
             session.trigger([model], args.group_size, BATCH_SIZES)
             traffic = Traffic(session, model, mode, args.closed_clients, args.rate[model], args.group_size)
             traffic.start()
+            # Requests of the clients' first moments are not counted.
+            time.sleep(SETTLE_S)
             before_start = time.perf_counter()
             time.sleep(args.phase_s)
             rewarm_start = time.perf_counter()

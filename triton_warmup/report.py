@@ -126,6 +126,11 @@ class PreflightRecord(_Record):
 
 
 
+# ModelEntry.rewarm: what the helper did to a READY model with new samples.
+REWARM_IN_PLACE = "in place"
+REWARM_RELOADED = "reloaded"
+
+
 # CompileRecord.verdict: what torch.compile did while a PyTorch 2 model loaded.
 COMPILE_COMPILED = "compiled"
 COMPILE_REUSED = "reused the cache"

@@ -211,6 +211,20 @@ def test_requests_mode_rows_say_the_config_was_not_used():
     assert row == ["m", "READY", "4", "3", "1", "-", "-", "-", "0.25", "not", "used"]
 
 
+def test_rows_say_whether_a_ready_model_was_warmed_in_place_or_reloaded_and_why():
+    common = {"status": "READY", "warmup_samples": 4, "count": 3, "instances": 1, "seconds_to_ready": 0.5,
+              "config_changed": True, "config_written": True}
+    in_place = ModelEntry.from_dict({**common, "name": "a", "rewarm": "in place", "in_place_runs": 6,
+                                     "timings": {"in_place_s": 0.42, "helper_s": 0.01, "total_s": 0.5}})
+    reloaded = ModelEntry.from_dict({**common, "name": "b", "rewarm": "reloaded",
+                                     "rewarm_reason": "config.pbtxt changed since the serving version loaded",
+                                     "timings": {"load_s": 0.3, "helper_s": 0.01, "total_s": 0.5}})
+    lines = warmup_models.format_table([in_place, reloaded]).splitlines()
+    assert "in place 0.42" in lines[2] and lines[2].endswith("rewritten  warmed in place, not reloaded")
+    assert lines[3].endswith("reloaded: config.pbtxt changed since the serving version loaded")
+    assert " 0.30 " in lines[3]
+
+
 def test_load_failures_are_models_that_were_tried_and_failed():
     index = [
         {"name": "a", "state": "UNAVAILABLE", "reason": "unloaded"},

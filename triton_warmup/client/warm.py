@@ -41,6 +41,8 @@ from triton_warmup.report import (
     COMPILE_UNKNOWN,
     PREFLIGHT_RECORD,
     PREFLIGHT_SCRATCH,
+    REWARM_IN_PLACE,
+    REWARM_RELOADED,
     CompileRecord,
     ModelEntry,
     WarmupReport,
@@ -298,6 +300,10 @@ def notes_cell(entry: ModelEntry) -> str:
         notes.append("thread counts differ (see NOTE)")
     if entry.compile is not None:
         notes.append(compile_note(entry.compile))
+    if entry.rewarm == REWARM_IN_PLACE:
+        notes.append("warmed in place, not reloaded")
+    elif entry.rewarm == REWARM_RELOADED:
+        notes.append(f"reloaded: {entry.rewarm_reason}")
     return "; ".join(notes)
 
 
@@ -337,6 +343,9 @@ def split_cells(entry: ModelEntry) -> Tuple[str, str]:
         return "-", "-"
     if entry.kind == "ensemble":
         return f"{timings.load_s:.2f}", "-"
+    if entry.rewarm == REWARM_IN_PLACE:
+        # No load: the new samples ran on the serving instances instead.
+        return f"in place {timings.in_place_s:.2f}", f"{timings.helper_s:.2f}"
     return f"{timings.load_s:.2f}", f"{timings.helper_s:.2f}"
 
 

@@ -141,6 +141,8 @@ def run_job(
                 if _preflight_passes(job, control, entry, was_ready, preflight):
                     if not _rewarmed_in_place(job, control, entry, was_ready, preflight, rewarm):
                         _load(job, control, entry, was_ready, preflight, started_at)
+                        if rewarm is not None and entry.ready:
+                            rewarm.forget(job.name)
             finally:
                 if hold is not None:
                     hold.held_until = time.time()

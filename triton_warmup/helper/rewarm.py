@@ -38,12 +38,11 @@ from triton_warmup.helper.model_kind import Infer, correlation_ids, requests_for
 from triton_warmup.helper.preflight import describe_sample, loaded_versions, pause_after, sample_key
 from triton_warmup.helper.requests_mode import sample_arrays
 from triton_warmup.helper.repository_guard import unwritable_reason
-from triton_warmup.report import PREFLIGHT_SERVING, one_line
+from triton_warmup.report import PREFLIGHT_SERVING, REWARM_IN_PLACE, REWARM_RELOADED, one_line
 from triton_warmup.threads import runs_in_libtorch
 
 # ModelEntry.rewarm: what the helper did to a model that was READY.
-IN_PLACE = "in place"
-RELOADED = "reloaded"
+IN_PLACE, RELOADED = REWARM_IN_PLACE, REWARM_RELOADED
 
 # The share of one instance's time the in-place runs may take: after a run
 # that took t seconds the helper waits t * (1 - duty) / duty. Measured with
@@ -77,6 +76,9 @@ class Rewarm:
     # config.pbtxt bytes that an in-place re-warm wrote: the serving version
     # runs the config they hold (but for the samples it already ran).
     written: Dict[str, bytes] = dataclasses.field(default_factory=dict)
+    # The samples in-place re-warms ran on each model's serving instances:
+    # Triton's served config does not list them until the next load.
+    ran: Dict[str, List[model_config_pb2.ModelWarmup]] = dataclasses.field(default_factory=dict)
 
     def decide(self, job, record, serving_since: Optional[float]) -> Tuple[bool, str]:
         """Whether a READY model's planned config can warm in place, and why.
@@ -121,6 +123,11 @@ class Rewarm:
             + ("instance" if job.instances == 1 else f"{job.instances} instances, which share libtorch's caches")
         )
 
+    def forget(self, name: str) -> None:
+        """The model was loaded anew: its instances run what its config says."""
+        self.written.pop(name, None)
+        self.ran.pop(name, None)
+
     def warm(self, job, served_samples: List[model_config_pb2.ModelWarmup]) -> int:
         """Send every sample of ``job``'s plan that the serving version has not
         run, ``count`` times per instance, one request at a time, paced to
@@ -130,7 +137,7 @@ class Rewarm:
             InPlaceRunFailed: a run failed; it names the sample.
         """
         config = job.rewrite.config
-        served = {sample_key(sample) for sample in served_samples}
+        served = {sample_key(sample) for sample in list(served_samples) + self.ran.get(job.name, [])}
         new = []
         for sample in config.model_warmup:
             key = sample_key(sample)
@@ -157,6 +164,7 @@ class Rewarm:
                         ) from None
                     sent += 1
                     time.sleep(pause_after(time.monotonic() - started, self.duty))
+        self.ran[job.name] = self.ran.get(job.name, []) + new
         return sent
 
 

@@ -384,6 +384,11 @@ class TritonPythonModel:
             )
         if entry.fallback:
             self.logger.log_warn(workspace.public(f"{self.model_name}: '{entry.name}': {entry.fallback}"))
+        if entry.rewarm is not None:
+            runs = f", {entry.in_place_runs} run(s) on the serving instances" if entry.in_place_runs else ""
+            self.logger.log_info(
+                workspace.public(f"{self.model_name}: '{entry.name}' re-warmed {entry.rewarm}{runs}: {entry.rewarm_reason}")
+            )
         if entry.error:
             self.logger.log_error(
                 workspace.public(f"{self.model_name}: '{entry.name}' failed: {entry.detail or entry.error}")

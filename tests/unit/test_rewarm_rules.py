@@ -82,6 +82,21 @@ def test_a_second_rewarm_after_one_in_place_also_goes_in_place(repository):
     assert not any(call[0] == "load" for call in control.calls)
 
 
+def test_a_second_rewarm_in_place_runs_only_what_the_first_did_not(repository):
+    served = served_first(repository)
+    infer = Infer()
+    rewarm = Rewarm(infer=infer, duty=1.0)
+    check = Preflight(infer=infer, server_started_at=time.time() + 60)
+    first, _, _ = rewarm_job(repository, served, infer, rewarm=rewarm, preflight=check)
+    # Triton still serves the first config: the in-place runs do not show in it.
+    second, _, job = rewarm_job(repository, served, infer, rewarm=rewarm, group_max=5, preflight=check)
+    assert second.rewarm == IN_PLACE and second.in_place_runs == job.count
+    # After a load the instances are new: the next re-warm counts on the served config alone.
+    rewarm.forget("model-v1")
+    third, _, _ = rewarm_job(repository, served, infer, rewarm=rewarm, group_max=6, preflight=check)
+    assert third.rewarm == IN_PLACE and third.in_place_runs == 4 * job.count
+
+
 def test_a_config_edited_since_the_serving_version_loaded_is_reloaded(repository):
     served = served_first(repository)
     infer = Infer()
