@@ -175,9 +175,11 @@ def set_instances(repository: pathlib.Path, model: str, instances: int) -> None:
     write_atomically(repository / model / "config.pbtxt", render_config(config))
 
 
-def set_rewarm(repository: pathlib.Path, how: str) -> None:
+def set_rewarm(repository: pathlib.Path, how: str, duty_percent: Optional[int]) -> None:
     _, config = read_config(repository / HELPER_MODEL)
     config.parameters["rewarm"].string_value = "in_place" if how == IN_PLACE else "reload"
+    if duty_percent is not None:
+        config.parameters["rewarm_duty_percent"].string_value = str(duty_percent)
     write_atomically(repository / HELPER_MODEL / "config.pbtxt", render_config(config))
 
 
@@ -207,7 +209,7 @@ def run_trial(model: str, instances: int, mode: str, how: str, trial: int, workd
     folder = workdir / f"{model}-{instances}-{mode.replace(' ', '_')}-{how.replace(' ', '_')}-{trial}"
     repository = copy_repository(folder / "model_repository")
     set_instances(repository, model, instances)
-    set_rewarm(repository, how)
+    set_rewarm(repository, how, args.duty_percent)
     server = EmbeddedTriton(repository, folder, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with server:
         session = Session(server.http_url, repository, server.log_path)
@@ -355,6 +357,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"Open-loop requests per second, one per model. Default: {DEFAULT_RATES}.")
     parser.add_argument("--group-size", type=int, default=8, help="Warmed before. Default is 8.")
     parser.add_argument("--rewarm-group-size", type=int, default=32, help="Re-warmed up to. Default is 32.")
+    parser.add_argument("--duty-percent", type=int, default=None,
+                        help="The helper's rewarm_duty_percent. Default: the helper's own.")
     parser.add_argument("--probe-every", type=int, default=1, help="Probe every n-th new shape. Default is 1.")
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
@@ -379,6 +383,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "rate": args.rate,
         "group_size": args.group_size,
         "rewarm_group_size": args.rewarm_group_size,
+        "duty_percent": args.duty_percent,
         "rows": rows,
     }
     write_results(args.output_dir, "rewarm_under_traffic", results, markdown(results))

@@ -35,7 +35,7 @@ from tritonclient.grpc import model_config_pb2
 from triton_warmup.helper.compile_status import is_pytorch2
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME
 from triton_warmup.helper.model_kind import Infer, correlation_ids, requests_for
-from triton_warmup.helper.preflight import describe_sample, loaded_versions, pause_after, sample_key
+from triton_warmup.helper.preflight import describe_sample, loaded_versions, pause_after, unchecked_samples
 from triton_warmup.helper.requests_mode import sample_arrays
 from triton_warmup.helper.repository_guard import unwritable_reason
 from triton_warmup.report import PREFLIGHT_SERVING, REWARM_IN_PLACE, REWARM_RELOADED, one_line
@@ -137,13 +137,7 @@ class Rewarm:
             InPlaceRunFailed: a run failed; it names the sample.
         """
         config = job.rewrite.config
-        served = {sample_key(sample) for sample in list(served_samples) + self.ran.get(job.name, [])}
-        new = []
-        for sample in config.model_warmup:
-            key = sample_key(sample)
-            if key not in served:
-                served.add(key)
-                new.append(sample)
+        new = unchecked_samples(config, list(served_samples) + self.ran.get(job.name, []))
         versions = loaded_versions(job.model_dir, config.version_policy)
         runs = max(job.count, 1) * max(job.instances, 1)
         ids = correlation_ids(self.rng)
