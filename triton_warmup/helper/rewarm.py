@@ -13,7 +13,8 @@ the next load warms from it as before.
 Which instance takes a request is Triton's choice: with every instance idle,
 it is the one that has waited longest, so requests sent one at a time go
 round the instances (measured: a 2-instance model answered from instance 0
-and 1 in turn, ``tests/integration/test_rewarm.py``). Under traffic a run may
+and 1 in turn; ``tests/integration/test_rewarm.py`` checks that both ran
+every new shape). Under traffic a run may
 land on an instance twice, or be batched with a client's request. That is
 why a model with several instances warms in place only where its instances
 share the caches that make a shape warm: TorchScript on Triton's libtorch
