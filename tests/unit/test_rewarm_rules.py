@@ -163,3 +163,18 @@ def test_a_run_that_fails_in_place_leaves_the_file_and_the_serving_version_alone
     assert not any(call[0] == "load" for call in control.calls)
     after = {path: data for path, data in snapshot(repository / "model-v1").items() if "lock" not in path}
     assert after == {path: data for path, data in before.items() if "lock" not in path}
+
+
+def test_sample_data_that_cannot_be_read_fails_the_model_not_the_request(repository, monkeypatch):
+    served = served_first(repository)
+    infer = Infer()
+
+    def unreadable(*args):
+        raise OSError("warmup/ids.bin: permission denied")
+
+    entry, control, _ = rewarm_job(repository, served, infer)
+    assert entry.rewarm == IN_PLACE
+    monkeypatch.setattr("triton_warmup.helper.rewarm.sample_arrays", unreadable)
+    failed, control, _ = rewarm_job(repository, served, infer, group_max=6)
+    assert failed.status == Status.FAILED and "its data cannot be read" in failed.error
+    assert not any(call[0] == "load" for call in control.calls)

@@ -144,7 +144,10 @@ class Rewarm:
         ids = correlation_ids(self.rng)
         sent = 0
         for sample in new:
-            arrays = sample_arrays(config, sample, job.model_dir, self.rng)
+            try:
+                arrays = sample_arrays(config, sample, job.model_dir, self.rng)
+            except (OSError, ValueError) as error:
+                raise InPlaceRunFailed(f"sample '{sample.name}': its data cannot be read: {error}") from None
             for version in versions:
                 for _ in range(runs):
                     started = time.monotonic()
