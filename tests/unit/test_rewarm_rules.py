@@ -13,7 +13,9 @@ from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.load_jobs import run_job
 from triton_warmup.helper.preflight import Preflight
 from triton_warmup.helper.repository_guard import write_atomically
-from triton_warmup.helper.rewarm import IN_PLACE, RELOADED, Rewarm
+from triton_warmup.helper.rewarm import Rewarm
+from triton_warmup.report import REWARM_IN_PLACE as IN_PLACE
+from triton_warmup.report import REWARM_RELOADED as RELOADED
 from triton_warmup.report import Status
 from repository_fixtures import warmup_request
 

@@ -26,7 +26,7 @@ from triton_warmup.helper.config_rewrite import ConfigRewrite, config_json, rend
 from triton_warmup.helper.job_planning import EnsembleJob, ModelWarmupJob, RequestPlan
 from triton_warmup.helper.model_kind import Infer, correlation_ids
 from triton_warmup.helper.preflight import Preflight
-from triton_warmup.helper.rewarm import IN_PLACE, RELOADED, InPlaceRunFailed, Rewarm
+from triton_warmup.helper.rewarm import InPlaceRunFailed, Rewarm
 from triton_warmup.helper.repository_guard import (
     DEFAULT_LOCK_TIMEOUT_S,
     ModelLockTimeout,
@@ -37,7 +37,7 @@ from triton_warmup.helper.repository_guard import (
     unwritable_reason,
 )
 from triton_warmup.helper.request import WarmupRequestError
-from triton_warmup.report import ModelEntry, Status, Timings, WarmupReport, one_line
+from triton_warmup.report import REWARM_IN_PLACE, REWARM_RELOADED, ModelEntry, Status, Timings, WarmupReport, one_line
 
 # Triton's whole answer when a config it reads from the repository is
 # refused; the reason is only in its log.
@@ -362,11 +362,11 @@ def _rewarmed_in_place(
     if not (was_ready and job.rewrite.changed):
         return False
     if rewarm is None:
-        entry.rewarm, entry.rewarm_reason = RELOADED, "warming in place is not set up for this call"
+        entry.rewarm, entry.rewarm_reason = REWARM_RELOADED, "warming in place is not set up for this call"
         return False
     since = preflight.serving_since(job.name)[0] if preflight is not None else None
     in_place, why = rewarm.decide(job, entry.preflight, since)
-    entry.rewarm, entry.rewarm_reason = (IN_PLACE if in_place else RELOADED), why
+    entry.rewarm, entry.rewarm_reason = (REWARM_IN_PLACE if in_place else REWARM_RELOADED), why
     if not in_place:
         return False
     started = time.monotonic()

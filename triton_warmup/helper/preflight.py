@@ -221,7 +221,7 @@ class Preflight:
     # When the helper last started a load of each model that then succeeded.
     loaded_at: Dict[str, float] = dataclasses.field(default_factory=dict)
     # The share of a serving instance's time its samples may take: the same
-    # pacing as an in-place re-warm (``rewarm.pause_after``); 1 is unpaced.
+    # pacing as an in-place re-warm (``pause_after``); 1 is unpaced.
     serving_duty: float = 1.0
 
     def check(self, job, control, was_ready: Optional[bool]) -> PreflightRecord:
@@ -399,7 +399,7 @@ class Preflight:
         in plan order. Up to ``in_flight`` samples at once: only where no
         dynamic batcher can merge them into a batch no sample asked for.
         One at a time, each run is followed by a pause that leaves it
-        ``duty`` of the time (``rewarm.pause_after``)."""
+        ``duty`` of the time (``pause_after``)."""
         runs = [(index, version) for index in range(len(samples)) for version in versions]
         ids = correlation_ids(self.rng)
         ids_lock = threading.Lock()

@@ -14,9 +14,8 @@ Which instance takes a request is Triton's choice: with every instance idle,
 it is the one that has waited longest, so requests sent one at a time go
 round the instances (measured: a 2-instance model answered from instance 0
 and 1 in turn; ``tests/integration/test_rewarm.py`` checks that both ran
-every new shape). Under traffic a run may
-land on an instance twice, or be batched with a client's request. That is
-why a model with several instances warms in place only where its instances
+every new shape). Under traffic a run may land on an instance twice, or be
+batched with a client's request. That is why a model with several instances warms in place only where its instances
 share the caches that make a shape warm: TorchScript on Triton's libtorch
 backend, on CPU, in one process, where oneDNN keeps its primitives
 process-wide (docs/warm-stays-warm.md). Everything else reloads, and the
@@ -39,11 +38,8 @@ from triton_warmup.helper.model_kind import Infer, correlation_ids, requests_for
 from triton_warmup.helper.preflight import describe_sample, loaded_versions, pause_after, unchecked_samples
 from triton_warmup.helper.requests_mode import sample_arrays
 from triton_warmup.helper.repository_guard import unwritable_reason
-from triton_warmup.report import PREFLIGHT_SERVING, REWARM_IN_PLACE, REWARM_RELOADED, one_line
+from triton_warmup.report import PREFLIGHT_SERVING, one_line
 from triton_warmup.threads import runs_in_libtorch
-
-# ModelEntry.rewarm: what the helper did to a model that was READY.
-IN_PLACE, RELOADED = REWARM_IN_PLACE, REWARM_RELOADED
 
 # The share of one instance's time the in-place runs may take: after a run
 # that took t seconds the helper waits t * (1 - duty) / duty. Measured with
