@@ -72,7 +72,8 @@ test-faults: venv backend
 # minutes); what clients see while a serving model is re-warmed, in place
 # and by a reload (about 20 minutes); torch.compile models cold, warmed and
 # restarted (the example, about 6 minutes, and a larger one, about 20).
-# Results in bench/results/.
+# Results in bench/results/; last, first_request.png, drawn from the JSON
+# results alone (python -m bench.figures redraws it without measuring).
 bench: venv backend models
 	$(PY) -m bench.warmup_benchmark
 	$(PY) -m bench.replica_benchmark
@@ -86,6 +87,7 @@ bench: venv backend models
 	$(PY) -m bench.rewarm_under_traffic
 	$(PY) -m bench.pytorch2_benchmark
 	$(PY) -m bench.pytorch2_benchmark --model compiled-attention
+	$(PY) -m bench.figures
 
 # Run every command the README and the docs show (blocks marked
 # <!-- shown: ... -->) and write what they printed into the docs;
