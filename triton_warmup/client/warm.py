@@ -35,7 +35,12 @@ from triton_warmup.client import flags as client_flags
 from triton_warmup.client.live_view import StateWatcher
 from triton_warmup.client.plan_file import PlanFileError, load_plan, locate_plan_error
 from triton_warmup.client.text_table import text_table
-from triton_warmup.helper.request import WarmupRequestError, parse_request
+from triton_warmup.helper.request import (
+    DEFAULT_GROUP_SIZE_MAX,
+    DEFAULT_GROUP_SIZE_MIN,
+    WarmupRequestError,
+    parse_request,
+)
 from triton_warmup.report import (
     COMPILE_REUSED,
     COMPILE_UNKNOWN,
@@ -49,8 +54,6 @@ from triton_warmup.report import (
 )
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
-DEFAULT_GROUP_SIZE_MIN = 1
-DEFAULT_GROUP_SIZE_MAX = 4
 # Several models, each loading its instances and running every sample count
 # times: minutes on a small CPU machine, so the default is generous.
 DEFAULT_TIMEOUT_S = 900.0

@@ -52,6 +52,11 @@ MAX_NAME_BYTES = 255
 # A plan document larger than this is refused before it is parsed.
 MAX_PLAN_BYTES = 1024 * 1024
 
+# The group sizes of a request that gives none: triton-warmup's defaults, and
+# what the helper's warm_on_start: all warms.
+DEFAULT_GROUP_SIZE_MIN = 1
+DEFAULT_GROUP_SIZE_MAX = 4
+
 _PLAN_KEYS = ("mode", "all_models", "defaults", "models")
 _MODEL_PLAN_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data", "samples")
 # The settings that make a range of shapes; a model that lists its samples
