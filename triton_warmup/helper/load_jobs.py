@@ -42,6 +42,8 @@ from triton_warmup.report import REWARM_IN_PLACE, REWARM_RELOADED, ModelEntry, S
 # Triton's whole answer when a config it reads from the repository is
 # refused; the reason is only in its log.
 _POLL_FAILURE = "failed to poll from model repository"
+# A model the warmup never started because the server began to shut down.
+NOT_STARTED_STOPPING = "not warmed: the server began to stop before this model's turn"
 
 
 def _write_or_fall_back(rewrite: ConfigRewrite, entry: ModelEntry) -> Optional[str]:
@@ -165,6 +167,8 @@ def run_jobs(
     preflight: Optional[Preflight] = None,
     infer: Optional[Infer] = None,
     rewarm: Optional[Rewarm] = None,
+    on_done: Optional[Callable[[ModelEntry], None]] = None,
+    stopping: Optional[Callable[[], bool]] = None,
 ) -> List[ModelEntry]:
     """Run the whole plan; one entry per model, in the plan's report order.
 
@@ -175,13 +179,29 @@ def run_jobs(
     crashed when a reload ran beside a load whose warmup sample failed
     (docs/safety.md, "Known Triton issues"). ``infer`` sends the ensembles'
     samples through their composing models. ``rewarm`` re-warms READY models
-    in place where it can.
+    in place where it can. ``on_done`` is told of each model as it settles
+    (the start warmup's progress). Once ``stopping()`` is true (the server
+    shuts down), no further model starts; each one left gets an entry that
+    says so, and the models already in their load end as they would.
     """
     started = time.monotonic()
     entries: Dict[str, ModelEntry] = {entry.name: entry for entry in plan.failed}
     flows = [ensemble.flow for ensemble in plan.ensembles]
     pending: Dict[str, ModelWarmupJob] = {job.name: job for job in plan.jobs}
     ids = correlation_ids(np.random.default_rng())
+
+    def settled(entry: ModelEntry) -> ModelEntry:
+        if on_done is not None:
+            on_done(entry)
+        return entry
+
+    def run_one(job: ModelWarmupJob) -> ModelEntry:
+        if stopping is not None and stopping():
+            return settled(ModelEntry(name=job.name, kind=job.kind.label, error=NOT_STARTED_STOPPING))
+        return settled(run_job(job, control, lock_timeout_s, preflight, rewarm))
+
+    for entry in plan.failed:
+        settled(entry)
 
     def warm(name: str) -> bool:
         return name in entries and entries[name].ready
@@ -201,16 +221,18 @@ def run_jobs(
         for job in wave:
             del pending[job.name]
         planned = [_planned_with_shapes(job, flows) for job in wave]
-        entries.update((entry.name, entry) for entry in planned if isinstance(entry, ModelEntry))
+        entries.update((entry.name, settled(entry)) for entry in planned if isinstance(entry, ModelEntry))
         jobs = [job for job in planned if isinstance(job, ModelWarmupJob)]
-        for entry in run_each(
-            jobs, lambda job: run_job(job, control, lock_timeout_s, preflight, rewarm), max_parallel, started
-        ):
+        for entry in run_each(jobs, run_one, max_parallel, started):
             entries[entry.name] = entry
         for flow in flows:
             flow.advance(warm, failed, infer, ids)
     for ensemble in plan.ensembles:
-        entries[ensemble.name] = load_ensemble(ensemble, control, entries, started)
+        if stopping is not None and stopping():
+            stopped = ModelEntry(name=ensemble.name, kind=ensemble.kind.label, error=NOT_STARTED_STOPPING)
+            entries[ensemble.name] = settled(stopped)
+        else:
+            entries[ensemble.name] = settled(load_ensemble(ensemble, control, entries, started))
     return [entries[name] for name in plan.order]
 
 

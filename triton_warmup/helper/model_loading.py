@@ -238,6 +238,16 @@ class HttpModelControl:
         except (OSError, ValueError):
             return None
 
+    def server_ready(self) -> bool:
+        """Whether the server answers ``/v2/health/ready`` with 200: its
+        start-up is over and every loaded model is READY."""
+        request = urllib.request.Request(f"http://{self.url}/v2/health/ready", headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status == 200
+        except (OSError, ValueError):
+            return False
+
     def is_ready(self, model_name: str) -> bool:
         request = urllib.request.Request(
             f"http://{self.url}/v2/models/{self._quoted(model_name)}/ready", headers=self.headers

@@ -19,6 +19,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from triton_warmup.helper.model_loading import (
+    HttpModelControl,
     choose_model_control,
     choose_warmup_mode,
     http_url_from_argv,
@@ -38,6 +39,7 @@ from triton_warmup.helper.warmup_plan import DEFAULT_MAX_SAMPLE_BYTES, DEFAULT_M
 from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, parse_allowed_models, parse_request
 from triton_warmup.helper.requests_mode import LIMITATION, run_requests_plan
 from triton_warmup.helper.rewarm import DEFAULT_DUTY, Rewarm
+from triton_warmup.helper.start_warmup import PARAMETER as WARM_ON_START, StartPlanError, StartWarmup, check_start_plan, read_start_plan
 from triton_warmup.threads import Machine
 
 # Models loaded at once when the preflight is on. 4 example models warmed from
@@ -45,6 +47,12 @@ from triton_warmup.threads import Machine
 # 1.30/1.17, 1.16/1.00, 1.01/1.00, 1.58/1.18, 1.05/1.23 and 1.05/1.11 s; faster
 # in four comparisons of six (bench/results/warmup_benchmark.md, "Parallel loads").
 DEFAULT_PARALLEL_LOADS = 4
+# A request with START_REPORT asks for the start warmup's report (warm_on_start).
+START_REPORT_INPUT = "START_REPORT"
+# finalize waits this long for the start warmup's thread: a model in its load
+# then ends as it would (or is put back); never long enough to hold Triton's
+# shutdown, which waits for its models' finalize.
+START_STOP_TIMEOUT_S = 5.0
 
 
 def _error_code(name: str):
@@ -258,19 +266,131 @@ class TritonPythonModel:
             f"loads through {self.control.description}, "
             f"server model-control mode {self.server_mode or 'unknown'}"
         )
+        self.start_warmup = self._start_warmup(
+            _parameter(parameters, WARM_ON_START), pathlib.Path(args["model_repository"]), http_url, argv
+        )
+
+    def _start_warmup(self, value: str, helper_dir: pathlib.Path, http_url, argv):
+        """The warmup at server start that ``warm_on_start`` asks for, checked
+        now: a bad plan fails this load, so the server never comes up cold."""
+        try:
+            start = read_start_plan(value, helper_dir, self.model_name, self.allowed_models)
+            if start is None:
+                return None
+            source, start_request = start
+            if http_url is None:
+                raise StartPlanError(
+                    f"{WARM_ON_START} needs the server's HTTP endpoint, to know when the server is ready "
+                    "(tritonserver runs with --allow-http=false, or set the helper's http_url parameter)"
+                )
+            workspace = self.repository.mirror()
+            try:
+                check_start_plan(
+                    source,
+                    start_request,
+                    lambda request: plan_jobs(
+                        workspace.root, request, self.settings, self.model_name, self.allowed_models
+                    ),
+                )
+            finally:
+                workspace.close()
+        except (StartPlanError, RepositoryError) as error:
+            raise pb_utils.TritonModelException(f"warmup_helper {WARM_ON_START}: {error}") from None
+        readiness = HttpModelControl(http_url, headers=restricted_headers_from_argv(argv or []))
+        start_warmup = StartWarmup(
+            source,
+            server_ready=readiness.server_ready,
+            warm=lambda progress, stopping: self._warm_at_start(start_request, progress, stopping),
+            log_info=lambda line: self.logger.log_info(f"{self.model_name}: {line}"),
+            log_error=lambda line: self.logger.log_error(f"{self.model_name}: {line}"),
+        )
+        # The Model Loading API refuses loads until the server's start-up,
+        # this initialize included, is over: the thread waits for it.
+        start_warmup.start()
+        self.logger.log_info(
+            f"{self.model_name}: {source}: checked; warming once the server is ready "
+            f"(requests to the helper get UNAVAILABLE until then)"
+        )
+        return start_warmup
+
+    def _warm_at_start(self, start_request, progress, stopping):
+        """Run the start plan as a request would; log its outcome; keep the report."""
+        done = []
+
+        def on_done(entry):
+            done.append(entry.name)
+            progress(total[0], len(done))
+
+        total = [None]
+
+        def on_plan(plan):
+            total[0] = len(plan.order)
+            progress(total[0], 0)
+
+        report, refused = self._run(start_request, time.monotonic(), on_plan=on_plan, on_done=on_done, stopping=stopping)
+        if refused is not None:
+            raise RuntimeError(refused[0])
+        summary = f"{len(report.loaded)} of {len(report.models)} model(s) READY in {report.seconds_total} s"
+        if report.failed:
+            self.logger.log_warn(f"{self.model_name}: warmed at start: {summary}; not warmed: {report.failed}")
+        else:
+            self.logger.log_info(f"{self.model_name}: warmed at start: {summary}")
+        return report
 
     def execute(self, requests):
         return [self._handle(request) for request in requests]
 
     def _handle(self, request):
         plan_started = time.monotonic()
-        workspace = None
+        start = self.start_warmup.snapshot() if self.start_warmup is not None else None
+        if pb_utils.get_input_tensor_by_name(request, START_REPORT_INPUT) is not None:
+            return self._start_report(start)
+        if start is not None and not start.finished:
+            # Refused at once rather than queued: the start warmup holds every
+            # model's turn, and a queued request would warm them a second time.
+            return _error_response(f"{self.model_name} is warming at start: {start.summary()}", "UNAVAILABLE")
         try:
             inputs = {}
             for name in REQUEST_INPUTS:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 inputs[name] = None if tensor is None else tensor.as_numpy()
             warmup_request = parse_request(inputs, self.model_name, self.allowed_models)
+        except WarmupRequestError as error:
+            self.logger.log_warn(f"{self.model_name}: refused request: {error}")
+            return _error_response(error.response_message(), error.code)
+        report, refused = self._run(warmup_request, plan_started)
+        if refused is not None:
+            return _error_response(*refused)
+        return self._report_response(report)
+
+    def _start_report(self, start):
+        """The answer to START_REPORT: the start warmup's report once it is done."""
+        if start is None:
+            return _error_response(
+                f"{self.model_name} has no warmup at start: its config sets no {WARM_ON_START}", "NOT_FOUND"
+            )
+        if not start.finished:
+            return _error_response(f"{self.model_name} is warming at start: {start.summary()}", "UNAVAILABLE")
+        if start.report is None:
+            return _error_response(f"{self.model_name}: {start.error}", "INTERNAL")
+        return self._report_response(start.report)
+
+    @staticmethod
+    def _report_response(report):
+        loaded = np.array([name.encode("utf-8") for name in report.loaded], dtype=np.object_)
+        report_json = np.array([json.dumps(report.to_dict()).encode("utf-8")], dtype=np.object_)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("LOADED_MODELS", loaded),
+                pb_utils.Tensor("REPORT", report_json),
+            ]
+        )
+
+    def _run(self, warmup_request, plan_started, on_plan=None, on_done=None, stopping=None):
+        """Plan and warm ``warmup_request``: ``(report, None)``, or ``(None,
+        (message, code))`` when it is refused or the helper fails."""
+        workspace = None
+        try:
             try:
                 mode, mode_reason = choose_warmup_mode(warmup_request.mode, self.server_mode)
             except ValueError as error:
@@ -284,21 +404,23 @@ class TritonPythonModel:
         except RepositoryError as error:
             self.logger.log_warn(f"{self.model_name}: {error}")
             self._close(workspace)
-            return _error_response(str(error), "UNAVAILABLE")
+            return None, (str(error), "UNAVAILABLE")
         except WarmupRequestError as error:
             message = self._public(workspace, error.response_message())
             self.logger.log_warn(f"{self.model_name}: refused request: {self._public(workspace, str(error))}")
             self._close(workspace)
-            return _error_response(message, error.code)
+            return None, (message, error.code)
         except Exception:  # noqa: BLE001 - answer the request, log the traceback
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
             message = self._public(
                 workspace, f"{self.model_name} failed to plan the warmup: {traceback.format_exc(limit=1)}"
             )
             self._close(workspace)
-            return _error_response(message, "INTERNAL")
+            return None, (message, "INTERNAL")
+        if on_plan is not None:
+            on_plan(plan)
         try:
-            return self._warm(plan, mode, mode_reason, workspace, plan_started)
+            return self._warm(plan, mode, mode_reason, workspace, plan_started, on_done, stopping)
         finally:
             self._close(workspace)
 
@@ -312,7 +434,7 @@ class TritonPythonModel:
         if workspace is not None:
             workspace.close()
 
-    def _warm(self, plan, mode, mode_reason, workspace, plan_started):
+    def _warm(self, plan, mode, mode_reason, workspace, plan_started, on_done=None, stopping=None):
         plan_s = round(time.monotonic() - plan_started, 6)
         started = time.monotonic()
         self._log_plan(plan, mode, workspace)
@@ -327,12 +449,14 @@ class TritonPythonModel:
                     self.preflight,
                     infer=bls_infer,
                     rewarm=self.rewarm,
+                    on_done=on_done,
+                    stopping=stopping,
                 )
             else:
                 entries = run_requests_plan(plan, bls_infer, self.control.is_ready)
         except Exception:  # noqa: BLE001 - a bug of the helper's: answer, and log the traceback
             self.logger.log_error(f"{self.model_name}: {traceback.format_exc()}")
-            return _error_response(
+            return None, (
                 workspace.public(f"{self.model_name} failed while warming: {traceback.format_exc(limit=1)}"),
                 "INTERNAL",
             )
@@ -342,15 +466,8 @@ class TritonPythonModel:
         report.mode = mode
         report.mode_reason = mode_reason
         report.limitation = LIMITATION if mode == "requests" else None
-
-        loaded = np.array([name.encode("utf-8") for name in report.loaded], dtype=np.object_)
-        report_json = np.array([workspace.public(json.dumps(report.to_dict())).encode("utf-8")], dtype=np.object_)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("LOADED_MODELS", loaded),
-                pb_utils.Tensor("REPORT", report_json),
-            ]
-        )
+        # Messages name the repository's URL, never a bucket's local copy.
+        return type(report).from_dict(json.loads(workspace.public(json.dumps(report.to_dict())))), None
 
     def _log_plan(self, plan, mode: str, workspace) -> None:
         fed = {member for ensemble in plan.ensembles for member in ensemble.members}
@@ -402,4 +519,9 @@ class TritonPythonModel:
             )
 
     def finalize(self):
+        if self.start_warmup is not None and not self.start_warmup.stop(START_STOP_TIMEOUT_S):
+            self.logger.log_warn(
+                f"{self.model_name}: the warmup at start was still in a load at shutdown; a config it "
+                "rewrote is put back by the helper's next start if that load never ended"
+            )
         self.logger.log_info(f"{self.model_name}: finalized")
