@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh clone:
 #   make run   - venv, native libtorch backend, models, embedded Triton on a
-#                working copy, warmup of every example model, states
+#                working copy that warms every example model at start, states
 #   make test  - unit and integration tests on the real embedded Triton
 PYTHON ?= python3
 VENV := .venv
@@ -39,12 +39,13 @@ models: $(MODELS)
 $(MODELS): triton_warmup/example_models.py model_repository/compiled-encoder/1/model.py $(VENV)/.installed
 	$(PY) gen_model.py --model-repository model_repository
 
-# Every model of the example repository (plain, Python with a string input,
-# an ensemble, a sequence model), group sizes 1..4, on a working copy.
+# The server warms itself at start (the helper's warm_on_start: all, set in a
+# working copy): every model of the example repository (plain, Python with a
+# string input, an ensemble, a sequence model, PyTorch 2), group sizes 1..4;
+# triton-warmup --start-report waits for that warmup and prints its report.
 run: venv backend models
-	@$(VENV)/bin/triton-warmup-serve --working-copy --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
-		sh -c '$(VENV)/bin/triton-warmup -u localhost:$(HTTP_PORT) --all --group-size-max 4 \
-		&& $(VENV)/bin/triton-warmup-states -u localhost:$(HTTP_PORT)'
+	@$(VENV)/bin/triton-warmup-serve --working-copy --warm-on-start all --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
+		$(VENV)/bin/triton-warmup-states -u localhost:$(HTTP_PORT)
 
 test: venv backend
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests

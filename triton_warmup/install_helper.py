@@ -9,12 +9,17 @@ deploy/Dockerfile does).
 The copy is written beside the destination and renamed into place, so a
 repository never holds half a helper. An existing helper is replaced only with
 ``--force``; a folder of that name that is not a helper is never replaced.
+``--warm-on-start all`` or ``--warm-on-start PLAN`` makes the server warm at
+start with nothing but its command line (docs/warm-on-start.md): the helper's
+config gets the ``warm_on_start`` parameter, and a plan file is checked and
+copied into the helper's folder.
 
 Exit codes: 0 the helper is in place, 1 it could not be written, 2 bad usage.
 """
 
 import argparse
 import importlib.resources
+import json
 import os
 import pathlib
 import shutil
@@ -22,7 +27,13 @@ import sys
 import tempfile
 from typing import List, Optional
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 from triton_warmup import HELPER_MODEL
+from triton_warmup.helper.plan_file import load_plan
+from triton_warmup.helper.repository_guard import write_atomically
+from triton_warmup.helper.start_warmup import PARAMETER as WARM_ON_START, WARM_ALL
 
 # What a helper folder holds; only these are copied. A folder whose model.py
 # imports this package counts as a helper that --force may replace.
@@ -39,8 +50,12 @@ def _is_helper(folder: pathlib.Path) -> bool:
     return model.is_file() and "triton_warmup" in model.read_text(errors="replace")
 
 
-def install_helper(repository: pathlib.Path, force: bool = False) -> pathlib.Path:
+def install_helper(repository: pathlib.Path, force: bool = False, warm_on_start: Optional[str] = None) -> pathlib.Path:
     """Copy the helper into ``repository/warmup_helper``; return that folder.
+
+    ``warm_on_start`` (``all`` or a plan file) is set in the copy before it
+    is renamed into place (``set_warm_on_start``), so the repository holds
+    the old helper or the whole new one.
 
     Raises:
         FileNotFoundError: ``repository`` is not a folder.
@@ -62,6 +77,8 @@ def install_helper(repository: pathlib.Path, force: bool = False) -> pathlib.Pat
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / relative, target)
+        if warm_on_start is not None:
+            set_warm_on_start(staging, warm_on_start)
         os.chmod(staging, 0o755)
         if destination.exists():
             old = destination.with_name(f".{name}.replaced")
@@ -76,17 +93,67 @@ def install_helper(repository: pathlib.Path, force: bool = False) -> pathlib.Pat
     return destination
 
 
+def set_warm_on_start(helper: pathlib.Path, value: str) -> str:
+    """Set the ``warm_on_start`` parameter of the helper in folder ``helper``.
+
+    ``value`` is ``all``, or a plan file anywhere: it is checked, then
+    copied into the helper's folder, and the parameter names the copy.
+    The config is written back through protobuf's text format, which keeps
+    no comments: a header says where the commented original is.
+
+    Returns the parameter's value.
+
+    Raises:
+        helper.plan_file.PlanFileError: the plan file is bad (naming its line).
+        OSError: a file could not be read or written.
+    """
+    if value != WARM_ALL:
+        plan = pathlib.Path(value)
+        load_plan(plan)
+        write_atomically(helper / plan.name, plan.read_bytes())
+        value = plan.name
+    config_path = helper / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    config.parameters[WARM_ON_START].string_value = value
+    header = (
+        f"# warmup_helper, written by triton-warmup-install-helper --warm-on-start {json.dumps(value)}.\n"
+        "# Every field is explained in the package's copy (triton_warmup/helper_model/config.pbtxt)\n"
+        "# and in docs/request.md; warm_on_start in docs/warm-on-start.md.\n"
+    )
+    write_atomically(config_path, (header + text_format.MessageToString(config)).encode("utf-8"))
+    return value
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
     parser.add_argument("repository", type=pathlib.Path, help="The model repository to put the helper in.")
     parser.add_argument("--force", action="store_true", help="Replace a helper already there. Default is off.")
+    parser.add_argument(
+        "--warm-on-start",
+        metavar="all|PLAN",
+        help="Warm at server start with no client: 'all' (every model, group sizes 1..4) or a plan "
+        "file, checked and copied into the helper's folder (--force drops an earlier one: give it "
+        "again). Default is no warmup at start.",
+    )
     args = parser.parse_args(argv)
+    if args.warm_on_start is not None and args.warm_on_start != WARM_ALL:
+        try:
+            load_plan(pathlib.Path(args.warm_on_start))
+        except ValueError as error:
+            print(f"FAILED: {error}", file=sys.stderr)
+            return 2
     try:
-        folder = install_helper(args.repository, args.force)
+        folder = install_helper(args.repository, args.force, args.warm_on_start)
     except (OSError, ValueError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
         return 1
-    print(f"PASS: {folder} holds {HELPER_MODEL}; start tritonserver with --model-control-mode=explicit "
+    if args.warm_on_start is None:
+        when = ""
+    elif args.warm_on_start == WARM_ALL:
+        when = "; it warms every model at start"
+    else:
+        when = f"; it warms the plan {pathlib.Path(args.warm_on_start).name} at start"
+    print(f"PASS: {folder} holds {HELPER_MODEL}{when}; start tritonserver with --model-control-mode=explicit "
           f"--load-model={HELPER_MODEL}")
     return 0
 

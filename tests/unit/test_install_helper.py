@@ -46,3 +46,41 @@ def test_a_folder_of_that_name_that_is_not_a_helper_is_never_replaced(tmp_path, 
 def test_a_missing_repository_is_a_clear_error(tmp_path, capsys):
     assert install_helper.main([str(tmp_path / "absent")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+def helper_parameters(folder):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def test_warm_on_start_all_is_set_in_the_installed_config_and_nothing_else_changes(tmp_path, capsys):
+    assert install_helper.main([str(tmp_path), "--warm-on-start", "all"]) == 0
+    installed = helper_parameters(tmp_path / "warmup_helper")
+    shipped = helper_parameters(PROJECT_HELPER)
+    assert installed == {**shipped, "warm_on_start": "all"}
+    assert "it warms every model at start" in capsys.readouterr().out
+
+
+def test_a_start_plan_is_checked_then_copied_beside_the_config(tmp_path, capsys):
+    plan = tmp_path / "plans" / "start.yaml"
+    plan.parent.mkdir()
+    plan.write_text("models:\n  model-v1: {group_size_max: 2}\n")
+    repository = tmp_path / "models"
+    repository.mkdir()
+    assert install_helper.main([str(repository), "--warm-on-start", str(plan)]) == 0
+    helper = repository / "warmup_helper"
+    assert (helper / "start.yaml").read_bytes() == plan.read_bytes()
+    assert helper_parameters(helper)["warm_on_start"] == "start.yaml"
+
+
+def test_a_bad_start_plan_installs_nothing(tmp_path, capsys):
+    plan = tmp_path / "start.yaml"
+    plan.write_text("models:\n  model-v1: {group_size_max: 0}\n")
+    repository = tmp_path / "models"
+    repository.mkdir()
+    assert install_helper.main([str(repository), "--warm-on-start", str(plan)]) == 2
+    assert list(repository.iterdir()) == []
+    assert "start.yaml, line 2" in capsys.readouterr().err

@@ -100,7 +100,7 @@ class FakeServer:
 def start(server, warm, lines):
     return StartWarmup(
         "warm_on_start: all",
-        server_ready=server.ready,
+        server_live=server.ready,
         warm=warm,
         log_info=lines.append,
         log_error=lines.append,

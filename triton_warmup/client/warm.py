@@ -6,7 +6,9 @@ each model's config.pbtxt and loads the model; Triton runs the samples on every
 instance before it marks the model READY. This script sends that request,
 shows each model's state live while it runs, and prints a table of the
 results. Models come from --models, --all (every model in the repository) or
-a plan file (--plan, YAML or JSON; see plans/example.yaml). Give -u several
+a plan file (--plan, YAML or JSON; see plans/example.yaml). --start-report
+sends no warmup: it waits for the one the helper runs at server start
+(its warm_on_start parameter) and prints that report. Give -u several
 times to warm several servers (the replicas of one deployment) at once, one
 thread per server; each server's results are printed under its URL.
 
@@ -54,6 +56,12 @@ from triton_warmup.report import (
 )
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
+# The helper's input that asks for the report of its warmup at start; while
+# that warmup runs, the helper answers UNAVAILABLE with these words and its progress.
+START_REPORT = "START_REPORT"
+WARMING_AT_START = "is warming at start"
+# Between two asks while the helper warms at start: its answer is immediate.
+START_POLL_INTERVAL_S = 1.0
 # Several models, each loading its instances and running every sample count
 # times: minutes on a small CPU machine, so the default is generous.
 DEFAULT_TIMEOUT_S = 900.0
@@ -83,6 +91,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="A plan file (YAML or JSON) with a plan per model: group sizes, batch sizes, "
         "count and data per input. Replaces --models, --all and the shape flags. "
         "See plans/example.yaml.",
+    )
+    parser.add_argument(
+        "--start-report",
+        action="store_true",
+        help="Warm nothing: wait until the warmup the helper runs at server start "
+        "(warm_on_start, docs/warm-on-start.md) is done, then print its report. Default is off.",
     )
     parser.add_argument(
         "--mode",
@@ -143,6 +157,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--models": args.models,
     }
     args.plan_document = None
+    if args.start_report:
+        given = [flag for flag, value in shape_flags.items() if value is not None] + [
+            flag for flag, value in (("--all", args.all), ("--plan", args.plan), ("--mode", args.mode)) if value
+        ]
+        if given:
+            parser.error(f"--start-report warms nothing; leave out {', '.join(given)}")
+        args.watch_models = None
+        return args
     if args.plan is not None:
         given = [flag for flag, value in shape_flags.items() if value is not None] + (
             ["--all"] if args.all else []
@@ -201,7 +223,10 @@ def shape_arrays(
 
 def request_arrays(args: argparse.Namespace) -> Dict[str, np.ndarray]:
     """The warmup request's inputs: ``PLAN`` for a plan file, else the
-    seed's tensors for the flags (the helper turns them into a plan)."""
+    seed's tensors for the flags (the helper turns them into a plan);
+    ``START_REPORT`` alone for ``--start-report``."""
+    if args.start_report:
+        return {START_REPORT: np.array([True])}
     arrays = {} if args.mode is None else {"MODE": _strings(args.mode)}
     if args.plan_document is not None:
         arrays["PLAN"] = _strings(json.dumps(args.plan_document))
@@ -423,17 +448,23 @@ def warm_server(
     what = args.plan or ("every model in the repository" if args.all else args.models)
     # One write per line: with several -u, the servers' threads print at once
     # and print() writes the text and its newline separately.
-    live.write(f"warming {what} through '{args.model_name}' at {url} ({args.protocol})\n")
+    if args.start_report:
+        live.write(f"waiting for the warmup at start of '{args.model_name}' at {url} ({args.protocol})\n")
+    else:
+        live.write(f"warming {what} through '{args.model_name}' at {url} ({args.protocol})\n")
     live.flush()
     watcher = StateWatcher(args, args.watch_models, live, label=label, positions=positions)
     watcher.start()
     started = time.monotonic()
     try:
-        loaded, report = request_warmup(
-            client, args.protocol, request_arrays(args), args.model_name, headers, args.timeout
-        )
+        loaded, report = _send(client, args, headers, started)
     except InferenceServerException as error:
         watcher.close()
+        if args.start_report and WARMING_AT_START in (error.message() or ""):
+            return failed(
+                client_flags.EXIT_FAILED,
+                f"the warmup at start was not done within --timeout {args.timeout:.0f} s: {error.message()}",
+            )
         refusal = WarmupRequestError.from_message(error.message())
         # An error about the plan names its line, as the local checks do.
         located = locate_plan_error(args.plan, refusal) if args.plan and refusal else None
@@ -466,6 +497,20 @@ def warm_server(
         return dataclasses.replace(failure, report=report, seconds=elapsed)
     print(f"PASS: Warmup done for models: {loaded}", file=out)
     return ServerResult(url, client_flags.EXIT_OK, report=report, seconds=elapsed)
+
+
+def _send(client, args: argparse.Namespace, headers, started: float) -> Tuple[List[str], WarmupReport]:
+    """The warmup request; with ``--start-report``, asked again while the
+    helper is still warming at start, until ``--timeout``."""
+    while True:
+        remaining = max(args.timeout - (time.monotonic() - started), 1.0)
+        try:
+            return request_warmup(client, args.protocol, request_arrays(args), args.model_name, headers, remaining)
+        except InferenceServerException as error:
+            waiting = args.start_report and WARMING_AT_START in (error.message() or "")
+            if not waiting or time.monotonic() - started + START_POLL_INTERVAL_S > args.timeout:
+                raise
+            time.sleep(START_POLL_INTERVAL_S)
 
 
 def refusal_exit_code(error: InferenceServerException, refusal: Optional[WarmupRequestError]) -> int:

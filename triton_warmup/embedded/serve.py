@@ -2,7 +2,9 @@
 
 Starts the real tritonserver from the nvidia-pytriton wheel in explicit
 model-control mode with ``--load-model=warmup_helper``, waits until it is
-ready, warms the models of a plan file if ``--warmup PLAN`` is given, then
+ready, warms the models of a plan file if ``--warmup PLAN`` is given (or,
+with ``--working-copy --warm-on-start all|PLAN``, lets the helper warm at
+start by itself and waits for its report), then
 either runs COMMAND and stops, or serves until Ctrl-C/SIGTERM. Any other
 tritonserver flag passes through, spelled ``--flag value`` or ``--flag=value``
 as tritonserver takes it (``--trace-config level=TENSORS``).
@@ -16,6 +18,7 @@ Examples::
     triton-warmup-serve                               # serve ./model_repository
     triton-warmup-serve --warmup plans/example.yaml   # start, warm, then serve
     triton-warmup-serve --working-copy -- triton-warmup --all
+    triton-warmup-serve --working-copy --warm-on-start all   # the server warms itself
     triton-warmup-serve --log-verbose 1 --exit-timeout-secs=10
     triton-warmup-serve --trace-config triton,file=trace.json --trace-config level=TENSORS
 """
@@ -44,6 +47,8 @@ from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client import warm
 from triton_warmup.client.flags import usage_error
 from triton_warmup.helper.repository import is_cloud
+from triton_warmup.helper.start_warmup import WARM_ALL
+from triton_warmup.install_helper import set_warm_on_start
 
 
 # tritonserver 2.51 (``tritonserver --help``): every long option takes a
@@ -141,6 +146,13 @@ def parse_args(argv):
         "code 1 if one fails. Default is no warmup.",
     )
     parser.add_argument(
+        "--warm-on-start",
+        metavar="all|PLAN",
+        help="With --working-copy: set the helper's warm_on_start in the copy ('all', or a plan "
+        "file copied into the helper's folder), so the server warms at start with no client; "
+        "then wait for that warmup's report as --warmup does. Default is off.",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_READY_TIMEOUT_S,
@@ -151,10 +163,18 @@ def parse_args(argv):
         passthrough = tritonserver_flags(passthrough)
     except ValueError as error:
         parser.error(str(error))
-    if args.warmup is not None:
+    if args.warm_on_start is not None:
+        if args.warmup is not None:
+            parser.error("--warm-on-start lets the server warm itself; leave out --warmup")
+        if not args.working_copy:
+            parser.error("--warm-on-start changes the helper's config: give --working-copy (for your own "
+                         "repository, triton-warmup-install-helper --warm-on-start sets it)")
+    for plan in (args.warmup, None if args.warm_on_start in (None, WARM_ALL) else pathlib.Path(args.warm_on_start)):
+        if plan is None:
+            continue
         # A bad plan is refused before a server starts.
         try:
-            load_plan(args.warmup)
+            load_plan(plan)
         except PlanFileError as error:
             usage_error(parser, str(error))
     return args, passthrough, command
@@ -178,6 +198,9 @@ def main(argv=None) -> int:
         shutil.copytree(repository, copy, symlinks=True)
         print(f"serving a working copy of {repository} at {copy}", flush=True)
         repository = copy
+        if args.warm_on_start is not None:
+            value = set_warm_on_start(copy / HELPER_MODEL, args.warm_on_start)
+            print(f"{HELPER_MODEL} warm_on_start: {value} (in the copy)", flush=True)
 
     try:
         server = EmbeddedTriton(
@@ -216,6 +239,13 @@ def main(argv=None) -> int:
                       "stopping the server", file=sys.stderr, flush=True)
                 return code
             print(f"READY: every model of {args.warmup} is warm", flush=True)
+        if args.warm_on_start is not None:
+            code = warm.main(["-u", server.http_url, "--start-report"])
+            if code != 0:
+                print(f"FAILED: the warmup at start did not finish (exit code {code}); "
+                      "stopping the server", file=sys.stderr, flush=True)
+                return code
+            print("READY: every model of the warmup at start is warm", flush=True)
         if command:
             return subprocess.call(command)
         print("serving; press Ctrl-C to stop", flush=True)

@@ -238,10 +238,13 @@ class HttpModelControl:
         except (OSError, ValueError):
             return None
 
-    def server_ready(self) -> bool:
-        """Whether the server answers ``/v2/health/ready`` with 200: its
-        start-up is over and every loaded model is READY."""
-        request = urllib.request.Request(f"http://{self.url}/v2/health/ready", headers=self.headers)
+    def server_live(self) -> bool:
+        """Whether the server answers ``/v2/health/live`` with 200: its
+        start-up is over (core's ``IsLive`` is true in state SERVER_READY,
+        whatever its models' states; the endpoint listens only after
+        start-up). ``/v2/health/ready`` would stay 400 for good after a
+        model of the command line failed to load."""
+        request = urllib.request.Request(f"http://{self.url}/v2/health/live", headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=2) as response:
                 return response.status == 200

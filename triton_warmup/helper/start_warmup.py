@@ -138,8 +138,8 @@ class StartWarmup:
 
     Args:
         source: what the plan is, for the log (``warm_on_start: all`` or the file).
-        server_ready: True once the server's start-up is over (its
-            ``/v2/health/ready``); errors count as not ready.
+        server_live: True once the server's start-up is over (its
+            ``/v2/health/live``); errors count as not yet.
         warm: runs the plan as a request would: called with a progress
             callback ``(total, done)`` and a ``stopping`` function, returns
             the report; raises on a bug, which the log gets.
@@ -151,7 +151,7 @@ class StartWarmup:
     def __init__(
         self,
         source: str,
-        server_ready: Callable[[], bool],
+        server_live: Callable[[], bool],
         warm: Callable[[Callable[[int, int], None], Callable[[], bool]], object],
         log_info: Callable[[str], None],
         log_error: Callable[[str], None],
@@ -159,7 +159,7 @@ class StartWarmup:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.source = source
-        self._server_ready = server_ready
+        self._server_live = server_live
         self._warm = warm
         self._log_info = log_info
         self._log_error = log_error
@@ -207,7 +207,7 @@ class StartWarmup:
         next_note = started + WAITING_LOG_INTERVAL_S
         while not self._stopping.is_set():
             try:
-                if self._server_ready():
+                if self._server_live():
                     return True
             except Exception:  # noqa: BLE001 - a probe that fails is a server not ready yet
                 pass

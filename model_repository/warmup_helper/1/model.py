@@ -296,10 +296,10 @@ class TritonPythonModel:
                 workspace.close()
         except (StartPlanError, RepositoryError) as error:
             raise pb_utils.TritonModelException(f"warmup_helper {WARM_ON_START}: {error}") from None
-        readiness = HttpModelControl(http_url, headers=restricted_headers_from_argv(argv or []))
+        liveness = HttpModelControl(http_url, headers=restricted_headers_from_argv(argv or []))
         start_warmup = StartWarmup(
             source,
-            server_ready=readiness.server_ready,
+            server_live=liveness.server_live,
             warm=lambda progress, stopping: self._warm_at_start(start_request, progress, stopping),
             log_info=lambda line: self.logger.log_info(f"{self.model_name}: {line}"),
             log_error=lambda line: self.logger.log_error(f"{self.model_name}: {line}"),
