@@ -361,13 +361,16 @@ def test_wait_ready_with_a_plan_waits_for_its_models_or_for_all_but_the_helper(t
     assert waited("--wait-ready", "--plan", str(named)) == ["model-v2", "model-v1"]
     assert waited("--wait-ready", "model-v1", "--plan", str(named)) == ["model-v1", "model-v2"]
     assert waited("--wait-ready", "--plan", str(every)) == ["extra", "model-v1", "model-v2"]
+    # The probe for a helper whose warm_on_start is "all".
+    assert waited("--wait-ready", "--all") == ["model-v1", "model-v2", "extra"]
 
 
 @pytest.mark.parametrize(
     "argv, words",
     [
         (["--plan", "plans/example.yaml"], "--plan goes with --wait-ready"),
-        (["--wait-ready"], "--wait-ready needs model names or --plan"),
+        (["--wait-ready"], "--wait-ready needs model names, --plan or --all"),
+        (["--all"], "--all goes with --wait-ready"),
     ],
 )
 def test_wait_ready_usage_errors_exit_2(argv, words, capsys):
@@ -375,6 +378,23 @@ def test_wait_ready_usage_errors_exit_2(argv, words, capsys):
         query_model_states.parse_args(argv)
     assert raised.value.code == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--start-report", "--all"], ["--start-report", "--models", "model-v1"], ["--start-report", "--plan", "plans/example.yaml"]],
+)
+def test_start_report_warms_nothing_so_it_takes_no_plan(flags, capsys):
+    with pytest.raises(SystemExit) as raised:
+        warmup_models.parse_args(flags)
+    assert raised.value.code == 2
+    assert "--start-report warms nothing; leave out" in capsys.readouterr().err
+
+
+def test_start_report_sends_start_report_alone():
+    args = warmup_models.parse_args(["--start-report"])
+    arrays = warmup_models.request_arrays(args)
+    assert list(arrays) == ["START_REPORT"] and arrays["START_REPORT"].tolist() == [True]
 
 
 @pytest.mark.parametrize("script", ["triton-warmup", "triton-warmup-states"])

@@ -164,6 +164,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="With --wait-ready: also wait for the models of this warmup plan file; for a "
         "plan with all_models, for every model of the repository but the helper.",
     )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="With --wait-ready: wait for every model of the repository but the helper (the "
+        "probe for a helper whose warm_on_start is 'all'). Default is off.",
+    )
     client_flags.add_helper_flag(parser)
     parser.add_argument(
         "--timeout",
@@ -172,7 +178,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help=f"Seconds --wait-ready waits. Default is {DEFAULT_TIMEOUT_S:g}.",
     )
     args = parser.parse_args(argv)
-    args.wait_all = False
+    args.wait_all = args.all
+    if args.all and args.wait_ready is None:
+        parser.error("--all goes with --wait-ready")
     if args.plan is not None:
         if args.wait_ready is None:
             parser.error("--plan goes with --wait-ready")
@@ -181,9 +189,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         except PlanFileError as error:
             client_flags.usage_error(parser, str(error))
         args.wait_ready += [name for name in plan.models if name not in args.wait_ready]
-        args.wait_all = plan.all_models
-    elif args.wait_ready == []:
-        parser.error("--wait-ready needs model names or --plan")
+        args.wait_all = args.wait_all or plan.all_models
+    elif args.wait_ready == [] and not args.all:
+        parser.error("--wait-ready needs model names, --plan or --all")
     return args
 
 
