@@ -108,3 +108,20 @@ def read_compile_record(
     else:
         record.verdict = COMPILE_REUSED
     return record
+
+
+def executes_that_compiled(cache_dir: Optional[str], model: str, version: str) -> dict:
+    """Per instance process of ``model``'s ``version`` (its status file), how
+    many of its ``execute`` calls traced or compiled, warmup ones included;
+    empty where the shim keeps no counts. The live watch takes each
+    instance's first count as its baseline and publishes what comes after."""
+    if not cache_dir:
+        return {}
+    counts = {}
+    folder = pathlib.Path(cache_dir) / STATUS_FOLDER / model / str(version)
+    for path in sorted(folder.glob("*.json")):
+        try:
+            counts[path.name] = int(json.loads(path.read_text()).get("executes_that_compiled", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # being replaced: the shim renames whole files in
+    return counts

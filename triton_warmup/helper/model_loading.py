@@ -88,6 +88,19 @@ def restricted_headers_from_argv(argv: List[str]) -> Dict[str, str]:
     return headers
 
 
+def trace_file_from_argv(argv: List[str]) -> Optional[str]:
+    """The trace file of ``--trace-config triton,file=PATH`` (or the older
+    ``--trace-file=PATH``), relative to nothing: Triton takes it as given.
+    ``None`` when the server was started without one."""
+    files = [
+        value.split("=", 1)[1]
+        for value in _flag_values(argv, "--trace-config")
+        if value.startswith("triton,file=") or value.startswith("file=")
+    ]
+    files += _flag_values(argv, "--trace-file")
+    return files[-1] if files else None
+
+
 def model_control_mode_from_argv(argv: Optional[List[str]]) -> Optional[str]:
     """The server's ``--model-control-mode`` (Triton's default is ``none``);
     ``None`` when the command line is unknown."""
@@ -250,6 +263,46 @@ class HttpModelControl:
                 return response.status == 200
         except (OSError, ValueError):
             return False
+
+    def _json(self, path: str, body: Optional[Dict] = None, timeout_s: float = 10.0):
+        """GET ``path`` (or POST ``body`` as JSON) and return the answer's JSON.
+
+        Raises:
+            ModelLoadError: Triton answered with an error (its message).
+            OSError: the endpoint cannot be reached.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        headers = dict(self.headers, **({"Content-Type": "application/json"} if data else {}))
+        request = urllib.request.Request(f"http://{self.url}{path}", data=data, headers=headers,
+                                         method="GET" if data is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            text = error.read().decode("utf-8", "replace")
+            try:
+                message = json.loads(text).get("error", text)
+            except ValueError:
+                message = text
+            raise ModelLoadError(message or f"HTTP {error.code}") from None
+
+    def repository_index(self) -> List[Dict]:
+        """Triton's repository index: name, version, state and reason per model."""
+        return self._json("/v2/repository/index", body={})
+
+    def model_config(self, model_name: str) -> Dict:
+        """The config Triton serves the model with, as JSON."""
+        return self._json(f"/v2/models/{self._quoted(model_name)}/config")
+
+    def trace_setting(self, model_name: Optional[str] = None) -> Dict:
+        """The server's trace setting, or the one a model runs with (its
+        own where it has one, else the server's)."""
+        return self._json(f"/v2/models/{self._quoted(model_name)}/trace/setting" if model_name else "/v2/trace/setting")
+
+    def update_trace_setting(self, model_name: str, setting: Dict) -> Dict:
+        """Change a model's own trace setting (a ``None`` value puts a key
+        back to the server's); Triton's answer is the setting it now runs."""
+        return self._json(f"/v2/models/{self._quoted(model_name)}/trace/setting", body=setting)
 
     def is_ready(self, model_name: str) -> bool:
         request = urllib.request.Request(

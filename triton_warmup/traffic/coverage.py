@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2
 from triton_warmup import HELPER_MODEL
 from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.request import parse_plan_document
-from triton_warmup.traffic.shapes import Shape, TrafficProfile, counted_dicts, rejected_dicts, sample_shape
+from triton_warmup.traffic.shapes import Shape, TrafficProfile, counted_dicts, rejected_dicts, warmed_shapes
 from triton_warmup.traffic.trace import TraceId
 
 
@@ -61,11 +61,6 @@ class ModelCoverage:
             "rejected": rejected_dicts(self.rejected),
             "ensemble": self.ensemble,
         }
-
-
-def warmed_shapes(config: model_config_pb2.ModelConfig) -> Set[Shape]:
-    """Every shape the config's ``model_warmup`` runs."""
-    return {sample_shape(config, sample) for sample in config.model_warmup}
 
 
 def planned_configs(

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import pathlib
 import time
-from typing import Counter, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Counter, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from tritonclient.grpc import model_config_pb2
 
@@ -56,6 +56,13 @@ def sample_shape(config: model_config_pb2.ModelConfig, sample: model_config_pb2.
     """The request shape a ``model_warmup`` sample runs as."""
     batch_size = max(sample.batch_size, 1) if config.max_batch_size > 0 else 1
     return Shape(batch_size, tuple(sorted((name, tuple(data.dims)) for name, data in sample.inputs.items())))
+
+
+def warmed_shapes(config: model_config_pb2.ModelConfig) -> Set[Shape]:
+    """Every shape the config's ``model_warmup`` runs. A request is warm
+    (covered) when its ``request_shape`` is one of them: the one rule that
+    ``triton-warmup-coverage`` and the helper's live watch share."""
+    return {sample_shape(config, sample) for sample in config.model_warmup}
 
 
 class RejectedShape(ValueError):

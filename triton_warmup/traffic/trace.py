@@ -82,12 +82,15 @@ class TracedRequest:
     replicas or of restarts reuse the same ids.
     ``parent_id``: the trace id of the ensemble request that sent it to a
     composing model (Triton records both); ``None`` for a client's request.
+    ``request_id``: the id its sender gave it, if any (the helper marks its
+    own requests so, and the live watch leaves them out).
     """
 
     trace_id: TraceId
     model: str
     inputs: Dict[str, TracedTensor]
     parent_id: Optional[TraceId] = None
+    request_id: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -208,12 +211,13 @@ def read_requests(
                 if "model_name" in record:
                     model = str(record["model_name"])
                     parent_id = (run, record["parent_id"]) if record.get("parent_id") is not None else None
+                    request_id = str(record["request_id"]) if record.get("request_id") else None
                     unnamed_dropped.discard(trace_id)
-                    request = TracedRequest(trace_id, model, unnamed.pop(trace_id, {}), parent_id)
+                    request = TracedRequest(trace_id, model, unnamed.pop(trace_id, {}), parent_id, request_id)
                     if required_inputs is not None and required_inputs(model) is None:
                         # A model the caller does not plan: only counted.
                         done.add(trace_id)
-                        yield TracedRequest(trace_id, model, {}, parent_id)
+                        yield TracedRequest(trace_id, model, {}, parent_id, request_id)
                         continue
                     pending[trace_id] = request
                 elif record.get("activity") == INPUT_ACTIVITY:

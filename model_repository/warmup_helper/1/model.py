@@ -27,7 +27,9 @@ from triton_warmup.helper.model_loading import (
     process_start_time,
     restricted_headers_from_argv,
     server_argv,
+    trace_file_from_argv,
 )
+from triton_warmup.helper.metrics import GAUGE, LAST_WARMUP_SECONDS, WarmupMetrics
 from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
 from triton_warmup.helper.preflight_record import identity_from_argv
 from triton_warmup.helper.repository import LocalRepository, RepositoryError, choose_repository
@@ -40,6 +42,8 @@ from triton_warmup.helper.request import REQUEST_INPUTS, WarmupRequestError, par
 from triton_warmup.helper.requests_mode import LIMITATION, run_requests_plan
 from triton_warmup.helper.rewarm import DEFAULT_DUTY, Rewarm
 from triton_warmup.helper.start_warmup import PARAMETER as WARM_ON_START, StartPlanError, StartWarmup, check_start_plan, read_start_plan
+from triton_warmup.helper.watch import OWN_REQUEST_ID, TrafficWatch
+from triton_warmup.pytorch2 import CACHE_VARIABLE
 from triton_warmup.threads import Machine
 
 # Models loaded at once when the preflight is on. 4 example models warmed from
@@ -53,6 +57,10 @@ START_REPORT_INPUT = "START_REPORT"
 # then ends as it would (or is put back); never long enough to hold Triton's
 # shutdown, which waits for its models' finalize.
 START_STOP_TIMEOUT_S = 5.0
+# Observe 1 request in this many, where the server has a trace file
+# (docs/metrics.md: why on by default, and what it costs).
+DEFAULT_WATCH_RATE = 10
+WATCH_STOP_TIMEOUT_S = 5.0
 
 
 def _error_code(name: str):
@@ -84,7 +92,7 @@ def _bool_parameter(parameters: dict, key: str, default: bool) -> bool:
     )
 
 
-def _int_parameter(parameters: dict, key: str, default: int) -> int:
+def _int_parameter(parameters: dict, key: str, default: int, minimum: int = 1) -> int:
     raw = _parameter(parameters, key)
     if raw == "":
         return default
@@ -94,11 +102,16 @@ def _int_parameter(parameters: dict, key: str, default: int) -> int:
         raise pb_utils.TritonModelException(
             f"warmup_helper config parameter {key} must be an integer, got {raw!r}"
         ) from None
-    if value < 1:
+    if value < minimum:
         raise pb_utils.TritonModelException(
-            f"warmup_helper config parameter {key} must be at least 1, got {value}"
+            f"warmup_helper config parameter {key} must be at least {minimum}, got {value}"
         )
     return value
+
+
+def _metric_family(name: str, kind: str, description: str):
+    family_kind = pb_utils.MetricFamily.GAUGE if kind == GAUGE else pb_utils.MetricFamily.COUNTER
+    return pb_utils.MetricFamily(name=name, description=description, kind=family_kind)
 
 
 class BlsModelControl:
@@ -138,6 +151,8 @@ def bls_infer(request: InferRequest) -> list:
         requested_output_names=list(request.outputs),
         correlation_id=request.correlation_id,
         flags=flags,
+        # The traffic watch does not count the helper's own requests.
+        request_id=f"{OWN_REQUEST_ID}{request.model}",
     )
     responses = bls_request.exec(decoupled=True) if request.decoupled else [bls_request.exec()]
     outputs = []
@@ -266,9 +281,31 @@ class TritonPythonModel:
             f"loads through {self.control.description}, "
             f"server model-control mode {self.server_mode or 'unknown'}"
         )
+        # Kept on the instance: a family that is dropped leaves the metrics port.
+        self.metrics = WarmupMetrics(_metric_family)
+        self.watch = self._traffic_watch(_int_parameter(parameters, "watch_rate", DEFAULT_WATCH_RATE, minimum=0),
+                                         http_url, argv)
         self.start_warmup = self._start_warmup(
             _parameter(parameters, WARM_ON_START), pathlib.Path(args["model_repository"]), http_url, argv
         )
+
+    def _traffic_watch(self, rate: int, http_url, argv):
+        """The watch of live traffic (docs/metrics.md); it needs the HTTP endpoint."""
+        if http_url is None:
+            self.logger.log_warn(f"{self.model_name}: no HTTP endpoint: warmth metrics and the traffic watch are off")
+            return None
+        watch = TrafficWatch(
+            HttpModelControl(http_url, headers=restricted_headers_from_argv(argv or [])),
+            self.metrics,
+            rate,
+            trace_file_from_argv(argv or []),
+            self.model_name,
+            log_info=lambda line: self.logger.log_info(f"{self.model_name}: {line}"),
+            log_warn=lambda line: self.logger.log_warn(f"{self.model_name}: {line}"),
+            compile_cache_dir=os.environ.get(CACHE_VARIABLE),
+        )
+        watch.start()
+        return watch
 
     def _start_warmup(self, value: str, helper_dir: pathlib.Path, http_url, argv):
         """The warmup at server start that ``warm_on_start`` asks for, checked
@@ -462,6 +499,11 @@ class TritonPythonModel:
             )
         for entry in entries:
             self._log_entry(entry, workspace)
+            if entry.ready and entry.seconds_to_ready is not None:
+                for version in entry.versions or [""]:
+                    self.metrics.set(LAST_WARMUP_SECONDS, entry.name, version, plan_s + entry.seconds_to_ready)
+        if self.watch is not None:
+            self.watch.refresh()
         report = build_report(entries, round(time.monotonic() - started, 3), plan_s)
         report.mode = mode
         report.mode_reason = mode_reason
@@ -519,6 +561,8 @@ class TritonPythonModel:
             )
 
     def finalize(self):
+        if self.watch is not None:
+            self.watch.stop(WATCH_STOP_TIMEOUT_S)
         if self.start_warmup is not None and not self.start_warmup.stop(START_STOP_TIMEOUT_S):
             self.logger.log_warn(
                 f"{self.model_name}: the warmup at start was still in a load at shutdown; a config it "
