@@ -37,7 +37,7 @@ from tritonclient.grpc import model_config_pb2
 from triton_warmup.helper.compile_status import executes_that_compiled, is_pytorch2
 from triton_warmup.helper.metrics import COLD_REQUESTS, COMPILES_AFTER_READY, REQUESTS_SEEN, WARMED_SHAPES
 from triton_warmup.helper.model_kind import kind_of
-from triton_warmup.traffic.shapes import RejectedShape, Shape, request_shape, warmed_shapes
+from triton_warmup.traffic.shapes import RejectedShape, Shape, request_shape, sample_shape, warmed_shapes
 from triton_warmup.traffic.trace import ReadSummary, TraceError, read_requests
 
 # The helper's own inference requests carry request ids that start so.
@@ -103,6 +103,9 @@ class TrafficWatch:
         helper_name: the helper's own model, never watched.
         compile_cache_dir: ``TORCHINDUCTOR_CACHE_DIR``, where the PyTorch 2
             shim counts its compiles.
+        in_place_samples: a model's samples that in-place re-warms ran on
+            its serving instances (``rewarm.Rewarm.ran``): warm, though the
+            config Triton serves lists them only after the next load.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class TrafficWatch:
         compile_cache_dir: Optional[str] = None,
         max_trace_bytes: int = DEFAULT_MAX_TRACE_BYTES,
         clock: Callable[[], float] = time.time,
+        in_place_samples: Callable[[str], List[model_config_pb2.ModelWarmup]] = lambda name: [],
     ):
         self.server = server
         self.metrics = metrics
@@ -128,6 +132,7 @@ class TrafficWatch:
         self.compile_cache_dir = compile_cache_dir
         self.max_trace_bytes = max_trace_bytes
         self._clock = clock
+        self._in_place_samples = in_place_samples
         self.models: Dict[str, WatchedModel] = {}
         # Models whose trace setting the watch made, and those it leaves alone (why).
         self.traced: Set[str] = set()
@@ -233,7 +238,8 @@ class TrafficWatch:
             )
         except Exception:  # noqa: BLE001 - unloaded meanwhile: the next cycle sees it gone
             return
-        model = WatchedModel(name, version, config, warmed_shapes(config), now, kind_of(config).ensemble)
+        warmed = warmed_shapes(config) | {sample_shape(config, sample) for sample in self._in_place_samples(name)}
+        model = WatchedModel(name, version, config, warmed, now, kind_of(config).ensemble)
         self.models[name] = model
         if not model.ensemble:
             self.metrics.set(WARMED_SHAPES, name, version, len(model.warmed))

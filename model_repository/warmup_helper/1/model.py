@@ -303,6 +303,7 @@ class TritonPythonModel:
             log_info=lambda line: self.logger.log_info(f"{self.model_name}: {line}"),
             log_warn=lambda line: self.logger.log_warn(f"{self.model_name}: {line}"),
             compile_cache_dir=os.environ.get(CACHE_VARIABLE),
+            in_place_samples=lambda name: self.rewarm.ran.get(name, []),
         )
         watch.start()
         return watch
