@@ -14,6 +14,7 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from live_server import client_for, send_warmup, served_config, template_with_helper_parameters, wait_for_log, warmup_inputs
+from triton_warmup.client import states
 from triton_warmup.helper.watch import trace_parts
 
 # One server; a few warmups and some tens of requests.
@@ -116,6 +117,19 @@ def test_the_helpers_own_requests_are_not_traffic(traced):
     send(server, 1, count=1)
     waited, values = wait_for_count(server, "triton_warmup_requests_seen_total", "model-v1", seen + 1)
     assert values[("triton_warmup_warmed_shapes", "model-v1")] == (GROUP_MAX + 1) * len(BATCH_SIZES)
+
+
+def test_triton_warmup_states_prints_the_figures_per_model(traced, capsys):
+    server, _ = traced
+    values = metrics(server)
+    assert states.main(["-u", server.http_url, "--metrics", "--metrics-url", f"localhost:{server.metrics_port}"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("model-v1 ")]
+    seen = values[("triton_warmup_requests_seen_total", "model-v1")]
+    cold = values[("triton_warmup_cold_requests_total", "model-v1")]
+    assert line.split()[:7] == ["model-v1", "1", str((GROUP_MAX + 1) * len(BATCH_SIZES)),
+                                f"{values[('triton_warmup_last_warmup_seconds', 'model-v1')]:.2f}",
+                                f"{seen:.0f}", f"{cold:.0f}", f"{cold / seen:.1%}"]
 
 
 def test_a_server_wide_trace_setting_turns_the_watch_off_and_stays_as_the_user_made_it(traced):

@@ -489,3 +489,41 @@ def test_any_other_index_error_is_raised_at_once():
     with pytest.raises(InferenceServerException, match="restricted"):
         client_flags.repository_index(client, "http")
     assert client.calls == 1
+
+
+METRICS_PAGE = """\
+# HELP nv_inference_count Number of inferences performed
+# TYPE nv_inference_count counter
+nv_inference_count{model="model-v1",version="1"} 40
+# HELP triton_warmup_requests_seen_total Requests the helper observed after READY (1 in its watch_rate)
+# TYPE triton_warmup_requests_seen_total counter
+triton_warmup_requests_seen_total{model="model-v1",version="1"} 40
+triton_warmup_requests_seen_total{model="text-encoder",version="1"} 0
+# HELP triton_warmup_cold_requests_total Observed requests whose shape no warmup sample covers
+# TYPE triton_warmup_cold_requests_total counter
+triton_warmup_cold_requests_total{model="model-v1",version="1"} 4
+triton_warmup_cold_requests_total{model="text-encoder",version="1"} 0
+# HELP triton_warmup_warmed_shapes Distinct request shapes that the model's warmup samples cover
+# TYPE triton_warmup_warmed_shapes gauge
+triton_warmup_warmed_shapes{model="model-v1",version="1"} 16
+triton_warmup_warmed_shapes{model="text-encoder",version="1"} 8
+# HELP triton_warmup_last_warmup_seconds Seconds the model's last warmup by the helper took, from plan to READY
+# TYPE triton_warmup_last_warmup_seconds gauge
+triton_warmup_last_warmup_seconds{model="model-v1",version="1"} 0.435
+"""
+
+
+def test_states_reads_the_helpers_figures_from_a_metrics_page():
+    figures = query_model_states.warmth(METRICS_PAGE)
+    assert set(figures) == {("model-v1", "1"), ("text-encoder", "1")}
+    lines = query_model_states.format_warmth(figures).splitlines()
+    assert lines[2].split() == ["model-v1", "1", "16", "0.43", "40", "4", "10.0%", "-"]
+    # No request seen: no share to show, rather than a division by zero.
+    assert lines[3].split() == ["text-encoder", "1", "8", "-", "0", "0", "-", "-"]
+
+
+def test_the_metrics_endpoint_defaults_to_the_servers_host_on_port_8002():
+    args = query_model_states.parse_args(["-u", "triton.example:8000", "--metrics"])
+    assert query_model_states.metrics_url(args) == "triton.example:8002"
+    args = query_model_states.parse_args(["--metrics", "--metrics-url", "localhost:9102"])
+    assert query_model_states.metrics_url(args) == "localhost:9102"

@@ -7,6 +7,11 @@ were never loaded are listed too, as UNAVAILABLE. ``--wait-ready --plan
 FILE`` waits for the models of the plan file the warmup used, so that a probe
 and the warmup share one list.
 
+``--metrics`` also prints, per model, what the helper publishes on Triton's
+metrics port: the shapes its warmup covers, its last warmup's seconds, and
+how many of the observed requests since READY landed on a cold shape
+(docs/metrics.md).
+
 Exit codes: 0 the index was read (with --wait-ready: every named model is
 READY), 1 a named model failed to load, was refused or is not READY within
 --timeout, 2 bad usage or a bad plan file, 3 server unreachable.
@@ -17,13 +22,27 @@ import json
 import pathlib
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Dict, List, Optional
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tritonclient.utils import InferenceServerException
 
 from triton_warmup.client import flags as client_flags
 from triton_warmup.client.plan_file import PlanFileError, load_plan
+from triton_warmup.client.text_table import text_table
+from triton_warmup.helper.metrics import (
+    COLD_REQUESTS,
+    COMPILES_AFTER_READY,
+    LAST_WARMUP_SECONDS,
+    REQUESTS_SEEN,
+    WARMED_SHAPES,
+)
 from triton_warmup.report import one_line
+
+DEFAULT_METRICS_PORT = 8002
 
 # Connecting and reading the index is quick; a server this slow is unhealthy.
 DEFAULT_TIMEOUT_S = 30.0
@@ -139,6 +158,47 @@ def readable_index(index: List[Dict]) -> List[Dict]:
     return readable
 
 
+def warmth(text: str) -> Dict[tuple, Dict[str, float]]:
+    """The helper's figures in a metrics page (Prometheus text), per (model, version)."""
+    figures: Dict[tuple, Dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("triton_warmup_") and "model" in sample.labels:
+                key = (sample.labels["model"], sample.labels.get("version", ""))
+                figures.setdefault(key, {})[sample.name] = sample.value
+    return figures
+
+
+def format_warmth(figures: Dict[tuple, Dict[str, float]]) -> str:
+    """One line per model and version: warmed shapes, last warmup, the
+    observed requests and the cold share of them."""
+    def number(values, name, pattern="{:.0f}"):
+        return pattern.format(values[name]) if name in values else "-"
+
+    rows = [["model", "version", "warmed shapes", "last warmup s", "requests seen", "cold", "cold share",
+             "compiles after READY"]]
+    for (model, version), values in sorted(figures.items()):
+        seen, cold = values.get(REQUESTS_SEEN), values.get(COLD_REQUESTS)
+        share = f"{cold / seen:.1%}" if seen else "-"
+        rows.append([model, version, number(values, WARMED_SHAPES), number(values, LAST_WARMUP_SECONDS, "{:.2f}"),
+                     number(values, REQUESTS_SEEN), number(values, COLD_REQUESTS), share,
+                     number(values, COMPILES_AFTER_READY)])
+    return text_table(rows)
+
+
+def metrics_url(args: argparse.Namespace) -> str:
+    """``--metrics-url``, or the host of ``-u`` on Triton's default metrics port."""
+    if args.metrics_url:
+        return args.metrics_url
+    host = client_flags.server_url(args).rsplit(":", 1)[0]
+    return f"{host}:{DEFAULT_METRICS_PORT}"
+
+
+def read_warmth(url: str) -> Dict[tuple, Dict[str, float]]:
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=10) as response:
+        return warmth(response.read().decode("utf-8", "replace"))
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1]
@@ -169,6 +229,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="With --wait-ready: wait for every model of the repository but the helper (the "
         "probe for a helper whose warm_on_start is 'all'). Default is off.",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="Also print the helper's figures from Triton's metrics port per model: warmed shapes, "
+        "last warmup, requests seen since READY and the cold share (docs/metrics.md). Default is off.",
+    )
+    parser.add_argument(
+        "--metrics-url",
+        help=f"host:port of Triton's metrics endpoint. Default is -u's host, port {DEFAULT_METRICS_PORT}.",
     )
     client_flags.add_helper_flag(parser)
     parser.add_argument(
@@ -223,6 +293,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(readable_index(index), indent=2))
     else:
         print(model_states(index))
+    if args.metrics:
+        url = metrics_url(args)
+        try:
+            figures = read_warmth(url)
+        except (OSError, urllib.error.URLError) as error:
+            print(f"FAILED: no metrics endpoint answers at {url}: {error}", file=sys.stderr)
+            return client_flags.EXIT_FAILED
+        if not figures:
+            print(f"NOTE: {url} shows no triton_warmup_ metric: is warmup_helper loaded?")
+        else:
+            print(format_warmth(figures))
     return client_flags.EXIT_OK
 
 
