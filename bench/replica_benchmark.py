@@ -2,12 +2,19 @@
 """How long a replica takes to become ready, measured with deploy/entrypoint.sh
 (what the container runs) on the embedded Triton.
 
+The entrypoint execs tritonserver with only warmup_helper loaded, and the
+helper warms its start plan by itself (warm_on_start; the plan is mounted
+over the image's start plan, as the Deployment mounts the ConfigMap's): no
+client sends anything. A pod is ready when the helper logs "warmed at start:
+N of N model(s) READY", which is when every planned model is READY, what the
+Deployment's readiness probe waits for; the probe is then run once to check.
+
 1. Plan size: for each --group-sizes G, a plan of the three example models
-   (group sizes 1..G, the helper's default batch sizes, count 3) is warmed by
-   a fresh run of the entrypoint, --repeats times. From the run's start: the
-   server is up (warmup_helper READY), each model is READY, the pod is ready
-   (the entrypoint's READY line). A least-squares line fits the time to pod
-   ready against the plan's samples.
+   (group sizes 1..G, the helper's default batch sizes, count 3) is warmed at
+   start by a fresh run of the entrypoint, --repeats times. From the run's
+   start: the server is up (warmup_helper READY), each model is READY, the
+   pod is ready. A least-squares line fits the time to pod ready against the
+   plan's samples.
 2. Replicas at once: 1..--replicas entrypoints started together on this one
    machine, as a scale-up whose pods share a node's CPUs.
 3. Fan-out: one `triton-warmup` call with a -u per running replica re-warms
@@ -43,7 +50,9 @@ READY_TIMEOUT_S = 600
 PROBE_RUNS = 5
 _LOADING = re.compile(r"warmup_helper: loading '(?P<model>[^']+)' with (?P<samples>\d+) warmup samples")
 _READY = re.compile(r"warmup_helper: '(?P<model>[^']+)' READY after (?P<seconds>[\d.]+) s")
-POD_READY_LINE = "entrypoint: READY: every model of"
+POD_READY_LINE = "warmup_helper: warmed at start:"
+_WARMED_AT_START = re.compile(
+    r"warmed at start: (?P<ready>\d+) of (?P<models>\d+) model\(s\) READY in (?P<seconds>[\d.]+) s")
 SERVER_UP_LINE = "successfully loaded 'warmup_helper'"
 
 
@@ -96,23 +105,46 @@ class Replicas:
         self.count += 1
         folder = self.workdir / f"replica-{self.count}"
         shutil.copytree(self.template, folder / "model_repository")
-        return self.stack.enter_context(LocalContainer(folder / "model_repository", plan, folder))
+        return self.stack.enter_context(LocalContainer(folder / "model_repository", folder, plan))
 
     def stop_all(self) -> None:
         self.stack.close()
 
 
+def wait_until_warm(container: LocalContainer) -> None:
+    """Wait for the helper's start summary; a model it did not warm ends the benchmark."""
+    container.wait_for_line(POD_READY_LINE, READY_TIMEOUT_S)
+    line = next(line for _, line in container.lines if POD_READY_LINE in line)
+    summary = _WARMED_AT_START.search(line)
+    if summary is None or summary["ready"] != summary["models"]:
+        raise RuntimeError(f"the start warmup did not warm every model: {line}")
+
+
+def check_readiness_probe(container: LocalContainer) -> None:
+    """The Deployment's readiness probe passes on a pod the start summary
+    calls warm (run after the timing, so its Python start costs the
+    replicas still warming nothing)."""
+    command = local_container.probe_command("readinessProbe", container.repository, container.http_port)
+    probe = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        raise RuntimeError(f"the readiness probe failed on a warm pod: {probe.stdout}{probe.stderr}")
+
+
 def timeline(container: LocalContainer) -> Dict:
     """What the run's output says happened, in seconds from its start."""
-    samples, load_s = {}, {}
+    samples, load_s, start_warmup_s = {}, {}, None
     for _, line in container.lines:
         if match := _LOADING.search(line):
             samples[match["model"]] = int(match["samples"])
         if match := _READY.search(line):
             load_s[match["model"]] = float(match["seconds"])
+        if match := _WARMED_AT_START.search(line):
+            start_warmup_s = float(match["seconds"])
     return {
         "server_up_s": container.seconds_until(SERVER_UP_LINE),
         "pod_ready_s": container.seconds_until(POD_READY_LINE),
+        # The helper's own figure: from its thread's start to the last model READY.
+        "start_warmup_s": start_warmup_s,
         "samples": sum(samples.values()),
         "samples_per_model": samples,
         "load_s": load_s,
@@ -125,7 +157,8 @@ def measure_plan_sizes(replicas: Replicas, args) -> Dict:
         plan = plan_file(replicas.workdir, group_max)
         for repeat in range(args.repeats):
             container = replicas.start(plan)
-            container.wait_for_line(POD_READY_LINE, READY_TIMEOUT_S)
+            wait_until_warm(container)
+            check_readiness_probe(container)
             row = {"group_size_max": group_max, "repeat": repeat, **timeline(container)}
             rows.append(row)
             print(f"plan g1..{group_max}: {row['samples']} samples, pod ready after {row['pod_ready_s']:.2f} s "
@@ -135,8 +168,8 @@ def measure_plan_sizes(replicas: Replicas, args) -> Dict:
     return {"runs": rows, "fit": fit}
 
 
-def measure_probe(container: LocalContainer, plan: pathlib.Path) -> Dict:
-    command = local_container.probe_command("readinessProbe", plan, container.http_port)
+def measure_probe(container: LocalContainer) -> Dict:
+    command = local_container.probe_command("readinessProbe", container.repository, container.http_port)
     walls = []
     for _ in range(PROBE_RUNS):
         started = time.monotonic()
@@ -172,7 +205,9 @@ def measure_together(replicas: Replicas, args) -> Dict:
     for count in range(1, args.replicas + 1):
         containers = [replicas.start(plan) for _ in range(count)]
         for container in containers:
-            container.wait_for_line(POD_READY_LINE, READY_TIMEOUT_S)
+            wait_until_warm(container)
+        for container in containers:
+            check_readiness_probe(container)
         ready = [timeline(container)["pod_ready_s"] for container in containers]
         together.append({"replicas": count, "pod_ready_s": ready, "samples": timeline(containers[0])["samples"]})
         print(f"{count} replica(s) at once: pod ready after {', '.join(f'{s:.2f}' for s in ready)} s", flush=True)
@@ -181,7 +216,7 @@ def measure_together(replicas: Replicas, args) -> Dict:
                 container.stop()
     # The last group still runs: re-warm it with changed plans by fan-out,
     # every replica, then the first alone.
-    probe = measure_probe(containers[0], plan)
+    probe = measure_probe(containers[0])
     fan_outs = []
     for count_runs, subset in ((2, containers), (1, containers[:1])):
         changed = configmap_plan(replicas.workdir, count_runs)
@@ -193,7 +228,10 @@ def measure_together(replicas: Replicas, args) -> Dict:
 def markdown(results: Dict) -> str:
     parts = [f"# Replica benchmark\n\n`{results['command']}` on {results['machine']}, {results['date']}. "
              "Every time is from the start of `deploy/entrypoint.sh` (what the container runs), on the embedded "
-             "Triton, with plans of the three example models.\n", backend_line(results["backend"])]
+             "Triton, with plans of the three example models as the helper's start plan (`warm_on_start`): the "
+             "server warms them by itself, no client sends anything. A pod is ready at the helper's `warmed at "
+             "start: N of N model(s) READY` line, every planned model READY (the readiness probe is run then "
+             "and passes).\n", backend_line(results["backend"])]
     sizes = results["plan_sizes"]
     parts.append("## Time to a ready pod vs plan size (one replica at a time)\n")
     rows = []
@@ -203,14 +241,16 @@ def markdown(results: Dict) -> str:
         rows.append((f"1..{group_max}", runs[0]["samples"], len(runs),
                      f"{statistics.median(run['server_up_s'] for run in runs):.2f}",
                      f"{min(loads):.2f}-{max(loads):.2f}",
+                     f"{statistics.median(run['start_warmup_s'] for run in runs):.2f}",
                      f"**{statistics.median(run['pod_ready_s'] for run in runs):.2f}**"))
     parts.append(table(("group sizes", "samples (3 models)", "runs", "server up s", "per-model load s",
-                        "pod ready s (median)"), rows))
+                        "start warmup s (helper)", "pod ready s (median)"), rows))
     fit = sizes["fit"]
     parts.append(f"\nLeast squares over {len(sizes['runs'])} runs: pod ready = {fit['intercept_s']:.2f} s + "
                  f"{fit['per_sample_s'] * 1000:.2f} ms x samples (R^2 {fit['r_squared']:.3f}). The intercept is "
                  "the server start plus one load per model, each after its preflight; up to 4 models "
-                 "load at once (`max_parallel_loads`).\n")
+                 "load at once (`max_parallel_loads`). The helper's start warmup begins once the server's "
+                 "start-up is over (it polls `/v2/health/live` every 0.1 s).\n")
     together = results["together"]
     parts.append("## Replicas started at once on this machine (the ConfigMap's plan)\n")
     parts.append(table(("replicas", "samples each", "pod ready s, each", "slowest s"),

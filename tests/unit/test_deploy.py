@@ -1,7 +1,7 @@
 """The deployment files: lint, offline validation and the promises they make
 to each other (the image holds what the entrypoint and the probes run, the
-probes wait for the models the entrypoint warms, a rolling update never goes
-below the wanted number of ready pods).
+helper's start plan is the ConfigMap's and the probes wait for its models, a
+rolling update never goes below the wanted number of ready pods).
 
 No Docker engine or Kubernetes cluster runs here; the entrypoint itself runs
 against the real embedded server in tests/integration/test_entrypoint.py.
@@ -20,7 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from triton_warmup.embedded.container import configmap_plan, deployment_container, manifests
+from triton_warmup.embedded import container as local_container
+from triton_warmup.embedded.container import configmap_plan, deployment_container, manifests, start_plan_mount
 from triton_warmup.client.plan_file import load_plan
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -88,6 +89,12 @@ def test_both_stages_use_one_pinned_release_of_nvidia_images():
     assert bases == ["nvcr.io/nvidia/pytorch:${TRITON_RELEASE}-py3", "nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3"]
 
 
+def image_env():
+    """The final stage's ENV settings."""
+    return dict(word.split("=", 1) for instruction, arguments in dockerfile_instructions()
+                if instruction == "ENV" for word in shlex.split(arguments))
+
+
 def console_scripts():
     """The commands ``pip install`` of this package puts on PATH."""
     return set(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"])
@@ -109,11 +116,19 @@ def test_the_image_installs_the_package_and_adds_the_helper_as_a_user_would():
     assert any(f"pip install --no-cache-dir --no-deps {project}" in run for run in runs), runs
     # The helper comes from the installed package, by the documented command,
     # into the repository the server serves; the example stage drops its copy.
-    env = dict(word.split("=", 1) for instruction, arguments in dockerfile_instructions()
-               if instruction == "ENV" for word in shlex.split(arguments))
-    assert f"triton-warmup-install-helper {env['MODEL_REPOSITORY']}" in runs
-    assert landed["example-models:/build/model_repository"] == env["MODEL_REPOSITORY"]
+    repository = image_env()["MODEL_REPOSITORY"]
+    (install,) = [run for run in runs if run.startswith(f"triton-warmup-install-helper {repository} ")]
+    assert landed["example-models:/build/model_repository"] == repository
     assert any("rm -r model_repository/warmup_helper" in run for run in runs)
+    # With warm_on_start naming the example plan, which the image holds under
+    # the start plan's file name: install-helper copies it into the helper's
+    # folder by that name, where the Deployment mounts its own plan.
+    words = shlex.split(install)
+    start_plan = pathlib.PurePosixPath(words[words.index("--warm-on-start") + 1])
+    assert landed[str(local_container.IMAGE_START_PLAN_SOURCE.relative_to(PROJECT_ROOT))] == str(start_plan)
+    assert local_container.image_start_plan() == pathlib.PurePosixPath(repository, "warmup_helper", start_plan.name)
+    # LocalContainer (tests/integration/test_entrypoint.py) maps this path.
+    assert local_container.IMAGE_MODEL_REPOSITORY == repository
 
 
 def test_the_entrypoint_and_probes_run_what_the_image_holds():
@@ -166,11 +181,10 @@ def test_a_rolling_update_adds_a_ready_pod_before_it_removes_one():
     assert update["type"] == "RollingUpdate"
     assert update["rollingUpdate"]["maxUnavailable"] == 0 and update["rollingUpdate"]["maxSurge"] >= 1
     startup, readiness = deployment_container()["startupProbe"], deployment_container()["readinessProbe"]
-    # The startup probe's window covers the entrypoint's own limits, so that
-    # a hung warmup is ended by the entrypoint (which logs why), not by the kubelet.
-    env = {item["name"]: item["value"] for item in deployment_container()["env"]}
+    # The startup probe's window is the only bound on server start + start
+    # warmup (nothing in the container times them out); the rollout waits
+    # at least as long before it calls a new pod stuck.
     window = startup["periodSeconds"] * startup["failureThreshold"]
-    assert window >= int(env["STARTUP_TIMEOUT_S"]) + int(env["WARMUP_TIMEOUT_S"])
     assert deployment["spec"]["progressDeadlineSeconds"] >= window
     # A probe answers within its own timeout: --timeout bounds its calls.
     for probe in (startup, readiness):
@@ -178,22 +192,32 @@ def test_a_rolling_update_adds_a_ready_pod_before_it_removes_one():
         assert float(command[command.index("--timeout") + 1]) < probe["timeoutSeconds"]
 
 
-def test_the_probes_wait_for_the_models_the_entrypoint_warms():
+def test_the_helper_warms_the_configmaps_plan_and_the_probes_wait_for_it():
     documents = manifests()
-    env = {item["name"]: item["value"] for item in deployment_container()["env"]}
     volumes = {volume["name"]: volume for volume in documents["Deployment"]["spec"]["template"]["spec"]["volumes"]}
-    (mount,) = [mount for mount in deployment_container()["volumeMounts"] if "configMap" in volumes[mount["name"]]]
+    mount = start_plan_mount()
     assert volumes[mount["name"]]["configMap"]["name"] == documents["ConfigMap"]["metadata"]["name"]
+    # One key, mounted as one file over the image's start plan (a mount of
+    # the whole volume onto the helper's folder would hide the helper).
     (key,) = documents["ConfigMap"]["data"]
-    plan_path = f"{mount['mountPath']}/{key}"
-    assert env["WARMUP_PLAN"] == plan_path
+    plan_path = pathlib.PurePosixPath(mount["mountPath"])
+    assert mount["subPath"] == key == plan_path.name and mount["readOnly"] is True
+    assert plan_path.parent == pathlib.PurePosixPath(image_env()["MODEL_REPOSITORY"], "warmup_helper")
     http_port = next(port["containerPort"] for port in deployment_container()["ports"] if port["name"] == "http")
     for probe in ("startupProbe", "readinessProbe"):
         command = deployment_container()[probe]["exec"]["command"]
-        assert command[command.index("--plan") + 1] == plan_path, probe
+        assert command[command.index("--plan") + 1] == str(plan_path), probe
         assert command[command.index("-u") + 1] == f"localhost:{http_port}", probe
     assert deployment_container()["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert deployment_container()["resources"]["requests"].keys() >= {"cpu", "memory"}
+
+
+def test_the_deployment_sets_no_variable_that_nothing_reads():
+    """The entrypoint no longer reads a plan or warmup timeouts: a variable
+    for them would only mislead whoever tunes the Deployment."""
+    read = ENTRYPOINT.read_text() + DOCKERFILE.read_text()
+    for item in deployment_container().get("env", []):
+        assert item["name"] in read, item["name"]
 
 
 def test_the_compile_cache_is_a_volume_where_the_image_points_torch():
