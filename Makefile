@@ -42,10 +42,12 @@ $(MODELS): triton_warmup/example_models.py model_repository/compiled-encoder/1/m
 # The server warms itself at start (the helper's warm_on_start: all, set in a
 # working copy): every model of the example repository (plain, Python with a
 # string input, an ensemble, a sequence model, PyTorch 2), group sizes 1..4;
-# triton-warmup --start-report waits for that warmup and prints its report.
+# triton-warmup --start-report waits for that warmup and prints its report;
+# the traffic watch is on (docs/metrics.md), and the states come with the
+# figures the helper publishes on Triton's metrics port.
 run: venv backend models
-	@$(VENV)/bin/triton-warmup-serve --working-copy --warm-on-start all --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
-		$(VENV)/bin/triton-warmup-states -u localhost:$(HTTP_PORT)
+	@$(VENV)/bin/triton-warmup-serve --working-copy --warm-on-start all --watch-traffic --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) -- \
+		$(VENV)/bin/triton-warmup-states -u localhost:$(HTTP_PORT) --metrics --metrics-url localhost:$(METRICS_PORT)
 
 test: venv backend
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests

@@ -153,6 +153,13 @@ def parse_args(argv):
         "then wait for that warmup's report as --warmup does. Default is off.",
     )
     parser.add_argument(
+        "--watch-traffic",
+        action="store_true",
+        help="Start tritonserver with a trace file in a private folder of the workdir "
+        "(--trace-config triton,file=...), so that the helper's traffic watch counts the requests "
+        "that land on cold shapes (docs/metrics.md). Default is off.",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_READY_TIMEOUT_S,
@@ -202,6 +209,12 @@ def main(argv=None) -> int:
             value = set_warm_on_start(copy / HELPER_MODEL, args.warm_on_start)
             print(f"{HELPER_MODEL} warm_on_start: {value} (in the copy)", flush=True)
 
+    if args.watch_traffic:
+        # The traces hold request data until the helper reads and removes them.
+        traces = workdir / "traces"
+        traces.mkdir(mode=0o700, exist_ok=True)
+        passthrough = passthrough + [f"--trace-config=triton,file={traces / 'trace.json'}"]
+        print(f"traces for the helper's traffic watch: {traces}", flush=True)
     try:
         server = EmbeddedTriton(
             repository,

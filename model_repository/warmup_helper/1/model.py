@@ -59,7 +59,7 @@ START_REPORT_INPUT = "START_REPORT"
 START_STOP_TIMEOUT_S = 5.0
 # Observe 1 request in this many, where the server has a trace file
 # (docs/metrics.md: why on by default, and what it costs).
-DEFAULT_WATCH_RATE = 10
+DEFAULT_WATCH_RATE = 100
 WATCH_STOP_TIMEOUT_S = 5.0
 
 

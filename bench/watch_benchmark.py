@@ -1,0 +1,231 @@
+"""The live traffic watch: does the cold share it publishes match the share
+sent, and what does watching cost the clients and the helper?
+
+Per trial, fresh tritonservers with ``--trace-config triton,file=...`` (in a
+private folder) serve model-v1 warmed at group sizes 1..8 (batch 1). A client
+sends a known mix in a seeded random order: 90% at warmed shapes, 10% at
+group sizes 9..16, one request at a time (closed loop).
+
+- Truth: with ``watch_rate`` 1 and 10, the cold share read back from
+  Triton's metrics port against the share sent.
+- Cost: the same load with ``watch_rate`` 0 (off), 10 and 100 (the
+  helper's default), on servers started in rotating order: the client's p50
+  and p99, and the helper's CPU time over the load (its stub's utime +
+  stime from /proc).
+"""
+
+import argparse
+import pathlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import Dict, List, Optional
+
+import numpy as np
+import tritonclient.http as httpclient
+
+from bench.measure import PROJECT_ROOT, copy_repository, helper_stub, percentile, results_header, run_record
+from bench.report import table, write_results
+from triton_warmup import HELPER_MODEL
+from triton_warmup.client.states import warmth
+from triton_warmup.client.warm import request_warmup, shape_arrays
+from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.helper.metrics import COLD_REQUESTS, REQUESTS_SEEN
+from triton_warmup.install_helper import helper_source
+
+MODEL = "model-v1"
+WARM_GROUPS = range(1, 9)
+COLD_GROUPS = range(9, 17)
+COLD_SHARE = 0.10
+# What the metrics port must show within this after the last request.
+SETTLE_TIMEOUT_S = 30.0
+COST_RATES = (0, 10, 100)
+DEFAULT_RATE = 100
+# Targets of the issue.
+LATENCY_TARGET = 1.05
+CPU_TARGET = 0.02
+SHARE_POINTS_TARGET = 3.0
+
+
+def helper_parameters(repository: pathlib.Path, **values: str) -> None:
+    from google.protobuf import text_format  # noqa: PLC0415 - only here
+    from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+
+    path = repository / HELPER_MODEL / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+    path.write_text(text_format.MessageToString(config))
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    import os  # noqa: PLC0415
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _mix(requests: int, seed: int) -> List[int]:
+    rng = np.random.default_rng(seed)
+    cold = int(round(requests * COLD_SHARE))
+    groups = list(rng.choice(list(WARM_GROUPS), requests - cold)) + list(rng.choice(list(COLD_GROUPS), cold))
+    rng.shuffle(groups)
+    return [int(group) for group in groups]
+
+
+def _inputs(group: int):
+    x = httpclient.InferInput("x", [1, group, 64], "FP32")
+    x.set_data_from_numpy(np.zeros((1, group, 64), np.float32))
+    mask = httpclient.InferInput("mask", [1, group], "INT64")
+    mask.set_data_from_numpy(np.ones((1, group), np.int64))
+    return [x, mask]
+
+
+def _read_counts(server: EmbeddedTriton) -> Dict[str, float]:
+    with urllib.request.urlopen(f"http://localhost:{server.metrics_port}/metrics", timeout=10) as response:
+        figures = warmth(response.read().decode()).get((MODEL, "1"), {})
+    return {"seen": figures.get(REQUESTS_SEEN, 0.0), "cold": figures.get(COLD_REQUESTS, 0.0)}
+
+
+def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int) -> Dict:
+    repository = copy_repository(workdir / "model_repository")
+    for name in list(path.name for path in repository.iterdir()):
+        if name not in (MODEL, HELPER_MODEL):
+            shutil.rmtree(repository / name)
+    helper_parameters(repository, watch_rate=str(rate))
+    traces = workdir / "traces"
+    traces.mkdir(mode=0o700)
+    server = EmbeddedTriton(repository, workdir, http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port(), log_verbose=0,
+                            extra_args=[f"--trace-config=triton,file={traces / 'trace.json'}"])
+    with server:
+        with httpclient.InferenceServerClient(server.http_url, network_timeout=600) as client:
+            request_warmup(client, "http", shape_arrays([MODEL], WARM_GROUPS.start, WARM_GROUPS.stop - 1,
+                                                         batch_sizes=[1]))
+            # The watch turns tracing on within a cycle of the model's READY.
+            time.sleep(3)
+            groups = _mix(requests, seed)
+            prepared = {group: _inputs(group) for group in set(groups)}
+            for group in groups[:50]:  # the client's own first requests are not the server's cost
+                client.infer(MODEL, prepared[group])
+            before = _read_counts(server)
+            stub = helper_stub(server.pid)
+            cpu_before, started = _cpu_seconds(stub), time.perf_counter()
+            latencies = []
+            for group in groups:
+                sent = time.perf_counter()
+                client.infer(MODEL, prepared[group])
+                latencies.append((time.perf_counter() - sent) * 1000)
+            elapsed = time.perf_counter() - started
+            cpu = _cpu_seconds(stub) - cpu_before
+        counts, deadline = _read_counts(server), time.monotonic() + SETTLE_TIMEOUT_S
+        expected_seen = before["seen"] + (requests if rate == 1 else 0)
+        while rate == 1 and counts["seen"] < expected_seen and time.monotonic() < deadline:
+            time.sleep(0.2)
+            counts = _read_counts(server)
+        if rate > 1:
+            time.sleep(3)  # two watch cycles
+            counts = _read_counts(server)
+    seen, cold = counts["seen"] - before["seen"], counts["cold"] - before["cold"]
+    sent_cold = sum(1 for group in groups if group in COLD_GROUPS)
+    return {
+        "watch_rate": rate,
+        "requests": requests,
+        "sent_cold_share": sent_cold / requests,
+        "seen": seen,
+        "cold": cold,
+        "measured_cold_share": cold / seen if seen else None,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "seconds": elapsed,
+        "helper_cpu_s": cpu,
+        "helper_cpu_share": cpu / elapsed,
+    }
+
+
+def markdown(results: Dict) -> str:
+    parts = results_header("The live traffic watch: truth and cost", results)
+    settings = results["settings"]
+    parts.append(
+        f"\n{MODEL} warmed at group sizes {WARM_GROUPS.start}..{WARM_GROUPS.stop - 1}; {settings['requests']} "
+        f"requests per server, {COLD_SHARE:.0%} of them at group sizes {COLD_GROUPS.start}..{COLD_GROUPS.stop - 1} "
+        f"(cold), in a seeded random order, one at a time; a fresh server per run, {settings['trials']} trials.\n"
+    )
+    parts.append("\n## Truth: the cold share on the metrics port against the share sent\n")
+    rows = []
+    for run in results["truth"]:
+        measured = run["measured_cold_share"]
+        rows.append((run["watch_rate"], run["trial"] + 1, f"{run['seen']:.0f}", f"{run['cold']:.0f}",
+                     f"{run['sent_cold_share']:.2%}", "-" if measured is None else f"{measured:.2%}",
+                     "-" if measured is None else f"{(measured - run['sent_cold_share']) * 100:+.2f}"))
+    parts.append(table(("watch_rate", "trial", "observed", "cold", "sent cold share", "measured", "points off"), rows))
+    parts.append(f"\n## Cost: the same load with the watch off (watch_rate 0) and on ({', '.join(map(str, COST_RATES[1:]))})\n")
+    rows = []
+    for run in results["cost"]:
+        rows.append((run["trial"] + 1, run["watch_rate"], f"{run['p50_ms']:.3f}", f"{run['p99_ms']:.3f}",
+                     f"{run['helper_cpu_share']:.2%}"))
+    parts.append(table(("trial", "watch_rate", "p50 ms", "p99 ms", "helper CPU, share of a core"), rows))
+    rows = []
+    for rate, figures in results["summary"].items():
+        rows.append((rate + (" (default)" if int(rate) == DEFAULT_RATE else ""), f"{figures['p50_ms']:.3f}",
+                     f"{figures['p50_ratio']:.3f}x", f"{figures['p99_ms']:.3f}", f"{figures['p99_ratio']:.3f}x",
+                     f"{figures['helper_cpu_share']:.2%}"))
+    parts.append(f"\nMedians of the trials. Targets at the default rate: p50 and p99 within {LATENCY_TARGET}x of "
+                 f"off, the helper under {CPU_TARGET:.0%} of one core.\n")
+    parts.append(table(("watch_rate", "p50 ms", "p50 / off", "p99 ms", "p99 / off", "helper CPU"), rows))
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=3, help="Fresh servers per setting. Default is 3.")
+    parser.add_argument("--requests", type=int, default=3000, help="Requests per server. Default is 3000.")
+    parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
+                        help="Where the results go. Default is bench/results.")
+    args = parser.parse_args(argv)
+    assert helper_source().is_dir()
+    results = {**run_record("bench.watch_benchmark"),
+               "settings": {"trials": args.trials, "requests": args.requests}, "truth": [], "cost": []}
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="watch-benchmark-"))
+    try:
+        for trial in range(args.trials):
+            for rate in (1, 10):
+                run = one_server(workdir / f"truth-{trial}-{rate}", rate, args.requests, seed=trial)
+                run["trial"] = trial
+                results["truth"].append(run)
+                print(f"trial {trial + 1}, watch_rate {rate}: sent {run['sent_cold_share']:.2%} cold, measured "
+                      f"{run['measured_cold_share']:.2%} of {run['seen']:.0f} observed", flush=True)
+            rotated = COST_RATES[trial % len(COST_RATES):] + COST_RATES[:trial % len(COST_RATES)]
+            for rate in rotated:
+                run = one_server(workdir / f"cost-{trial}-{rate}", rate, args.requests, seed=100 + trial)
+                run["trial"] = trial
+                results["cost"].append(run)
+                print(f"trial {trial + 1}, watch_rate {rate}: p50 {run['p50_ms']:.3f} ms, p99 {run['p99_ms']:.3f} ms, "
+                      f"helper CPU {run['helper_cpu_share']:.2%}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def median(rate, key):
+        return statistics.median(run[key] for run in results["cost"] if run["watch_rate"] == rate)
+
+    results["summary"] = {
+        str(rate): {
+            "p50_ms": median(rate, "p50_ms"),
+            "p99_ms": median(rate, "p99_ms"),
+            "helper_cpu_share": median(rate, "helper_cpu_share"),
+            "p50_ratio": median(rate, "p50_ms") / median(0, "p50_ms"),
+            "p99_ratio": median(rate, "p99_ms") / median(0, "p99_ms"),
+        }
+        for rate in COST_RATES
+    }
+    write_results(args.output_dir, "watch_benchmark", results, markdown(results))
+    print(markdown(results).split("## Cost")[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
