@@ -74,7 +74,10 @@ test-faults: venv backend
 # repository in S3; time to READY at scale, with paired restarts (about 30
 # minutes); what clients see while a serving model is re-warmed, in place
 # and by a reload (about 20 minutes); torch.compile models cold, warmed and
-# restarted (the example, about 6 minutes, and a larger one, about 20).
+# restarted (the example, about 6 minutes, and a larger one, about 20);
+# warm_on_start against the client trigger, with what /v2/health/ready says
+# meanwhile (about 4 minutes); the traffic watch's cold share against the
+# share sent, and its cost (about 4 minutes).
 # Results in bench/results/; last, first_request.png, drawn from the JSON
 # results alone (python -m bench.figures redraws it without measuring).
 bench: venv backend models
@@ -90,6 +93,8 @@ bench: venv backend models
 	$(PY) -m bench.rewarm_under_traffic
 	$(PY) -m bench.pytorch2_benchmark
 	$(PY) -m bench.pytorch2_benchmark --model compiled-attention
+	$(PY) -m bench.start_benchmark
+	$(PY) -m bench.watch_benchmark
 	$(PY) -m bench.figures
 
 # Run every command the README and the docs show (blocks marked

@@ -34,7 +34,7 @@ from triton_warmup.client.states import warmth
 from triton_warmup.client.warm import request_warmup, shape_arrays
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.helper.metrics import COLD_REQUESTS, REQUESTS_SEEN
-from triton_warmup.install_helper import helper_source
+from triton_warmup.helper.watch import CYCLE_S
 
 MODEL = "model-v1"
 WARM_GROUPS = range(1, 9)
@@ -42,6 +42,10 @@ COLD_GROUPS = range(9, 17)
 COLD_SHARE = 0.10
 # What the metrics port must show within this after the last request.
 SETTLE_TIMEOUT_S = 30.0
+# A sampled count is read after this many of the watch's cycles.
+SETTLE_CYCLES = 2.5
+PRIMING_REQUESTS = 50
+TRUTH_RATES = (1, 10)
 COST_RATES = (0, 10, 100)
 DEFAULT_RATE = 100
 # Targets of the issue.
@@ -91,6 +95,30 @@ def _read_counts(server: EmbeddedTriton) -> Dict[str, float]:
     return {"seen": figures.get(REQUESTS_SEEN, 0.0), "cold": figures.get(COLD_REQUESTS, 0.0)}
 
 
+def _wait_for_tracing(client, rate: int) -> None:
+    """Until the watch has turned tracing on for the model (within a cycle of its READY)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while client.get_trace_settings(MODEL).get("trace_rate") != str(rate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the watch did not turn tracing on for {MODEL} within {SETTLE_TIMEOUT_S} s")
+        time.sleep(0.1)
+
+
+def _settled_counts(server: EmbeddedTriton, expected_seen: Optional[float]) -> Dict[str, float]:
+    """The counts once the watch has read every trace so far: until
+    ``expected_seen`` where it is known (watch_rate 1), else after
+    ``SETTLE_CYCLES`` cycles."""
+    if expected_seen is None:
+        time.sleep(SETTLE_CYCLES * CYCLE_S)
+        return _read_counts(server)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    counts = _read_counts(server)
+    while counts["seen"] < expected_seen and time.monotonic() < deadline:
+        time.sleep(0.2)
+        counts = _read_counts(server)
+    return counts
+
+
 def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int) -> Dict:
     repository = copy_repository(workdir / "model_repository")
     for name in list(path.name for path in repository.iterdir()):
@@ -106,13 +134,13 @@ def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int) -> Di
         with httpclient.InferenceServerClient(server.http_url, network_timeout=600) as client:
             request_warmup(client, "http", shape_arrays([MODEL], WARM_GROUPS.start, WARM_GROUPS.stop - 1,
                                                          batch_sizes=[1]))
-            # The watch turns tracing on within a cycle of the model's READY.
-            time.sleep(3)
+            if rate:
+                _wait_for_tracing(client, rate)
             groups = _mix(requests, seed)
             prepared = {group: _inputs(group) for group in set(groups)}
-            for group in groups[:50]:  # the client's own first requests are not the server's cost
+            for group in groups[:PRIMING_REQUESTS]:  # the client's own first requests are not the server's cost
                 client.infer(MODEL, prepared[group])
-            before = _read_counts(server)
+            before = _settled_counts(server, PRIMING_REQUESTS if rate == 1 else None)
             stub = helper_stub(server.pid)
             cpu_before, started = _cpu_seconds(stub), time.perf_counter()
             latencies = []
@@ -122,14 +150,7 @@ def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int) -> Di
                 latencies.append((time.perf_counter() - sent) * 1000)
             elapsed = time.perf_counter() - started
             cpu = _cpu_seconds(stub) - cpu_before
-        counts, deadline = _read_counts(server), time.monotonic() + SETTLE_TIMEOUT_S
-        expected_seen = before["seen"] + (requests if rate == 1 else 0)
-        while rate == 1 and counts["seen"] < expected_seen and time.monotonic() < deadline:
-            time.sleep(0.2)
-            counts = _read_counts(server)
-        if rate > 1:
-            time.sleep(3)  # two watch cycles
-            counts = _read_counts(server)
+        counts = _settled_counts(server, before["seen"] + requests if rate == 1 else None)
     seen, cold = counts["seen"] - before["seen"], counts["cold"] - before["cold"]
     sent_cold = sum(1 for group in groups if group in COLD_GROUPS)
     return {
@@ -163,7 +184,8 @@ def markdown(results: Dict) -> str:
                      f"{run['sent_cold_share']:.2%}", "-" if measured is None else f"{measured:.2%}",
                      "-" if measured is None else f"{(measured - run['sent_cold_share']) * 100:+.2f}"))
     parts.append(table(("watch_rate", "trial", "observed", "cold", "sent cold share", "measured", "points off"), rows))
-    parts.append(f"\n## Cost: the same load with the watch off (watch_rate 0) and on ({', '.join(map(str, COST_RATES[1:]))})\n")
+    rates = [rate for rate in results["summary"] if rate != "0"]
+    parts.append(f"\n## Cost: the same load with the watch off (watch_rate 0) and on ({', '.join(rates)})\n")
     rows = []
     for run in results["cost"]:
         rows.append((run["trial"] + 1, run["watch_rate"], f"{run['p50_ms']:.3f}", f"{run['p99_ms']:.3f}",
@@ -184,22 +206,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=3, help="Fresh servers per setting. Default is 3.")
     parser.add_argument("--requests", type=int, default=3000, help="Requests per server. Default is 3000.")
+    parser.add_argument("--truth-rates", type=int, nargs="+", default=list(TRUTH_RATES),
+                        help=f"watch_rate values whose cold share is checked. Default is {' '.join(map(str, TRUTH_RATES))}.")
+    parser.add_argument("--cost-rates", type=int, nargs="+", default=list(COST_RATES),
+                        help=f"watch_rate values whose cost is measured; 0 (off) is the reference. Default is "
+                        f"{' '.join(map(str, COST_RATES))}.")
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
-    assert helper_source().is_dir()
+    if 0 not in args.cost_rates:
+        parser.error("--cost-rates needs 0: the cost is measured against the watch off")
+    cost_rates = tuple(args.cost_rates)
     results = {**run_record("bench.watch_benchmark"),
                "settings": {"trials": args.trials, "requests": args.requests}, "truth": [], "cost": []}
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="watch-benchmark-"))
     try:
         for trial in range(args.trials):
-            for rate in (1, 10):
+            for rate in args.truth_rates:
                 run = one_server(workdir / f"truth-{trial}-{rate}", rate, args.requests, seed=trial)
                 run["trial"] = trial
                 results["truth"].append(run)
                 print(f"trial {trial + 1}, watch_rate {rate}: sent {run['sent_cold_share']:.2%} cold, measured "
                       f"{run['measured_cold_share']:.2%} of {run['seen']:.0f} observed", flush=True)
-            rotated = COST_RATES[trial % len(COST_RATES):] + COST_RATES[:trial % len(COST_RATES)]
+            rotated = cost_rates[trial % len(cost_rates):] + cost_rates[:trial % len(cost_rates)]
             for rate in rotated:
                 run = one_server(workdir / f"cost-{trial}-{rate}", rate, args.requests, seed=100 + trial)
                 run["trial"] = trial
@@ -220,7 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "p50_ratio": median(rate, "p50_ms") / median(0, "p50_ms"),
             "p99_ratio": median(rate, "p99_ms") / median(0, "p99_ms"),
         }
-        for rate in COST_RATES
+        for rate in cost_rates
     }
     write_results(args.output_dir, "watch_benchmark", results, markdown(results))
     print(markdown(results).split("## Cost")[1])

@@ -1,0 +1,46 @@
+"""The warm_on_start and traffic-watch benchmarks run end to end on small
+inputs and write every figure they promise; the numbers themselves are for
+`make bench`."""
+
+import json
+
+import pytest
+
+from live_server import run_module
+
+# start_benchmark: 4 server starts; watch_benchmark: 3, with 60 requests each.
+MODULE_TIMEOUT_S = 300
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
+
+
+def test_start_benchmark_times_both_ways_and_what_readiness_said(tmp_path):
+    finished = run_module("bench.start_benchmark", "--trials", "1", "--output-dir", str(tmp_path),
+                          timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((tmp_path / "start_benchmark.json").read_text())
+    runs = results["runs"]
+    assert sorted((run["way"], run["start"]) for run in runs) == [
+        ("client", "first start"), ("client", "restart"), ("start", "first start"), ("start", "restart")]
+    for run in runs:
+        assert run["all_ready_s"] > run["server_live_s"] > 0, run
+        # Readiness was polled while the warmup loaded: Triton said 400 then.
+        assert run["readiness"]["polls_400"] > 0, run
+    for start in ("first start", "restart"):
+        (ratio,) = results["summary"][start]["pair_ratios"]
+        assert ratio == pytest.approx(results["summary"][start]["median_pair_ratio"], abs=1e-3)
+    assert "## What `/v2/health/ready` said meanwhile" in (tmp_path / "start_benchmark.md").read_text()
+
+
+def test_watch_benchmark_counts_the_mix_exactly_at_rate_1_and_reports_the_cost(tmp_path):
+    finished = run_module("bench.watch_benchmark", "--trials", "1", "--requests", "60", "--truth-rates", "1",
+                          "--cost-rates", "0", "100", "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((tmp_path / "watch_benchmark.json").read_text())
+    (every,) = [run for run in results["truth"] if run["watch_rate"] == 1]
+    assert every["seen"] == 60 and every["measured_cold_share"] == every["sent_cold_share"]
+    assert sorted(run["watch_rate"] for run in results["cost"]) == [0, 100]
+    off = [run for run in results["cost"] if run["watch_rate"] == 0][0]
+    assert off["seen"] == 0, "watch_rate 0 observed requests"
+    assert set(results["summary"]) == {"0", "100"}
+    assert "## Cost" in (tmp_path / "watch_benchmark.md").read_text()
