@@ -284,3 +284,12 @@ def test_gauges_are_set_and_counters_only_grow(families):
     with pytest.raises(ValueError, match="only grows"):
         metrics.add(REQUESTS_SEEN, "m", "1", -1)
 
+
+
+def test_closed_metrics_let_go_of_their_families_and_refuse_use(families):
+    made, metrics = families
+    metrics.set(WARMED_SHAPES, "m", "1", 3)
+    metrics.close()
+    assert metrics._families == {} and metrics._metrics == {}
+    with pytest.raises(RuntimeError, match="finalizing"):
+        metrics.add(REQUESTS_SEEN, "m", "1", 1)

@@ -564,6 +564,8 @@ class TritonPythonModel:
     def finalize(self):
         if self.watch is not None:
             self.watch.stop(WATCH_STOP_TIMEOUT_S)
+        # While the stub can still tell Triton: see WarmupMetrics.close.
+        self.metrics.close()
         if self.start_warmup is not None and not self.start_warmup.stop(START_STOP_TIMEOUT_S):
             self.logger.log_warn(
                 f"{self.model_name}: the warmup at start was still in a load at shutdown; a config it "
