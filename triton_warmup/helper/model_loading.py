@@ -177,6 +177,16 @@ def process_start_time(pid: int) -> float:
     return boot + started_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _triton_error(error: urllib.error.HTTPError) -> "ModelLoadError":
+    """Triton's own message of an HTTP error answer (its JSON ``error``)."""
+    text = error.read().decode("utf-8", "replace")
+    try:
+        message = json.loads(text).get("error", text)
+    except ValueError:
+        message = text
+    return ModelLoadError(message or f"HTTP {error.code}")
+
+
 class HttpModelControl:
     """Load and probe models through Triton's HTTP endpoints.
 
@@ -208,12 +218,7 @@ class HttpModelControl:
             with urllib.request.urlopen(request, timeout=self.timeout_s):
                 return
         except urllib.error.HTTPError as error:
-            body = error.read().decode("utf-8", "replace")
-            try:
-                message = json.loads(body).get("error", body)
-            except ValueError:
-                message = body
-            raise ModelLoadError(message or f"HTTP {error.code}") from None
+            raise _triton_error(error) from None
 
     @staticmethod
     def _quoted(model_name: str) -> str:
@@ -279,12 +284,7 @@ class HttpModelControl:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
-            text = error.read().decode("utf-8", "replace")
-            try:
-                message = json.loads(text).get("error", text)
-            except ValueError:
-                message = text
-            raise ModelLoadError(message or f"HTTP {error.code}") from None
+            raise _triton_error(error) from None
 
     def repository_index(self) -> List[Dict]:
         """Triton's repository index: name, version, state and reason per model."""
