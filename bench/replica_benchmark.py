@@ -64,6 +64,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=3,
                         help="Most replicas started at once (and warmed by one fan-out call). Default is 3.")
     parser.add_argument("--smoke", action="store_true", help="A short run for the test suite.")
+    parser.add_argument("--note", default="",
+                        help="What else ran on the machine meanwhile, or anything else a reader of the results "
+                        "should know; written under their header. Default is none.")
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
@@ -232,6 +235,8 @@ def markdown(results: Dict) -> str:
              "server warms them by itself, no client sends anything. A pod is ready at the helper's `warmed at "
              "start: N of N model(s) READY` line, every planned model READY (the readiness probe is run then "
              "and passes).\n", backend_line(results["backend"])]
+    if results["settings"].get("note"):
+        parts.append(f"Note: {results['settings']['note']}\n")
     sizes = results["plan_sizes"]
     parts.append("## Time to a ready pod vs plan size (one replica at a time)\n")
     rows = []
