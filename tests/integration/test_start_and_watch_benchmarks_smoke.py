@@ -26,6 +26,11 @@ def test_start_benchmark_times_both_ways_and_what_readiness_said(tmp_path):
         assert run["all_ready_s"] > run["server_live_s"] > 0, run
         # Readiness was polled while the warmup loaded: Triton said 400 then.
         assert run["readiness"]["polls_400"] > 0, run
+    # The first request at every planned shape, after each way's first start.
+    for way in ("start", "client"):
+        for model in ("model-v1", "text-encoder"):
+            rows = results["summary"]["first_requests"][f"{model}, {way}"]
+            assert len(rows) == 16 and all(row["first_compute_ms"] > 0 for row in rows), (way, model)
     for start in ("first start", "restart"):
         (ratio,) = results["summary"][start]["pair_ratios"]
         assert ratio == pytest.approx(results["summary"][start]["median_pair_ratio"], abs=1e-3)
