@@ -293,3 +293,19 @@ def test_closed_metrics_let_go_of_their_families_and_refuse_use(families):
     assert metrics._families == {} and metrics._metrics == {}
     with pytest.raises(RuntimeError, match="finalizing"):
         metrics.add(REQUESTS_SEEN, "m", "1", 1)
+
+
+def test_a_trace_folder_others_can_read_is_named_in_the_log(tmp_path, families):
+    _, metrics = families
+    folder = tmp_path / "traces"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    watch, lines = make_watch(FakeServer({}), metrics, folder / "trace.json")
+    watch.start()
+    watch.stop(5)
+    assert any("has mode 0o755" in line and "make it 0700" in line for line in lines), lines
+    folder.chmod(0o700)
+    watch, lines = make_watch(FakeServer({}), metrics, folder / "trace.json")
+    watch.start()
+    watch.stop(5)
+    assert not any("mode" in line for line in lines), lines

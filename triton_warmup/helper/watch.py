@@ -159,6 +159,20 @@ class TrafficWatch:
             )
         return None
 
+    def _check_trace_folder(self) -> None:
+        """Warn where the traces, which hold request data until read, could
+        be read by others, or cannot be written at all."""
+        folder = self.trace_file.parent
+        try:
+            mode = folder.stat().st_mode
+        except OSError as error:
+            self._say("folder", f"traffic watch: the trace folder {folder} cannot be read ({error}); Triton "
+                      "writes no trace there, and nothing is counted", warn=True)
+            return
+        if mode & 0o077:
+            self._say("folder", f"traffic watch: the trace folder {folder} has mode {oct(mode & 0o777)}: others "
+                      "can read the requests' data while a trace waits to be read; make it 0700", warn=True)
+
     def _say(self, key: str, line: str, warn: bool = False) -> None:
         """Log ``line`` once per ``key``."""
         if key not in self._said:
@@ -168,6 +182,8 @@ class TrafficWatch:
     def start(self) -> None:
         if self.off_reason is not None:
             self._say("off", f"traffic watch off: {self.off_reason}")
+        else:
+            self._check_trace_folder()
         # Daemon: a cycle in progress never holds the stub's exit.
         self._thread = threading.Thread(target=self._run, name="traffic-watch", daemon=True)
         self._thread.start()

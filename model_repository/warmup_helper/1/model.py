@@ -284,21 +284,23 @@ class TritonPythonModel:
         # Kept on the instance: a family that is dropped leaves the metrics port.
         self.metrics = WarmupMetrics(_metric_family)
         self.watch = self._traffic_watch(_int_parameter(parameters, "watch_rate", DEFAULT_WATCH_RATE, minimum=0),
-                                         http_url, argv)
+                                         http_url, argv, server_cwd)
         self.start_warmup = self._start_warmup(
             _parameter(parameters, WARM_ON_START), pathlib.Path(args["model_repository"]), http_url, argv
         )
 
-    def _traffic_watch(self, rate: int, http_url, argv):
+    def _traffic_watch(self, rate: int, http_url, argv, server_cwd):
         """The watch of live traffic (docs/metrics.md); it needs the HTTP endpoint."""
         if http_url is None:
             self.logger.log_warn(f"{self.model_name}: no HTTP endpoint: warmth metrics and the traffic watch are off")
             return None
+        trace_file = trace_file_from_argv(argv or [])
         watch = TrafficWatch(
             HttpModelControl(http_url, headers=restricted_headers_from_argv(argv or [])),
             self.metrics,
             rate,
-            trace_file_from_argv(argv or []),
+            # Triton opens a relative trace file from its own working folder.
+            str(server_cwd / trace_file) if trace_file and server_cwd and not os.path.isabs(trace_file) else trace_file,
             self.model_name,
             log_info=lambda line: self.logger.log_info(f"{self.model_name}: {line}"),
             log_warn=lambda line: self.logger.log_warn(f"{self.model_name}: {line}"),
