@@ -156,14 +156,14 @@ def test_the_pod_is_ready_only_once_the_start_plan_is_warm_and_stops_cleanly_on_
     assert "thread counts differ" not in log
 
 
-def test_sigterm_during_the_start_warmup_stops_the_server_cleanly(
-    template_repository, tmp_path, configmap_plan_file
-):
+def test_sigterm_during_the_start_warmup_stops_the_server_cleanly(template_repository, tmp_path):
     """A pod deleted while it warms (a rollout that moves on, a scale-down):
     SIGTERM as soon as the helper starts its warmup, which then takes about
-    a second here (each model's preflight, then its load)."""
-    _, plan = load_plan(configmap_plan_file)
-    with entrypoint(template_repository, tmp_path, configmap_plan_file) as container:
+    a second here (each model's preflight, then its load). The container is
+    the image alone (``docker run``, no ConfigMap), so the image's own start
+    plan is the one the helper checks and begins to warm."""
+    with entrypoint(template_repository, tmp_path, None) as container:
+        _, plan = load_plan(container.start_plan)
         container.wait_for_line("warming at start", WARM_TIMEOUT_S)
         container.signal(signal.SIGTERM)
         code = container.wait(STOP_TIMEOUT_S)
