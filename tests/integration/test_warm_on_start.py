@@ -236,6 +236,9 @@ def test_sigterm_during_the_start_warmup_leaves_every_config_whole(template_repo
     log = server.log_text()
     unloaded = [name for name in PLANNED if f"successfully loaded '{name}'" not in log]
     assert unloaded, "every model loaded: the SIGTERM came too late to test what it must leave"
+    # The log blames the shutdown, not the models.
+    for name in unloaded:
+        assert f"'{name}' failed: not warmed: the server began to stop" in log, name
     for name in PLANNED:
         text = (repository / name / "config.pbtxt").read_bytes()
         loaded = f"successfully loaded '{name}'" in log

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 from google.protobuf import text_format
@@ -124,6 +125,47 @@ def test_run_job_reports_a_lock_that_stays_taken(repository, lock_holder):
     entry = run_job(job, control, lock_timeout_s=0.2)
     assert entry.status != Status.READY and "stayed locked" in entry.error
     assert control.calls == [] and snapshot(repository) == before
+
+
+def test_a_lock_wait_ends_when_the_server_stops(repository, lock_holder):
+    """SIGTERM while the warmup waits for another server's writer: the wait
+    of up to lock_timeout_s would hold the helper's process, and Triton's exit."""
+    polls = []
+
+    def stopping():
+        polls.append(1)
+        return len(polls) > 3
+
+    started = time.monotonic()
+    with pytest.raises(ModelLockTimeout, match="the server began to stop"):
+        with model_lock(repository / "model-v1", timeout_s=600, stopping=stopping):
+            pass
+    assert time.monotonic() - started < 60
+
+
+def test_run_jobs_says_the_server_stopped_not_that_the_model_failed(repository, lock_holder):
+    before = snapshot(repository)
+    plan = plan_jobs(repository, warmup_request(models=("model-v1", "model-v2")))
+    stopped = threading.Event()
+    settled = []
+
+    def stopping():
+        return stopped.is_set()
+
+    def on_done(entry):
+        settled.append(entry.name)
+        stopped.set()  # SIGTERM arrives after the first model settles
+
+    # Both at once: model-v1 waits for its lock, held by another process,
+    # while model-v2 loads; then the server stops.
+    entries = run_jobs(plan, RecordingControl(), lock_timeout_s=600, max_parallel=2, on_done=on_done,
+                       stopping=stopping)
+    by_name = {entry.name: entry for entry in entries}
+    assert by_name["model-v2"].status == Status.READY
+    assert by_name["model-v1"].error.startswith("not warmed: the server began to stop during its warmup: "), (
+        by_name["model-v1"].error)
+    assert (repository / "model-v1" / "config.pbtxt").read_bytes() == before["model-v1/config.pbtxt"]
+    assert sorted(settled) == ["model-v1", "model-v2"]
 
 
 def test_clean_repository_removes_stale_temp_files_but_not_under_a_held_lock(repository, lock_holder):

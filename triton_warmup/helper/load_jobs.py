@@ -44,6 +44,7 @@ from triton_warmup.report import REWARM_IN_PLACE, REWARM_RELOADED, ModelEntry, S
 _POLL_FAILURE = "failed to poll from model repository"
 # A model the warmup never started because the server began to shut down.
 NOT_STARTED_STOPPING = "not warmed: the server began to stop before this model's turn"
+STOPPED_DURING = "not warmed: the server began to stop during its warmup"
 
 
 def _write_or_fall_back(rewrite: ConfigRewrite, entry: ModelEntry) -> Optional[str]:
@@ -78,6 +79,7 @@ def run_job(
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     preflight: Optional[Preflight] = None,
     rewarm: Optional[Rewarm] = None,
+    stopping: Optional[Callable[[], bool]] = None,
 ) -> ModelEntry:
     """Check the samples, rewrite the config and load the model; put the
     config back if the load fails. A READY model whose change can warm in
@@ -97,6 +99,8 @@ def run_job(
             READY (Triton then runs every sample of the file).
         rewarm: how a READY model with new samples is re-warmed; ``None``
             reloads it.
+        stopping: true once the server shuts down: a wait for the model's
+            lock ends then.
 
     Everything from reading the config to the end of the load happens under
     the model's lock (``repository_guard.model_lock``), so writers on several
@@ -127,7 +131,7 @@ def run_job(
     except Exception:  # noqa: BLE001 - only the report uses it
         was_ready = None
     try:
-        with model_lock(job.model_dir, lock_timeout_s) as hold:
+        with model_lock(job.model_dir, lock_timeout_s, stopping) as hold:
             try:
                 if hold is not None:
                     entry.stale_temp_files_removed = remove_stale_temp_files(job.model_dir)
@@ -198,7 +202,12 @@ def run_jobs(
     def run_one(job: ModelWarmupJob) -> ModelEntry:
         if stopping is not None and stopping():
             return settled(ModelEntry(name=job.name, kind=job.kind.label, error=NOT_STARTED_STOPPING))
-        return settled(run_job(job, control, lock_timeout_s, preflight, rewarm))
+        entry = run_job(job, control, lock_timeout_s, preflight, rewarm, stopping)
+        if entry.error and stopping is not None and stopping():
+            # What failed was the server going away, not the model.
+            entry.detail = entry.detail or entry.error
+            entry.error = f"{STOPPED_DURING}: {entry.error}"
+        return settled(entry)
 
     for entry in plan.failed:
         settled(entry)

@@ -269,6 +269,24 @@ class HttpModelControl:
         except (OSError, ValueError):
             return False
 
+    def server_stopping(self) -> bool:
+        """Whether the server is going away: its endpoint refuses the
+        connection (Triton stops listening first on SIGTERM), or its
+        liveness says no. A slow answer is not taken for one: a busy server
+        is still a server."""
+        request = urllib.request.Request(f"http://{self.url}/v2/health/live", headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=2):
+                return False
+        except urllib.error.HTTPError:
+            return True
+        except urllib.error.URLError as error:
+            return isinstance(error.reason, (ConnectionRefusedError, ConnectionResetError))
+        except (ConnectionRefusedError, ConnectionResetError):
+            return True
+        except OSError:
+            return False
+
     def _json(self, path: str, body: Optional[Dict] = None, timeout_s: float = 10.0):
         """GET ``path`` (or POST ``body`` as JSON) and return the answer's JSON.
 

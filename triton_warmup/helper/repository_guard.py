@@ -36,7 +36,7 @@ import stat
 import tempfile
 import threading
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from triton_warmup.report import LockHold
 
@@ -222,7 +222,11 @@ def unwritable_reason(path: pathlib.Path) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[Optional[LockHold]]:
+def model_lock(
+    model_dir: pathlib.Path,
+    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    stopping: Optional[Callable[[], bool]] = None,
+) -> Iterator[Optional[LockHold]]:
     """Hold the model's write lock for the ``with`` block.
 
     Yields a ``LockHold``, or ``None`` when the folder cannot hold a lock file
@@ -230,7 +234,10 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
     written either, and the caller falls back to not writing it.
 
     Raises:
-        ModelLockTimeout: when the lock stays taken for ``timeout_s``.
+        ModelLockTimeout: when the lock stays taken for ``timeout_s``, or
+            ``stopping()`` turns true while it waits (the server shuts down:
+            a wait of minutes would hold the helper's process, and with it
+            Triton's exit).
     """
     if folder_unwritable_reason(model_dir) is not None:
         yield None
@@ -238,9 +245,17 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
     lock_path = model_dir / LOCK_FILENAME
     started = time.monotonic()
     deadline = started + timeout_s
+
+    def give_up(whose: str) -> None:
+        # whose: "" for another writer in this process, else who holds it.
+        if stopping is not None and stopping():
+            raise ModelLockTimeout(f"{lock_path}: the server began to stop while the lock was taken {whose or 'here'}")
+        if time.monotonic() >= deadline:
+            raise ModelLockTimeout(f"{lock_path} stayed locked{' by ' + whose if whose else ''} for {timeout_s:g} s")
+
     in_process = _thread_lock(lock_path)
-    if not in_process.acquire(timeout=max(timeout_s, 0)):
-        raise ModelLockTimeout(f"{lock_path} stayed locked for {timeout_s:g} s")
+    while not in_process.acquire(timeout=max(min(_POLL_S * 10, deadline - time.monotonic()), 0)):
+        give_up("")
     try:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -253,10 +268,7 @@ def model_lock(model_dir: pathlib.Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_
                     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except (BlockingIOError, PermissionError):
-                    if time.monotonic() >= deadline:
-                        raise ModelLockTimeout(
-                            f"{lock_path} stayed locked by another process for {timeout_s:g} s"
-                        ) from None
+                    give_up("another process")
                     time.sleep(_POLL_S)
             hold = LockHold(waited_s=round(time.monotonic() - started, 3), held_from=time.time())
             try:

@@ -340,7 +340,11 @@ class TritonPythonModel:
         start_warmup = StartWarmup(
             source,
             server_live=liveness.server_live,
-            warm=lambda progress, stopping: self._warm_at_start(start_request, progress, stopping),
+            # The server going away (SIGTERM) stops the warmup before finalize
+            # does: Triton closes its endpoints first.
+            warm=lambda progress, stopping: self._warm_at_start(
+                start_request, progress, lambda: stopping() or liveness.server_stopping()
+            ),
             log_info=lambda line: self.logger.log_info(f"{self.model_name}: {line}"),
             log_error=lambda line: self.logger.log_error(f"{self.model_name}: {line}"),
         )
