@@ -187,3 +187,29 @@ def test_a_bucket_that_does_not_exist_is_named_with_the_url(s3, monkeypatch):
     url = s3.url(bucket="no-such-bucket")
     with pytest.raises(RepositoryError, match=rf"^cannot read the model repository {url}: no such bucket or path"):
         ObjectStoreRepository(url, s3.environment).mirror()
+
+
+def test_a_bucket_whose_helper_warms_at_start(s3, template_repository, tmp_path, run_cli):
+    """warm_on_start with the repository in S3: the start plan is read from
+    Triton's download of the helper's folder, the planned configs go through
+    the load API, and nothing is written into the bucket."""
+    from triton_warmup.install_helper import set_warm_on_start
+
+    repository = tmp_path / "repository"
+    for name in ("warmup_helper", "model-v1"):
+        shutil.copytree(template_repository / name, repository / name, ignore=shutil.ignore_patterns("__pycache__"))
+    plan = tmp_path / "start.yaml"
+    plan.write_text("models:\n  model-v1: {group_size_max: 3, batch_sizes: [1]}\n")
+    set_warm_on_start(repository / "warmup_helper", str(plan))
+    s3.upload(repository, prefix="started")
+    before = s3.snapshot()
+    with serving(s3.url(prefix="started"), tmp_path / "server", extra_env=s3.environment) as server:
+        result = run_cli(warm.main, "-u", server.http_url, "--start-report", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = WarmupReport.from_dict(json.loads(result.stdout))
+        entry = report.entry("model-v1")
+        assert entry.ready and not entry.config_written and entry.warmup_samples == 3
+        served = served_config(server, "model-v1")["model_warmup"]
+        runs = warmup_runs(server, "model-v1")
+        assert {run["sample"] for run in runs} == {sample["name"] for sample in served} and len(served) == 3
+    assert s3.snapshot() == before
