@@ -4,7 +4,12 @@ sent, and what does watching cost the clients and the helper?
 Per trial, fresh tritonservers with ``--trace-config triton,file=...`` (in a
 private folder) serve model-v1 warmed at group sizes 1..8 (batch 1). A client
 sends a known mix in a seeded random order: 90% at warmed shapes, 10% at
-group sizes 9..16, one request at a time (closed loop).
+group sizes 9..16, at a steady rate (open loop: each request is timed from
+when it was due, so a stall counts for every request it delays).
+
+Triton before 2.57 can crash while it traces under load (server issue
+#7795): a run whose server dies is counted and run again on a fresh server,
+up to ``ATTEMPTS`` times; the results say how often it happened.
 
 - Truth: with ``watch_rate`` 1 and 10, the cold share read back from
   Triton's metrics port against the share sent.
@@ -45,6 +50,9 @@ SETTLE_TIMEOUT_S = 30.0
 # A sampled count is read after this many of the watch's cycles.
 SETTLE_CYCLES = 2.5
 PRIMING_REQUESTS = 50
+# Requests per second of the steady load; a server that dies is replaced this often per run.
+DEFAULT_RPS = 200
+ATTEMPTS = 4
 TRUTH_RATES = (1, 10)
 COST_RATES = (0, 10, 100)
 DEFAULT_RATE = 100
@@ -119,7 +127,28 @@ def _settled_counts(server: EmbeddedTriton, expected_seen: Optional[float]) -> D
     return counts
 
 
-def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int) -> Dict:
+class ServerDied(RuntimeError):
+    """The server died during a run (its log's last lines in the message)."""
+
+
+def one_run(workdir: pathlib.Path, rate: int, requests: int, seed: int, rps: float) -> Dict:
+    """``one_server``, again on a fresh server when one dies; the run says how many died."""
+    deaths = []
+    for attempt in range(ATTEMPTS):
+        try:
+            run = one_server(workdir / f"attempt-{attempt}", rate, requests, seed, rps)
+        except ServerDied as died:
+            deaths.append(str(died))
+            print(f"  the server died (watch_rate {rate}, attempt {attempt + 1}): {str(died).splitlines()[0]}",
+                  flush=True)
+            continue
+        run["servers_died"] = len(deaths)
+        run["deaths"] = deaths
+        return run
+    raise RuntimeError(f"{ATTEMPTS} servers in a row died at watch_rate {rate}: {deaths[-1]}")
+
+
+def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int, rps: float = DEFAULT_RPS) -> Dict:
     repository = copy_repository(workdir / "model_repository")
     for name in list(path.name for path in repository.iterdir()):
         if name not in (MODEL, HELPER_MODEL):
@@ -131,26 +160,41 @@ def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int) -> Di
                             metrics_port=free_port(), log_verbose=0,
                             extra_args=[f"--trace-config=triton,file={traces / 'trace.json'}"])
     with server:
-        with httpclient.InferenceServerClient(server.http_url, network_timeout=600) as client:
-            request_warmup(client, "http", shape_arrays([MODEL], WARM_GROUPS.start, WARM_GROUPS.stop - 1,
-                                                         batch_sizes=[1]))
-            if rate:
-                _wait_for_tracing(client, rate)
-            groups = _mix(requests, seed)
-            prepared = {group: _inputs(group) for group in set(groups)}
-            for group in groups[:PRIMING_REQUESTS]:  # the client's own first requests are not the server's cost
-                client.infer(MODEL, prepared[group])
-            before = _settled_counts(server, PRIMING_REQUESTS if rate == 1 else None)
-            stub = helper_stub(server.pid)
-            cpu_before, started = _cpu_seconds(stub), time.perf_counter()
-            latencies = []
-            for group in groups:
-                sent = time.perf_counter()
-                client.infer(MODEL, prepared[group])
-                latencies.append((time.perf_counter() - sent) * 1000)
-            elapsed = time.perf_counter() - started
-            cpu = _cpu_seconds(stub) - cpu_before
-        counts = _settled_counts(server, before["seen"] + requests if rate == 1 else None)
+        try:
+            return _measure(server, rate, requests, seed, rps)
+        except Exception as error:  # noqa: BLE001 - a dead server is a finding, anything else a bug
+            # A dying server stops answering before it has printed its stack and exited.
+            server.wait(10)
+            if server.is_running() and "Signal (11)" not in server.log_text():
+                raise
+            crash = [line for line in server.log_text().splitlines() if "Signal (" in line]
+            raise ServerDied(f"{(crash or [repr(error)])[0]}; log {server.log_path}") from None
+
+
+def _measure(server: EmbeddedTriton, rate: int, requests: int, seed: int, rps: float) -> Dict:
+    with httpclient.InferenceServerClient(server.http_url, network_timeout=600) as client:
+        request_warmup(client, "http", shape_arrays([MODEL], WARM_GROUPS.start, WARM_GROUPS.stop - 1,
+                                                     batch_sizes=[1]))
+        if rate:
+            _wait_for_tracing(client, rate)
+        groups = _mix(requests, seed)
+        prepared = {group: _inputs(group) for group in set(groups)}
+        for group in groups[:PRIMING_REQUESTS]:  # the client's own first requests are not the server's cost
+            client.infer(MODEL, prepared[group])
+        before = _settled_counts(server, PRIMING_REQUESTS if rate == 1 else None)
+        stub = helper_stub(server.pid)
+        cpu_before, started = _cpu_seconds(stub), time.perf_counter()
+        latencies = []
+        for index, group in enumerate(groups):
+            due = started + index / rps
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            client.infer(MODEL, prepared[group])
+            latencies.append((time.perf_counter() - due) * 1000)
+        elapsed = time.perf_counter() - started
+        cpu = _cpu_seconds(stub) - cpu_before
+    counts = _settled_counts(server, before["seen"] + requests if rate == 1 else None)
     seen, cold = counts["seen"] - before["seen"], counts["cold"] - before["cold"]
     sent_cold = sum(1 for group in groups if group in COLD_GROUPS)
     return {
@@ -165,6 +209,7 @@ def one_server(workdir: pathlib.Path, rate: int, requests: int, seed: int) -> Di
         "seconds": elapsed,
         "helper_cpu_s": cpu,
         "helper_cpu_share": cpu / elapsed,
+        "requests_per_s": requests / elapsed,
     }
 
 
@@ -174,7 +219,16 @@ def markdown(results: Dict) -> str:
     parts.append(
         f"\n{MODEL} warmed at group sizes {WARM_GROUPS.start}..{WARM_GROUPS.stop - 1}; {settings['requests']} "
         f"requests per server, {COLD_SHARE:.0%} of them at group sizes {COLD_GROUPS.start}..{COLD_GROUPS.stop - 1} "
-        f"(cold), in a seeded random order, one at a time; a fresh server per run, {settings['trials']} trials.\n"
+        f"(cold), in a seeded random order, at {settings['rps']:.0f} requests/s (each timed from when it was due); "
+        f"a fresh server per run, {settings['trials']} trials.\n"
+    )
+    runs = results["truth"] + results["cost"]
+    died = sum(run["servers_died"] for run in runs)
+    parts.append(
+        f"\nServers that died while traced (Triton before 2.57, server issue #7795), and were replaced: {died} "
+        f"in {len(runs) + died} server starts"
+        + (": " + "; ".join(sorted({death.split(';')[0] for run in runs for death in run['deaths']})) if died else "")
+        + ".\n"
     )
     parts.append("\n## Truth: the cold share on the metrics port against the share sent\n")
     rows = []
@@ -206,6 +260,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=3, help="Fresh servers per setting. Default is 3.")
     parser.add_argument("--requests", type=int, default=3000, help="Requests per server. Default is 3000.")
+    parser.add_argument("--rps", type=float, default=DEFAULT_RPS,
+                        help=f"Requests per second of the steady load. Default is {DEFAULT_RPS}.")
     parser.add_argument("--truth-rates", type=int, nargs="+", default=list(TRUTH_RATES),
                         help=f"watch_rate values whose cold share is checked. Default is {' '.join(map(str, TRUTH_RATES))}.")
     parser.add_argument("--cost-rates", type=int, nargs="+", default=list(COST_RATES),
@@ -218,19 +274,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--cost-rates needs 0: the cost is measured against the watch off")
     cost_rates = tuple(args.cost_rates)
     results = {**run_record("bench.watch_benchmark"),
-               "settings": {"trials": args.trials, "requests": args.requests}, "truth": [], "cost": []}
+               "settings": {"trials": args.trials, "requests": args.requests, "rps": args.rps},
+               "truth": [], "cost": []}
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="watch-benchmark-"))
     try:
         for trial in range(args.trials):
             for rate in args.truth_rates:
-                run = one_server(workdir / f"truth-{trial}-{rate}", rate, args.requests, seed=trial)
+                run = one_run(workdir / f"truth-{trial}-{rate}", rate, args.requests, trial, args.rps)
                 run["trial"] = trial
                 results["truth"].append(run)
                 print(f"trial {trial + 1}, watch_rate {rate}: sent {run['sent_cold_share']:.2%} cold, measured "
                       f"{run['measured_cold_share']:.2%} of {run['seen']:.0f} observed", flush=True)
             rotated = cost_rates[trial % len(cost_rates):] + cost_rates[:trial % len(cost_rates)]
             for rate in rotated:
-                run = one_server(workdir / f"cost-{trial}-{rate}", rate, args.requests, seed=100 + trial)
+                run = one_run(workdir / f"cost-{trial}-{rate}", rate, args.requests, 100 + trial, args.rps)
                 run["trial"] = trial
                 results["cost"].append(run)
                 print(f"trial {trial + 1}, watch_rate {rate}: p50 {run['p50_ms']:.3f} ms, p99 {run['p99_ms']:.3f} ms, "

@@ -93,13 +93,29 @@ def install_helper(repository: pathlib.Path, force: bool = False, warm_on_start:
     return destination
 
 
+def set_parameters(helper: pathlib.Path, values: dict, why: str) -> None:
+    """Set config parameters of the helper in folder ``helper``, atomically.
+    The config is written back through protobuf's text format, which keeps
+    no comments: a header says who wrote it (``why``) and where the
+    commented original is."""
+    config_path = helper / "config.pbtxt"
+    config = text_format.Parse(config_path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+    header = (
+        f"# warmup_helper, written by {why}.\n"
+        "# Every field is explained in the package's copy (triton_warmup/helper_model/config.pbtxt)\n"
+        "# and in docs/request.md.\n"
+    )
+    write_atomically(config_path, (header + text_format.MessageToString(config)).encode("utf-8"))
+
+
 def set_warm_on_start(helper: pathlib.Path, value: str) -> str:
     """Set the ``warm_on_start`` parameter of the helper in folder ``helper``.
 
     ``value`` is ``all``, or a plan file anywhere: it is checked, then
-    copied into the helper's folder, and the parameter names the copy.
-    The config is written back through protobuf's text format, which keeps
-    no comments: a header says where the commented original is.
+    copied into the helper's folder, and the parameter names the copy
+    (``set_parameters``).
 
     Returns the parameter's value.
 
@@ -112,15 +128,7 @@ def set_warm_on_start(helper: pathlib.Path, value: str) -> str:
         load_plan(plan)
         write_atomically(helper / plan.name, plan.read_bytes())
         value = plan.name
-    config_path = helper / "config.pbtxt"
-    config = text_format.Parse(config_path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-    config.parameters[WARM_ON_START].string_value = value
-    header = (
-        f"# warmup_helper, written by triton-warmup-install-helper --warm-on-start {json.dumps(value)}.\n"
-        "# Every field is explained in the package's copy (triton_warmup/helper_model/config.pbtxt)\n"
-        "# and in docs/request.md; warm_on_start in docs/warm-on-start.md.\n"
-    )
-    write_atomically(config_path, (header + text_format.MessageToString(config)).encode("utf-8"))
+    set_parameters(helper, {WARM_ON_START: value}, f"--warm-on-start {json.dumps(value)}")
     return value
 
 

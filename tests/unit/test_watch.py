@@ -16,7 +16,7 @@ from triton_warmup.helper.metrics import (
     WARMED_SHAPES,
     WarmupMetrics,
 )
-from triton_warmup.helper.watch import OWN_REQUEST_ID, TrafficWatch, trace_parts
+from triton_warmup.helper.watch import DEFAULT_RATE, OWN_REQUEST_ID, TrafficWatch, trace_parts
 from triton_warmup.pytorch2 import STATUS_FOLDER
 
 MODEL = """
@@ -56,6 +56,11 @@ class FakeServer:
         self.server_setting = dict(OFF)
         self.model_settings = {}
         self.updates = []
+        # Tracing under load is safe from 2.57.0 on (watch.SAFE_TRACING_VERSION).
+        self.version = "2.57.0"
+
+    def server_metadata(self):
+        return {"name": "triton", "version": self.version}
 
     def repository_index(self):
         return self.index
@@ -309,3 +314,37 @@ def test_a_trace_folder_others_can_read_is_named_in_the_log(tmp_path, families):
     watch.start()
     watch.stop(5)
     assert not any("mode" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("version", ["2.51.0", "2.56.1"])
+def test_on_a_triton_whose_tracing_can_crash_the_default_stays_off(tmp_path, families, version):
+    made, metrics = families
+    server = FakeServer({"m": with_samples(MODEL, [(1, 2)])})
+    server.version = version
+    watch, lines = make_watch(server, metrics, tmp_path / "trace.json", rate=None)
+    watch.cycle()
+    watch.cycle()
+    assert server.updates == []
+    assert f"Triton {version} can crash while it traces under load (server issue #7795" in watch.off_reason
+    assert sum("traffic watch off" in line for line in lines) == 1
+    assert made[WARMED_SHAPES].values == {("m", "1"): 1}
+
+
+def test_an_explicit_watch_rate_turns_it_on_there_with_a_warning(tmp_path, families):
+    _, metrics = families
+    server = FakeServer({"m": with_samples(MODEL, [(1, 2)])})
+    server.version = "2.51.0"
+    watch, lines = make_watch(server, metrics, tmp_path / "trace.json", rate=100)
+    watch.cycle()
+    assert server.model_settings["m"]["trace_rate"] == "100"
+    assert any("as the helper's config asks, although Triton 2.51.0 can crash" in line for line in lines)
+
+
+def test_the_default_rate_on_a_triton_that_traces_safely(tmp_path, families):
+    _, metrics = families
+    server = FakeServer({"m": with_samples(MODEL, [(1, 2)])})
+    server.version = "2.58.0"
+    watch, lines = make_watch(server, metrics, tmp_path / "trace.json", rate=None)
+    watch.cycle()
+    assert server.model_settings["m"]["trace_rate"] == str(DEFAULT_RATE)
+    assert not any("crash" in line for line in lines)

@@ -48,7 +48,8 @@ from triton_warmup.client import warm
 from triton_warmup.client.flags import usage_error
 from triton_warmup.helper.repository import is_cloud
 from triton_warmup.helper.start_warmup import WARM_ALL
-from triton_warmup.install_helper import set_warm_on_start
+from triton_warmup.helper.watch import DEFAULT_RATE
+from triton_warmup.install_helper import set_parameters, set_warm_on_start
 
 
 # tritonserver 2.51 (``tritonserver --help``): every long option takes a
@@ -157,7 +158,8 @@ def parse_args(argv):
         action="store_true",
         help="Start tritonserver with a trace file in a private folder of the workdir "
         "(--trace-config triton,file=...), so that the helper's traffic watch counts the requests "
-        "that land on cold shapes (docs/metrics.md). Default is off.",
+        "that land on cold shapes (docs/metrics.md); with --working-copy, also set its watch_rate, "
+        "which Triton before 2.57 needs. Default is off.",
     )
     parser.add_argument(
         "--timeout",
@@ -208,6 +210,12 @@ def main(argv=None) -> int:
         if args.warm_on_start is not None:
             value = set_warm_on_start(copy / HELPER_MODEL, args.warm_on_start)
             print(f"{HELPER_MODEL} warm_on_start: {value} (in the copy)", flush=True)
+        if args.watch_traffic:
+            # An explicit rate: the helper's default keeps the watch off on a
+            # Triton whose tracing can crash under load (docs/metrics.md).
+            set_parameters(copy / HELPER_MODEL, {"watch_rate": str(DEFAULT_RATE)}, "triton-warmup-serve --watch-traffic")
+            print(f"{HELPER_MODEL} watch_rate: {DEFAULT_RATE} (in the copy; on Triton before 2.57 tracing can crash "
+                  "under load, docs/metrics.md)", flush=True)
 
     if args.watch_traffic:
         # The traces hold request data until the helper reads and removes them.

@@ -304,6 +304,10 @@ class HttpModelControl:
         except urllib.error.HTTPError as error:
             raise _triton_error(error) from None
 
+    def server_metadata(self) -> Dict:
+        """``/v2``: the server's name, version and extensions."""
+        return self._json("/v2")
+
     def repository_index(self) -> List[Dict]:
         """Triton's repository index: name, version, state and reason per model."""
         return self._json("/v2/repository/index", body={})

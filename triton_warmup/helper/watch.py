@@ -54,6 +54,14 @@ CONFIG_REFRESH_S = 15.0
 PART_SETTLE_S = 5.0
 # The trace files never hold more than this: beyond it the oldest go unread.
 DEFAULT_MAX_TRACE_BYTES = 64 * 1024 * 1024
+# 1 request in this many, unless the helper's watch_rate says otherwise
+# (docs/metrics.md: what it costs).
+DEFAULT_RATE = 100
+# Triton before 2.57.0 can crash while it traces under load: TraceRelease
+# destroyed a trace's mutex while it still held it (server issue #7795, fixed
+# by server PR #8144 in 2.57.0). Seen here on 2.51.0: SIGSEGV in
+# libtritonserver's free after about 4,500 requests at 170 traces/s.
+SAFE_TRACING_VERSION = (2, 57, 0)
 
 
 def watch_setting(rate: int) -> Dict:
@@ -63,6 +71,17 @@ def watch_setting(rate: int) -> Dict:
 
 def _same(setting: Dict, other: Dict, keys=TRACE_KEYS) -> bool:
     return all(setting.get(key) == other.get(key) for key in keys if key in setting or key in other)
+
+
+def _version(text: str) -> Tuple[int, ...]:
+    """``"2.51.0"`` as (2, 51, 0); what does not read as numbers sorts first."""
+    parts = []
+    for part in text.split("."):
+        digits = "".join(character for character in part if character.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) or (0,)
 
 
 def trace_parts(trace_file: pathlib.Path) -> List[pathlib.Path]:
@@ -98,7 +117,8 @@ class TrafficWatch:
             (``model_loading.HttpModelControl``).
         metrics: ``metrics.WarmupMetrics``.
         rate: observe 1 request in ``rate``; 0 turns the traffic signal off
-            (warmed shapes are still published).
+            (warmed shapes are still published); ``None``: ``DEFAULT_RATE``
+            on a Triton whose tracing is safe under load, off on an older one.
         trace_file: the server's ``--trace-config triton,file=PATH``, or ``None``.
         helper_name: the helper's own model, never watched.
         compile_cache_dir: ``TORCHINDUCTOR_CACHE_DIR``, where the PyTorch 2
@@ -112,7 +132,7 @@ class TrafficWatch:
         self,
         server,
         metrics,
-        rate: int,
+        rate: Optional[int],
         trace_file: Optional[str],
         helper_name: str,
         log_info: Callable[[str], None],
@@ -124,7 +144,11 @@ class TrafficWatch:
     ):
         self.server = server
         self.metrics = metrics
-        self.rate = rate
+        # An explicit rate is the user's decision, also on a Triton whose
+        # tracing can crash; the default is not.
+        self.rate_explicit = rate is not None
+        self.rate = DEFAULT_RATE if rate is None else rate
+        self.server_version: Optional[str] = None
         self.trace_file = pathlib.Path(trace_file) if trace_file else None
         self.helper_name = helper_name
         self._log_info = log_info
@@ -263,7 +287,7 @@ class TrafficWatch:
     def _check_tracing(self) -> None:
         """Turn tracing on for READY models where nobody traces; off everywhere
         if the server's own setting starts to trace."""
-        if self._static_off_reason() is not None:
+        if self._static_off_reason() is not None or not self._tracing_allowed():
             return
         try:
             server_setting = self.server.trace_setting()
@@ -298,6 +322,28 @@ class TrafficWatch:
                 self.metrics.add(REQUESTS_SEEN, name, model.version, 0)
                 self.metrics.add(COLD_REQUESTS, name, model.version, 0)
             self._say(f"on {name}", f"traffic watch on for '{name}': 1 request in {self.rate}")
+
+    def _tracing_allowed(self) -> bool:
+        """Whether this Triton's tracing may be turned on (see
+        ``SAFE_TRACING_VERSION``); False also while its version is unknown."""
+        if self.server_version is None:
+            try:
+                self.server_version = str(self.server.server_metadata().get("version", ""))
+            except Exception:  # noqa: BLE001 - not listening yet
+                return False
+        if _version(self.server_version) >= SAFE_TRACING_VERSION:
+            return True
+        hazard = (
+            f"Triton {self.server_version} can crash while it traces under load (server issue #7795, fixed in "
+            f"{'.'.join(map(str, SAFE_TRACING_VERSION))})"
+        )
+        if not self.rate_explicit:
+            self.off_reason = f"{hazard}; set the helper's watch_rate to turn it on anyway"
+            self._say("unsafe", f"traffic watch off: {self.off_reason}", warn=True)
+            return False
+        self._say("unsafe", f"traffic watch on at watch_rate {self.rate}, as the helper's config asks, although "
+                  f"{hazard}", warn=True)
+        return True
 
     def stop_tracing(self) -> None:
         for name in sorted(self.traced):

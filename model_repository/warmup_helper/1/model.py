@@ -57,9 +57,6 @@ START_REPORT_INPUT = "START_REPORT"
 # then ends as it would (or is put back); never long enough to hold Triton's
 # shutdown, which waits for its models' finalize.
 START_STOP_TIMEOUT_S = 5.0
-# Observe 1 request in this many, where the server has a trace file
-# (docs/metrics.md: why on by default, and what it costs).
-DEFAULT_WATCH_RATE = 100
 WATCH_STOP_TIMEOUT_S = 5.0
 
 
@@ -283,13 +280,16 @@ class TritonPythonModel:
         )
         # Kept on the instance: a family that is dropped leaves the metrics port.
         self.metrics = WarmupMetrics(_metric_family)
-        self.watch = self._traffic_watch(_int_parameter(parameters, "watch_rate", DEFAULT_WATCH_RATE, minimum=0),
-                                         http_url, argv, server_cwd)
+        # Empty: the watch's default, which depends on the server's version.
+        watch_rate = (
+            _int_parameter(parameters, "watch_rate", 0, minimum=0) if _parameter(parameters, "watch_rate") else None
+        )
+        self.watch = self._traffic_watch(watch_rate, http_url, argv, server_cwd)
         self.start_warmup = self._start_warmup(
             _parameter(parameters, WARM_ON_START), pathlib.Path(args["model_repository"]), http_url, argv
         )
 
-    def _traffic_watch(self, rate: int, http_url, argv, server_cwd):
+    def _traffic_watch(self, rate, http_url, argv, server_cwd):
         """The watch of live traffic (docs/metrics.md); it needs the HTTP endpoint."""
         if http_url is None:
             self.logger.log_warn(f"{self.model_name}: no HTTP endpoint: warmth metrics and the traffic watch are off")
