@@ -8,7 +8,7 @@ import pytest
 
 from live_server import run_module
 
-# start_benchmark: 4 server starts; watch_benchmark: 3, with 60 requests each.
+# start_benchmark: 4 server starts; watch_benchmark: 2, with 60 and 160 requests.
 MODULE_TIMEOUT_S = 300
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
@@ -38,14 +38,17 @@ def test_start_benchmark_times_both_ways_and_what_readiness_said(tmp_path):
 
 
 def test_watch_benchmark_counts_the_mix_exactly_at_rate_1_and_reports_the_cost(tmp_path):
-    finished = run_module("bench.watch_benchmark", "--trials", "1", "--requests", "60", "--truth-rates", "1",
-                          "--cost-rates", "0", "100", "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+    finished = run_module("bench.watch_benchmark", "--trials", "1", "--truth-rates", "1", "--truth-observations", "60",
+                          "--cost-rates", "0", "100", "--block-requests", "40", "--rounds", "2",
+                          "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     results = json.loads((tmp_path / "watch_benchmark.json").read_text())
     (every,) = [run for run in results["truth"] if run["watch_rate"] == 1]
     assert every["seen"] == 60 and every["measured_cold_share"] == every["sent_cold_share"]
-    assert sorted(run["watch_rate"] for run in results["cost"]) == [0, 100]
-    off = [run for run in results["cost"] if run["watch_rate"] == 0][0]
-    assert off["seen"] == 0, "watch_rate 0 observed requests"
-    assert set(results["summary"]) == {"0", "100"}
+    (cost,) = results["cost"]
+    assert set(cost["conditions"]) == {"0", "100"}
+    assert all(figures["requests"] == 2 * 40 and figures["p99_ms"] >= figures["p50_ms"] > 0
+               for figures in cost["conditions"].values())
+    assert results["summary"]["cost"]["0"]["p50_ratio"] == 1.0
+    assert results["summary"]["truth"]["1"]["worst_points_off"] == 0
     assert "## Cost" in (tmp_path / "watch_benchmark.md").read_text()
