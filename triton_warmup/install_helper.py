@@ -27,13 +27,13 @@ import sys
 import tempfile
 from typing import List, Optional
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
-
 from triton_warmup import HELPER_MODEL
-from triton_warmup.helper.plan_file import load_plan
-from triton_warmup.helper.repository_guard import write_atomically
-from triton_warmup.helper.start_warmup import PARAMETER as WARM_ON_START, WARM_ALL
+
+# The helper's parameter and its value that warms every model (as in
+# helper.start_warmup, which this module imports only to check a plan: the
+# plain copy of the helper runs with no dependency installed).
+WARM_ON_START = "warm_on_start"
+WARM_ALL = "all"
 
 # What a helper folder holds; only these are copied. A folder whose model.py
 # imports this package counts as a helper that --force may replace.
@@ -98,6 +98,11 @@ def set_parameters(helper: pathlib.Path, values: dict, why: str) -> None:
     The config is written back through protobuf's text format, which keeps
     no comments: a header says who wrote it (``why``) and where the
     commented original is."""
+    from google.protobuf import text_format  # noqa: PLC0415 - see WARM_ON_START
+    from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+
+    from triton_warmup.helper.repository_guard import write_atomically  # noqa: PLC0415
+
     config_path = helper / "config.pbtxt"
     config = text_format.Parse(config_path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
     for key, value in values.items():
@@ -124,6 +129,9 @@ def set_warm_on_start(helper: pathlib.Path, value: str) -> str:
         OSError: a file could not be read or written.
     """
     if value != WARM_ALL:
+        from triton_warmup.helper.plan_file import load_plan  # noqa: PLC0415 - see WARM_ON_START
+        from triton_warmup.helper.repository_guard import write_atomically  # noqa: PLC0415
+
         plan = pathlib.Path(value)
         load_plan(plan)
         write_atomically(helper / plan.name, plan.read_bytes())
@@ -145,6 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.warm_on_start is not None and args.warm_on_start != WARM_ALL:
+        from triton_warmup.helper.plan_file import load_plan  # noqa: PLC0415 - see WARM_ON_START
+
         try:
             load_plan(pathlib.Path(args.warm_on_start))
         except ValueError as error:

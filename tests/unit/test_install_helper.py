@@ -84,3 +84,9 @@ def test_a_bad_start_plan_installs_nothing(tmp_path, capsys):
     assert install_helper.main([str(repository), "--warm-on-start", str(plan)]) == 2
     assert list(repository.iterdir()) == []
     assert "start.yaml, line 2" in capsys.readouterr().err
+
+
+def test_the_parameter_names_are_the_helpers_own():
+    from triton_warmup.helper import start_warmup
+
+    assert (install_helper.WARM_ON_START, install_helper.WARM_ALL) == (start_warmup.PARAMETER, start_warmup.WARM_ALL)

@@ -45,6 +45,8 @@ _POLL_FAILURE = "failed to poll from model repository"
 # A model the warmup never started because the server began to shut down.
 NOT_STARTED_STOPPING = "not warmed: the server began to stop before this model's turn"
 STOPPED_DURING = "not warmed: the server began to stop during its warmup"
+# How long a failed load waits before it asks again whether the server stops.
+STOPPING_SETTLE_S = 0.5
 
 
 def _write_or_fall_back(rewrite: ConfigRewrite, entry: ModelEntry) -> Optional[str]:
@@ -203,10 +205,10 @@ def run_jobs(
         if stopping is not None and stopping():
             return settled(ModelEntry(name=job.name, kind=job.kind.label, error=NOT_STARTED_STOPPING))
         entry = run_job(job, control, lock_timeout_s, preflight, rewarm, stopping)
-        if entry.error and stopping is not None and stopping():
+        if entry.error and stopping is not None and _stopped(stopping):
             # What failed was the server going away, not the model.
-            entry.detail = entry.detail or entry.error
             entry.error = f"{STOPPED_DURING}: {entry.error}"
+            entry.detail = entry.detail and f"{STOPPED_DURING}: {entry.detail}"
         return settled(entry)
 
     for entry in plan.failed:
@@ -243,6 +245,16 @@ def run_jobs(
         else:
             entries[ensemble.name] = settled(load_ensemble(ensemble, control, entries, started))
     return [entries[name] for name in plan.order]
+
+
+def _stopped(stopping: Callable[[], bool]) -> bool:
+    """Whether the server is stopping, asked again a moment later: a load
+    cut off by a shutdown can fail (connection reset) just before the server
+    stops answering its liveness."""
+    if stopping():
+        return True
+    time.sleep(STOPPING_SETTLE_S)
+    return stopping()
 
 
 def _waits_for_libtorch(job: ModelWarmupJob, pending: Dict[str, ModelWarmupJob]) -> bool:
