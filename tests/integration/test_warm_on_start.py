@@ -17,8 +17,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from triton_warmup.client import warm
+from triton_warmup.client import states, warm
 from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.helper.model_loading import HttpModelControl
 from triton_warmup.helper.repository_guard import backup_path
 from live_server import (
     EVIDENCE_LOG_VERBOSE,
@@ -187,6 +188,32 @@ def test_the_server_warms_its_start_plan_with_no_client(template_repository, tmp
 def server_samples(server, model):
     with httpclient.InferenceServerClient(server.http_url) as client:
         return [sample["name"] for sample in client.get_model_config(model).get("model_warmup", [])]
+
+
+def test_a_probe_fails_at_once_for_a_model_the_start_warmup_gave_up_on(template_repository, tmp_path, capsys):
+    """A model whose preflight failed is never loaded, so Triton's index has
+    no reason for it: the probe reads the start warmup's report instead of
+    waiting out its --timeout (a pod then restarts when its probes say)."""
+    plan = "defaults: {group_size_max: 2}\nmodels:\n  model-v1: {}\n  model-v2: {}\n"
+    repository = start_repository(template_repository, tmp_path, plan)
+    (repository / "model-v2" / "1" / "model.pt").write_bytes(b"not a TorchScript file")
+    server = server_for(repository, tmp_path)
+    try:
+        server.start()
+        # Not /v2/health/ready: the failed scratch load keeps it at 400 for good (docs/warm-on-start.md).
+        wait_until(lambda: HttpModelControl(server.http_url).server_live() or not server.is_running(),
+                   START_WARMUP_TIMEOUT_S, "the server did not come up")
+        assert warm.main(["-u", server.http_url, "--start-report", "--timeout", str(START_WARMUP_TIMEOUT_S)]) == 1
+        capsys.readouterr()
+        code = states.main(["-u", server.http_url, "--wait-ready", "model-v1", "model-v2",
+                            "--timeout", str(START_WARMUP_TIMEOUT_S)])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert "FAILED: model-v2 did not load: the warmup at start: " in err
+        assert "not READY within" not in err
+        assert states.main(["-u", server.http_url, "--wait-ready", "model-v1", "--timeout", "10"]) == 0
+    finally:
+        server.stop()
 
 
 BAD_START_PLANS = {

@@ -26,11 +26,13 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional
 
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from tritonclient.utils import InferenceServerException
 
 from triton_warmup.client import flags as client_flags
+from triton_warmup.client import warm
 from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.metrics import (
@@ -95,8 +97,28 @@ def waited_models(index: List[Dict], args: argparse.Namespace) -> List[str]:
     return names
 
 
+def start_failures(client, args, headers, models: List[str]) -> Optional[Dict[str, str]]:
+    """Models among ``models`` that the helper's warmup at start reported as
+    not warmed, with why: it never loaded them, so Triton's index holds no
+    reason for them. ``None`` while that warmup runs; none at all when the
+    helper warms nothing at start (then only the index can tell)."""
+    try:
+        _, report = warm.request_warmup(client, args.protocol, {warm.START_REPORT: np.array([True])},
+                                        args.model_name, headers, timeout_s=min(args.timeout, DEFAULT_TIMEOUT_S))
+    except InferenceServerException as error:
+        # Still warming: ask again. No warmup at start (or an older helper): nothing to learn, ever.
+        return None if warm.WARMING_AT_START in (error.message() or "") else {}
+    except OSError:
+        return None
+    return {entry.name: entry.error or "not warmed" for entry in report.models if not entry.ready and entry.name in models}
+
+
 def wait_ready(client, args, headers) -> tuple:
     """Poll the index until every ``--wait-ready`` model is READY.
+
+    A model the index shows as never loaded may be one the helper's warmup
+    at start gave up on (a failed preflight): its report says so, and the
+    probe fails at once instead of at ``--timeout``.
 
     Returns the exit code and the last index read (``None`` if none was).
     """
@@ -104,6 +126,8 @@ def wait_ready(client, args, headers) -> tuple:
     deadline = time.monotonic() + args.timeout
     index, last_error = None, None
     waited = list(args.wait_ready)
+    # The start warmup's failures, once its report is there: it does not change.
+    started: Optional[Dict[str, str]] = None
     while True:
         try:
             index = client_flags.repository_index(client, args.protocol, headers)
@@ -121,6 +145,12 @@ def wait_ready(client, args, headers) -> tuple:
                 print(f"FAILED: no model {missing} in the repository of {url}", file=sys.stderr)
                 return client_flags.EXIT_FAILED, index
             failures = load_failures(index, waited)
+            never_loaded = [name for name in waited if name not in failures and "state" not in _entry(index, name)]
+            if never_loaded and not failures:
+                if started is None:
+                    started = start_failures(client, args, headers, waited)
+                failures = {name: f"the warmup at start: {reason}"
+                            for name, reason in (started or {}).items() if name in never_loaded}
             if failures:
                 for name, reason in failures.items():
                     print(f"FAILED: {name} did not load: {one_line(reason)}", file=sys.stderr)
@@ -142,6 +172,10 @@ def wait_ready(client, args, headers) -> tuple:
     waiting = {name: states.get(name) for name in waited if states.get(name) != "READY"}
     print(f"FAILED: not READY within {args.timeout:g} s: {waiting}", file=sys.stderr)
     return client_flags.EXIT_FAILED, index
+
+
+def _entry(index: List[Dict], name: str) -> Dict:
+    return next((entry for entry in index if entry["name"] == name), {})
 
 
 def readable_index(index: List[Dict]) -> List[Dict]:
