@@ -278,16 +278,21 @@ class TritonPythonModel:
             f"loads through {self.control.description}, "
             f"server model-control mode {self.server_mode or 'unknown'}"
         )
-        # Kept on the instance: a family that is dropped leaves the metrics port.
-        self.metrics = WarmupMetrics(_metric_family)
         # Empty: the watch's default, which depends on the server's version.
         watch_rate = (
             _int_parameter(parameters, "watch_rate", 0, minimum=0) if _parameter(parameters, "watch_rate") else None
         )
-        self.watch = self._traffic_watch(watch_rate, http_url, argv, server_cwd)
+        # The start plan is checked first: a bad one fails this load before
+        # any thread or metric family exists (a family alive at the stub's
+        # exit crashes it, see WarmupMetrics.close). Its thread warms only
+        # once the server is live, which is after this initialize returns.
+        self.metrics = self.watch = None
         self.start_warmup = self._start_warmup(
             _parameter(parameters, WARM_ON_START), pathlib.Path(args["model_repository"]), http_url, argv
         )
+        # Kept on the instance: a family that is dropped leaves the metrics port.
+        self.metrics = WarmupMetrics(_metric_family)
+        self.watch = self._traffic_watch(watch_rate, http_url, argv, server_cwd)
 
     def _traffic_watch(self, rate, http_url, argv, server_cwd):
         """The watch of live traffic (docs/metrics.md); it needs the HTTP endpoint."""
@@ -506,7 +511,7 @@ class TritonPythonModel:
             )
         for entry in entries:
             self._log_entry(entry, workspace)
-            if entry.ready and entry.seconds_to_ready is not None:
+            if entry.ready and entry.seconds_to_ready is not None and self.metrics is not None:
                 for version in entry.versions or [""]:
                     self.metrics.set(LAST_WARMUP_SECONDS, entry.name, version, plan_s + entry.seconds_to_ready)
         if self.watch is not None:
@@ -571,7 +576,8 @@ class TritonPythonModel:
         if self.watch is not None:
             self.watch.stop(WATCH_STOP_TIMEOUT_S)
         # While the stub can still tell Triton: see WarmupMetrics.close.
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.start_warmup is not None and not self.start_warmup.stop(START_STOP_TIMEOUT_S):
             self.logger.log_warn(
                 f"{self.model_name}: the warmup at start was still in a load at shutdown; a config it "
