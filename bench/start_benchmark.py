@@ -44,7 +44,7 @@ from triton_warmup.client import warm
 from triton_warmup.client.flags import repository_index
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.example_models import COMPILED_ENCODER
-from triton_warmup.install_helper import set_warm_on_start
+from triton_warmup.client.install_helper import set_warm_on_start
 
 WAYS = ("client", "start")
 # Every model READY, with room for a slow first start.

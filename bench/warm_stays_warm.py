@@ -47,6 +47,7 @@ from bench.measure import results_header, PROJECT_ROOT, TEXT_ENCODER, Session, S
 from bench.report import write_results
 from bench.traffic_benchmark import BATCH_SIZES, LONGEST, range_plan, run_from_trace, traffic_shapes
 from triton_warmup import threads
+from triton_warmup.client import openmp_threads
 from triton_warmup.embedded import EmbeddedTriton, free_port
 from triton_warmup.traffic.trace import recording_flags
 
@@ -288,7 +289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "range": {"models": {model: range_plan(model, args.group_size_max)["models"][model] for model in MODELS}},
         "traffic": yaml.safe_load(traffic.read_text()),
     }
-    setting = threads.openmp_setting(threads.repository_configs(repository), threads.Machine.here())
+    setting = threads.openmp_setting(openmp_threads.repository_configs(repository), threads.Machine.here())
     rows = []
     for condition in CONDITIONS:
         if condition[0] not in args.conditions:

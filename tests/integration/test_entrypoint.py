@@ -24,6 +24,7 @@ import types
 import pytest
 
 from triton_warmup import threads
+from triton_warmup.client import openmp_threads
 from triton_warmup.client.plan_file import load_plan
 from triton_warmup.embedded.container import LocalContainer, configmap_plan, probe_command
 from triton_warmup.helper.repository_guard import LOCK_FILENAME
@@ -142,7 +143,7 @@ def test_the_pod_is_ready_only_once_the_start_plan_is_warm_and_stops_cleanly_on_
         # The entrypoint exec'd tritonserver with OpenMP's thread count set
         # for the libtorch models, so the helper found nothing to warn about.
         assert pathlib.Path(f"/proc/{container.process.pid}/exe").resolve().name == "tritonserver"
-        setting = threads.openmp_setting(threads.repository_configs(container.repository), threads.Machine.here())
+        setting = threads.openmp_setting(openmp_threads.repository_configs(container.repository), threads.Machine.here())
         assert server_environment(container).get("OMP_NUM_THREADS") == (
             None if setting.value is None else str(setting.value))
         assert setting.reason in container.output()
@@ -208,7 +209,7 @@ def test_a_model_that_fails_to_warm_leaves_the_server_up_and_the_probe_failing(
     broken = "model-v2"
     assert broken in plan.models
     # A count the user set is kept: one the entrypoint would not choose.
-    setting = threads.openmp_setting(threads.repository_configs(template_repository), threads.Machine.here())
+    setting = threads.openmp_setting(openmp_threads.repository_configs(template_repository), threads.Machine.here())
     user_threads = str((setting.value or 1) + 1)
     container = entrypoint(template_repository, tmp_path, configmap_plan_file, OMP_NUM_THREADS=user_threads)
     (container.repository / broken / "1" / "model.pt").write_bytes(b"not a TorchScript file")

@@ -193,7 +193,7 @@ def test_a_bucket_whose_helper_warms_at_start(s3, template_repository, tmp_path,
     """warm_on_start with the repository in S3: the start plan is read from
     Triton's download of the helper's folder, the planned configs go through
     the load API, and nothing is written into the bucket."""
-    from triton_warmup.install_helper import set_warm_on_start
+    from triton_warmup.client.install_helper import set_warm_on_start
 
     repository = tmp_path / "repository"
     for name in ("warmup_helper", "model-v1"):

@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from triton_warmup import install_helper
+from triton_warmup.client import install_helper
 
 PROJECT_HELPER = pathlib.Path(__file__).resolve().parents[2] / "model_repository" / "warmup_helper"
 

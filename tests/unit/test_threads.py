@@ -5,6 +5,7 @@ from tritonclient.grpc import model_config_pb2
 
 from repository_fixtures import warmup_request
 from triton_warmup import threads
+from triton_warmup.client import openmp_threads
 from triton_warmup.helper.config_rewrite import read_config
 from triton_warmup.helper.job_planning import PlanSettings, plan_jobs
 
@@ -102,9 +103,9 @@ def test_the_helper_plans_the_largest_sample_first_only_on_a_mismatched_server(r
 
 
 def test_the_command_prints_the_setting_for_a_repository(run_cli, repository):
-    result = run_cli(threads.main, str(repository))
+    result = run_cli(openmp_threads.main, str(repository))
     assert result.returncode == 0
-    configs = threads.repository_configs(repository)
+    configs = openmp_threads.repository_configs(repository)
     expected = threads.openmp_setting(configs, threads.Machine.here())
     assert result.stdout.strip() == ("" if expected.value is None else str(expected.value))
     assert expected.reason in result.stderr

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from triton_warmup.embedded.server import free_port
-from triton_warmup.install_helper import install_helper
+from triton_warmup.client.install_helper import install_helper
 from triton_warmup.libtorch_backend.source_build import PROJECT_ROOT
 
 ENTRYPOINT = PROJECT_ROOT / "deploy" / "entrypoint.sh"

@@ -49,7 +49,7 @@ from triton_warmup.client.flags import usage_error
 from triton_warmup.helper.repository import is_cloud
 from triton_warmup.helper.start_warmup import WARM_ALL
 from triton_warmup.helper.watch import DEFAULT_RATE
-from triton_warmup.install_helper import set_parameters, set_warm_on_start
+from triton_warmup.client.install_helper import set_parameters, set_warm_on_start
 
 
 # tritonserver 2.51 (``tritonserver --help``): every long option takes a

@@ -34,6 +34,7 @@ import urllib.request
 from typing import Dict, List, Optional, Sequence, Union
 
 from triton_warmup import HELPER_MODEL, libtorch_backend, pytorch2, threads
+from triton_warmup.client import openmp_threads
 from triton_warmup.helper.repository import is_cloud
 
 # The name a backend built from core's sources links against; the wheel
@@ -369,7 +370,7 @@ class EmbeddedTriton:
         self._log_file = open(self.log_path, "ab")
         # The libtorch models' warmup and requests at one OpenMP thread count,
         # or oneDNN makes warmed primitives again (threads.py).
-        environment, self.openmp_setting = threads.server_environment(
+        environment, self.openmp_setting = openmp_threads.server_environment(
             self.model_repository, {**server_environment(self.install), **self.extra_env}
         )
         # A session of its own: signals to the group reach the stubs as well.
