@@ -9,7 +9,6 @@ the package must be installed into the Python this backend runs
 (README, "Use it with your own Triton").
 """
 
-import gc
 import json
 import os
 import pathlib
@@ -579,12 +578,6 @@ class TritonPythonModel:
         # While the stub can still tell Triton: see WarmupMetrics.close.
         if self.metrics is not None:
             self.metrics.close()
-        # Requests kept alive by a reference cycle (a refused request's
-        # exception holds its traceback, whose frames hold the request list)
-        # would otherwise be freed by the interpreter's last collection, after
-        # the stub's shared memory is gone: the stub then died in libc at every
-        # other exit (gdb: ~InferRequest from PyGC_Collect in Py_FinalizeEx).
-        gc.collect()
         if self.start_warmup is not None and not self.start_warmup.stop(START_STOP_TIMEOUT_S):
             self.logger.log_warn(
                 f"{self.model_name}: the warmup at start was still in a load at shutdown; a config it "
