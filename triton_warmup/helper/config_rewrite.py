@@ -7,7 +7,9 @@ Configs are parsed into the ``ModelConfig`` protobuf and written back with
   flushed to disk and renamed over ``config.pbtxt``, so a reader sees the old
   file or the new one, never half of one;
 * idempotent: samples this helper generated earlier are replaced, samples a
-  person wrote are kept, and a config that would not change is not written;
+  person wrote are kept, samples learned from traffic are kept after the
+  plan's own (unless the plan drops them, or its own samples now cover
+  their shape), and a config that would not change is not written;
 * reversible: ``restore`` puts the original bytes back when the load fails,
   and a copy of them waits in the repository folder until the load has
   settled, so that a crash in between is undone too (``repository_guard``).
@@ -22,7 +24,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.config_cache import cached_config, keep_config
 from triton_warmup.helper.repository_guard import CONFIG_FILENAME, backup_path, remove_backup, write_atomically
-from triton_warmup.helper.warmup_plan import GENERATED_PREFIX
+from triton_warmup.helper.warmup_plan import GENERATED_PREFIX, LEARNED_PREFIX, sample_dims_key
 from triton_warmup.helper.request import NOT_FOUND, WarmupRequestError
 
 # Triton reads a sample's input_data_file from this folder of the model.
@@ -82,19 +84,45 @@ def config_json(config: model_config_pb2.ModelConfig) -> str:
     return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
 
 
+def is_learned(sample: model_config_pb2.ModelWarmup) -> bool:
+    """A sample the helper learned from live traffic (``helper/adapt.py``)."""
+    return sample.name.startswith(LEARNED_PREFIX)
+
+
 def merge_warmup(
-    config: model_config_pb2.ModelConfig, samples: Iterable[model_config_pb2.ModelWarmup]
+    config: model_config_pb2.ModelConfig,
+    samples: Iterable[model_config_pb2.ModelWarmup],
+    learned: Iterable[model_config_pb2.ModelWarmup] = (),
+    drop_learned: bool = False,
 ) -> model_config_pb2.ModelConfig:
     """Return a copy of ``config`` whose generated samples are ``samples``.
 
-    Hand-written samples stay first, in their order; earlier generated ones go.
+    Hand-written samples stay first, in their order; earlier generated ones
+    go. Samples learned from traffic come last (Triton runs the samples in
+    order, and TorchScript keeps the shapes warmed last fastest: these are
+    the shapes live traffic sent): those the config holds, unless
+    ``drop_learned`` or a sample before them runs the same shape, then
+    ``learned``.
     """
+    samples = list(samples)
     merged = model_config_pb2.ModelConfig()
     merged.CopyFrom(config)
-    kept = [sample for sample in config.model_warmup if not sample.name.startswith(GENERATED_PREFIX)]
+    kept = [
+        sample
+        for sample in config.model_warmup
+        if not sample.name.startswith(GENERATED_PREFIX) and not is_learned(sample)
+    ]
+    covered = {sample_dims_key(sample) for sample in kept + samples}
+    old_learned = [] if drop_learned else [sample for sample in config.model_warmup if is_learned(sample)]
+    tail = []
+    for sample in old_learned + list(learned):
+        if sample_dims_key(sample) not in covered:
+            covered.add(sample_dims_key(sample))
+            tail.append(sample)
     del merged.model_warmup[:]
     merged.model_warmup.extend(kept)
     merged.model_warmup.extend(samples)
+    merged.model_warmup.extend(tail)
     return merged
 
 
@@ -133,15 +161,40 @@ class ConfigRewrite:
         current: model_config_pb2.ModelConfig,
         samples: Iterable[model_config_pb2.ModelWarmup],
         data_files: Optional[Dict[str, bytes]] = None,
+        learned: Iterable[model_config_pb2.ModelWarmup] = (),
+        drop_learned: bool = False,
     ):
         self.path = path
         self.original = original
         self.current = current
-        self.config = merge_warmup(current, samples)
+        self.config = merge_warmup(current, samples, learned, drop_learned)
         self.data_files = dict(data_files or {})
+        self._settle()
+
+    @classmethod
+    def appending(
+        cls,
+        path: pathlib.Path,
+        original: bytes,
+        current: model_config_pb2.ModelConfig,
+        samples: Iterable[model_config_pb2.ModelWarmup],
+        data_files: Optional[Dict[str, bytes]] = None,
+    ) -> "ConfigRewrite":
+        """The rewrite that adds ``samples`` after every sample the config
+        holds, which stay as they are, in their order (a learned shape)."""
+        rewrite = cls.__new__(cls)
+        rewrite.path, rewrite.original, rewrite.current = path, original, current
+        rewrite.config = model_config_pb2.ModelConfig()
+        rewrite.config.CopyFrom(current)
+        rewrite.config.model_warmup.extend(samples)
+        rewrite.data_files = dict(data_files or {})
+        rewrite._settle()
+        return rewrite
+
+    def _settle(self) -> None:
         # Compare parsed configs, not text: a hand-formatted file that already
         # holds this plan keeps its bytes (and its comments).
-        self.changed = self.config != current or bool(self.missing_data_files())
+        self.changed = self.config != self.current or bool(self.missing_data_files())
         self._applied = False
         self._written: Optional[bytes] = None
         self._created: List[pathlib.Path] = []

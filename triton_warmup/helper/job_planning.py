@@ -26,6 +26,7 @@ from triton_warmup.helper.config_rewrite import (
     WARMUP_DATA_FOLDER,
     ConfigRewrite,
     find_model_dir,
+    is_learned,
     read_config,
 )
 from triton_warmup.helper.ensemble_flow import EnsembleError, EnsembleFlow
@@ -92,6 +93,8 @@ class ModelWarmupJob:
     # The server's OpenMP default differs from the model's intra-op count
     # (threads.py): the largest sample goes first, and the report says so.
     threads: Optional[ThreadMismatch] = None
+    # Samples learned from traffic that the rewritten config holds after ``samples``.
+    learned: int = 0
 
     # Plans this model anew from another plan request (set by plan_model).
     replan_with: Optional[Callable[[ModelPlanRequest], Callable[[], "ModelWarmupJob"]]] = None
@@ -159,7 +162,7 @@ class RequestPlan:
         return self.jobs[index]
 
 
-def _instance_count(config: model_config_pb2.ModelConfig) -> int:
+def instance_count(config: model_config_pb2.ModelConfig) -> int:
     """Instances the config asks for, as far as the config alone tells.
 
     A group's ``count`` defaults to 1; a group listing ``gpus`` has ``count``
@@ -339,7 +342,19 @@ def _plan_model(
     data_files = {}
     for sample in samples:
         data_files.update(add_controls(sample, kind))
-    rewrite = ConfigRewrite(model_dir / CONFIG_FILENAME, original, config, samples, data_files=data_files)
+    rewrite = ConfigRewrite(
+        model_dir / CONFIG_FILENAME, original, config, samples, data_files=data_files,
+        drop_learned=plan_request.drop_learned,
+    )
+    learned = sum(1 for sample in rewrite.config.model_warmup if is_learned(sample))
+    if learned and len(rewrite.config.model_warmup) > settings.max_samples:
+        raise WarmupRequestError(
+            "PLAN",
+            f"{len(samples)} planned samples and {learned} learned from traffic make "
+            f"{len(rewrite.config.model_warmup)} for '{name}', above the cap of {settings.max_samples} "
+            "(warmup_helper config parameter max_warmup_samples); plan fewer, or drop the learned ones "
+            "(learned: drop, triton-warmup --drop-learned)",
+        )
 
     def replan_with(request: ModelPlanRequest):
         return lambda: plan_model(repository, request, settings, from_plan)
@@ -352,7 +367,7 @@ def _plan_model(
         batch_sizes=tuple(sorted({max(sample.batch_size, 1) for sample in samples})) or plan.batch_sizes,
         samples=len(samples),
         count=count,
-        instances=_instance_count(named),
+        instances=instance_count(named),
         replan=replan_with(plan_request),
         kind=kind,
         versions=tuple(loaded_versions(model_dir, named.version_policy)),
@@ -360,6 +375,7 @@ def _plan_model(
         derived_samples=derived,
         replan_with=replan_with,
         threads=thread_mismatch,
+        learned=learned,
     )
 
 

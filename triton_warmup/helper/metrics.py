@@ -21,6 +21,9 @@ LAST_WARMUP_SECONDS = "triton_warmup_last_warmup_seconds"
 REQUESTS_SEEN = "triton_warmup_requests_seen_total"
 COLD_REQUESTS = "triton_warmup_cold_requests_total"
 COMPILES_AFTER_READY = "triton_warmup_compiles_after_ready_total"
+LEARNED_SHAPES = "triton_warmup_learned_shapes"
+ADAPTED_SAMPLES = "triton_warmup_adapted_samples_total"
+ADAPTED_NOT_KEPT = "triton_warmup_adapted_samples_not_kept_total"
 
 # name: (kind, description); every metric has the labels model and version.
 FAMILIES: Dict[str, Tuple[str, str]] = {
@@ -31,6 +34,12 @@ FAMILIES: Dict[str, Tuple[str, str]] = {
     COMPILES_AFTER_READY: (
         COUNTER,
         "PyTorch 2 models: execute calls that traced or compiled after READY",
+    ),
+    LEARNED_SHAPES: (GAUGE, "Of the warmed shapes, those the helper learned from live traffic"),
+    ADAPTED_SAMPLES: (COUNTER, "Shapes this server learned from live traffic (helper parameter adapt)"),
+    ADAPTED_NOT_KEPT: (
+        COUNTER,
+        "Learned shapes warmed in place only: the config could not be written, so a restart starts cold for them",
     ),
 }
 LABELS = ("model", "version")

@@ -58,7 +58,12 @@ DEFAULT_GROUP_SIZE_MIN = 1
 DEFAULT_GROUP_SIZE_MAX = 4
 
 _PLAN_KEYS = ("mode", "all_models", "defaults", "models")
-_MODEL_PLAN_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data", "samples")
+_MODEL_PLAN_KEYS = (
+    "feature_dim", "group_size_min", "group_size_max", "batch_sizes", "count", "data", "samples", "learned"
+)
+# What a plan does with the samples the helper learned from traffic: keep
+# them after its own (the default), or drop them.
+LEARNED_CHOICES = ("keep", "drop")
 # The settings that make a range of shapes; a model that lists its samples
 # takes none of them, from its own plan or from the defaults.
 _RANGE_KEYS = ("feature_dim", "group_size_min", "group_size_max", "batch_sizes")
@@ -158,6 +163,8 @@ class ModelPlanRequest:
             (``group_sizes`` is then empty); ``None`` for a range.
         derived: samples the shapes an ensemble sends this model add to its
             plan, after its own (``ensemble_flow``); only the helper sets them.
+        drop_learned: remove the samples the helper learned from traffic
+            (``learned: drop``); else they stay after the plan's own.
     """
 
     name: str
@@ -172,6 +179,7 @@ class ModelPlanRequest:
     plan_path: Tuple = ()
     samples: Optional[Tuple[ListedSample, ...]] = None
     derived: Tuple[ListedSample, ...] = ()
+    drop_learned: bool = False
 
 
 # The tensor input that carries each setting of a plan document: a request
@@ -503,6 +511,10 @@ def _plan_settings(value: Any, path: Tuple) -> Dict[str, Any]:
         )
     if settings.get("data") is not None:
         checked["data"] = _plan_data(settings["data"], path + ("data",))
+    if settings.get("learned") is not None:
+        if settings["learned"] not in LEARNED_CHOICES:
+            raise _plan_error(f"must be one of {list(LEARNED_CHOICES)}, got {settings['learned']!r}", path + ("learned",))
+        checked["learned"] = settings["learned"]
     if settings.get("samples") is not None:
         if path == ("defaults",):
             raise _plan_error("samples belong to one model: list them under models.<name>", path + ("samples",))
@@ -566,6 +578,7 @@ def _model_plan(
             default_data=default_data or {},
             plan_path=path,
             samples=settings["samples"],
+            drop_learned=settings.get("learned") == "drop",
         )
     if "group_size_max" not in settings:
         raise _plan_error("group_size_max is required, for this model or in defaults", path)
@@ -581,6 +594,7 @@ def _model_plan(
         data=settings.get("data", {}),
         default_data=default_data or {},
         plan_path=path,
+        drop_learned=settings.get("learned") == "drop",
     )
 
 
@@ -594,7 +608,8 @@ def parse_plan_document(
     The document holds ``mode``, ``all_models``, ``defaults`` (settings every
     model starts from) and ``models`` (model name to its own settings, which
     override the defaults). Settings: ``feature_dim``, ``group_size_min``
-    (default 1), ``group_size_max``, ``batch_sizes``, ``count`` and ``data``;
+    (default 1), ``group_size_max``, ``batch_sizes``, ``count``, ``data`` and
+    ``learned`` (``keep`` or ``drop`` the samples learned from traffic);
     or, for one model, ``samples``: the shapes themselves, in warmup order
     (``triton-warmup-from-trace`` writes them from recorded traffic).
 

@@ -35,6 +35,11 @@ DEFAULT_MAX_SAMPLE_BYTES = 64 * 1024 * 1024
 # replaced on every rewrite; any other sample was written by a person and kept.
 GENERATED_PREFIX = "warmup_helper:"
 
+# Samples the helper learned from live traffic (helper/adapt.py). A plan
+# replaces the generated samples but keeps these, after them, unless the
+# request says ``learned: drop``.
+LEARNED_PREFIX = "warmup_learned:"
+
 # Float inputs get random values. Integer, bool and string inputs get zeros, so
 # an input that holds token ids or indices never sees an out-of-range value.
 _RANDOM_DATA_TYPES = frozenset(
@@ -228,6 +233,12 @@ def listed_sample_name(index: int, batch_size: int) -> str:
     # The index keeps the plan's order readable in Triton's log, where each
     # "running warmup sample" line names the sample.
     return f"{GENERATED_PREFIX}sample{index + 1}_batch{batch_size}"
+
+
+def sample_dims_key(sample: model_config_pb2.ModelWarmup) -> Tuple:
+    """What makes two samples of one config run the same shape: the batch
+    size and each input's dims."""
+    return max(sample.batch_size, 1), tuple(sorted((name, tuple(data.dims)) for name, data in sample.inputs.items()))
 
 
 def derived_sample_name(index: int, batch_size: int) -> str:

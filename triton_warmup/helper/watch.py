@@ -35,7 +35,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.compile_status import executes_that_compiled, is_pytorch2
-from triton_warmup.helper.metrics import COLD_REQUESTS, COMPILES_AFTER_READY, REQUESTS_SEEN, WARMED_SHAPES
+from triton_warmup.helper.config_rewrite import is_learned
+from triton_warmup.helper.metrics import COLD_REQUESTS, COMPILES_AFTER_READY, LEARNED_SHAPES, REQUESTS_SEEN, WARMED_SHAPES
 from triton_warmup.helper.model_kind import kind_of
 from triton_warmup.traffic.shapes import RejectedShape, Shape, request_shape, sample_shape, warmed_shapes
 from triton_warmup.traffic.trace import ReadSummary, TraceError, read_requests
@@ -126,6 +127,8 @@ class TrafficWatch:
         in_place_samples: a model's samples that in-place re-warms ran on
             its serving instances (``rewarm.Rewarm.ran``): warm, though the
             config Triton serves lists them only after the next load.
+        on_cold: told of each observed request whose shape is cold, as
+            ``(model, version, shape)`` (``adapt.ShapeLearner.observe``).
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class TrafficWatch:
         max_trace_bytes: int = DEFAULT_MAX_TRACE_BYTES,
         clock: Callable[[], float] = time.time,
         in_place_samples: Callable[[str], List[model_config_pb2.ModelWarmup]] = lambda name: [],
+        on_cold: Optional[Callable[[str, str, Shape], None]] = None,
     ):
         self.server = server
         self.metrics = metrics
@@ -157,6 +161,7 @@ class TrafficWatch:
         self.max_trace_bytes = max_trace_bytes
         self._clock = clock
         self._in_place_samples = in_place_samples
+        self._on_cold = on_cold
         self.models: Dict[str, WatchedModel] = {}
         # Models whose trace setting the watch made, and those it leaves alone (why).
         self.traced: Set[str] = set()
@@ -278,11 +283,16 @@ class TrafficWatch:
             )
         except Exception:  # noqa: BLE001 - unloaded meanwhile: the next cycle sees it gone
             return
-        warmed = warmed_shapes(config) | {sample_shape(config, sample) for sample in self._in_place_samples(name)}
+        in_place = self._in_place_samples(name)
+        warmed = warmed_shapes(config) | {sample_shape(config, sample) for sample in in_place}
         model = WatchedModel(name, version, config, warmed, now, kind_of(config).ensemble)
         self.models[name] = model
         if not model.ensemble:
             self.metrics.set(WARMED_SHAPES, name, version, len(model.warmed))
+            learned = {
+                sample_shape(config, sample) for sample in list(config.model_warmup) + list(in_place) if is_learned(sample)
+            }
+            self.metrics.set(LEARNED_SHAPES, name, version, len(learned))
 
     def _check_tracing(self) -> None:
         """Turn tracing on for READY models where nobody traces; off everywhere
@@ -385,8 +395,9 @@ class TrafficWatch:
         now = time.time()
         for part in parts:
             counts: Dict[str, List[int]] = {}
+            cold_shapes: List[Tuple[str, str, Shape]] = []
             try:
-                truncated, foreign = self._read_part(part, counts)
+                truncated, foreign = self._read_part(part, counts, cold_shapes)
             except TraceError as error:
                 self._say(f"bad {part.name}", f"traffic watch: {error}; left unread", warn=True)
                 self._foreign_parts.add(part.name)
@@ -403,9 +414,15 @@ class TrafficWatch:
                 continue
             self._remove(part)
             self._publish(counts)
+            if self._on_cold is not None:
+                for model, version, shape in cold_shapes:
+                    self._on_cold(model, version, shape)
 
-    def _read_part(self, part: pathlib.Path, counts: Dict[str, List[int]]) -> Tuple[bool, bool]:
-        """Count ``part``'s requests into ``counts`` (model: [seen, cold]).
+    def _read_part(
+        self, part: pathlib.Path, counts: Dict[str, List[int]], cold_shapes: List[Tuple[str, str, Shape]]
+    ) -> Tuple[bool, bool]:
+        """Count ``part``'s requests into ``counts`` (model: [seen, cold]),
+        and each cold one that a warmup sample could cover into ``cold_shapes``.
         Returns whether the file ended inside its array, and whether it
         holds a trace the watch did not ask for (someone else's)."""
         summary = ReadSummary()
@@ -421,7 +438,10 @@ class TrafficWatch:
             if watched is None or watched.ensemble:
                 continue
             try:
-                cold = request_shape(watched.config, request) not in watched.warmed
+                shape = request_shape(watched.config, request)
+                cold = shape not in watched.warmed
+                if cold:
+                    cold_shapes.append((request.model, watched.version, shape))
             except RejectedShape:
                 cold = True
             seen_cold = counts.setdefault(request.model, [0, 0])

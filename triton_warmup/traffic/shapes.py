@@ -53,9 +53,15 @@ def trace_dtype(data_type: int) -> str:
 
 
 def sample_shape(config: model_config_pb2.ModelConfig, sample: model_config_pb2.ModelWarmup) -> Shape:
-    """The request shape a ``model_warmup`` sample runs as."""
+    """The request shape a ``model_warmup`` sample runs as: a sequence
+    model's control inputs, which its samples carry and requests do not (the
+    sequence batcher adds them), are left out."""
     batch_size = max(sample.batch_size, 1) if config.max_batch_size > 0 else 1
-    return Shape(batch_size, tuple(sorted((name, tuple(data.dims)) for name, data in sample.inputs.items())))
+    declared = {model_input.name for model_input in config.input}
+    return Shape(
+        batch_size,
+        tuple(sorted((name, tuple(data.dims)) for name, data in sample.inputs.items() if name in declared)),
+    )
 
 
 def warmed_shapes(config: model_config_pb2.ModelConfig) -> Set[Shape]:

@@ -12,6 +12,7 @@ the package must be installed into the Python this backend runs
 import json
 import os
 import pathlib
+import threading
 import time
 import traceback
 
@@ -29,6 +30,9 @@ from triton_warmup.helper.model_loading import (
     server_argv,
     trace_file_from_argv,
 )
+from triton_warmup.helper.adapt import DEFAULT_MIN_REQUESTS, AdaptSettings, ShapeLearner
+from triton_warmup.helper.learned_samples import DEFAULT_MAX_LEARNED, plan_learned
+from triton_warmup.helper.learning import learn
 from triton_warmup.helper.metrics import GAUGE, LAST_WARMUP_SECONDS, WarmupMetrics
 from triton_warmup.helper.preflight import DEFAULT_PREFLIGHT_MAX_MODEL_BYTES, Preflight
 from triton_warmup.helper.preflight_record import identity_from_argv
@@ -58,6 +62,7 @@ START_REPORT_INPUT = "START_REPORT"
 # shutdown, which waits for its models' finalize.
 START_STOP_TIMEOUT_S = 5.0
 WATCH_STOP_TIMEOUT_S = 5.0
+LEARNER_STOP_TIMEOUT_S = 5.0
 
 
 def _error_code(name: str):
@@ -286,13 +291,65 @@ class TritonPythonModel:
         # any thread or metric family exists (a family alive at the stub's
         # exit crashes it, see WarmupMetrics.close). Its thread warms only
         # once the server is live, which is after this initialize returns.
-        self.metrics = self.watch = None
+        self.metrics = self.watch = self.learner = None
+        # Held while a request or the start warmup runs: learning waits for it.
+        self.busy = threading.Lock()
         self.start_warmup = self._start_warmup(
             _parameter(parameters, WARM_ON_START), pathlib.Path(args["model_repository"]), http_url, argv
         )
         # Kept on the instance: a family that is dropped leaves the metrics port.
         self.metrics = WarmupMetrics(_metric_family)
+        self.learner = self._shape_learner(parameters)
         self.watch = self._traffic_watch(watch_rate, http_url, argv, server_cwd)
+        if self.learner is not None:
+            if self.watch is None or self.watch.off_reason is not None:
+                self.logger.log_warn(
+                    f"{self.model_name}: adapt is on, but the traffic watch is off, so no shape can be "
+                    "learned (docs/adapt.md)"
+                )
+            self.learner.start()
+
+    def _shape_learner(self, parameters):
+        """Learning shapes from traffic (docs/adapt.md), when ``adapt`` is on."""
+        adapt = _parameter(parameters, "adapt").lower() or "off"
+        if adapt not in ("on", "off"):
+            raise pb_utils.TritonModelException(f"warmup_helper config parameter adapt must be on or off, got {adapt!r}")
+        if adapt == "off":
+            return None
+        settings = AdaptSettings(
+            min_requests=_int_parameter(parameters, "adapt_min_requests", DEFAULT_MIN_REQUESTS),
+            max_learned=_int_parameter(parameters, "adapt_max_samples", DEFAULT_MAX_LEARNED),
+        )
+        self.logger.log_info(
+            f"{self.model_name}: adapt on: a cold shape seen {settings.min_requests} times is learned, "
+            f"up to {settings.max_learned} per model"
+        )
+        return ShapeLearner(
+            self._learn,
+            settings,
+            self.busy,
+            self.metrics,
+            log_info=lambda line: self.logger.log_info(f"{self.model_name}: {line}"),
+            log_warn=lambda line: self.logger.log_warn(f"{self.model_name}: {line}"),
+        )
+
+    def _learn(self, model, shape):
+        """Learn one shape of one model (``learning.learn``), in a copy of a bucket's repository."""
+        workspace = self.repository.mirror()
+        try:
+            return learn(
+                workspace.root / model,
+                lambda: plan_learned(workspace.root, model, [shape], self.settings, self.learner.settings.max_learned),
+                self.control,
+                self.rewarm,
+                self.preflight,
+                self.lock_timeout_s,
+                stopping=lambda: self.learner.stopping,
+            )
+        finally:
+            workspace.close()
+            if self.watch is not None:
+                self.watch.refresh()
 
     def _traffic_watch(self, rate, http_url, argv, server_cwd):
         """The watch of live traffic (docs/metrics.md); it needs the HTTP endpoint."""
@@ -311,6 +368,7 @@ class TritonPythonModel:
             log_warn=lambda line: self.logger.log_warn(f"{self.model_name}: {line}"),
             compile_cache_dir=os.environ.get(CACHE_VARIABLE),
             in_place_samples=lambda name: self.rewarm.ran.get(name, []),
+            on_cold=self.learner.observe if self.learner is not None else None,
         )
         watch.start()
         return watch
@@ -438,6 +496,11 @@ class TritonPythonModel:
     def _run(self, warmup_request, plan_started, on_plan=None, on_done=None, stopping=None):
         """Plan and warm ``warmup_request``: ``(report, None)``, or ``(None,
         (message, code))`` when it is refused or the helper fails."""
+        # A learning in progress ends within seconds; none starts meanwhile.
+        with self.busy:
+            return self._run_alone(warmup_request, plan_started, on_plan, on_done, stopping)
+
+    def _run_alone(self, warmup_request, plan_started, on_plan, on_done, stopping):
         workspace = None
         try:
             try:
@@ -573,6 +636,8 @@ class TritonPythonModel:
             )
 
     def finalize(self):
+        if self.learner is not None:
+            self.learner.stop(LEARNER_STOP_TIMEOUT_S)
         if self.watch is not None:
             self.watch.stop(WATCH_STOP_TIMEOUT_S)
         # While the stub can still tell Triton: see WarmupMetrics.close.
