@@ -228,6 +228,8 @@ class ModelEntry(_Record):
             the largest sample was warmed first to soften it.
         warmup_samples, count, instances: the plan: samples in the config,
             runs per sample, instances that run each.
+        learned_samples: samples learned from live traffic that the config
+            holds besides, after the plan's own (``helper/adapt.py``).
         group_sizes, batch_sizes: the shapes planned.
         config_changed: the plan differed from the file.
         config_written: config.pbtxt now holds the plan.
@@ -264,6 +266,7 @@ class ModelEntry(_Record):
     derived_samples: int = 0
     threads: Optional[str] = None
     warmup_samples: int = 0
+    learned_samples: int = 0
     count: int = 0
     instances: int = 0
     group_sizes: List[int] = dataclasses.field(default_factory=list)

@@ -510,6 +510,15 @@ triton_warmup_warmed_shapes{model="text-encoder",version="1"} 8
 # HELP triton_warmup_last_warmup_seconds Seconds the model's last warmup by the helper took, from plan to READY
 # TYPE triton_warmup_last_warmup_seconds gauge
 triton_warmup_last_warmup_seconds{model="model-v1",version="1"} 0.435
+# HELP triton_warmup_learned_shapes Of the warmed shapes, those the helper learned from live traffic
+# TYPE triton_warmup_learned_shapes gauge
+triton_warmup_learned_shapes{model="model-v1",version="1"} 3
+# HELP triton_warmup_adapted_samples_total Shapes this server learned from live traffic (helper parameter adapt)
+# TYPE triton_warmup_adapted_samples_total counter
+triton_warmup_adapted_samples_total{model="model-v1",version="1"} 2
+# HELP triton_warmup_adapted_samples_not_kept_total Learned shapes warmed in place only
+# TYPE triton_warmup_adapted_samples_not_kept_total counter
+triton_warmup_adapted_samples_not_kept_total{model="model-v1",version="1"} 1
 """
 
 
@@ -517,9 +526,9 @@ def test_states_reads_the_helpers_figures_from_a_metrics_page():
     figures = query_model_states.warmth(METRICS_PAGE)
     assert set(figures) == {("model-v1", "1"), ("text-encoder", "1")}
     lines = query_model_states.format_warmth(figures).splitlines()
-    assert lines[2].split() == ["model-v1", "1", "16", "0.43", "40", "4", "10.0%", "-"]
+    assert lines[2].split() == ["model-v1", "1", "16", "0.43", "40", "4", "10.0%", "-", "3", "2", "1"]
     # No request seen: no share to show, rather than a division by zero.
-    assert lines[3].split() == ["text-encoder", "1", "8", "-", "0", "0", "-", "-"]
+    assert lines[3].split() == ["text-encoder", "1", "8", "-", "0", "0", "-", "-", "-", "-", "-"]
 
 
 def test_the_metrics_endpoint_defaults_to_the_servers_host_on_port_8002():

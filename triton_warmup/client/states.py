@@ -36,9 +36,12 @@ from triton_warmup.client import warm
 from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client.text_table import text_table
 from triton_warmup.helper.metrics import (
+    ADAPTED_NOT_KEPT,
+    ADAPTED_SAMPLES,
     COLD_REQUESTS,
     COMPILES_AFTER_READY,
     LAST_WARMUP_SECONDS,
+    LEARNED_SHAPES,
     REQUESTS_SEEN,
     WARMED_SHAPES,
 )
@@ -205,18 +208,21 @@ def warmth(text: str) -> Dict[tuple, Dict[str, float]]:
 
 def format_warmth(figures: Dict[tuple, Dict[str, float]]) -> str:
     """One line per model and version: warmed shapes, last warmup, the
-    observed requests and the cold share of them."""
+    observed requests and the cold share of them, compiles after READY, and
+    the shapes learned from traffic (of the warmed ones; learned by this
+    server; of those, warmed in place only)."""
     def number(values, name, pattern="{:.0f}"):
         return pattern.format(values[name]) if name in values else "-"
 
     rows = [["model", "version", "warmed shapes", "last warmup s", "requests seen", "cold", "cold share",
-             "compiles after READY"]]
+             "compiles after READY", "learned", "learned here", "not kept"]]
     for (model, version), values in sorted(figures.items()):
         seen, cold = values.get(REQUESTS_SEEN), values.get(COLD_REQUESTS)
         share = f"{cold / seen:.1%}" if seen else "-"
         rows.append([model, version, number(values, WARMED_SHAPES), number(values, LAST_WARMUP_SECONDS, "{:.2f}"),
                      number(values, REQUESTS_SEEN), number(values, COLD_REQUESTS), share,
-                     number(values, COMPILES_AFTER_READY)])
+                     number(values, COMPILES_AFTER_READY), number(values, LEARNED_SHAPES),
+                     number(values, ADAPTED_SAMPLES), number(values, ADAPTED_NOT_KEPT)])
     return text_table(rows)
 
 

@@ -41,6 +41,7 @@ from triton_warmup.helper.request import (
     DEFAULT_GROUP_SIZE_MAX,
     DEFAULT_GROUP_SIZE_MIN,
     WarmupRequestError,
+    document_from_tensors,
     parse_request,
 )
 from triton_warmup.report import (
@@ -97,6 +98,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="Warm nothing: wait until the warmup the helper runs at server start "
         "(warm_on_start, docs/warm-on-start.md) is done, then print its report. Default is off.",
+    )
+    parser.add_argument(
+        "--drop-learned",
+        action="store_true",
+        help="Remove the samples the helper learned from live traffic (adapt, docs/adapt.md) "
+        "from the configs this warmup writes. Default is to keep them after the plan's own.",
     )
     parser.add_argument(
         "--mode",
@@ -161,6 +168,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         given = [flag for flag, value in shape_flags.items() if value is not None] + [
             flag for flag, value in (("--all", args.all), ("--plan", args.plan), ("--mode", args.mode)) if value
         ]
+        given += ["--drop-learned"] if args.drop_learned else []
         if given:
             parser.error(f"--start-report warms nothing; leave out {', '.join(given)}")
         args.watch_models = None
@@ -175,6 +183,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             args.plan_document, plan = load_plan(args.plan, args.model_name)
         except PlanFileError as error:
             client_flags.usage_error(parser, str(error))
+        if args.drop_learned:
+            args.plan_document = _dropping_learned(args.plan_document)
         # Models the live view follows; None: every model of the repository.
         args.watch_models = None if plan.all_models else list(plan.models)
         return args
@@ -192,8 +202,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parse_request(request_arrays(args), args.model_name)
     except WarmupRequestError as error:
         client_flags.usage_error(parser, client_flags.in_flag_terms(error))
+    if args.drop_learned:
+        # Only a plan says what to do with learned samples: the flags' plan is sent as one.
+        args.plan_document = _dropping_learned(document_from_tensors(request_arrays(args)))
+        args.plan_document.pop("mode", None)
     args.watch_models = None if args.all else list(args.models)
     return args
+
+
+def _dropping_learned(document: Dict) -> Dict:
+    """``document`` with ``learned: drop`` for every model it warms."""
+    document = json.loads(json.dumps(document))
+    document.setdefault("defaults", {})["learned"] = "drop"
+    for settings in (document.get("models") or {}).values():
+        if isinstance(settings, dict):
+            settings.pop("learned", None)
+    return document
 
 
 def _strings(*values: str) -> np.ndarray:
@@ -319,6 +343,8 @@ def notes_cell(entry: ModelEntry) -> str:
         notes.append(f"member of {', '.join(entry.warmed_for)}{learned}")
     if entry.kind in ("sequence", "decoupled", "sequence, decoupled"):
         notes.append(entry.kind)
+    if entry.learned_samples:
+        notes.append(f"+{entry.learned_samples} learned from traffic")
     if len(entry.versions) > 1:
         notes.append(f"versions {', '.join(entry.versions)}")
     if entry.fallback:

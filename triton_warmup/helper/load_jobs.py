@@ -120,6 +120,7 @@ def run_job(
         derived_samples=job.derived_samples,
         threads=job.threads.note if job.threads else None,
         warmup_samples=job.samples,
+        learned_samples=job.learned,
         count=job.count,
         instances=job.instances,
         group_sizes=list(job.group_sizes),
@@ -146,6 +147,7 @@ def run_job(
                     entry.timings.replan_s = _since(replan_started)
                     entry.config_changed = job.rewrite.changed
                     entry.warmup_samples = job.samples
+                    entry.learned_samples = job.learned
                 if _preflight_passes(job, control, entry, was_ready, preflight):
                     if not _rewarmed_in_place(job, control, entry, was_ready, preflight, rewarm):
                         _load(job, control, entry, was_ready, preflight, started_at)
