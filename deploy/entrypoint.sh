@@ -9,10 +9,12 @@
 #
 # What it adds to a bare tritonserver command:
 #   - OMP_NUM_THREADS, when you set none: the libtorch models' intra-op
-#     thread count where OpenMP would start threads at another
-#     (triton-warmup-threads). oneDNN keeps warmed shapes warm only when the
-#     two agree (docs/warm-stays-warm.md), and no tritonserver flag can set
-#     its own environment.
+#     thread count where OpenMP would start threads at another, and the
+#     smallest of their counts where they disagree (triton-warmup-threads).
+#     oneDNN keeps warmed shapes warm only when the two agree, and a model
+#     whose thread runs more OpenMP threads than its count waits for a
+#     sleeping one after every idle pause (docs/warm-stays-warm.md); no
+#     tritonserver flag can set its own environment.
 #   - the fixed flags: --model-repository, --model-control-mode=explicit,
 #     --load-model=warmup_helper and the three ports; your arguments follow
 #     them unchanged (--log-verbose=1, --exit-timeout-secs=..., ...).
