@@ -11,7 +11,9 @@ it switches the backend thread to the model's intra-op count, so they are the
 ones a mismatched server makes again.
 """
 
+import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -41,19 +43,19 @@ def model_threads(server) -> int:
     return int(config.parameters[threads.THREAD_COUNT_PARAMETER].string_value)
 
 
-def probe(server):
+def probe(server, model=MODEL, feature_dim=FEATURE_DIM, groups=PROBED_GROUPS, batch_sizes=BATCH_SIZES):
     """First requests at the probed warmed shapes; oneDNN's cache hits and
     misses they caused, from the server's log."""
     start = len(server.log_path.read_bytes())
     rng = np.random.default_rng(0)
     with httpclient.InferenceServerClient(server.http_url) as client:
-        for group in PROBED_GROUPS:
-            for batch in BATCH_SIZES:
-                x = httpclient.InferInput("x", [batch, group, FEATURE_DIM], "FP32")
-                x.set_data_from_numpy(rng.standard_normal((batch, group, FEATURE_DIM)).astype(np.float32))
+        for group in groups:
+            for batch in batch_sizes:
+                x = httpclient.InferInput("x", [batch, group, feature_dim], "FP32")
+                x.set_data_from_numpy(rng.standard_normal((batch, group, feature_dim)).astype(np.float32))
                 mask = httpclient.InferInput("mask", [batch, group], "INT64")
                 mask.set_data_from_numpy(np.ones((batch, group), dtype=np.int64))
-                client.infer(MODEL, [x, mask])
+                client.infer(model, [x, mask])
     text = server.log_path.read_bytes()[start:].decode(errors="replace")
     found = CACHE_LINE.findall(text)
     return found.count("cache_hit"), found.count("cache_miss")
@@ -112,3 +114,76 @@ def test_the_helper_warms_the_largest_sample_first_on_a_mismatched_server(start_
     assert (first.batch_size, list(first.inputs["x"].dims)) == (max(BATCH_SIZES), [GROUP_MAX, FEATURE_DIM])
     hits, misses = probe(server)
     assert (hits, misses) == (PROBES, 0)
+
+
+# A repository whose libtorch models disagree: model-v1 at 1 intra-op thread
+# (as every example), model-v2 at 2. Batch sizes 1 and 8 up to group 48: the
+# largest sample (8 x 48 x 128 GELU inputs) is large enough for ATen to switch
+# model-v2's thread up to its count.
+LARGER = "model-v2"
+LARGER_FEATURE_DIM = 128
+MIXED_BATCH_SIZES = [1, 8]
+
+
+def server_environ(server) -> dict:
+    """tritonserver's own environment, as the kernel holds it."""
+    raw = pathlib.Path(f"/proc/{server.pid}/environ").read_bytes()
+    return dict(entry.split("=", 1) for entry in raw.decode(errors="replace").split("\0") if "=" in entry)
+
+
+def test_a_disagreeing_repository_starts_at_the_smallest_count_and_every_model_stays_warm(
+        start_server, template_repository, tmp_path, monkeypatch):
+    # The launcher keeps a count the environment sets; this test is of its own.
+    monkeypatch.delenv(threads.OPENMP_VARIABLE, raising=False)
+    monkeypatch.delenv(threads.MKL_VARIABLE, raising=False)
+    mixed = tmp_path / "model_repository"
+    shutil.copytree(template_repository, mixed, symlinks=True)
+    _, config = read_config(mixed / LARGER)
+    config.parameters[threads.THREAD_COUNT_PARAMETER].string_value = "2"
+    (mixed / LARGER / "config.pbtxt").write_bytes(render_config(config))
+    server = start_server("threads_mixed", template=mixed, extra_env=VERBOSE)
+    assert model_threads(server) == 1
+    # The launcher's policy: OpenMP at the smallest count, and the server runs with it.
+    assert server.openmp_setting.value == 1
+    assert "smallest" in server.openmp_setting.reason
+    assert server_environ(server)[threads.OPENMP_VARIABLE] == "1"
+
+    groups = range(1, GROUP_MAX + 1)
+    _, report = send_warmup(server, "http", warmup_inputs(
+        [MODEL, LARGER], group_max=GROUP_MAX, feature_dims=[FEATURE_DIM, LARGER_FEATURE_DIM],
+        batch_sizes=MIXED_BATCH_SIZES))
+    entries = {entry.name: entry for entry in report.models}
+    assert all(entry.status.value == "READY" for entry in entries.values()), report
+    # The report says what the server does: model-v1 runs OpenMP's count;
+    # model-v2 switches up, after its largest sample, which went first.
+    assert entries[MODEL].threads is None
+    assert "switches its backend thread to 2" in entries[LARGER].threads
+    _, config = read_config(server.model_repository / LARGER)
+    first = config.model_warmup[0]
+    assert (first.batch_size, list(first.inputs["x"].dims)) == (max(MIXED_BATCH_SIZES), [GROUP_MAX, LARGER_FEATURE_DIM])
+
+    # Every warmed shape of both models, smallest first: oneDNN made nothing again.
+    shapes = len(groups) * len(MIXED_BATCH_SIZES)
+    assert probe(server, MODEL, FEATURE_DIM, groups, MIXED_BATCH_SIZES) == (shapes, 0)
+    assert probe(server, LARGER, LARGER_FEATURE_DIM, groups, MIXED_BATCH_SIZES) == (shapes, 0)
+
+
+def test_on_the_policys_server_a_larger_count_model_switches_up_so_ascending_order_misses(
+        start_server, template_repository, tmp_path):
+    """The control for the test above: OpenMP at 1 (as the launcher sets it
+    for that repository), model-v2 at 2, and Triton's own warmup in ascending
+    order (a config written by hand). ATen does switch model-v2's thread up
+    at its first large loop: the primitives warmed before it were made for 1
+    thread, and their first requests make them again."""
+    server = start_server("threads_switch_up", extra_env={**VERBOSE, threads.OPENMP_VARIABLE: "1"})
+    folder = server.model_repository / LARGER
+    _, config = read_config(folder)
+    config.parameters[threads.THREAD_COUNT_PARAMETER].string_value = "2"
+    plan = plan_warmup(config, group_sizes=range(1, GROUP_MAX + 1), batch_sizes=MIXED_BATCH_SIZES)
+    config.model_warmup.extend(plan.samples)
+    (folder / "config.pbtxt").write_bytes(render_config(config))
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        client.load_model(LARGER)
+    hits, misses = probe(server, LARGER, LARGER_FEATURE_DIM, PROBED_GROUPS, MIXED_BATCH_SIZES)
+    assert hits + misses == len(PROBED_GROUPS) * len(MIXED_BATCH_SIZES)
+    assert misses > 0
