@@ -95,6 +95,7 @@ bench: venv backend models
 	$(PY) -m bench.pytorch2_benchmark --model compiled-attention
 	$(PY) -m bench.start_benchmark
 	$(PY) -m bench.watch_benchmark
+	$(PY) -m bench.adapt_benchmark
 	$(PY) -m bench.figures
 
 # Run every command the README and the docs show (blocks marked

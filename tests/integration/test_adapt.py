@@ -26,7 +26,8 @@ from live_server import (
     warmup_inputs,
     warmup_runs,
 )
-from test_warmth_metrics import metrics
+from test_warmth_metrics import metrics, send
+from triton_warmup.client import warm
 from triton_warmup.helper.learned_samples import learned_sample_name
 from triton_warmup.helper.repository_guard import READ_ONLY_MARKER
 from triton_warmup.helper.warmup_plan import LEARNED_PREFIX
@@ -45,16 +46,6 @@ BATCH_SIZES = [1, 2]
 
 def model_v1_shape(group: int, batch: int = 1) -> Shape:
     return Shape(batch, (("mask", (group,)), ("x", (group, 64))))
-
-
-def send(server, group, batch=1, count=1):
-    x = httpclient.InferInput("x", [batch, group, 64], "FP32")
-    x.set_data_from_numpy(np.zeros((batch, group, 64), np.float32))
-    mask = httpclient.InferInput("mask", [batch, group], "INT64")
-    mask.set_data_from_numpy(np.ones((batch, group), np.int64))
-    with client_for(server, "http") as client:
-        for _ in range(count):
-            client.infer("model-v1", [x, mask])
 
 
 def config_on_disk(repository, model="model-v1"):
@@ -183,6 +174,35 @@ def test_a_shape_the_model_fails_on_is_tried_once(adapting):
     assert server.log_text().count("not learned, and not tried again: 'text-encoder'") == 1
     assert "preflight:" in log
     assert (repository / "text-encoder" / "config.pbtxt").read_bytes() == before
+
+
+def test_a_composing_model_learns_the_shapes_its_ensemble_sends_it(adapting):
+    server = adapting
+    send_warmup(server, "http", warmup_inputs(["embed"], 1, 2, batch_sizes=[1]))
+    wait_for_log(server, ["traffic watch on for 'embed'"], timeout=LEARN_TIMEOUT_S)
+    repository = server.model_repository
+    before = learned_names(config_on_disk(repository, "text-encoder"))
+    text = httpclient.InferInput("TEXT", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[" ".join(["word"] * 40).encode()]], dtype=np.object_))
+    with client_for(server, "http") as client:
+        for _ in range(3):
+            client.infer("embed", [text])
+    wait_until(
+        lambda: len(learned_names(config_on_disk(repository, "text-encoder"))) == len(before) + 1,
+        "a learned text-encoder sample",
+    )
+    # The ensemble and its tokenizer have nothing to learn: the tokenizer
+    # takes one string whatever the text.
+    assert learned_names(config_on_disk(repository, "tokenizer")) == []
+    assert "warmup_learned" not in (repository / "embed" / "config.pbtxt").read_text()
+
+
+def test_drop_learned_removes_them(adapting):
+    server = adapting
+    assert learned_names(config_on_disk(server.model_repository, "text-encoder"))
+    assert warm.main(["-u", server.http_url, "--models", "text-encoder", "--group-size-max", "2",
+                      "--batch-sizes", "1", "--drop-learned"]) == 0
+    assert learned_names(config_on_disk(server.model_repository, "text-encoder")) == []
 
 
 def test_the_cap_holds(adapting):

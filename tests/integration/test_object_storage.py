@@ -213,3 +213,33 @@ def test_a_bucket_whose_helper_warms_at_start(s3, template_repository, tmp_path,
         runs = warmup_runs(server, "model-v1")
         assert {run["sample"] for run in runs} == {sample["name"] for sample in served} and len(served) == 3
     assert s3.snapshot() == before
+
+
+def test_a_bucket_repository_learns_in_place_and_nothing_is_written_into_it(s3, template_repository, tmp_path):
+    """adapt with the repository in S3 (docs/adapt.md): the recurring shape
+    runs on the serving instance, and the bucket keeps every byte."""
+    from live_server import model_statistics, template_with_helper_parameters, wait_for_log
+    from test_adapt import send, steady_traffic
+
+    repository = tmp_path / "repository"
+    template_with_helper_parameters(template_repository, tmp_path / "template", watch_rate="1", adapt="on")
+    for name in ("warmup_helper", "model-v1"):
+        shutil.copytree(tmp_path / "template" / name, repository / name, ignore=shutil.ignore_patterns("__pycache__"))
+    s3.upload(repository, prefix="learning")
+    before = s3.snapshot()
+    traces = tmp_path / "traces"
+    traces.mkdir(mode=0o700)
+    with serving(s3.url(prefix="learning"), tmp_path / "server", extra_env=s3.environment,
+                 extra_args=[f"--trace-config=triton,file={traces / 'trace.json'}"]) as server:
+        assert warm.main(["-u", server.http_url, "--models", "model-v1", "--group-size-max", "3",
+                          "--batch-sizes", "1"]) == 0
+        wait_for_log(server, ["traffic watch on for 'model-v1'"], timeout=60)
+        count = model_statistics(server, "model-v1")["inference_count"]
+        with steady_traffic(server) as tally:
+            send(server, 5, count=3)
+            log = wait_for_log(server, ["learned 'model-v1'"], timeout=90)
+        assert not tally["failed"] and tally["not_ready"] == 0, tally
+        assert "NOT written" in log and "object storage" in log
+        # The sightings, the steady requests, the preflight's run and 3 in place.
+        assert model_statistics(server, "model-v1")["inference_count"] - count == 3 + tally["requests"] + 1 + 3
+    assert s3.snapshot() == before

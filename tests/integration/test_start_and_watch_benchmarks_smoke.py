@@ -1,4 +1,4 @@
-"""The warm_on_start and traffic-watch benchmarks run end to end on small
+"""The warm_on_start, traffic-watch and learning benchmarks run end to end on small
 inputs and write every figure they promise; the numbers themselves are for
 `make bench`."""
 
@@ -8,7 +8,7 @@ import pytest
 
 from live_server import run_module
 
-# start_benchmark: 4 server starts; watch_benchmark: 2, with 60 and 160 requests.
+# start_benchmark: 4 server starts; watch_benchmark: 2, with 60 and 160 requests; adapt_benchmark: 2.
 MODULE_TIMEOUT_S = 300
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
@@ -52,3 +52,16 @@ def test_watch_benchmark_counts_the_mix_exactly_at_rate_1_and_reports_the_cost(t
     assert results["summary"]["cost"]["0"]["p50_ratio"] == 1.0
     assert results["summary"]["truth"]["1"]["worst_points_off"] == 0
     assert "## Cost" in (tmp_path / "watch_benchmark.md").read_text()
+
+
+def test_adapt_benchmark_learns_the_shape_and_reports_every_figure(tmp_path):
+    finished = run_module("bench.adapt_benchmark", "--trials", "1", "--models", "model-v1",
+                          "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((tmp_path / "adapt_benchmark.json").read_text())
+    (run,) = results["runs"]
+    assert run["learned"] and run["failed_requests"] == 0, run
+    assert run["seconds_third_sighting_to_warm"] > 0 and run["restart_first_ms"] > 0, run
+    assert run["cold_share_after"] == 0.0 and run["cold_share_before"] > 0, run
+    assert len(run["helper_log"]) == 1 and "learned 'model-v1'" in run["helper_log"][0]
+    assert "## Against the targets" in (tmp_path / "adapt_benchmark.md").read_text()

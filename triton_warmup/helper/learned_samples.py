@@ -21,7 +21,7 @@ from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOL
 from triton_warmup.helper.job_planning import ModelWarmupJob, PlanSettings, instance_count, read_model
 from triton_warmup.helper.model_kind import add_controls, kind_of
 from triton_warmup.helper.preflight import loaded_versions
-from triton_warmup.helper.request import ListedSample, WarmupRequestError
+from triton_warmup.helper.request import ListedSample
 from triton_warmup.helper.warmup_plan import LEARNED_PREFIX, plan_listed_samples, sample_dims_key, tensor_bytes
 from triton_warmup.traffic.shapes import Shape
 

@@ -337,6 +337,9 @@ class TritonPythonModel:
         """Learn one shape of one model (``learning.learn``), in a copy of a bucket's repository."""
         workspace = self.repository.mirror()
         try:
+            if self.preflight is not None:
+                # A bucket's copy: the preflight reads the model's files.
+                workspace.fetch_model_files([model])
             return learn(
                 workspace.root / model,
                 lambda: plan_learned(workspace.root, model, [shape], self.settings, self.learner.settings.max_learned),

@@ -30,7 +30,7 @@ from triton_warmup.helper.learning import (
     how_to_learn,
     learn,
 )
-from triton_warmup.helper.metrics import ADAPTED_NOT_KEPT, ADAPTED_SAMPLES, WarmupMetrics
+from triton_warmup.helper.metrics import ADAPTED_NOT_KEPT, ADAPTED_SAMPLES
 from triton_warmup.helper.repository_guard import READ_ONLY_MARKER
 from triton_warmup.helper.request import WarmupRequestError, parse_plan_document
 from triton_warmup.helper.rewarm import Rewarm
