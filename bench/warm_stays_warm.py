@@ -30,14 +30,31 @@ something on a model whose steady compute is a fraction of a millisecond).
 The tritonserver process's resident memory after READY is read from /proc.
 
 Writes warm_stays_warm.md and .json to --output-dir (default bench/results).
+
+The second part (``--parts idle``) asks whether a warmed shape stays fast
+after an idle pause. Each server warms the four models in one helper request
+(group sizes 1..16 x batch sizes 1, 2), then per model: --idle-steady
+requests back to back at a warmed shape (group 8, batch 1), and --idle-requests
+more after each idle gap (50 ms, 200 ms, 1 s, 5 s), server-side
+compute_infer; then the same back to back at the largest warmed shape (the
+steady latency a thread count changes). Repositories: the example one, whose
+models agree on 1 intra-op thread, and two mixed ones, text-encoder without
+``INTRA_OP_THREAD_COUNT`` (as most real configs) or at 2; each mixed one as
+the launcher used to leave it (OpenMP's default, 2 here) and with its policy
+(``OMP_NUM_THREADS`` at the smallest count). The conditions alternate within
+each of --idle-trials rounds, since a 2-CPU machine's load drifts. Also read:
+the machine's busy share and the server's CPU while the gaps were measured
+(/proc/stat and /proc/PID/stat). Writes warm_after_idle.md and .json.
 """
 
 import argparse
 import os
 import pathlib
+import re
 import statistics
 import sys
 import tempfile
+import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -49,6 +66,7 @@ from bench.traffic_benchmark import BATCH_SIZES, LONGEST, range_plan, run_from_t
 from triton_warmup import threads
 from triton_warmup.client import openmp_threads
 from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.helper.config_rewrite import read_config, render_config
 from triton_warmup.traffic.trace import recording_flags
 
 MODELS = ("model-v1", "model-v2", "model-v3", TEXT_ENCODER)
@@ -261,6 +279,233 @@ def _or_dash(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:g}"
 
 
+# -- warm after an idle gap ---------------------------------------------------
+
+IDLE_GAPS_S = (0.05, 0.2, 1.0, 5.0)
+IDLE_SHAPE = Shape(8, 1)
+IDLE_PLAN = {"group_size_min": 1, "group_size_max": 16, "batch_sizes": [1, 2]}
+LARGEST_SHAPE = Shape(16, 2)
+# The model whose count the mixed repositories change: the MiniLM-class one.
+LARGER_MODEL = TEXT_ENCODER
+OPENMP_DEFAULT = str(len(os.sched_getaffinity(0)))
+QUIET, FRONTEND_RAN = "quiet", "after a statistics read"
+GAP_VARIANTS = (QUIET, FRONTEND_RAN)
+# (name, repository variant, extra server environment). "before": what the
+# launcher left before issue 40, OMP_NUM_THREADS unset, which OpenMP reads as
+# one thread per CPU; set to that here, since the launcher now sets it.
+IDLE_CONDITIONS = (
+    ("agreeing (all 1)", "agreeing", {}),
+    ("mixed, text-encoder without a count, before", "no count", {threads.OPENMP_VARIABLE: OPENMP_DEFAULT}),
+    ("mixed, text-encoder without a count, smallest count", "no count", {}),
+    ("mixed, text-encoder at 2, before", "2", {threads.OPENMP_VARIABLE: OPENMP_DEFAULT}),
+    ("mixed, text-encoder at 2, smallest count", "2", {}),
+    # OpenMP's threads sleep at once instead of spinning first: no two of a
+    # team busy-wait for each other on one CPU, at a wake per parallel region.
+    ("mixed, text-encoder at 2, smallest count, OMP_WAIT_POLICY=passive", "2", {"OMP_WAIT_POLICY": "passive"}),
+)
+# Spinning instead of sleeping, measured for its CPU cost: not a default.
+SPINNING = ("mixed, text-encoder without a count, before, OMP_WAIT_POLICY=active", "no count",
+            {threads.OPENMP_VARIABLE: OPENMP_DEFAULT, "OMP_WAIT_POLICY": "active"})
+
+
+def idle_repository(workdir: pathlib.Path, variant: str) -> pathlib.Path:
+    """A copy of the example repository; in the mixed variants, text-encoder
+    without ``INTRA_OP_THREAD_COUNT`` or at ``variant`` threads."""
+    repository = copy_repository(workdir / f"repository-{variant.replace(' ', '-')}")
+    if variant != "agreeing":
+        folder = repository / LARGER_MODEL
+        _, config = read_config(folder)
+        if variant == "no count":
+            del config.parameters[threads.THREAD_COUNT_PARAMETER]
+        else:
+            config.parameters[threads.THREAD_COUNT_PARAMETER].string_value = variant
+        (folder / "config.pbtxt").write_bytes(render_config(config))
+    return repository
+
+
+def _cpu_ticks() -> tuple:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [int(value) for value in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def _process_ticks(pid: int) -> int:
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _request_ms(session: Session, model: str, inputs, gap_s: float = 0.0, read_after_gap: bool = False) -> float:
+    """Server-side compute_infer of one request sent after ``gap_s`` of
+    silence. The statistics are read before the gap, so that nothing reaches
+    the server during it, or with ``read_after_gap`` at its end, just before
+    the request, as bench/measure.py's ``timed_request`` and the issue's
+    figures do: the server's HTTP frontend has then just run, as on a server
+    that serves anything else."""
+    if gap_s and read_after_gap:
+        time.sleep(gap_s)
+    count, ns = session.compute_infer(model)
+    if gap_s and not read_after_gap:
+        time.sleep(gap_s)
+    session.client.infer(model, inputs)
+    deadline = time.monotonic() + 2.0
+    while True:
+        count_after, ns_after = session.compute_infer(model)
+        if count_after > count or time.monotonic() > deadline:
+            return (ns_after - ns) / 1e6
+        time.sleep(0.0005)
+
+
+def idle_trial(condition, repositories: Dict[str, pathlib.Path], workdir: pathlib.Path, trial: int,
+               steady: int, per_gap: int) -> Dict:
+    name, variant, environment = condition
+    repository = repositories[variant]
+    # Letters, digits and dashes only: the Python backend starts its stub
+    # through a shell, unquoted, and a "(" in the path fails the load.
+    folder = workdir / f"idle-{re.sub('[^a-z0-9]+', '-', name.lower())}-{trial}"
+    load_before = os.getloadavg()[0]
+    server = EmbeddedTriton(repository, folder, http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port(), extra_env=environment)
+    with server:
+        setting = server.openmp_setting
+        openmp = environment.get(threads.OPENMP_VARIABLE) or (str(setting.value) if setting.value else "unset")
+        session = Session(server.http_url, repository, server.log_path)
+        try:
+            for model in MODELS:
+                session.write_config(model, session.bare_config(model))
+            report = session.trigger_plan({"models": {model: dict(IDLE_PLAN) for model in MODELS}})
+            notes = {entry["name"]: entry.get("threads") for entry in report["models"]}
+            rng = np.random.default_rng(trial)
+            session.client.is_server_live()
+            models = {}
+            machine_before, process_before, started = _cpu_ticks(), _process_ticks(server.pid), time.monotonic()
+            for model in MODELS:
+                inputs = session.inputs_at(model, IDLE_SHAPE, rng)
+                back_to_back = [_request_ms(session, model, inputs) for _ in range(steady)]
+                gaps = {variant: {str(gap): [] for gap in IDLE_GAPS_S} for variant in GAP_VARIANTS}
+                for gap in IDLE_GAPS_S:
+                    # The two ways alternate, so that drift hits both alike.
+                    for _ in range(per_gap):
+                        for variant in GAP_VARIANTS:
+                            gaps[variant][str(gap)].append(
+                                _request_ms(session, model, inputs, gap, read_after_gap=variant == FRONTEND_RAN))
+                models[model] = {"back_to_back_ms": back_to_back, "after_gap_ms": gaps}
+            machine_after, process_after, wall = _cpu_ticks(), _process_ticks(server.pid), time.monotonic() - started
+            for model in MODELS:
+                inputs = session.inputs_at(model, LARGEST_SHAPE, rng)
+                models[model]["largest_ms"] = [_request_ms(session, model, inputs) for _ in range(steady)]
+        finally:
+            session.close()
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = (machine_after[0] - machine_before[0]) / max(1, machine_after[1] - machine_before[1])
+    result = {
+        "condition": name,
+        "openmp": openmp,
+        "load_average_before": load_before,
+        # The whole machine's busy share of all CPUs while the gaps ran, and
+        # the server's own CPU in CPUs: the difference is everyone else.
+        "machine_busy_share": busy,
+        "server_cpus": (process_after - process_before) / ticks / wall,
+        "threads_notes": notes,
+        "models": models,
+    }
+    line = "; ".join(
+        f"{model} {statistics.median(entry['back_to_back_ms']):.3f} ms, after gaps "
+        + " | ".join("/".join(f"{statistics.median(values):.2f}" for values in by_gap.values())
+                     for by_gap in entry["after_gap_ms"].values())
+        for model, entry in models.items())
+    print(f"{name}, round {trial + 1} (OMP_NUM_THREADS={openmp}, machine busy {busy:.0%}): {line}", flush=True)
+    return result
+
+
+def summarize_idle(trials: List[Dict]) -> Dict:
+    """Medians over every request of every round, per model and gap."""
+    summary = {"openmp": trials[0]["openmp"], "machine_busy_share": [trial["machine_busy_share"] for trial in trials],
+               "server_cpus": statistics.median(trial["server_cpus"] for trial in trials),
+               "load_average_before": [trial["load_average_before"] for trial in trials],
+               "threads_notes": trials[0]["threads_notes"], "models": {}}
+    for model in MODELS:
+        # The first back-to-back requests follow the warmup's last one and
+        # the previous model's gaps: the later half is steady.
+        steady = statistics.median(value for trial in trials
+                                   for value in trial["models"][model]["back_to_back_ms"][len(trial["models"][model]["back_to_back_ms"]) // 2:])
+        largest = statistics.median(value for trial in trials for value in trial["models"][model]["largest_ms"][1:])
+        gaps = {variant: {} for variant in GAP_VARIANTS}
+        for variant in GAP_VARIANTS:
+            for gap in IDLE_GAPS_S:
+                values = [value for trial in trials for value in trial["models"][model]["after_gap_ms"][variant][str(gap)]]
+                gaps[variant][str(gap)] = {"median_ms": statistics.median(values), "max_ms": max(values),
+                                           "ratio": statistics.median(values) / steady}
+        summary["models"][model] = {"back_to_back_ms": steady, "largest_ms": largest, "after_gap": gaps}
+    return summary
+
+
+def idle_markdown(results: Dict) -> str:
+    gaps = ", ".join(f"{gap * 1000:g} ms" if gap < 1 else f"{gap:g} s" for gap in IDLE_GAPS_S)
+    lines = results_header("Warm after an idle gap", results) + [
+        f"Each condition on a new tritonserver per round, {results['rounds']} rounds, the conditions alternating "
+        f"within each. The four models warmed in one helper request (group sizes 1..16 x batch sizes 1, 2). "
+        f"Per model at a warmed shape (group {IDLE_SHAPE.group}, batch {IDLE_SHAPE.batch}), server-side "
+        f"compute_infer: {results['steady']} requests back to back (the later half is 'steady'), then "
+        f"{results['per_gap']} after each idle gap ({gaps}) each way: nothing reaches the server during "
+        "the gap (first figure), or a statistics read ends it just before the request (second figure: the "
+        "frontend has just run, as on a server that serves anything else, and as the issue measured). "
+        "Medians over the rounds' requests, and in brackets that median over steady. 'largest': back to "
+        "back at the largest warmed shape (group "
+        f"{LARGEST_SHAPE.group}, batch {LARGEST_SHAPE.batch}). 'machine busy': the share of both CPUs busy "
+        "while the gaps ran, per round; 'server CPUs': the server's own CPU time over that wall time.\n",
+    ]
+    for model in MODELS:
+        lines += [f"## {model}", "",
+                  "| condition | OMP_NUM_THREADS | steady ms | largest ms | "
+                  + " | ".join(f"after {gap:g} s" for gap in IDLE_GAPS_S) + " |",
+                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in IDLE_GAPS_S) + " |"]
+        for row in results["conditions"]:
+            entry = row["models"][model]
+            quiet, ran = (entry["after_gap"][variant] for variant in GAP_VARIANTS)
+            cells = [f"{quiet[gap]['median_ms']:.2f} / {ran[gap]['median_ms']:.2f} "
+                     f"({quiet[gap]['ratio']:.1f}x / {ran[gap]['ratio']:.1f}x)" for gap in quiet]
+            lines.append(f"| {row['condition']} | {row['openmp']} | {entry['back_to_back_ms']:.3f} | "
+                         f"{entry['largest_ms']:.3f} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Machine and server CPU", "", "| condition | machine busy per round | load average before | "
+              "server CPUs while the gaps ran |", "| --- | --- | --- | --- |"]
+    for row in results["conditions"]:
+        lines.append(f"| {row['condition']} | {', '.join(f'{share:.0%}' for share in row['machine_busy_share'])} | "
+                     f"{', '.join(f'{load:.2f}' for load in row['load_average_before'])} | {row['server_cpus']:.2f} |")
+    notes = {row["condition"]: row["threads_notes"] for row in results["conditions"]}
+    lines += ["", "The helper's `threads` notes:", ""]
+    for condition, by_model in notes.items():
+        for model, note in by_model.items():
+            if note:
+                lines.append(f"- {condition}, {model}: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def run_idle(args, workdir: pathlib.Path) -> None:
+    conditions = [condition for condition in IDLE_CONDITIONS if condition[0] in args.conditions]
+    if SPINNING[0] in args.conditions:
+        conditions.append(SPINNING)
+    repositories = {variant: idle_repository(workdir, variant) for variant in {condition[1] for condition in conditions}}
+    trials: Dict[str, List[Dict]] = {condition[0]: [] for condition in conditions}
+    for trial in range(args.idle_trials):
+        for condition in conditions:
+            # Spinning is measured once, last: its cost is the CPU, not a latency.
+            if condition is SPINNING and trial:
+                continue
+            trials[condition[0]].append(
+                idle_trial(condition, repositories, workdir, trial, args.idle_steady, args.idle_requests))
+    results = {
+        **run_record("bench.warm_stays_warm"),
+        "rounds": args.idle_trials,
+        "steady": args.idle_steady,
+        "per_gap": args.idle_requests,
+        "conditions": [{"condition": name, **summarize_idle(rows), "trials": rows} for name, rows in trials.items()],
+    }
+    write_results(args.output_dir, "warm_after_idle", results, idle_markdown(results))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1500, help="Requests to record per model. Default is 1500.")
@@ -270,14 +515,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Passes over the recorded shapes per trial, at least 2. Default is 4.")
     parser.add_argument("--group-size-max", type=int, default=LONGEST,
                         help=f"The range plan's largest group size. Default is {LONGEST}.")
-    parser.add_argument("--conditions", nargs="+", default=[condition[0] for condition in CONDITIONS],
+    parser.add_argument("--conditions", nargs="+",
+                        default=[condition[0] for condition in CONDITIONS + IDLE_CONDITIONS + (SPINNING,)],
                         help="Only these conditions (by name). Default is all.")
+    parser.add_argument("--parts", nargs="+", choices=("shapes", "idle"), default=["shapes", "idle"],
+                        help="Warmed shapes at their first request, and warm after an idle gap. Default is both.")
+    parser.add_argument("--idle-trials", type=int, default=3,
+                        help="Rounds of the idle-gap conditions, each on new servers. Default is 3.")
+    parser.add_argument("--idle-steady", type=int, default=20,
+                        help="Back-to-back requests per model and shape in the idle-gap part. Default is 20.")
+    parser.add_argument("--idle-requests", type=int, default=2,
+                        help="Requests after each idle gap, per model, round and way. Default is 2.")
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
     if args.passes < 2:
         parser.error("--passes must be at least 2: the second pass is part of the results")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="warm-stays-warm-"))
+    if "idle" in args.parts:
+        run_idle(args, workdir)
+    if "shapes" not in args.parts:
+        return 0
     repository = copy_repository(workdir / "model_repository")
     recording = record(workdir, repository, args.requests)
     recorded = recording["models"]
