@@ -197,6 +197,25 @@ def test_a_composing_model_learns_the_shapes_its_ensemble_sends_it(adapting):
     assert "warmup_learned" not in (repository / "embed" / "config.pbtxt").read_text()
 
 
+def test_a_sequence_models_requests_are_not_seen_and_the_log_says_why(adapting):
+    """Triton 2.51 traces no input tensors for requests its sequence
+    batcher schedules: the watch cannot see their shapes, says so once, and
+    nothing is learned (the unit tests check the learned sample's controls)."""
+    server = adapting
+    send_warmup(server, "http", warmup_inputs(["session-encoder"], 1, 2, batch_sizes=[1]))
+    wait_for_log(server, ["traffic watch on for 'session-encoder'"], timeout=LEARN_TIMEOUT_S)
+    repository = server.model_repository
+    before = (repository / "session-encoder" / "config.pbtxt").read_bytes()
+    step = httpclient.InferInput("INPUT__0", [1, 6, 16], "FP32")
+    step.set_data_from_numpy(np.zeros((1, 6, 16), np.float32))
+    with client_for(server, "http") as client:
+        for sequence in range(3):
+            client.infer("session-encoder", [step], sequence_id=100 + sequence, sequence_start=True, sequence_end=True)
+    wait_for_log(server, ["the traces of 'session-encoder' hold no input tensors"], timeout=LEARN_TIMEOUT_S)
+    assert metrics(server)[("triton_warmup_requests_seen_total", "session-encoder")] == 0
+    assert (repository / "session-encoder" / "config.pbtxt").read_bytes() == before
+
+
 def test_drop_learned_removes_them(adapting):
     server = adapting
     assert learned_names(config_on_disk(server.model_repository, "text-encoder"))

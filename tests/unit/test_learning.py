@@ -341,3 +341,21 @@ def test_the_watch_tells_the_learner_of_each_cold_shape_once(tmp_path, families)
     watch.cycle()
     assert not part.exists() and cold[-1] == ("m", "1", Shape(2, (("x", (5, 8)),)))
     assert len(cold) == 2
+
+
+def test_a_sequence_models_learned_sample_carries_its_control_inputs(tmp_path):
+    config = text_format.Parse(
+        """
+        name: "m" platform: "pytorch_libtorch" max_batch_size: 4
+        input [{ name: "x", data_type: TYPE_FP32, dims: [-1, 8] }]
+        output [{ name: "y", data_type: TYPE_FP32, dims: [8] }]
+        sequence_batching { control_input [{ name: "START", control [{ kind: CONTROL_SEQUENCE_START, int32_false_true: [0, 1] }] }] }
+        """,
+        model_config_pb2.ModelConfig(),
+    )
+    write_model(tmp_path, config)
+    job = plan_learned(tmp_path, "m", [Shape(1, (("x", (5, 8)),))], PlanSettings())
+    (learned,) = job.rewrite.config.model_warmup
+    assert set(learned.inputs) == {"x", "START"} and list(learned.inputs["START"].dims) == [1]
+    # The control's value is a data file the rewrite writes with the config.
+    assert job.rewrite.data_files and job.rewrite.changed

@@ -348,3 +348,17 @@ def test_the_default_rate_on_a_triton_that_traces_safely(tmp_path, families):
     watch.cycle()
     assert server.model_settings["m"]["trace_rate"] == str(DEFAULT_RATE)
     assert not any("crash" in line for line in lines)
+
+
+def test_traces_without_input_tensors_are_named_once(tmp_path, families):
+    made, metrics = families
+    server = FakeServer({"m": with_samples(MODEL, [(1, 2)])})
+    trace_file = tmp_path / "trace.json"
+    watch, lines = make_watch(server, metrics, trace_file)
+    watch.cycle()
+    # What Triton 2.51 writes for a request its sequence batcher scheduled: no TENSOR_QUEUE_INPUT.
+    for index in range(2):
+        write_part(trace_file, index, [{"id": index + 1, "model_name": "m", "model_version": 1}])
+    watch.cycle()
+    assert made[REQUESTS_SEEN].values == {("m", "1"): 0} and trace_parts(trace_file) == []
+    assert sum("the traces of 'm' hold no input tensors" in line for line in lines) == 1

@@ -447,6 +447,11 @@ class TrafficWatch:
             seen_cold = counts.setdefault(request.model, [0, 0])
             seen_cold[0] += 1
             seen_cold[1] += int(cold)
+        for model in summary.models_without_tensors:
+            if model in self.models:
+                self._say(f"no tensors {model}", f"traffic watch: the traces of '{model}' hold no input tensors "
+                          "(Triton 2.51 traces none for requests its sequence batcher schedules), so its requests "
+                          "are not counted and its shapes cannot be learned", warn=True)
         return bool(summary.truncated), foreign
 
     def _publish(self, counts: Dict[str, List[int]]) -> None:

@@ -107,7 +107,9 @@ class ReadSummary:
         tensors_without_model: trace ids with input records but no
             ``model_name`` record (``level=TENSORS`` without ``TIMESTAMPS``).
         requests_without_tensors: requests with a model but no input records
-            (``level=TIMESTAMPS`` without ``TENSORS``).
+            (``level=TIMESTAMPS`` without ``TENSORS``; or, on Triton 2.51, a
+            request its sequence batcher scheduled, whose inputs it never traces).
+        models_without_tensors: those requests per model.
         values_escaped: tensor data and request ids that Triton wrote
             without escaping and that needed it (``raw_text``).
     """
@@ -119,6 +121,7 @@ class ReadSummary:
     tensors_without_model: int = 0
     requests_without_tensors: int = 0
     values_escaped: int = 0
+    models_without_tensors: Dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _shape(text: str, path: str) -> Tuple[int, ...]:
@@ -241,6 +244,7 @@ def read_requests(
             yield request
         else:
             summary.requests_without_tensors += 1
+            summary.models_without_tensors[request.model] = summary.models_without_tensors.get(request.model, 0) + 1
     summary.tensors_without_model = len(unnamed) + len(unnamed_dropped)
 
 
