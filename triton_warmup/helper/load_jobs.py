@@ -13,8 +13,10 @@ which keeps this module free of Triton imports. ``job_planning`` makes the plan.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
+import threading
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -82,6 +84,7 @@ def run_job(
     preflight: Optional[Preflight] = None,
     rewarm: Optional[Rewarm] = None,
     stopping: Optional[Callable[[], bool]] = None,
+    load_slot: Optional[threading.Semaphore] = None,
 ) -> ModelEntry:
     """Check the samples, rewrite the config and load the model; put the
     config back if the load fails. A READY model whose change can warm in
@@ -103,6 +106,10 @@ def run_job(
             reloads it.
         stopping: true once the server shuts down: a wait for the model's
             lock ends then.
+        load_slot: held while Triton works for this model (the preflight's
+            runs and loads, the in-place runs, the load); the helper's own
+            work (lock, replan, record checks) takes none, so that it goes on
+            while other models load (``run_jobs``).
 
     Everything from reading the config to the end of the load happens under
     the model's lock (``repository_guard.model_lock``), so writers on several
@@ -148,11 +155,14 @@ def run_job(
                     entry.config_changed = job.rewrite.changed
                     entry.warmup_samples = job.samples
                     entry.learned_samples = job.learned
-                if _preflight_passes(job, control, entry, was_ready, preflight):
-                    if not _rewarmed_in_place(job, control, entry, was_ready, preflight, rewarm):
-                        _load(job, control, entry, was_ready, preflight, started_at)
-                        if rewarm is not None and entry.ready:
-                            rewarm.forget(job.name)
+                with load_slot if load_slot is not None else contextlib.nullcontext():
+                    if stopping is not None and stopping():
+                        entry.error = NOT_STARTED_STOPPING
+                    elif _preflight_passes(job, control, entry, was_ready, preflight):
+                        if not _rewarmed_in_place(job, control, entry, was_ready, preflight, rewarm):
+                            _load(job, control, entry, was_ready, preflight, started_at)
+                            if rewarm is not None and entry.ready:
+                                rewarm.forget(job.name)
             finally:
                 if hold is not None:
                     hold.held_until = time.time()
@@ -180,9 +190,12 @@ def run_jobs(
 ) -> List[ModelEntry]:
     """Run the whole plan; one entry per model, in the plan's report order.
 
-    Models go in waves, up to ``max_parallel`` at once within a wave (Triton
-    loads different models in parallel when their load requests arrive
-    together; each job holds only its own model's lock). The helper loads 4
+    Models go in waves, up to ``max_parallel`` in Triton at once within a
+    wave (Triton loads different models in parallel when their load requests
+    arrive together; each job holds only its own model's lock). Only Triton's
+    part of a job waits for one of those slots: up to as many more jobs do
+    the helper's own part meanwhile (lock, replan, record checks), so that a
+    freed slot starts the next load at once. The helper loads 4
     at once while its preflight is on and 1 while it is off, because Triton
     crashed when a reload ran beside a load whose warmup sample failed
     (docs/safety.md, "Known Triton issues"). ``infer`` sends the ensembles'
@@ -197,6 +210,7 @@ def run_jobs(
     flows = [ensemble.flow for ensemble in plan.ensembles]
     pending: Dict[str, ModelWarmupJob] = {job.name: job for job in plan.jobs}
     ids = correlation_ids(np.random.default_rng())
+    load_slots = threading.BoundedSemaphore(max(1, max_parallel))
 
     def settled(entry: ModelEntry) -> ModelEntry:
         if on_done is not None:
@@ -206,8 +220,8 @@ def run_jobs(
     def run_one(job: ModelWarmupJob) -> ModelEntry:
         if stopping is not None and stopping():
             return settled(ModelEntry(name=job.name, kind=job.kind.label, error=NOT_STARTED_STOPPING))
-        entry = run_job(job, control, lock_timeout_s, preflight, rewarm, stopping)
-        if entry.error and stopping is not None and _stopped(stopping):
+        entry = run_job(job, control, lock_timeout_s, preflight, rewarm, stopping, load_slots)
+        if entry.error and entry.error != NOT_STARTED_STOPPING and stopping is not None and _stopped(stopping):
             # What failed was the server going away, not the model.
             entry.error = f"{STOPPED_DURING}: {entry.error}"
             entry.detail = entry.detail and f"{STOPPED_DURING}: {entry.detail}"
@@ -236,7 +250,7 @@ def run_jobs(
         planned = [_planned_with_shapes(job, flows) for job in wave]
         entries.update((entry.name, settled(entry)) for entry in planned if isinstance(entry, ModelEntry))
         jobs = [job for job in planned if isinstance(job, ModelWarmupJob)]
-        for entry in run_each(jobs, run_one, max_parallel, started):
+        for entry in run_each(jobs, run_one, 2 * max(1, max_parallel), started):
             entries[entry.name] = entry
         for flow in flows:
             flow.advance(warm, failed, infer, ids)
@@ -352,9 +366,9 @@ def explain_load_error(text: str) -> str:
 
 
 def run_each(
-    jobs: List, run_one: Callable[[object], ModelEntry], max_parallel: int = 1, started: Optional[float] = None
+    jobs: List, run_one: Callable[[object], ModelEntry], workers: int = 1, started: Optional[float] = None
 ) -> List[ModelEntry]:
-    """``run_one`` for every job, up to ``max_parallel`` at once; entries in
+    """``run_one`` for every job, up to ``workers`` at once; entries in
     job order, each with ``finished_s``: when the model settled, counted from
     ``started`` (the request's first job; with jobs one after another, a
     model's own time does not say it)."""
@@ -365,9 +379,9 @@ def run_each(
         entry.finished_s = _since(started)
         return entry
 
-    if max_parallel <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1:
         return [run(job) for job in jobs]
-    with concurrent.futures.ThreadPoolExecutor(min(max_parallel, len(jobs))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs))) as pool:
         return list(pool.map(run, jobs))
 
 

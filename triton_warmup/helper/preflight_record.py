@@ -16,9 +16,13 @@ What it trusts:
 * the config, by the hash of its deterministic serialization with
   ``model_warmup`` and the name cleared;
 * the server and backends, by ``server_identity``: the tritonserver binary
-  by path, size and modification time, and the contents of every file of
-  the backend folders (hashed once when the helper starts; launchers copy
-  backends into place at every start).
+  by path, size and modification time, and every file of the backend
+  folders, once when the helper starts: small files by their contents
+  (launchers copy backends into place at every start, which changes their
+  times), files over ``DIGEST_MAX_BYTES`` by size and time (NVIDIA's
+  container ships gigabytes of libtorch there, installed once with the
+  image: hashing them would delay the helper's READY, and with it the
+  server's, by seconds).
 
 Where it lives: ``<repository>/.<model>.warmup-preflight.json``, a hidden
 file of the repository folder (a file added to a model's folder makes Triton
@@ -61,9 +65,20 @@ def _content_digest(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
+# Backend files up to this size are hashed; larger ones are taken by size and time.
+DIGEST_MAX_BYTES = 16 * 1024 * 1024
+
+
+def _backend_entry(path: pathlib.Path, root: pathlib.Path) -> List:
+    stat = path.stat()
+    if stat.st_size > DIGEST_MAX_BYTES:
+        return [path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns]
+    return [path.relative_to(root).as_posix(), _content_digest(path)]
+
+
 def server_identity(binary: Optional[str], backend_directory: Optional[str]) -> Optional[str]:
     """A digest of the tritonserver binary and of every file of the backend
-    folders; ``None`` when either cannot be read."""
+    folders (see the module's docstring); ``None`` when either cannot be read."""
     if not binary or not backend_directory:
         return None
     try:
@@ -74,11 +89,7 @@ def server_identity(binary: Optional[str], backend_directory: Optional[str]) -> 
         root = pathlib.Path(backend_directory)
         for backend in sorted(root.iterdir()):
             if backend.is_dir():
-                entries.extend(
-                    [path.relative_to(root).as_posix(), _content_digest(path)]
-                    for path in sorted(backend.iterdir())
-                    if path.is_file()
-                )
+                entries.extend(_backend_entry(path, root) for path in sorted(backend.iterdir()) if path.is_file())
     except OSError:
         return None
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
