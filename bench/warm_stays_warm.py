@@ -51,7 +51,9 @@ import argparse
 import os
 import pathlib
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -288,8 +290,12 @@ LARGEST_SHAPE = Shape(16, 2)
 # The model whose count the mixed repositories change: the MiniLM-class one.
 LARGER_MODEL = TEXT_ENCODER
 OPENMP_DEFAULT = str(len(os.sched_getaffinity(0)))
-QUIET, FRONTEND_RAN = "quiet", "after a statistics read"
-GAP_VARIANTS = (QUIET, FRONTEND_RAN)
+QUIET, ONE_CPU_BUSY = "quiet", "one CPU busy"
+GAP_VARIANTS = (QUIET, ONE_CPU_BUSY)
+# A process that keeps one CPU busy, as another model's traffic or any other
+# process would; stopped and continued with signals, so that starting it
+# costs nothing at the gap.
+_BUSY_LOOP = "while True:\n    pass\n"
 # (name, repository variant, extra server environment). "before": what the
 # launcher left before issue 40, OMP_NUM_THREADS unset, which OpenMP reads as
 # one thread per CPU; set to that here, since the launcher now sets it.
@@ -302,6 +308,18 @@ IDLE_CONDITIONS = (
     # OpenMP's threads sleep at once instead of spinning first: no two of a
     # team busy-wait for each other on one CPU, at a wake per parallel region.
     ("mixed, text-encoder at 2, smallest count, OMP_WAIT_POLICY=passive", "2", {"OMP_WAIT_POLICY": "passive"}),
+)
+# The repository of issue 40 as its user warmed it: model-v1 and the
+# MiniLM-class model alone. With one OpenMP team in the process, libgomp's
+# threads spin after each region (GOMP_SPINCOUNT); with more teams than
+# CPUs, as when model-v1..v3 all run teams of 2, they spin about 100 times
+# instead and sleep at once (its "throttled" spin count).
+ISSUE_MODELS = ("model-v1", TEXT_ENCODER)
+ISSUE_CONDITIONS = (
+    ("agreeing (all 1), model-v1 and text-encoder", "agreeing", {}, ISSUE_MODELS),
+    ("mixed, text-encoder without a count, before, model-v1 and text-encoder", "no count",
+     {threads.OPENMP_VARIABLE: OPENMP_DEFAULT}, ISSUE_MODELS),
+    ("mixed, text-encoder without a count, smallest count, model-v1 and text-encoder", "no count", {}, ISSUE_MODELS),
 )
 # Spinning instead of sleeping, measured for its CPU cost: not a default.
 SPINNING = ("mixed, text-encoder without a count, before, OMP_WAIT_POLICY=active", "no count",
@@ -330,25 +348,31 @@ def _cpu_ticks() -> tuple:
     return sum(fields) - idle, sum(fields)
 
 
+def _busy_share(before: tuple, after: tuple) -> float:
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
 def _process_ticks(pid: int) -> int:
     stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return int(fields[11]) + int(fields[12])
 
 
-def _request_ms(session: Session, model: str, inputs, gap_s: float = 0.0, read_after_gap: bool = False) -> float:
+def _request_ms(session: Session, model: str, inputs, gap_s: float = 0.0, busy=None) -> float:
     """Server-side compute_infer of one request sent after ``gap_s`` of
-    silence. The statistics are read before the gap, so that nothing reaches
-    the server during it, or with ``read_after_gap`` at its end, just before
-    the request, as bench/measure.py's ``timed_request`` and the issue's
-    figures do: the server's HTTP frontend has then just run, as on a server
-    that serves anything else."""
-    if gap_s and read_after_gap:
-        time.sleep(gap_s)
+    silence: the statistics are read before the gap, so that nothing reaches
+    the server during it. ``busy`` (a stopped busy-loop process) runs through
+    the gap and the request."""
     count, ns = session.compute_infer(model)
-    if gap_s and not read_after_gap:
-        time.sleep(gap_s)
-    session.client.infer(model, inputs)
+    if busy is not None:
+        busy.send_signal(signal.SIGCONT)
+    try:
+        if gap_s:
+            time.sleep(gap_s)
+        session.client.infer(model, inputs)
+    finally:
+        if busy is not None:
+            busy.send_signal(signal.SIGSTOP)
     deadline = time.monotonic() + 2.0
     while True:
         count_after, ns_after = session.compute_infer(model)
@@ -358,8 +382,9 @@ def _request_ms(session: Session, model: str, inputs, gap_s: float = 0.0, read_a
 
 
 def idle_trial(condition, repositories: Dict[str, pathlib.Path], workdir: pathlib.Path, trial: int,
-               steady: int, per_gap: int) -> Dict:
-    name, variant, environment = condition
+               steady: int, per_gap: int, gaps_s=IDLE_GAPS_S) -> Dict:
+    name, variant, environment, *rest = condition
+    models_of = rest[0] if rest else MODELS
     repository = repositories[variant]
     # Letters, digits and dashes only: the Python backend starts its stub
     # through a shell, unquoted, and a "(" in the path fails the load.
@@ -371,40 +396,51 @@ def idle_trial(condition, repositories: Dict[str, pathlib.Path], workdir: pathli
         setting = server.openmp_setting
         openmp = environment.get(threads.OPENMP_VARIABLE) or (str(setting.value) if setting.value else "unset")
         session = Session(server.http_url, repository, server.log_path)
+        busy = None
         try:
-            for model in MODELS:
+            for model in models_of:
                 session.write_config(model, session.bare_config(model))
-            report = session.trigger_plan({"models": {model: dict(IDLE_PLAN) for model in MODELS}})
+            report = session.trigger_plan({"models": {model: dict(IDLE_PLAN) for model in models_of}})
             notes = {entry["name"]: entry.get("threads") for entry in report["models"]}
             rng = np.random.default_rng(trial)
             session.client.is_server_live()
             models = {}
+            # Everyone else's load, with this benchmark and its server idle.
+            background = _cpu_ticks()
+            time.sleep(1.0)
+            background = _busy_share(background, _cpu_ticks())
+            busy = subprocess.Popen([sys.executable, "-c", _BUSY_LOOP])
+            busy.send_signal(signal.SIGSTOP)
             machine_before, process_before, started = _cpu_ticks(), _process_ticks(server.pid), time.monotonic()
-            for model in MODELS:
+            for model in models_of:
                 inputs = session.inputs_at(model, IDLE_SHAPE, rng)
                 back_to_back = [_request_ms(session, model, inputs) for _ in range(steady)]
-                gaps = {variant: {str(gap): [] for gap in IDLE_GAPS_S} for variant in GAP_VARIANTS}
-                for gap in IDLE_GAPS_S:
+                gaps = {variant: {str(gap): [] for gap in gaps_s} for variant in GAP_VARIANTS}
+                for gap in gaps_s:
                     # The two ways alternate, so that drift hits both alike.
                     for _ in range(per_gap):
                         for variant in GAP_VARIANTS:
-                            gaps[variant][str(gap)].append(
-                                _request_ms(session, model, inputs, gap, read_after_gap=variant == FRONTEND_RAN))
+                            gaps[variant][str(gap)].append(_request_ms(
+                                session, model, inputs, gap, busy=busy if variant == ONE_CPU_BUSY else None))
                 models[model] = {"back_to_back_ms": back_to_back, "after_gap_ms": gaps}
             machine_after, process_after, wall = _cpu_ticks(), _process_ticks(server.pid), time.monotonic() - started
-            for model in MODELS:
+            for model in models_of:
                 inputs = session.inputs_at(model, LARGEST_SHAPE, rng)
                 models[model]["largest_ms"] = [_request_ms(session, model, inputs) for _ in range(steady)]
         finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
             session.close()
     ticks = os.sysconf("SC_CLK_TCK")
-    busy = (machine_after[0] - machine_before[0]) / max(1, machine_after[1] - machine_before[1])
+    busy = _busy_share(machine_before, machine_after)
     result = {
         "condition": name,
         "openmp": openmp,
         "load_average_before": load_before,
-        # The whole machine's busy share of all CPUs while the gaps ran, and
-        # the server's own CPU in CPUs: the difference is everyone else.
+        "background_busy_share": background,
+        # The whole machine's busy share of all CPUs while the gaps ran (the
+        # busy loop's included), and the server's own CPU in CPUs.
         "machine_busy_share": busy,
         "server_cpus": (process_after - process_before) / ticks / wall,
         "threads_notes": notes,
@@ -415,17 +451,19 @@ def idle_trial(condition, repositories: Dict[str, pathlib.Path], workdir: pathli
         + " | ".join("/".join(f"{statistics.median(values):.2f}" for values in by_gap.values())
                      for by_gap in entry["after_gap_ms"].values())
         for model, entry in models.items())
-    print(f"{name}, round {trial + 1} (OMP_NUM_THREADS={openmp}, machine busy {busy:.0%}): {line}", flush=True)
+    print(f"{name}, round {trial + 1} (OMP_NUM_THREADS={openmp}, others' load {background:.0%}): {line}", flush=True)
     return result
 
 
 def summarize_idle(trials: List[Dict]) -> Dict:
     """Medians over every request of every round, per model and gap."""
+    models_of = list(trials[0]["models"])
     summary = {"openmp": trials[0]["openmp"], "machine_busy_share": [trial["machine_busy_share"] for trial in trials],
+               "background_busy_share": [trial["background_busy_share"] for trial in trials],
                "server_cpus": statistics.median(trial["server_cpus"] for trial in trials),
                "load_average_before": [trial["load_average_before"] for trial in trials],
                "threads_notes": trials[0]["threads_notes"], "models": {}}
-    for model in MODELS:
+    for model in models_of:
         # The first back-to-back requests follow the warmup's last one and
         # the previous model's gaps: the later half is steady.
         steady = statistics.median(value for trial in trials
@@ -433,35 +471,41 @@ def summarize_idle(trials: List[Dict]) -> Dict:
         largest = statistics.median(value for trial in trials for value in trial["models"][model]["largest_ms"][1:])
         gaps = {variant: {} for variant in GAP_VARIANTS}
         for variant in GAP_VARIANTS:
-            for gap in IDLE_GAPS_S:
-                values = [value for trial in trials for value in trial["models"][model]["after_gap_ms"][variant][str(gap)]]
-                gaps[variant][str(gap)] = {"median_ms": statistics.median(values), "max_ms": max(values),
+            for gap in trials[0]["models"][model]["after_gap_ms"][variant]:
+                values = [value for trial in trials for value in trial["models"][model]["after_gap_ms"][variant][gap]]
+                gaps[variant][gap] = {"median_ms": statistics.median(values), "max_ms": max(values),
                                            "ratio": statistics.median(values) / steady}
         summary["models"][model] = {"back_to_back_ms": steady, "largest_ms": largest, "after_gap": gaps}
     return summary
 
 
 def idle_markdown(results: Dict) -> str:
-    gaps = ", ".join(f"{gap * 1000:g} ms" if gap < 1 else f"{gap:g} s" for gap in IDLE_GAPS_S)
+    gaps_s = results.get("gaps_s", IDLE_GAPS_S)
+    gaps = ", ".join(f"{gap * 1000:g} ms" if gap < 1 else f"{gap:g} s" for gap in gaps_s)
     lines = results_header("Warm after an idle gap", results) + [
         f"Each condition on a new tritonserver per round, {results['rounds']} rounds, the conditions alternating "
         f"within each. The four models warmed in one helper request (group sizes 1..16 x batch sizes 1, 2). "
         f"Per model at a warmed shape (group {IDLE_SHAPE.group}, batch {IDLE_SHAPE.batch}), server-side "
         f"compute_infer: {results['steady']} requests back to back (the later half is 'steady'), then "
-        f"{results['per_gap']} after each idle gap ({gaps}) each way: nothing reaches the server during "
-        "the gap (first figure), or a statistics read ends it just before the request (second figure: the "
-        "frontend has just run, as on a server that serves anything else, and as the issue measured). "
-        "Medians over the rounds' requests, and in brackets that median over steady. 'largest': back to "
-        "back at the largest warmed shape (group "
-        f"{LARGEST_SHAPE.group}, batch {LARGEST_SHAPE.batch}). 'machine busy': the share of both CPUs busy "
-        "while the gaps ran, per round; 'server CPUs': the server's own CPU time over that wall time.\n",
+        f"{results['per_gap']} after each idle gap ({gaps}) each way, alternating: on a quiet machine "
+        "(first figure), and with one CPU kept busy by another process through the gap and the request "
+        "(second figure), as another model's traffic or any other process would. Nothing reaches the "
+        "server during a gap. Medians over the rounds' requests, and in brackets that median over steady. "
+        "'largest': back to back at the largest warmed shape (group "
+        f"{LARGEST_SHAPE.group}, batch {LARGEST_SHAPE.batch}). 'others' load': the share of both CPUs busy "
+        "during 1 s before the gaps, with this benchmark and its server idle, per round; 'server CPUs': the "
+        "server's own CPU time over the gaps' wall time.\n",
     ]
     for model in MODELS:
+        if not any(model in row["models"] for row in results["conditions"]):
+            continue
         lines += [f"## {model}", "",
                   "| condition | OMP_NUM_THREADS | steady ms | largest ms | "
-                  + " | ".join(f"after {gap:g} s" for gap in IDLE_GAPS_S) + " |",
-                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in IDLE_GAPS_S) + " |"]
+                  + " | ".join(f"after {gap:g} s" for gap in gaps_s) + " |",
+                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in gaps_s) + " |"]
         for row in results["conditions"]:
+            if model not in row["models"]:
+                continue
             entry = row["models"][model]
             quiet, ran = (entry["after_gap"][variant] for variant in GAP_VARIANTS)
             cells = [f"{quiet[gap]['median_ms']:.2f} / {ran[gap]['median_ms']:.2f} "
@@ -469,10 +513,10 @@ def idle_markdown(results: Dict) -> str:
             lines.append(f"| {row['condition']} | {row['openmp']} | {entry['back_to_back_ms']:.3f} | "
                          f"{entry['largest_ms']:.3f} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Machine and server CPU", "", "| condition | machine busy per round | load average before | "
+    lines += ["## Machine and server CPU", "", "| condition | others' load per round | load average before | "
               "server CPUs while the gaps ran |", "| --- | --- | --- | --- |"]
     for row in results["conditions"]:
-        lines.append(f"| {row['condition']} | {', '.join(f'{share:.0%}' for share in row['machine_busy_share'])} | "
+        lines.append(f"| {row['condition']} | {', '.join(f'{share:.0%}' for share in row['background_busy_share'])} | "
                      f"{', '.join(f'{load:.2f}' for load in row['load_average_before'])} | {row['server_cpus']:.2f} |")
     notes = {row["condition"]: row["threads_notes"] for row in results["conditions"]}
     lines += ["", "The helper's `threads` notes:", ""]
@@ -484,9 +528,11 @@ def idle_markdown(results: Dict) -> str:
 
 
 def run_idle(args, workdir: pathlib.Path) -> None:
-    conditions = [condition for condition in IDLE_CONDITIONS if condition[0] in args.conditions]
+    conditions = [condition for condition in IDLE_CONDITIONS + ISSUE_CONDITIONS if condition[0] in args.conditions]
     if SPINNING[0] in args.conditions:
         conditions.append(SPINNING)
+    if not conditions:
+        return
     repositories = {variant: idle_repository(workdir, variant) for variant in {condition[1] for condition in conditions}}
     trials: Dict[str, List[Dict]] = {condition[0]: [] for condition in conditions}
     for trial in range(args.idle_trials):
@@ -495,15 +541,17 @@ def run_idle(args, workdir: pathlib.Path) -> None:
             if condition is SPINNING and trial:
                 continue
             trials[condition[0]].append(
-                idle_trial(condition, repositories, workdir, trial, args.idle_steady, args.idle_requests))
+                idle_trial(condition, repositories, workdir, trial, args.idle_steady, args.idle_requests,
+                           args.idle_gaps))
     results = {
         **run_record("bench.warm_stays_warm"),
         "rounds": args.idle_trials,
+        "gaps_s": list(args.idle_gaps),
         "steady": args.idle_steady,
         "per_gap": args.idle_requests,
         "conditions": [{"condition": name, **summarize_idle(rows), "trials": rows} for name, rows in trials.items()],
     }
-    write_results(args.output_dir, "warm_after_idle", results, idle_markdown(results))
+    write_results(args.output_dir, args.idle_output, results, idle_markdown(results))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -520,6 +568,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Only these conditions (by name). Default is all.")
     parser.add_argument("--parts", nargs="+", choices=("shapes", "idle"), default=["shapes", "idle"],
                         help="Warmed shapes at their first request, and warm after an idle gap. Default is both.")
+    parser.add_argument("--idle-output", default="warm_after_idle",
+                        help="The idle part's results file name, without suffix. Default is warm_after_idle.")
+    parser.add_argument("--idle-gaps", type=float, nargs="+", default=list(IDLE_GAPS_S),
+                        help="Idle gaps in seconds. Default is 0.05 0.2 1 5.")
     parser.add_argument("--idle-trials", type=int, default=3,
                         help="Rounds of the idle-gap conditions, each on new servers. Default is 3.")
     parser.add_argument("--idle-steady", type=int, default=20,

@@ -66,6 +66,26 @@ def test_warm_stays_warm_warms_the_four_models_from_one_trace_and_scores_every_p
     assert "second pass" in page and "settled passes" in page
 
 
+def test_warm_stays_warm_measures_every_model_after_idle_gaps_in_a_mixed_repository(tmp_path):
+    condition = "mixed, text-encoder at 2, smallest count"
+    finished = run_module("bench.warm_stays_warm", "--parts", "idle", "--conditions", condition, "--idle-trials", "1",
+                          "--idle-steady", "2", "--idle-requests", "1", "--idle-gaps", "0.01",
+                          "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert not (tmp_path / "warm_stays_warm.json").exists()
+    (row,) = json.loads((tmp_path / "warm_after_idle.json").read_text())["conditions"]
+    assert row["condition"] == condition
+    # The launcher's policy for that repository, and the helper's note on the model above it.
+    assert row["openmp"] == "1"
+    assert "switches its backend thread to 2" in row["threads_notes"]["text-encoder"]
+    assert row["threads_notes"]["model-v1"] is None
+    assert set(row["models"]) == {"model-v1", "model-v2", "model-v3", "text-encoder"}
+    for entry in row["models"].values():
+        assert set(entry["after_gap"]) == {"quiet", "one CPU busy"}
+        assert all(set(by_gap) == {"0.01"} for by_gap in entry["after_gap"].values())
+    assert "## text-encoder" in (tmp_path / "warm_after_idle.md").read_text()
+
+
 def test_the_s3_benchmark_reports_both_sources(tmp_path):
     finished = run_module("bench.s3_benchmark", "--trials", "1", "--models", "model-v1", "--output-dir", str(tmp_path),
                           timeout=MODULE_TIMEOUT_S - 30)
