@@ -185,8 +185,9 @@ class LockHold(_Record):
 
 @dataclasses.dataclass
 class Timings(_Record):
-    """Where a load-mode warmup's time went, in three parts that add up to
-    ``total_s``: the preflight, Triton's load with its warmup (``load_s``)
+    """Where a load-mode warmup's time went, in parts that add up to
+    ``total_s``: the wait for a load slot while other models were in Triton
+    (``slot_s``), the preflight, Triton's load with its warmup (``load_s``)
     or the in-place runs that replace it (``in_place_s``), and the helper's
     own time (``helper_s``: everything else, such as
     waiting for the model's lock, re-planning under it and writing the
@@ -201,11 +202,15 @@ class Timings(_Record):
     # A READY model warmed in place: its new samples on the serving
     # instances, in place of Triton's load (``helper/rewarm.py``).
     in_place_s: float = 0.0
+    # Waiting for one of max_parallel_loads' slots (``load_jobs.run_jobs``).
+    slot_s: float = 0.0
 
     def settle(self, total_s: float) -> None:
         """Set the total and the helper's own part of it."""
         self.total_s = round(total_s, 6)
-        self.helper_s = round(max(0.0, total_s - self.preflight_s - self.load_s - self.in_place_s), 6)
+        self.helper_s = round(
+            max(0.0, total_s - self.slot_s - self.preflight_s - self.load_s - self.in_place_s), 6
+        )
 
 
 

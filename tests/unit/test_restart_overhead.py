@@ -100,39 +100,67 @@ def test_large_backend_files_count_by_size_and_time_not_read(tmp_path, monkeypat
     assert identity_from_argv(None) is None
 
 
-def test_the_helpers_own_work_goes_on_while_loads_hold_every_slot(many):
-    """With one load slot and a load that blocks, the next models are
-    locked and planned again meanwhile; only their loads wait."""
+def test_the_helpers_own_work_goes_on_while_loads_hold_every_slot(many, monkeypatch):
+    """With one load slot and a load that blocks, the next model is locked
+    and checked meanwhile; only its load waits."""
     repository, names = many
     restart(repository, names)
     release = threading.Event()
     control = control_for(repository)
-    real_load = control.load
-    replanned, loading = [], []
+    real_load, real_lock = control.load, repository_guard.model_lock
+    locked, loading = [], []
 
     def slow_load(name, *args, **kwargs):
         loading.append(name)
         release.wait(10)
         return real_load(name, *args, **kwargs)
 
+    def counted_lock(model_dir, *args, **kwargs):
+        locked.append(model_dir.name)
+        return real_lock(model_dir, *args, **kwargs)
+
     control.load = slow_load
+    monkeypatch.setattr("triton_warmup.helper.load_jobs.model_lock", counted_lock)
     plan = plan_jobs(repository, warmup_request(tuple(names[:2]), group_max=3, batch_sizes=(1,)))
-    for job in plan.jobs:
-        replan = job.replan
-
-        def counted(replan=replan, name=job.name):
-            replanned.append(name)
-            return replan()
-
-        job.replan = counted
     runner = threading.Thread(target=lambda: run_jobs(plan, control, max_parallel=1,
                                                       preflight=preflight(Infer(), server_identity="identity")))
     runner.start()
     deadline = time.monotonic() + 10
-    while len(replanned) < 2 and time.monotonic() < deadline:
+    while len(locked) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    # Both replanned, one loads, the other waits for its slot.
-    assert sorted(replanned) == sorted(names[:2]) and len(loading) == 1
+    time.sleep(0.2)
+    # Both locked (and checked), one loads, the other waits for its slot.
+    assert sorted(locked) == sorted(names[:2]) and len(loading) == 1
     release.set()
     runner.join(10)
     assert sorted(loading) == sorted(names[:2])
+
+
+def test_a_file_no_one_touched_is_not_planned_twice_and_one_that_changed_is(many, monkeypatch):
+    repository, names = many
+    restart(repository, names)
+    plan = plan_jobs(repository, warmup_request(tuple(names[:2]), group_max=3, batch_sizes=(1,)))
+    replanned = []
+    for job in plan.jobs:
+        real = job.replan
+        job.replan = lambda real=real, name=job.name: replanned.append(name) or real()
+    # Another writer changes the second model's file between the plan and the lock.
+    config = repository / names[1] / "config.pbtxt"
+    config.write_text(config.read_text() + "\n# edited by hand\n")
+    entries = run_jobs(plan, control_for(repository), max_parallel=1,
+                       preflight=preflight(Infer(), server_identity="identity"))
+    assert all(entry.ready for entry in entries) and replanned == [names[1]]
+
+
+def test_one_listing_per_wave_replaces_a_readiness_probe_per_model(many):
+    repository, names = many
+    restart(repository, names)
+    control = control_for(repository)
+    probes, listings = [], []
+    real_is_ready = control.is_ready
+    control.is_ready = lambda name: probes.append(name) or real_is_ready(name)
+    control.repository_index = lambda: listings.append(1) or [{"name": name} for name in names]
+    plan = plan_jobs(repository, warmup_request(tuple(names), group_max=3, batch_sizes=(1,)))
+    entries = run_jobs(plan, control, max_parallel=4, preflight=preflight(Infer(), server_identity="identity"))
+    assert all(entry.ready for entry in entries)
+    assert listings == [1] and probes == []

@@ -85,6 +85,7 @@ def run_job(
     rewarm: Optional[Rewarm] = None,
     stopping: Optional[Callable[[], bool]] = None,
     load_slot: Optional[threading.Semaphore] = None,
+    not_ready_hint: bool = False,
 ) -> ModelEntry:
     """Check the samples, rewrite the config and load the model; put the
     config back if the load fails. A READY model whose change can warm in
@@ -106,6 +107,10 @@ def run_job(
             reloads it.
         stopping: true once the server shuts down: a wait for the model's
             lock ends then.
+        not_ready_hint: the repository index said the model is not READY
+            (``run_jobs`` reads it once per wave): no probe of its own. Only
+            this answer is taken on trust; a wrong one costs a reload, never
+            a request to a model that is gone.
         load_slot: held while Triton works for this model (the preflight's
             runs and loads, the in-place runs, the load); the helper's own
             work (lock, replan, record checks) takes none, so that it goes on
@@ -136,10 +141,13 @@ def run_job(
         timings=Timings(),
     )
     started, started_at = time.monotonic(), time.time()
-    try:
-        was_ready = control.is_ready(job.name)
-    except Exception:  # noqa: BLE001 - only the report uses it
-        was_ready = None
+    if not_ready_hint:
+        was_ready = False
+    else:
+        try:
+            was_ready = control.is_ready(job.name)
+        except Exception:  # noqa: BLE001 - only the report uses it
+            was_ready = None
     try:
         with model_lock(job.model_dir, lock_timeout_s, stopping) as hold:
             try:
@@ -148,14 +156,18 @@ def run_job(
                     # A writer that died between its rewrite and the end of
                     # its load (Triton crashed) left its backup: undo first.
                     entry.interrupted_rewrite_restored = restore_interrupted_rewrite(job.model_dir)
-                    # Another writer may have changed the file while we waited.
+                    # Another writer may have changed the file while we waited;
+                    # a file no one touched needs no second plan.
                     replan_started = time.monotonic()
-                    job = dataclasses.replace(job.replan(), warmed_for=job.warmed_for)
+                    if hold.waited_s > 0 or entry.interrupted_rewrite_restored or not _unchanged_since_planned(job):
+                        job = dataclasses.replace(job.replan(), warmed_for=job.warmed_for)
                     entry.timings.replan_s = _since(replan_started)
                     entry.config_changed = job.rewrite.changed
                     entry.warmup_samples = job.samples
                     entry.learned_samples = job.learned
+                slot_asked = time.monotonic()
                 with load_slot if load_slot is not None else contextlib.nullcontext():
+                    entry.timings.slot_s = _since(slot_asked)
                     if stopping is not None and stopping():
                         entry.error = NOT_STARTED_STOPPING
                     elif _preflight_passes(job, control, entry, was_ready, preflight):
@@ -175,6 +187,27 @@ def run_job(
     if entry.ready:
         entry.seconds_to_ready = round(entry.timings.total_s, 3)
     return entry
+
+
+def _unchanged_since_planned(job: ModelWarmupJob) -> bool:
+    try:
+        return job.rewrite.path.read_bytes() == job.rewrite.original
+    except OSError:
+        return False
+
+
+def not_ready_models(control, names) -> frozenset:
+    """Those of ``names`` the repository index says are not READY, in one
+    call; empty where the control cannot list (``pb_utils``) or the listing
+    fails (Triton's index race while a folder changes)."""
+    index = getattr(control, "repository_index", None)
+    if index is None:
+        return frozenset()
+    try:
+        ready = {entry["name"] for entry in index() if entry.get("state") == "READY"}
+    except Exception:  # noqa: BLE001 - each job asks on its own instead
+        return frozenset()
+    return frozenset(name for name in names if name not in ready)
 
 
 def run_jobs(
@@ -217,10 +250,12 @@ def run_jobs(
             on_done(entry)
         return entry
 
+    not_ready: frozenset = frozenset()
+
     def run_one(job: ModelWarmupJob) -> ModelEntry:
         if stopping is not None and stopping():
             return settled(ModelEntry(name=job.name, kind=job.kind.label, error=NOT_STARTED_STOPPING))
-        entry = run_job(job, control, lock_timeout_s, preflight, rewarm, stopping, load_slots)
+        entry = run_job(job, control, lock_timeout_s, preflight, rewarm, stopping, load_slots, job.name in not_ready)
         if entry.error and entry.error != NOT_STARTED_STOPPING and stopping is not None and _stopped(stopping):
             # What failed was the server going away, not the model.
             entry.error = f"{STOPPED_DURING}: {entry.error}"
@@ -250,6 +285,8 @@ def run_jobs(
         planned = [_planned_with_shapes(job, flows) for job in wave]
         entries.update((entry.name, settled(entry)) for entry in planned if isinstance(entry, ModelEntry))
         jobs = [job for job in planned if isinstance(job, ModelWarmupJob)]
+        # One listing for the wave instead of a probe per model.
+        not_ready = not_ready_models(control, [job.name for job in jobs])
         for entry in run_each(jobs, run_one, 2 * max(1, max_parallel), started):
             entries[entry.name] = entry
         for flow in flows:

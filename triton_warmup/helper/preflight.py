@@ -43,7 +43,7 @@ from triton_warmup.helper.model_kind import Infer, ModelKind, correlation_ids, r
 from triton_warmup.report import PREFLIGHT_RECORD, PREFLIGHT_SCRATCH, PREFLIGHT_SERVING, PreflightRecord, one_line
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOLDER, config_json, render_config
 from triton_warmup.helper.repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
-from triton_warmup.helper.preflight_record import fingerprint, known_good, write_record
+from triton_warmup.helper.preflight_record import fingerprint, known_good, passed_samples, write_record
 from triton_warmup.helper.requests_mode import sample_arrays
 from triton_warmup.threads import runs_in_libtorch
 
@@ -241,7 +241,9 @@ class Preflight:
             except OSError as error:
                 raise PreflightFailed(f"reading the model's files failed: {error}") from None
             current = self._fingerprint(job, files, versions, config)
-            recorded = known_good(job.model_dir, job.name, current, config) if current else []
+            # Read once: the write below compares against the same record.
+            passed = passed_samples(job.model_dir, job.name, current) if current else frozenset()
+            recorded = known_good(job.model_dir, job.name, current, config, passed) if current else []
             record.samples_recorded = len(recorded)
             serving, why = self._serving_runs_these_files(job.name, files) if was_ready else (False, None)
             if serving:
@@ -263,7 +265,7 @@ class Preflight:
                 self._check_scratch(job, control, config, versions, files, record, recorded)
             if current is not None:
                 try:
-                    write_record(job.model_dir, job.name, current, config.model_warmup)
+                    write_record(job.model_dir, job.name, current, config.model_warmup, passed)
                 except OSError:
                     pass  # the record only saves time; the next preflight runs the samples
         except PreflightFailed as failure:

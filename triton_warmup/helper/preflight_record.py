@@ -170,26 +170,38 @@ def passed_samples(model_dir: pathlib.Path, model: str, current: Mapping) -> fro
 
 
 def known_good(
-    model_dir: pathlib.Path, model: str, current: Mapping, config: model_config_pb2.ModelConfig
+    model_dir: pathlib.Path,
+    model: str,
+    current: Mapping,
+    config: model_config_pb2.ModelConfig,
+    passed: Optional[frozenset] = None,
 ) -> List[model_config_pb2.ModelWarmup]:
-    """The samples of ``config`` that a valid record says passed."""
-    passed = passed_samples(model_dir, model, current)
+    """The samples of ``config`` that a valid record says passed
+    (``passed``: what ``passed_samples`` read, when the caller has it)."""
+    if passed is None:
+        passed = passed_samples(model_dir, model, current)
     return [sample for sample in config.model_warmup if sample_digest(sample) in passed]
 
 
 def write_record(
-    model_dir: pathlib.Path, model: str, current: Mapping, samples: Iterable[model_config_pb2.ModelWarmup]
+    model_dir: pathlib.Path,
+    model: str,
+    current: Mapping,
+    samples: Iterable[model_config_pb2.ModelWarmup],
+    held: Optional[frozenset] = None,
 ) -> Optional[pathlib.Path]:
     """Record that ``samples`` passed against ``current``, keeping what a
-    valid record already holds; call it under the model's lock. Returns the
-    file, or ``None`` where the repository folder may not be written."""
+    valid record already holds (``held``: what ``passed_samples`` read under
+    the same lock, when the caller has it); call it under the model's lock.
+    Returns the file, or ``None`` where the repository folder may not be written."""
     path = record_path(model_dir)
-    if unwritable_reason(path) is not None:
-        return None
-    held = passed_samples(model_dir, model, current)
+    if held is None:
+        held = passed_samples(model_dir, model, current)
     digests = set(held) | {sample_digest(sample) for sample in samples}
     if digests == held:
         return path  # a restart's record already says it all: no rewrite, no fsync
+    if unwritable_reason(path) is not None:
+        return None
     body = {"format": FORMAT, "model": model, "fingerprint": current, "samples": sorted(digests)}
     body = json.loads(json.dumps(body))
     write_atomically(path, json.dumps({"record": body, "checksum": _checksum(body)}, indent=1).encode())

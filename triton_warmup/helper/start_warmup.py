@@ -25,7 +25,6 @@ import threading
 import time
 from typing import Callable, Optional, Tuple
 
-from triton_warmup.helper.plan_file import PlanFileError, load_plan, locate_plan_error
 from triton_warmup.helper.request import (
     DEFAULT_GROUP_SIZE_MAX,
     DEFAULT_GROUP_SIZE_MIN,
@@ -89,6 +88,10 @@ def read_start_plan(
         )
     if not path.is_file():
         raise StartPlanError(f"{path}: no such plan file ({PARAMETER} names it in the helper's config.pbtxt)")
+    # Imported here: YAML is needed only for a plan file, and every import of
+    # the helper's initialize delays the server's READY (and every model's).
+    from triton_warmup.helper.plan_file import PlanFileError, load_plan, locate_plan_error  # noqa: PLC0415
+
     try:
         document, _ = load_plan(path, helper_name)
         # allowed_models is the helper's own rule, which the file's check does not know.
@@ -111,6 +114,8 @@ def check_start_plan(source: str, request: WarmupRequest, plan: Callable[[Warmup
     try:
         plan(request)
     except WarmupRequestError as error:
+        from triton_warmup.helper.plan_file import locate_plan_error  # noqa: PLC0415 - see read_start_plan
+
         path = pathlib.Path(source)
         where = locate_plan_error(path, error) if path.is_file() else None
         raise StartPlanError(where or f"{source}: {error.message}") from None

@@ -19,7 +19,6 @@ import pathlib
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import ijson
-import tqdm
 
 from triton_warmup.traffic.raw_text import RawTextError, RawTextReader
 
@@ -199,6 +198,10 @@ def read_requests(
     # are of no use.
     done: Set[TraceId] = set()
     runs: Dict[pathlib.Path, int] = {}
+
+    # Imported here: the helper's traffic watch reads traces without a bar,
+    # and its imports delay the server's READY.
+    import tqdm  # noqa: PLC0415
 
     # tqdm's disable=None means "only on a terminal".
     disable = None if show_progress is None else not show_progress
