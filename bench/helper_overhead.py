@@ -22,6 +22,15 @@ only a trivial Python model, alternating: from Triton's "loading" line to
 "successfully loaded", and its two parts (the model's stub, which imports
 ``model.py`` to look for ``auto_complete_config``, and the instance's,
 which imports it again and runs ``initialize``). Verbose log timestamps.
+
+**A PyTorch 2 restart.** compiled-encoder warmed once through the helper
+(group sizes 1..8 x batch sizes 1, 2, 4: a first start, which fills
+Inductor's cache and the preflight record); then pairs on that repository
+and cache, each on a fresh server, the order alternating: the restart as
+the docs recommend (``warm_on_start`` naming the same plan: the helper
+warms it once the server is up) against Triton alone (``--load-model=compiled-encoder``, the
+rewritten config, no helper). Each from the server process's start to the
+model READY (``/v2/models/.../ready`` polled every 20 ms).
 """
 
 import argparse
@@ -54,6 +63,12 @@ from triton_warmup.threads import Machine
 
 SIZES = (48, 96)
 LOAD_TRIALS = 5
+PYTORCH2_PAIRS = 3
+PYTORCH2_MODEL = "compiled-encoder"
+# The pytorch2 benchmark's plan.
+PYTORCH2_GROUP_MAX = 8
+PYTORCH2_BATCH_SIZES = [1, 2, 4]
+PYTORCH2_FEATURE_DIM = 64
 # Each part of a job: (label, the functions whose cumulative time it is).
 # Nested parts are not subtracted: replan runs inside the lock, the
 # preflight's record read inside the preflight.
@@ -163,8 +178,8 @@ def _log_time(line: str) -> float:
     return datetime.datetime.strptime(line[1:5] + " " + line[6:21], "%m%d %H:%M:%S.%f").timestamp()
 
 
-def helper_load_times(workdir: pathlib.Path, trials: int) -> Dict[str, List[Dict]]:
-    repository = workdir / "model_repository"
+def helper_load_times(workdir: pathlib.Path, trials: int, flags: List[str]) -> Dict[str, List[Dict]]:
+    repository = workdir / ("model_repository-flags" if flags else "model_repository")
     shutil.copytree(PROJECT_ROOT / "model_repository" / HELPER_MODEL, repository / HELPER_MODEL,
                     ignore=shutil.ignore_patterns("__pycache__"))
     (repository / "trivial" / "1").mkdir(parents=True)
@@ -179,7 +194,8 @@ def helper_load_times(workdir: pathlib.Path, trials: int) -> Dict[str, List[Dict
     for trial in range(trials):
         order = ("trivial", HELPER_MODEL) if trial % 2 == 0 else (HELPER_MODEL, "trivial")
         for model in order:
-            server = serve(repository, workdir / f"{model}-{trial}", log_verbose=1, load_models=[model])
+            server = serve(repository, workdir / f"{model}-{trial}{'-flags' if flags else ''}", log_verbose=1,
+                           load_models=[model], extra_args=flags)
             with server:
                 lines = server.log_text().splitlines()
             loading = _log_time(next(line for line in lines if f'"loading: {model}:' in line))
@@ -189,6 +205,78 @@ def helper_load_times(workdir: pathlib.Path, trials: int) -> Dict[str, List[Dict
             times[model].append({"model_stub_s": instance - loading, "instance_s": loaded - instance,
                                  "total_s": loaded - loading})
     return times
+
+
+def _until_ready(server: EmbeddedTriton, model: str, started: float, timeout_s: float = 600) -> float:
+    """Seconds from ``started`` until ``model`` answers READY."""
+    import tritonclient.http as httpclient  # noqa: PLC0415
+
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        while time.perf_counter() - started < timeout_s:
+            try:
+                if client.is_model_ready(model):
+                    return time.perf_counter() - started
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.02)
+    raise TimeoutError(f"{model} not READY within {timeout_s} s")
+
+
+# Triton's Python backend starts a stub process per Python model to ask its
+# auto_complete_config, before the instance's stub: about 1.25 s here, for
+# a trivial model as for the helper. Triton's flag skips it.
+NO_AUTO_COMPLETE = "--disable-auto-complete-config"
+
+
+def pytorch2_restart_pairs(workdir: pathlib.Path, pairs: int) -> Dict:
+    from bench.measure import copy_repository  # noqa: PLC0415
+    from triton_warmup.client.warm import request_warmup  # noqa: PLC0415
+
+    repository = copy_repository(workdir / "model_repository")
+    for name in [path.name for path in repository.iterdir()]:
+        if name not in (PYTORCH2_MODEL, HELPER_MODEL):
+            shutil.rmtree(repository / name)
+    cache = workdir / "inductor-cache"
+    environment = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    arrays = shape_arrays([PYTORCH2_MODEL], 1, PYTORCH2_GROUP_MAX, [PYTORCH2_FEATURE_DIM], PYTORCH2_BATCH_SIZES)
+    with serve(repository, workdir / "first", extra_env=environment) as server:
+        session = Session(server.http_url, repository, server.log_path)
+        try:
+            request_warmup(session.client, "http", arrays, timeout_s=900)
+        finally:
+            session.close()
+    # The restart as the docs recommend it: the helper warms its plan at start.
+    from triton_warmup.client.install_helper import set_warm_on_start  # noqa: PLC0415
+
+    plan_file = workdir / "start.yaml"
+    plan_file.write_text(
+        f"models:\n  {PYTORCH2_MODEL}: {{group_size_max: {PYTORCH2_GROUP_MAX}, feature_dim: {PYTORCH2_FEATURE_DIM}, "
+        f"batch_sizes: {PYTORCH2_BATCH_SIZES}}}\n"
+    )
+    set_warm_on_start(repository / HELPER_MODEL, str(plan_file))
+    return {flags or "default flags": _pairs(workdir, repository, environment, pairs, [flags] if flags else [])
+            for flags in ("", NO_AUTO_COMPLETE)}
+
+
+def _pairs(workdir: pathlib.Path, repository: pathlib.Path, environment: Dict[str, str], pairs: int,
+           flags: List[str]) -> Dict:
+    runs: Dict[str, List[float]] = {"through the helper": [], "Triton alone": []}
+    for pair in range(pairs):
+        order = ("through the helper", "Triton alone") if pair % 2 == 0 else ("Triton alone", "through the helper")
+        for way in order:
+            alone = way == "Triton alone"
+            folder = workdir / f"{'alone' if alone else 'helper'}-{pair}{'-no-auto-complete' if flags else ''}"
+            server = serve(repository, folder, extra_env=environment, extra_args=flags,
+                           load_models=[PYTORCH2_MODEL] if alone else [HELPER_MODEL])
+            server.start()
+            # start() assembles the backend folder first; the process starts as it returns.
+            started = time.perf_counter()
+            try:
+                runs[way].append(_until_ready(server, PYTORCH2_MODEL, started))
+            finally:
+                server.stop()
+    ratios = [helper / alone for helper, alone in zip(runs["through the helper"], runs["Triton alone"])]
+    return {"runs": runs, "ratios": ratios, "median_ratio": statistics.median(ratios)}
 
 
 def _median(runs: List[Dict], key: str) -> float:
@@ -215,20 +303,38 @@ def markdown(results: Dict) -> str:
     rows.append(["fsyncs / files written"]
                 + [f"{run['fsyncs']} / {len(run['files_written'])}" for run in results["split"]])
     parts.append(table(header, rows))
-    load = results["helper_load"]
     parts.append(
-        f"\n## The helper's own load against a trivial Python model\n\nFresh servers, each loading one of them, "
-        f"alternating, {len(load['trivial'])} each; seconds from Triton's `loading` line to `successfully loaded`, "
-        "medians. Target: within 0.2 s.\n"
+        "\n## The helper's own load against a trivial Python model\n\nFresh servers, each loading one of them, "
+        "alternating; seconds from Triton's `loading` line to `successfully loaded`, medians. With Triton's default "
+        f"flags, and with `{NO_AUTO_COMPLETE}`, which skips the stub each Python model gets to ask its "
+        "`auto_complete_config`. Target: within 0.2 s of the trivial model.\n"
     )
     rows = []
-    for model in ("trivial", HELPER_MODEL):
-        rows.append((model, f"{_median(load[model], 'model_stub_s'):.3f}", f"{_median(load[model], 'instance_s'):.3f}",
-                     f"{_median(load[model], 'total_s'):.3f}",
-                     ", ".join(f"{run['total_s']:.3f}" for run in load[model])))
-    parts.append(table(("model", "model's stub s", "instance's stub and initialize s", "total s", "runs"), rows))
-    gap = _median(load[HELPER_MODEL], "total_s") - _median(load["trivial"], "total_s")
-    parts.append(f"\nThe helper loads {gap:.3f} s slower than a trivial Python model (medians).\n")
+    for flags, load in results["helper_load"].items():
+        for model in ("trivial", HELPER_MODEL):
+            rows.append((flags, model, f"{_median(load[model], 'model_stub_s'):.3f}",
+                         f"{_median(load[model], 'instance_s'):.3f}", f"{_median(load[model], 'total_s'):.3f}",
+                         ", ".join(f"{run['total_s']:.3f}" for run in load[model])))
+        gap = _median(load[HELPER_MODEL], "total_s") - _median(load["trivial"], "total_s")
+        rows.append((flags, "**the helper's gap**", "", "", f"**{gap:+.3f}**", ""))
+    parts.append(table(("flags", "model", "model's stub s", "instance's stub and initialize s", "total s", "runs"),
+                       rows))
+    pytorch2 = results.get("pytorch2")
+    if pytorch2:
+        parts.append(
+            f"\n## A PyTorch 2 restart through the helper against Triton alone\n\n{PYTORCH2_MODEL}, warmed once "
+            f"(group sizes 1..{PYTORCH2_GROUP_MAX} x batch sizes {PYTORCH2_BATCH_SIZES}); then pairs on that "
+            "repository and Inductor cache, fresh servers, the order alternating; seconds from the server's start "
+            "to the model READY; through the helper with `warm_on_start` naming the same plan. With Triton's "
+            f"default flags, and with `{NO_AUTO_COMPLETE}` (both ways). Target: 1.15x.\n"
+        )
+        rows = []
+        for flags, figures in pytorch2.items():
+            for pair, (helper, alone, ratio) in enumerate(zip(figures["runs"]["through the helper"],
+                                                             figures["runs"]["Triton alone"], figures["ratios"])):
+                rows.append((flags, pair + 1, f"{helper:.2f}", f"{alone:.2f}", f"{ratio:.3f}x"))
+            rows.append((flags, "**median**", "", "", f"**{figures['median_ratio']:.3f}x**"))
+        parts.append(table(("flags", "pair", "through the helper s", "Triton alone s", "ratio"), rows))
     return "\n".join(parts) + "\n"
 
 
@@ -238,6 +344,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"Models per repository. Default is {' '.join(map(str, SIZES))}.")
     parser.add_argument("--load-trials", type=int, default=LOAD_TRIALS,
                         help=f"Loads of each of the helper and the trivial model. Default is {LOAD_TRIALS}.")
+    parser.add_argument("--pytorch2-pairs", type=int, default=PYTORCH2_PAIRS,
+                        help=f"PyTorch 2 restart pairs; 0 leaves them out. Default is {PYTORCH2_PAIRS}.")
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
     args = parser.parse_args(argv)
@@ -249,7 +357,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             results["split"].append(run)
             print(f"{size} models: the helper's own {run['helper_ms_per_model']:.2f} ms per model (profiled), "
                   f"{run['fsyncs']} fsyncs, {len(run['files_written'])} files written", flush=True)
-        results["helper_load"] = helper_load_times(workdir / "load", args.load_trials)
+        results["helper_load"] = {
+            flags or "default flags": helper_load_times(workdir / "load", args.load_trials, [flags] if flags else [])
+            for flags in ("", NO_AUTO_COMPLETE)
+        }
+        if args.pytorch2_pairs:
+            results["pytorch2"] = pytorch2_restart_pairs(workdir / "pytorch2", args.pytorch2_pairs)
+            print("PyTorch 2 restart: " + ", ".join(f"{flags} {figures['median_ratio']:.3f}x Triton alone"
+                                                   for flags, figures in results["pytorch2"].items()), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     write_results(args.output_dir, "helper_overhead", results, markdown(results))

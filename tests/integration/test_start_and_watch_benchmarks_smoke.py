@@ -1,4 +1,4 @@
-"""The warm_on_start, traffic-watch and learning benchmarks run end to end on small
+"""The warm_on_start, traffic-watch, learning and helper-overhead benchmarks run end to end on small
 inputs and write every figure they promise; the numbers themselves are for
 `make bench`."""
 
@@ -8,8 +8,9 @@ import pytest
 
 from live_server import run_module
 
-# start_benchmark: 4 server starts; watch_benchmark: 2, with 60 and 160 requests; adapt_benchmark: 2.
-MODULE_TIMEOUT_S = 300
+# start_benchmark: 4 server starts; watch_benchmark: 2, with 60 and 160 requests; adapt_benchmark: 2;
+# helper_overhead: 4.
+MODULE_TIMEOUT_S = 420
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
@@ -65,3 +66,20 @@ def test_adapt_benchmark_learns_the_shape_and_reports_every_figure(tmp_path):
     assert run["cold_share_after"] == 0.0 and run["cold_share_before"] > 0, run
     assert len(run["helper_log"]) == 1 and "learned 'model-v1'" in run["helper_log"][0]
     assert "## Against the targets" in (tmp_path / "adapt_benchmark.md").read_text()
+
+
+def test_helper_overhead_splits_a_restart_and_times_the_helpers_load(tmp_path):
+    finished = run_module("bench.helper_overhead", "--sizes", "4", "--load-trials", "1", "--pytorch2-pairs", "0",
+                          "--output-dir", str(tmp_path), timeout=MODULE_TIMEOUT_S - 30)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((tmp_path / "helper_overhead.json").read_text())
+    (split,) = results["split"]
+    assert split["ready"] == 4 and split["helper_ms_per_model"] > 0, split
+    # A restart where nothing changed writes nothing.
+    assert split["fsyncs"] == 0 and split["files_written"] == [], split
+    assert split["ms_per_model"]["Triton's load (HTTP, Triton's own time)"] > 0
+    assert set(results["helper_load"]) == {"default flags", "--disable-auto-complete-config"}
+    for load in results["helper_load"].values():
+        for model in ("trivial", "warmup_helper"):
+            (run,) = load[model]
+            assert run["total_s"] >= run["instance_s"] > 0, run
