@@ -96,6 +96,7 @@ bench: venv backend models
 	$(PY) -m bench.start_benchmark
 	$(PY) -m bench.watch_benchmark
 	$(PY) -m bench.adapt_benchmark
+	$(PY) -m bench.helper_overhead
 	$(PY) -m bench.figures
 
 # Run every command the README and the docs show (blocks marked
