@@ -528,16 +528,24 @@ def idle_markdown(results: Dict) -> str:
 
 
 def run_idle(args, workdir: pathlib.Path) -> None:
-    conditions = [condition for condition in IDLE_CONDITIONS + ISSUE_CONDITIONS if condition[0] in args.conditions]
+    """The four-model conditions into ``--idle-output``, issue 40's
+    repository into the same name with ``_issue_repository``: two runs, each
+    with its conditions alternating."""
+    four = [condition for condition in IDLE_CONDITIONS if condition[0] in args.conditions]
     if SPINNING[0] in args.conditions:
-        conditions.append(SPINNING)
-    if not conditions:
-        return
+        four.append(SPINNING)
+    issue = [condition for condition in ISSUE_CONDITIONS if condition[0] in args.conditions]
+    for conditions, name in ((four, args.idle_output), (issue, f"{args.idle_output}_issue_repository")):
+        if conditions:
+            _run_idle_conditions(args, workdir, conditions, name)
+
+
+def _run_idle_conditions(args, workdir: pathlib.Path, conditions, name: str) -> None:
     repositories = {variant: idle_repository(workdir, variant) for variant in {condition[1] for condition in conditions}}
     trials: Dict[str, List[Dict]] = {condition[0]: [] for condition in conditions}
     for trial in range(args.idle_trials):
         for condition in conditions:
-            # Spinning is measured once, last: its cost is the CPU, not a latency.
+            # Spinning is measured once: its cost is the CPU, not a latency.
             if condition is SPINNING and trial:
                 continue
             trials[condition[0]].append(
@@ -549,9 +557,10 @@ def run_idle(args, workdir: pathlib.Path) -> None:
         "gaps_s": list(args.idle_gaps),
         "steady": args.idle_steady,
         "per_gap": args.idle_requests,
-        "conditions": [{"condition": name, **summarize_idle(rows), "trials": rows} for name, rows in trials.items()],
+        "conditions": [{"condition": condition, **summarize_idle(rows), "trials": rows}
+                       for condition, rows in trials.items()],
     }
-    write_results(args.output_dir, args.idle_output, results, idle_markdown(results))
+    write_results(args.output_dir, name, results, idle_markdown(results))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -564,7 +573,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--group-size-max", type=int, default=LONGEST,
                         help=f"The range plan's largest group size. Default is {LONGEST}.")
     parser.add_argument("--conditions", nargs="+",
-                        default=[condition[0] for condition in CONDITIONS + IDLE_CONDITIONS + (SPINNING,)],
+                        default=[condition[0] for condition in
+                                 CONDITIONS + IDLE_CONDITIONS + (SPINNING,) + ISSUE_CONDITIONS],
                         help="Only these conditions (by name). Default is all.")
     parser.add_argument("--parts", nargs="+", choices=("shapes", "idle"), default=["shapes", "idle"],
                         help="Warmed shapes at their first request, and warm after an idle gap. Default is both.")
