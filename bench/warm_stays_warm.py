@@ -320,6 +320,9 @@ ISSUE_CONDITIONS = (
     ("mixed, text-encoder without a count, before, model-v1 and text-encoder", "no count",
      {threads.OPENMP_VARIABLE: OPENMP_DEFAULT}, ISSUE_MODELS),
     ("mixed, text-encoder without a count, smallest count, model-v1 and text-encoder", "no count", {}, ISSUE_MODELS),
+    # With one team, spinning holds: what it costs in CPU while the server idles.
+    ("mixed, text-encoder without a count, before, OMP_WAIT_POLICY=active, model-v1 and text-encoder", "no count",
+     {threads.OPENMP_VARIABLE: OPENMP_DEFAULT, "OMP_WAIT_POLICY": "active"}, ISSUE_MODELS),
 )
 # Spinning instead of sleeping, measured for its CPU cost: not a default.
 SPINNING = ("mixed, text-encoder without a count, before, OMP_WAIT_POLICY=active", "no count",
