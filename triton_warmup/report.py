@@ -228,9 +228,11 @@ class ModelEntry(_Record):
         members: an ensemble's composing models, nested ensembles' included.
         warmed_for: the ensembles whose shapes this model was warmed with.
         derived_samples: how many of its samples are those shapes.
-        threads: why its warmed shapes may go slow again: the server's
-            OpenMP thread count differs from the model's (``threads.py``);
-            the largest sample was warmed first to soften it.
+        threads: the server's OpenMP thread count differs from the model's
+            (``threads.py``), and its largest sample was warmed first. Above
+            OpenMP's count (where models disagree, OpenMP starts at the
+            smallest), what libtorch does about it; below, why its warmed
+            shapes may go slow again and after idle pauses, and the fix.
         warmup_samples, count, instances: the plan: samples in the config,
             runs per sample, instances that run each.
         learned_samples: samples learned from live traffic that the config

@@ -118,6 +118,11 @@ def intra_op_threads(config: model_config_pb2.ModelConfig, machine: Machine) -> 
     return _own_count(config) or machine.torch_default
 
 
+# How the note of a model that switches up begins its second part; the
+# clients tell it from a warning by it (the report carries only the note).
+SWITCHES_UP = "libtorch switches its backend thread to"
+
+
 @dataclasses.dataclass(frozen=True)
 class ThreadMismatch:
     """A libtorch model whose warmth the server's OpenMP default would undo."""
@@ -137,7 +142,7 @@ class ThreadMismatch:
         if self.switches_up:
             return (
                 f"{OPENMP_VARIABLE} is {self.openmp_default} on the server and the model runs {self.intra_op} "
-                f"intra-op thread(s): libtorch switches its backend thread to {self.intra_op} at its first "
+                f"intra-op thread(s): {SWITCHES_UP} {self.intra_op} at its first "
                 f"parallel loop, so its largest sample was warmed first, to switch before the other samples "
                 f"are cached (where models disagree, OpenMP starts at the smallest count)"
             )

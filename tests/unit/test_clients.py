@@ -462,6 +462,17 @@ def test_a_thread_count_mismatch_shows_in_the_row_and_its_whole_text_in_a_note()
     assert ModelEntry.from_dict(entry.to_dict()).threads == note
 
 
+
+def test_a_model_that_switches_up_on_purpose_is_informed_not_warned():
+    from triton_warmup.threads import ThreadMismatch
+
+    note = ThreadMismatch("m", intra_op=2, openmp_default=1).note
+    entry = ModelEntry.from_dict({"name": "m", "status": "READY", "warmup_samples": 4, "count": 3, "instances": 1,
+                                  "seconds_to_ready": 0.5, "threads": note})
+    row = warmup_models.format_table([entry]).splitlines()[2]
+    assert row.endswith("switches its threads up (see NOTE)")
+
+
 class _ScriptedIndex:
     """Answers get_model_repository_index with the errors it is given, then an index."""
 

@@ -55,6 +55,7 @@ from triton_warmup.report import (
     ModelEntry,
     WarmupReport,
 )
+from triton_warmup.threads import SWITCHES_UP
 
 DEFAULT_MODELS = ["model-v1", "model-v2", "model-v3"]
 # The helper's input that asks for the report of its warmup at start; while
@@ -351,7 +352,9 @@ def notes_cell(entry: ModelEntry) -> str:
         # The reason comes before the first ';' of the helper's explanation.
         notes.append("loaded with the planned config: " + entry.fallback.split(";")[0])
     if entry.threads:
-        notes.append("thread counts differ (see NOTE)")
+        # A model above OpenMP's count on purpose (the smallest-count policy) is informed, not warned.
+        notes.append("switches its threads up (see NOTE)" if SWITCHES_UP in entry.threads
+                     else "thread counts differ (see NOTE)")
     if entry.compile is not None:
         notes.append(compile_note(entry.compile))
     if entry.rewarm == REWARM_IN_PLACE:
