@@ -340,7 +340,7 @@ def markdown(results: Dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES),
                         help=f"Models per repository. Default is {' '.join(map(str, SIZES))}.")
     parser.add_argument("--load-trials", type=int, default=LOAD_TRIALS,
                         help=f"Loads of each of the helper and the trivial model. Default is {LOAD_TRIALS}.")

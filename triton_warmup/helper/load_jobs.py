@@ -156,10 +156,12 @@ def run_job(
                     # A writer that died between its rewrite and the end of
                     # its load (Triton crashed) left its backup: undo first.
                     entry.interrupted_rewrite_restored = restore_interrupted_rewrite(job.model_dir)
-                    # Another writer may have changed the file while we waited;
-                    # a file no one touched needs no second plan.
+                    # Another writer may have changed the file while we waited
+                    # (what it writes besides, data files and records, comes
+                    # with a config change); a file no one touched needs no
+                    # second plan.
                     replan_started = time.monotonic()
-                    if hold.waited_s > 0 or entry.interrupted_rewrite_restored or not _unchanged_since_planned(job):
+                    if entry.interrupted_rewrite_restored or not _unchanged_since_planned(job):
                         job = dataclasses.replace(job.replan(), warmed_for=job.warmed_for)
                     entry.timings.replan_s = _since(replan_started)
                     entry.config_changed = job.rewrite.changed
