@@ -362,3 +362,20 @@ def test_traces_without_input_tensors_are_named_once(tmp_path, families):
     watch.cycle()
     assert made[REQUESTS_SEEN].values == {("m", "1"): 0} and trace_parts(trace_file) == []
     assert sum("the traces of 'm' hold no input tensors" in line for line in lines) == 1
+
+
+def test_every_series_carries_the_helpers_stub_pid():
+    """A reload's two helper instances never share a label set: Triton 2.51
+    frees a shared one under the survivor (metrics.INSTANCE_LABEL)."""
+    seen = []
+
+    class Family:
+        def Metric(self, labels):  # noqa: N802 - pb_utils' spelling
+            seen.append(labels)
+            return type("Metric", (), {"set": lambda self, value: None, "increment": lambda self, value: None})()
+
+    old, new = WarmupMetrics(lambda *args: Family(), instance="101"), WarmupMetrics(lambda *args: Family(), instance="202")
+    old.set(WARMED_SHAPES, "m", "1", 3)
+    new.set(WARMED_SHAPES, "m", "1", 3)
+    assert seen == [{"model": "m", "version": "1", "helper_pid": "101"},
+                    {"model": "m", "version": "1", "helper_pid": "202"}]

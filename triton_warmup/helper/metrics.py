@@ -25,7 +25,8 @@ LEARNED_SHAPES = "triton_warmup_learned_shapes"
 ADAPTED_SAMPLES = "triton_warmup_adapted_samples_total"
 ADAPTED_NOT_KEPT = "triton_warmup_adapted_samples_not_kept_total"
 
-# name: (kind, description); every metric has the labels model and version.
+# name: (kind, description); every metric has the labels model and version,
+# and helper_pid (see WarmupMetrics).
 FAMILIES: Dict[str, Tuple[str, str]] = {
     WARMED_SHAPES: (GAUGE, "Distinct request shapes that the model's warmup samples cover"),
     LAST_WARMUP_SECONDS: (GAUGE, "Seconds the model's last warmup by the helper took, from plan to READY"),
@@ -42,7 +43,15 @@ FAMILIES: Dict[str, Tuple[str, str]] = {
         "Learned shapes warmed in place only: the config could not be written, so a restart starts cold for them",
     ),
 }
-LABELS = ("model", "version")
+LABELS = ("model", "version", "helper_pid")
+# Triton 2.51's core (metric_family.cc) counts references to a metric per
+# family object, but two objects of one family name share prometheus' family,
+# and one label set is one metric in it: when a reload's new helper instance
+# publishes the labels its old instance does, the old one's finalize frees
+# the metric under the new one (tritonserver then aborted with "malloc():
+# unaligned tcache chunk" during a helper reload). A label per stub process
+# keeps the two instances' metrics apart.
+INSTANCE_LABEL = "helper_pid"
 
 
 class MetricsClosed(RuntimeError):
@@ -58,8 +67,10 @@ class WarmupMetrics:
             ``increment(value)``.
     """
 
-    def __init__(self, make_family: Callable[[str, str, str], object]):
+    def __init__(self, make_family: Callable[[str, str, str], object], instance: str = ""):
         self._families = {name: make_family(name, kind, description) for name, (kind, description) in FAMILIES.items()}
+        # The helper's stub process: its own label value (INSTANCE_LABEL).
+        self.instance = instance
         self._metrics: Dict[Tuple[str, str, str], object] = {}
         # The watch's thread and the helper's requests publish at once.
         self._lock = threading.Lock()
@@ -70,7 +81,9 @@ class WarmupMetrics:
             raise MetricsClosed(f"{name}: the helper is finalizing")
         key = (name, model, str(version))
         if key not in self._metrics:
-            self._metrics[key] = self._families[name].Metric(labels={"model": model, "version": str(version)})
+            self._metrics[key] = self._families[name].Metric(
+                labels={"model": model, "version": str(version), INSTANCE_LABEL: self.instance}
+            )
         return self._metrics[key]
 
     def close(self) -> None:

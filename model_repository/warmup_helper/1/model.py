@@ -298,7 +298,8 @@ class TritonPythonModel:
             _parameter(parameters, WARM_ON_START), pathlib.Path(args["model_repository"]), http_url, argv
         )
         # Kept on the instance: a family that is dropped leaves the metrics port.
-        self.metrics = WarmupMetrics(_metric_family)
+        # Labelled with this stub's pid: see metrics.INSTANCE_LABEL.
+        self.metrics = WarmupMetrics(_metric_family, instance=str(os.getpid()))
         self.learner = self._shape_learner(parameters)
         self.watch = self._traffic_watch(watch_rate, http_url, argv, server_cwd)
         if self.learner is not None:
