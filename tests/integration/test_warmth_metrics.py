@@ -121,9 +121,16 @@ def test_the_helpers_own_requests_are_not_traffic(traced):
 
 def test_triton_warmup_states_prints_the_figures_per_model(traced, capsys):
     server, _ = traced
-    values = metrics(server)
-    assert states.main(["-u", server.http_url, "--metrics", "--metrics-url", f"localhost:{server.metrics_port}"]) == 0
-    out = capsys.readouterr().out
+    # Read the page before and after the command: a trace the watch counts
+    # meanwhile (a loaded machine is slower to read them) moves the figures.
+    for _ in range(10):
+        values = metrics(server)
+        assert states.main(["-u", server.http_url, "--metrics", "--metrics-url",
+                            f"localhost:{server.metrics_port}"]) == 0
+        out = capsys.readouterr().out
+        if metrics(server) == values:
+            break
+        time.sleep(1)
     (line,) = [line for line in out.splitlines() if line.startswith("model-v1 ")]
     seen = values[("triton_warmup_requests_seen_total", "model-v1")]
     cold = values[("triton_warmup_cold_requests_total", "model-v1")]
