@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tritonclient.utils import InferenceServerException
 
+from triton_warmup import HELPER_MODEL
 from triton_warmup.client import flags as client_flags
 from triton_warmup.client import warm
 from triton_warmup.client.plan_file import PlanFileError, load_plan
@@ -239,6 +240,42 @@ def read_warmth(url: str) -> Dict[tuple, Dict[str, float]]:
         return warmth(response.read().decode("utf-8", "replace"))
 
 
+# The helper publishes a model's warmed shapes within two cycles (1 s each)
+# of its READY; --metrics waits that long for a model just loaded.
+METRICS_SETTLE_S = 3.0
+
+
+def _watched_models(client, args: argparse.Namespace, index: List[Dict], headers) -> List[str]:
+    """The READY models whose warmed shapes the helper publishes: all but
+    ensembles (counted at their members) and the helper itself."""
+    helper = getattr(args, "model_name", None) or HELPER_MODEL
+    as_json = {"as_json": True} if args.protocol == "grpc" else {}
+    names = []
+    for entry in index:
+        if entry.get("state") != "READY" or entry["name"] == helper:
+            continue
+        try:
+            config = client.get_model_config(entry["name"], headers=headers, **as_json)
+        except InferenceServerException:
+            continue
+        config = config.get("config", config) if isinstance(config, dict) else {}
+        if config.get("platform") != "ensemble":
+            names.append(entry["name"])
+    return names
+
+
+def _settled_warmth(url: str, watched: List[str]) -> Dict[tuple, Dict[str, float]]:
+    """The helper's figures, once each of ``watched`` has its warmed shapes
+    (or after ``METRICS_SETTLE_S``); at once where the page has none."""
+    deadline = time.monotonic() + METRICS_SETTLE_S
+    while True:
+        figures = read_warmth(url)
+        published = {model for (model, _), values in figures.items() if WARMED_SHAPES in values}
+        if not figures or set(watched) <= published or time.monotonic() >= deadline:
+            return figures
+        time.sleep(_POLL_INTERVAL_S)
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1]
@@ -321,6 +358,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(json.dumps(readable_index(index), indent=2))
             return code
         index = client_flags.repository_index(client, args.protocol, headers)
+        watched = _watched_models(client, args, index, headers) if args.metrics else []
     except (OSError, InferenceServerException) as error:
         if client_flags.is_unreachable(error):
             print(f"FAILED: no Triton server answers at {url} ({args.protocol}): {error}", file=sys.stderr)
@@ -336,7 +374,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.metrics:
         url = metrics_url(args)
         try:
-            figures = read_warmth(url)
+            figures = _settled_warmth(url, watched)
         except (OSError, urllib.error.URLError) as error:
             print(f"FAILED: no metrics endpoint answers at {url}: {error}", file=sys.stderr)
             return client_flags.EXIT_FAILED
