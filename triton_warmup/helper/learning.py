@@ -46,10 +46,8 @@ from triton_warmup.helper.repository_guard import (
     unwritable_reason,
 )
 from triton_warmup.helper.request import WarmupRequestError
-from triton_warmup.helper.rewarm import InPlaceRunFailed, Rewarm
+from triton_warmup.helper.rewarm import InPlaceRunFailed, Rewarm, instances_refuse
 from triton_warmup.report import PREFLIGHT_SERVING, one_line
-from triton_warmup.threads import runs_in_libtorch
-from tritonclient.grpc import model_config_pb2
 
 # Outcomes of one learning.
 LEARNED = "learned"  # warm now, and in the config for every next load
@@ -110,17 +108,9 @@ def how_to_learn(job, record, unwritable: Optional[str]) -> Tuple[bool, bool, st
         )
     if record is not None and record.how != PREFLIGHT_SERVING:
         return False, write, f"the serving version may not run the files on disk ({record.why}); {kept}"
-    if job.instances > 1:
-        shared = runs_in_libtorch(config) and all(
-            group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for group in config.instance_group
-        )
-        if not shared:
-            return False, write, (
-                f"its {job.instances} instances keep separate caches, and Triton's scheduler cannot send a "
-                f"request to a chosen instance; {kept}"
-            )
-        if job.kind.sequence:
-            return False, write, f"its {job.instances} instances hold sequence slots the helper cannot choose; {kept}"
+    instances_note = instances_refuse(job)
+    if instances_note is not None:
+        return False, write, f"{instances_note}; {kept}"
     where = "the serving instance" if job.instances == 1 else f"the {job.instances} serving instances"
     return True, write, f"warmed in place on {where}; {kept}"
 

@@ -103,17 +103,9 @@ class Rewarm:
                 "torch.compile compiles each new shape, for seconds; a new instance does that "
                 "beside the serving one instead of in it"
             )
-        if job.instances > 1:
-            shared = runs_in_libtorch(config) and all(
-                group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for group in config.instance_group
-            )
-            if not shared:
-                return False, (
-                    f"its {job.instances} instances keep separate caches, and Triton's scheduler "
-                    "cannot send a request to a chosen instance"
-                )
-            if job.kind.sequence:
-                return False, f"its {job.instances} instances hold sequence slots the helper cannot choose"
+        instances_note = instances_refuse(job)
+        if instances_note is not None:
+            return False, instances_note
         return True, (
             f"only model_warmup changed and the serving version runs the files on disk "
             f"({record.why}); the new samples ran on the serving "
@@ -160,6 +152,26 @@ class Rewarm:
                     time.sleep(pause_after(time.monotonic() - started, self.duty))
         self.ran[job.name] = self.ran.get(job.name, []) + new
         return sent
+
+
+def instances_refuse(job) -> Optional[str]:
+    """Why runs sent to the serving model cannot warm every instance of
+    ``job``'s model, or ``None`` where they can (one instance, or instances
+    that share libtorch's caches on CPU and hold no sequence slots)."""
+    if job.instances <= 1:
+        return None
+    config = job.rewrite.config
+    shared = runs_in_libtorch(config) and all(
+        group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for group in config.instance_group
+    )
+    if not shared:
+        return (
+            f"its {job.instances} instances keep separate caches, and Triton's scheduler "
+            "cannot send a request to a chosen instance"
+        )
+    if job.kind.sequence:
+        return f"its {job.instances} instances hold sequence slots the helper cannot choose"
+    return None
 
 
 def config_unchanged(rewrite, serving_since: Optional[float], written: Optional[bytes]) -> Optional[str]:
