@@ -15,6 +15,11 @@
 #     whose thread runs more OpenMP threads than its count waits for a
 #     sleeping one after every idle pause (docs/warm-stays-warm.md); no
 #     tritonserver flag can set its own environment.
+#   - --disable-auto-complete-config, when no model of the repository needs
+#     Triton's config auto-complete and your arguments choose nothing about
+#     it (triton-warmup-auto-complete): Triton's Python backend sleeps a
+#     second per Python model load for it, the helper's included, and on a
+#     restart every model waits for the helper (docs/scaling.md).
 #   - the fixed flags: --model-repository, --model-control-mode=explicit,
 #     --load-model=warmup_helper and the three ports; your arguments follow
 #     them unchanged (--log-verbose=1, --exit-timeout-secs=..., ...).
@@ -30,6 +35,7 @@
 #                      with triton-warmup-install-helper --warm-on-start
 #   HTTP_PORT, GRPC_PORT, METRICS_PORT
 #   OMP_NUM_THREADS    kept when set
+#   AUTO_COMPLETE      auto (default) or keep: keep leaves Triton's default
 #   TRITONSERVER       the server command; NVIDIA's image has tritonserver on
 #                      PATH (the tests use "python -m triton_warmup.embedded")
 set -euo pipefail
@@ -38,6 +44,7 @@ readonly MODEL_REPOSITORY=${MODEL_REPOSITORY:-/opt/warmup/model_repository}
 readonly HTTP_PORT=${HTTP_PORT:-8000}
 readonly GRPC_PORT=${GRPC_PORT:-8001}
 readonly METRICS_PORT=${METRICS_PORT:-8002}
+readonly AUTO_COMPLETE=${AUTO_COMPLETE:-auto}
 read -r -a server_command <<< "${TRITONSERVER:-tritonserver}"
 
 if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
@@ -48,8 +55,22 @@ if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
   fi
 fi
 
-printf 'entrypoint: exec %s on %s (OMP_NUM_THREADS=%s)\n' \
-  "${server_command[*]}" "$MODEL_REPOSITORY" "${OMP_NUM_THREADS:-unset}" >&2
+auto_complete_flags=()
+case "$AUTO_COMPLETE" in
+  auto)
+    # Prints the flag or nothing, given your arguments; says why on stderr.
+    read -r -a auto_complete_flags <<< "$(triton-warmup-auto-complete "$MODEL_REPOSITORY" -- "$@")"
+    ;;
+  keep) ;;
+  *)
+    printf 'entrypoint: AUTO_COMPLETE must be auto or keep, not %s\n' "$AUTO_COMPLETE" >&2
+    exit 2
+    ;;
+esac
+
+printf 'entrypoint: exec %s on %s (OMP_NUM_THREADS=%s%s)\n' \
+  "${server_command[*]}" "$MODEL_REPOSITORY" "${OMP_NUM_THREADS:-unset}" \
+  "${auto_complete_flags[*]:+, ${auto_complete_flags[*]}}" >&2
 exec "${server_command[@]}" \
   --model-repository="$MODEL_REPOSITORY" \
   --model-control-mode=explicit \
@@ -57,4 +78,5 @@ exec "${server_command[@]}" \
   --http-port="$HTTP_PORT" \
   --grpc-port="$GRPC_PORT" \
   --metrics-port="$METRICS_PORT" \
+  "${auto_complete_flags[@]}" \
   "$@"

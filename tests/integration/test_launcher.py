@@ -1,6 +1,9 @@
 """triton-warmup-serve and EmbeddedTriton: pass-through flags, running a command, clean
-stops on SIGTERM with no stub left behind, and a fast failure when the server dies."""
+stops on SIGTERM with no stub left behind, a fast failure when the server dies, and
+Triton's auto-complete left out only where no model needs it."""
 
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,3 +92,49 @@ def test_wait_ready_fails_fast_with_the_log_when_the_server_dies(template_reposi
     # The error carries the log's tail, which says what went wrong.
     assert "no-such-model" in str(caught.value)
     assert not processes_mentioning(str(tmp_path / "backends"))
+
+
+LOAD_AND_CHECK = (
+    "import sys, tritonclient.http as http;"
+    "client = http.InferenceServerClient('localhost:' + sys.argv[1]);"
+    "[client.load_model(name) for name in sys.argv[2:]];"
+    "sys.exit(0 if all(client.is_model_ready(name) for name in sys.argv[2:]) else 5)"
+)
+
+
+def stubs_started(log_text: str):
+    """The model instance names the Python backend started stubs for, in order.
+
+    An instance's stub is named ``<model>_<group>_<index>``; the stub that
+    asks a model's ``auto_complete_config`` carries the model's bare name.
+    """
+    return [line.split(" ")[-2] for line in log_text.splitlines() if "Starting Python backend stub" in line]
+
+
+def serve_and_load(template_repository, workdir, models, *extra):
+    argv = serve_argv(template_repository, workdir, "--log-verbose", "1", *extra)
+    http_port = argv[argv.index("--http-port") + 1]
+    result = subprocess.run(argv + ["--", sys.executable, "-c", LOAD_AND_CHECK, http_port, *models],
+                            capture_output=True, text=True, timeout=LAUNCHER_TEST_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout, (workdir / "tritonserver.log").read_text()
+
+
+def test_the_launcher_starts_without_auto_complete_where_no_model_needs_it(template_repository, tmp_path):
+    output, log = serve_and_load(template_repository, tmp_path, ["tokenizer", "embed"])
+    assert "--disable-auto-complete-config for tritonserver: no config of the" in output
+    # Triton's own option table, and one stub per Python instance: none to ask auto_complete_config.
+    assert re.search(r"\| strict_model_config\s+\| 1\s+\|", log)
+    started = stubs_started(log)
+    assert {"warmup_helper_0_0", "tokenizer_0_0"} <= set(started)
+    assert all(re.fullmatch(r".+_\d+_\d+", name) for name in started), started
+
+
+def test_a_model_without_a_config_keeps_auto_complete_and_loads(template_repository, tmp_path):
+    repository = tmp_path / "repository"
+    shutil.copytree(template_repository, repository)
+    (repository / "tokenizer" / "config.pbtxt").unlink()
+    output, log = serve_and_load(repository, tmp_path / "run", ["tokenizer"])
+    assert "Triton's auto-complete kept: model 'tokenizer' may need it: it has no config.pbtxt" in output
+    assert re.search(r"\| strict_model_config\s+\| 0\s+\|", log)
+    assert {"warmup_helper", "tokenizer"} <= set(stubs_started(log))

@@ -8,11 +8,13 @@ runs) and from the bucket (every object's bytes, before and after).
 
 import json
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
 import yaml
 
+from triton_warmup.client import auto_complete_flag
 from triton_warmup.client import coverage as coverage_command
 from triton_warmup.client import from_trace, warm
 from triton_warmup.helper.repository import ObjectStoreRepository, RepositoryError
@@ -187,6 +189,16 @@ def test_a_bucket_that_does_not_exist_is_named_with_the_url(s3, monkeypatch):
     url = s3.url(bucket="no-such-bucket")
     with pytest.raises(RepositoryError, match=rf"^cannot read the model repository {url}: no such bucket or path"):
         ObjectStoreRepository(url, s3.environment).mirror()
+
+
+def test_a_bucket_s_python_models_are_read_for_the_auto_complete_choice_and_nothing_is_left_behind(
+        s3, bucket_before, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    setting = auto_complete_flag.repository_setting(s3.url(), s3.environment)
+    # The helper's model.py came down from the bucket: it decided, with model-v1's and v2's configs.
+    assert setting.disable, setting.reason
+    assert "no config of the 3 models" in setting.reason and "Python model (1 here)" in setting.reason
+    assert list(tmp_path.iterdir()) == [] and s3.snapshot() == bucket_before
 
 
 def test_a_bucket_whose_helper_warms_at_start(s3, template_repository, tmp_path, run_cli):

@@ -1,6 +1,9 @@
 """Run the real tritonserver from the nvidia-pytriton wheel on this machine."""
 
 from triton_warmup.embedded.server import (
+    AUTO_COMPLETE_AUTO,
+    AUTO_COMPLETE_CHOICES,
+    AUTO_COMPLETE_KEEP,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
@@ -13,6 +16,9 @@ from triton_warmup.embedded.server import (
 )
 
 __all__ = [
+    "AUTO_COMPLETE_AUTO",
+    "AUTO_COMPLETE_CHOICES",
+    "AUTO_COMPLETE_KEEP",
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HTTP_PORT",
     "DEFAULT_METRICS_PORT",

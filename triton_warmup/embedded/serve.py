@@ -32,6 +32,8 @@ import sys
 import tempfile
 
 from triton_warmup.embedded import (
+    AUTO_COMPLETE_AUTO,
+    AUTO_COMPLETE_CHOICES,
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
@@ -42,6 +44,7 @@ from triton_warmup.embedded import (
     TritonStartError,
 )
 from triton_warmup import threads
+from triton_warmup.auto_complete import DISABLE_FLAG
 from triton_warmup.libtorch_backend import BuildError
 from triton_warmup.client.plan_file import PlanFileError, load_plan
 from triton_warmup.client import warm
@@ -54,7 +57,7 @@ from triton_warmup.client.install_helper import set_parameters, set_warm_on_star
 
 # tritonserver 2.51 (``tritonserver --help``): every long option takes a
 # value, given as ``--flag=value`` or ``--flag value``, except these.
-TRITONSERVER_FLAGS_WITHOUT_VALUE = frozenset(("--help", "--disable-auto-complete-config"))
+TRITONSERVER_FLAGS_WITHOUT_VALUE = frozenset(("--help", DISABLE_FLAG))
 
 
 def tritonserver_flags(tokens):
@@ -162,6 +165,16 @@ def parse_args(argv):
         "which Triton before 2.57 needs. Default is off.",
     )
     parser.add_argument(
+        "--auto-complete",
+        choices=AUTO_COMPLETE_CHOICES,
+        default=AUTO_COMPLETE_AUTO,
+        help="'auto' adds tritonserver's --disable-auto-complete-config where no model of the repository "
+        "needs Triton's config auto-complete, which saves about a second per Python model load (the helper's "
+        "included) and per PyTorch 2 model load; 'keep' leaves Triton's default. Either of Triton's own "
+        "flags (--disable-auto-complete-config, --strict-model-config) among the tritonserver flags decides "
+        "instead (docs/scaling.md). Default is auto.",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_READY_TIMEOUT_S,
@@ -234,6 +247,7 @@ def main(argv=None) -> int:
             load_models=args.load_model or (HELPER_MODEL,),
             log_verbose=args.log_verbose,
             extra_args=passthrough,
+            auto_complete=args.auto_complete,
         )
     except (TritonNotFoundError, BuildError) as error:
         print(f"FAILED: {error}", file=sys.stderr)
@@ -247,6 +261,9 @@ def main(argv=None) -> int:
         if server.openmp_setting.value is not None:
             print(f"{threads.OPENMP_VARIABLE}={server.openmp_setting.value} for tritonserver: "
                   f"{server.openmp_setting.reason}", flush=True)
+        if server.auto_complete_setting is not None:
+            print((f"{DISABLE_FLAG} for tritonserver: " if server.auto_complete_setting.disable
+                   else "") + server.auto_complete_setting.reason, flush=True)
         server.wait_ready(args.timeout)
         print(
             f"tritonserver ready: HTTP {server.http_url}, gRPC {server.grpc_url}, "

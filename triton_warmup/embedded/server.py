@@ -34,7 +34,8 @@ import urllib.request
 from typing import Dict, List, Optional, Sequence, Union
 
 from triton_warmup import HELPER_MODEL, libtorch_backend, pytorch2, threads
-from triton_warmup.client import openmp_threads
+from triton_warmup.auto_complete import AutoCompleteSetting
+from triton_warmup.client import auto_complete_flag, openmp_threads
 from triton_warmup.helper.repository import is_cloud
 
 # The name a backend built from core's sources links against; the wheel
@@ -50,6 +51,11 @@ DEFAULT_METRICS_PORT = 8002
 DEFAULT_READY_TIMEOUT_S = 120.0
 # Triton waits for in-flight requests and unloads models before it exits.
 DEFAULT_STOP_TIMEOUT_S = 30.0
+# EmbeddedTriton's auto_complete: Triton's own default, or the repository's
+# need decides (triton_warmup.auto_complete).
+AUTO_COMPLETE_KEEP = "keep"
+AUTO_COMPLETE_AUTO = "auto"
+AUTO_COMPLETE_CHOICES = (AUTO_COMPLETE_AUTO, AUTO_COMPLETE_KEEP)
 _POLL_INTERVAL_S = 0.2
 
 
@@ -304,6 +310,11 @@ class EmbeddedTriton:
         pytorch_backend: the native backend to serve ``pytorch_libtorch``
             models with; by default ``libtorch_backend.build()`` finds it in
             its cache, building it first when it is missing.
+        auto_complete: ``"keep"`` runs tritonserver with its own default
+            (auto-complete on unless ``extra_args`` say otherwise);
+            ``"auto"`` adds ``--disable-auto-complete-config`` at start
+            where no model of the repository needs auto-complete
+            (``triton_warmup.auto_complete``).
         **options: ``model_control_mode``, ``load_models``, ``log_verbose``,
             as ``server_options`` takes them.
     """
@@ -318,8 +329,11 @@ class EmbeddedTriton:
         extra_args: Sequence[str] = (),
         extra_env: Optional[Dict[str, str]] = None,
         pytorch_backend: Optional[libtorch_backend.BuiltBackend] = None,
+        auto_complete: str = AUTO_COMPLETE_KEEP,
         **options,
     ):
+        if auto_complete not in AUTO_COMPLETE_CHOICES:
+            raise ValueError(f"auto_complete must be one of {', '.join(AUTO_COMPLETE_CHOICES)}, not {auto_complete!r}")
         # A bucket URL (s3://, gs://, as://) goes to tritonserver as it is.
         self.model_repository = (
             str(model_repository) if is_cloud(str(model_repository)) else pathlib.Path(model_repository).resolve()
@@ -343,10 +357,16 @@ class EmbeddedTriton:
             **options,
         )
         self.argv = [str(self.install.binary)] + options_to_argv(options) + list(extra_args)
+        # What start() adds to (auto_complete) is this; self.argv is what ran last.
+        self._given_argv = list(self.argv)
         self.extra_env = dict(extra_env or {})
         # What the server's OMP_NUM_THREADS was set to and why (threads.py):
         # known once the server has started.
         self.openmp_setting: Optional[threads.OpenMPSetting] = None
+        self.auto_complete = auto_complete
+        # Whether --disable-auto-complete-config was added and why: known
+        # once the server has started with auto_complete="auto".
+        self.auto_complete_setting: Optional[AutoCompleteSetting] = None
         self._process: Optional[subprocess.Popen] = None
         self._log_file = None
 
@@ -373,9 +393,15 @@ class EmbeddedTriton:
         environment, self.openmp_setting = openmp_threads.server_environment(
             self.model_repository, {**server_environment(self.install), **self.extra_env}
         )
+        argv = list(self._given_argv)
+        if self.auto_complete == AUTO_COMPLETE_AUTO:
+            # Read at each start: the repository may have changed since.
+            self.auto_complete_setting = auto_complete_flag.server_flags(self.model_repository, argv[1:], environment)
+            argv.extend(self.auto_complete_setting.flags)
+        self.argv = argv
         # A session of its own: signals to the group reach the stubs as well.
         self._process = subprocess.Popen(
-            self.argv,
+            argv,
             env=environment,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
