@@ -30,7 +30,10 @@ and cache, each on a fresh server, the order alternating: the restart as
 the docs recommend (``warm_on_start`` naming the same plan: the helper
 warms it once the server is up) against Triton alone (``--load-model=compiled-encoder``, the
 rewritten config, no helper). Each from the server process's start to the
-model READY (``/v2/models/.../ready`` polled every 20 ms).
+model READY (``/v2/models/.../ready`` polled every 20 ms). Three ways
+(``PYTORCH2_WAYS``): Triton's default flags on both, auto-complete off on
+both, and the launchers' default (auto-complete off where no model needs
+it) against Triton alone with its default flags.
 """
 
 import argparse
@@ -51,7 +54,7 @@ from bench.report import table, write_results
 from bench.scale_benchmark import BATCH_SIZES, GROUP_MAX, scaled_repository
 from triton_warmup import HELPER_MODEL
 from triton_warmup.client.warm import shape_arrays
-from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.embedded import AUTO_COMPLETE_AUTO, EmbeddedTriton, free_port
 from triton_warmup.helper.job_planning import PlanSettings, plan_jobs
 from triton_warmup.helper.load_jobs import build_report, not_ready_models, run_job
 from triton_warmup.helper.model_loading import HttpModelControl, server_argv
@@ -254,29 +257,45 @@ def pytorch2_restart_pairs(workdir: pathlib.Path, pairs: int) -> Dict:
         f"batch_sizes: {PYTORCH2_BATCH_SIZES}}}\n"
     )
     set_warm_on_start(repository / HELPER_MODEL, str(plan_file))
-    return {flags or "default flags": _pairs(workdir, repository, environment, pairs, [flags] if flags else [])
-            for flags in ("", NO_AUTO_COMPLETE)}
+    return {label: _pairs(workdir / f"pairs-{index}", repository, environment, pairs, helper_options, alone_flags)
+            for index, (label, helper_options, alone_flags) in enumerate(PYTORCH2_WAYS)}
+
+
+# The PyTorch 2 restart's comparisons: (label, the helper's server options,
+# Triton alone's flags). The launchers' way is what triton-warmup-serve and
+# deploy/entrypoint.sh do by default: auto-complete off where no model needs
+# it, as here; Triton alone keeps its own default there, as a user without
+# this project would run it.
+PYTORCH2_WAYS = (
+    ("default flags", {}, []),
+    (f"`{NO_AUTO_COMPLETE}` on both", {"extra_args": [NO_AUTO_COMPLETE]}, [NO_AUTO_COMPLETE]),
+    ("the launchers' choice against Triton's default", {"auto_complete": AUTO_COMPLETE_AUTO}, []),
+)
 
 
 def _pairs(workdir: pathlib.Path, repository: pathlib.Path, environment: Dict[str, str], pairs: int,
-           flags: List[str]) -> Dict:
+           helper_options: Dict, alone_flags: List[str]) -> Dict:
     runs: Dict[str, List[float]] = {"through the helper": [], "Triton alone": []}
+    flags_seen = {}
     for pair in range(pairs):
         order = ("through the helper", "Triton alone") if pair % 2 == 0 else ("Triton alone", "through the helper")
         for way in order:
             alone = way == "Triton alone"
-            folder = workdir / f"{'alone' if alone else 'helper'}-{pair}{'-no-auto-complete' if flags else ''}"
-            server = serve(repository, folder, extra_env=environment, extra_args=flags,
-                           load_models=[PYTORCH2_MODEL] if alone else [HELPER_MODEL])
+            folder = workdir / f"{'alone' if alone else 'helper'}-{pair}"
+            options = {"extra_args": alone_flags} if alone else helper_options
+            server = serve(repository, folder, extra_env=environment,
+                           load_models=[PYTORCH2_MODEL] if alone else [HELPER_MODEL], **options)
             server.start()
             # start() assembles the backend folder first; the process starts as it returns.
             started = time.perf_counter()
+            flags_seen[way] = NO_AUTO_COMPLETE in server.argv
             try:
                 runs[way].append(_until_ready(server, PYTORCH2_MODEL, started))
             finally:
                 server.stop()
     ratios = [helper / alone for helper, alone in zip(runs["through the helper"], runs["Triton alone"])]
-    return {"runs": runs, "ratios": ratios, "median_ratio": statistics.median(ratios)}
+    return {"runs": runs, "ratios": ratios, "median_ratio": statistics.median(ratios),
+            "auto_complete_off": flags_seen}
 
 
 def _median(runs: List[Dict], key: str) -> float:
@@ -326,15 +345,22 @@ def markdown(results: Dict) -> str:
             f"(group sizes 1..{PYTORCH2_GROUP_MAX} x batch sizes {PYTORCH2_BATCH_SIZES}); then pairs on that "
             "repository and Inductor cache, fresh servers, the order alternating; seconds from the server's start "
             "to the model READY; through the helper with `warm_on_start` naming the same plan. With Triton's "
-            f"default flags, and with `{NO_AUTO_COMPLETE}` (both ways). Target: 1.15x.\n"
+            f"default flags, with `{NO_AUTO_COMPLETE}` on both, and the way `triton-warmup-serve` and "
+            "`deploy/entrypoint.sh` start the server by default (auto-complete off because no model of this "
+            "repository needs it; triton_warmup/auto_complete.py) against Triton alone with its default flags. "
+            "Target: 1.15x.\n"
         )
         rows = []
         for flags, figures in pytorch2.items():
+            off = figures.get("auto_complete_off", {})
+            flags_used = (f"helper {'off' if off.get('through the helper') else 'on'}, "
+                          f"alone {'off' if off.get('Triton alone') else 'on'}") if off else ""
             for pair, (helper, alone, ratio) in enumerate(zip(figures["runs"]["through the helper"],
                                                              figures["runs"]["Triton alone"], figures["ratios"])):
-                rows.append((flags, pair + 1, f"{helper:.2f}", f"{alone:.2f}", f"{ratio:.3f}x"))
-            rows.append((flags, "**median**", "", "", f"**{figures['median_ratio']:.3f}x**"))
-        parts.append(table(("flags", "pair", "through the helper s", "Triton alone s", "ratio"), rows))
+                rows.append((flags, flags_used if pair == 0 else "", pair + 1, f"{helper:.2f}", f"{alone:.2f}",
+                             f"{ratio:.3f}x"))
+            rows.append((flags, "", "**median**", "", "", f"**{figures['median_ratio']:.3f}x**"))
+        parts.append(table(("way", "auto-complete", "pair", "through the helper s", "Triton alone s", "ratio"), rows))
     return "\n".join(parts) + "\n"
 
 
