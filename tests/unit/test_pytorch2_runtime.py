@@ -221,3 +221,93 @@ def test_dynamos_cache_key_changes_with_everything_the_traced_code_depends_on(tm
     changed(lambda: runtime.write_text("# runtime, another release\n"))
     changed(lambda: versions.update(torch="2.14.0"))
     changed(lambda: versions.update(module="m-copy"))
+
+
+def test_the_scatter_gets_the_outputs_in_the_container_the_runtime_passes():
+    """Triton's runtime hands its scatter a model's tuple of outputs as it is
+    and wraps a single tensor in a list; the shim's compile for one request
+    of B rows must pass the same, or its entries fit no request (issue 38)."""
+    outputs = shim_module().runtime_outputs
+    pair = ("hidden", "pooled")
+    assert outputs(pair) is pair
+    listed = ["hidden", "pooled"]
+    assert outputs(listed) is listed
+    assert outputs("output") == ["output"]
+
+
+def call_counts(shim, function, *args):
+    before = shim._counts()
+    function(*args)
+    after = shim._counts()
+    return {key: after[key] - before[key] for key in after if after[key] != before[key]}
+
+
+def test_dynamo_guards_on_the_outputs_container_so_a_list_does_not_warm_a_tuple():
+    """Why the container matters: a function compiled for a list of tensors
+    compiles again for the same tensors in a tuple."""
+    import torch
+
+    shim = shim_module()
+
+    def split_all(tensors, sections):
+        return [torch.split(tensor, sections) for tensor in tensors]
+
+    scatter = torch.compile(split_all, backend="eager")
+    tensors = [torch.zeros(4, 1, 3), torch.zeros(4, 3)]
+    assert call_counts(shim, scatter, list(tensors), [4])["stats.unique_graphs"] == 1
+    assert call_counts(shim, scatter, list(tensors), [4]) == {}
+    assert call_counts(shim, scatter, tuple(tensors), [4])["stats.unique_graphs"] == 1
+
+
+def test_a_function_past_the_recompile_limit_counts_though_it_compiles_nothing():
+    """torch.compile past its recompile limit compiles no graph (the counts
+    the shim had kept did not move) and runs the function uncompiled; the
+    shim counts the frame and the limit hit, so that its log shows it."""
+    import torch
+
+    shim = shim_module()
+
+    def add_one(tensor):
+        return tensor + 1
+
+    function = torch.compile(add_one, backend="eager", dynamic=False)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        assert call_counts(shim, function, torch.zeros(2))["stats.unique_graphs"] == 1
+        past_limit = call_counts(shim, function, torch.zeros(2, 2))
+        assert past_limit == {"frames.total": 1, shim.RECOMPILE_LIMIT_COUNT: 1}
+        # Once past it, the function runs uncompiled and Dynamo is not asked again.
+        assert call_counts(shim, function, torch.zeros(3, 3)) == {}
+
+
+def test_full_collections_are_counted_and_young_ones_are_not():
+    import gc
+
+    shim = shim_module()
+    collections = shim.FullCollections()
+    gc.callbacks.append(collections)
+    try:
+        gc.collect(0)
+        gc.collect(1)
+        assert collections.snapshot() == (0, 0.0)
+        gc.collect()
+        count, seconds = collections.snapshot()
+        assert count == 1 and seconds > 0
+    finally:
+        gc.callbacks.remove(collections)
+
+
+def test_settling_the_garbage_freezes_what_survives():
+    """After a compile the shim collects once and freezes the survivors, so
+    that no later full collection scans the compiler's objects again."""
+    import gc
+
+    shim = shim_module()
+    survivor = [[] for _ in range(1000)]
+    try:
+        assert shim.settle_garbage() >= 0
+        assert gc.get_freeze_count() >= len(survivor)
+        frozen = gc.get_freeze_count()
+        gc.collect()
+        assert gc.get_freeze_count() == frozen, "a collection leaves the frozen objects alone"
+    finally:
+        gc.unfreeze()
