@@ -33,6 +33,8 @@ from triton_warmup import example_models
 from triton_warmup.report import COMPILE_COMPILED, COMPILE_REUSED, PREFLIGHT_RECORD
 
 MODEL = example_models.COMPILED_ENCODER
+# Models kept with the benchmark (bench/pytorch2_benchmark.py).
+BENCH_MODELS = pathlib.Path(__file__).resolve().parents[2] / "bench" / "models"
 TORCHSCRIPT = "model-v1"
 # What the shim logs when Triton hands it a TorchScript model (runtime.py).
 MISROUTED = "does not ask for the PyTorch 2 runtime"
@@ -336,6 +338,52 @@ def test_a_torchscript_model_loaded_after_a_pytorch2_one_runs_in_the_python_runt
         client.load_model(TORCHSCRIPT)
         client.unload_model(TORCHSCRIPT)
     assert f"'{TORCHSCRIPT}' {MISROUTED}" in server.log_text()
+
+
+# Issue 38's kind of model (bench/models/compiled-tokens): INT64 token ids
+# [-1] and an INT64 [1], two outputs, max_batch_size 4. Warmed at group size
+# 1 alone, every batch size B > 1 of the plan reaches it from a client as one
+# request of B rows [B, 1], which Triton's warmup never sends (it sends B
+# requests of one row); the shim compiles the runtime's batching helpers for
+# those in initialize.
+TOKENS_MODEL = "compiled-tokens"
+TOKENS_BATCH_SIZES = [1, 2, 4]
+FULL_COLLECTION_LINE = re.compile(r"full garbage collection in execute of '([^']+)'")
+
+
+def test_batches_of_more_than_one_row_at_group_size_1_are_warm_after_a_first_start(tmp_path):
+    """A first start on an empty cache, then one request of B rows at group
+    size 1 for each planned B, as a client sends them. Judged from the shim's
+    counts in Triton's log, not from timing: no execute after READY made
+    Dynamo do anything (a compile, a recompile past its limit, a skipped
+    frame), and no full garbage collection ran inside one."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(PROJECT_REPOSITORY / "warmup_helper", repository / "warmup_helper",
+                    ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    shutil.copytree(BENCH_MODELS / TOKENS_MODEL, repository / TOKENS_MODEL,
+                    ignore=shutil.ignore_patterns("__pycache__", "model.pt"))
+    with serving(repository, tmp_path / "server",
+                 extra_env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}) as server:
+        _, report = send_warmup(server, "http", warmup_inputs([TOKENS_MODEL], 1, 1, batch_sizes=TOKENS_BATCH_SIZES))
+        entry = report.entry(TOKENS_MODEL)
+        assert entry.ready, entry.error
+        assert entry.compile.verdict == COMPILE_COMPILED
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            for batch in TOKENS_BATCH_SIZES:
+                token_ids = httpclient.InferInput("token_ids", [batch, 1], "INT64")
+                token_ids.set_data_from_numpy(np.ones((batch, 1), np.int64))
+                domain = httpclient.InferInput("domain", [batch, 1], "INT64")
+                domain.set_data_from_numpy(np.ones((batch, 1), np.int64))
+                result = client.infer(TOKENS_MODEL, [token_ids, domain])
+                assert result.as_numpy("hidden").shape == (batch, 1, 32)
+                assert result.as_numpy("pooled").shape == (batch, 32)
+        assert compile_lines_after_ready(server, TOKENS_MODEL) == []
+        log = server.log_text()
+        after_ready = log[log.rfind(f"successfully loaded '{TOKENS_MODEL}'"):]
+        assert [line for line in after_ready.splitlines() if FULL_COLLECTION_LINE.search(line)] == []
+        # The control: the shim compiled the batching helpers for one
+        # request of 2 and of 4 rows while the model initialized.
+        assert f"torch.compile in initialize of '{TOKENS_MODEL}'" in log
 
 
 def test_two_servers_sharing_one_cache_both_end_up_ready_and_warm(template, tmp_path_factory):
