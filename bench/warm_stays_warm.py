@@ -45,6 +45,10 @@ the launcher used to leave it (OpenMP's default, 2 here) and with its policy
 each of --idle-trials rounds, since a 2-CPU machine's load drifts. Also read:
 the machine's busy share and the server's CPU while the gaps were measured
 (/proc/stat and /proc/PID/stat). Writes warm_after_idle.md and .json.
+Issue 40's repository (model-v1 beside the MiniLM-class model alone) goes
+to warm_after_idle_issue_repository (text-encoder as that model) and to
+warm_after_idle_minilm (a MiniLM-sized encoder, 6 layers of width 384, as
+the issue describes it).
 """
 
 import argparse
@@ -62,6 +66,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import yaml
 
+from bench.adapt_benchmark import MINILM, write_minilm_sized
 from bench.measure import results_header, PROJECT_ROOT, TEXT_ENCODER, Session, Shape, copy_repository, run_record
 from bench.report import write_results
 from bench.traffic_benchmark import BATCH_SIZES, LONGEST, range_plan, run_from_trace, traffic_shapes
@@ -324,6 +329,18 @@ ISSUE_CONDITIONS = (
     ("mixed, text-encoder without a count, before, OMP_WAIT_POLICY=active, model-v1 and text-encoder", "no count",
      {threads.OPENMP_VARIABLE: OPENMP_DEFAULT, "OMP_WAIT_POLICY": "active"}, ISSUE_MODELS),
 )
+# Issue 40's repository as its text has it: model-v1 and a MiniLM-sized
+# model (bench.adapt_benchmark's: 6 layers of width 384, random weights)
+# that the user added with no INTRA_OP_THREAD_COUNT, so libtorch gives it one
+# thread per core; "agreeing" gives it 1, as the examples have.
+MINILM_MODELS = ("model-v1", MINILM)
+MINILM_CONDITIONS = (
+    ("agreeing (all 1), model-v1 and minilm-sized", "minilm agreeing", {}, MINILM_MODELS),
+    ("mixed, minilm-sized without a count, before, model-v1 and minilm-sized", "minilm no count",
+     {threads.OPENMP_VARIABLE: OPENMP_DEFAULT}, MINILM_MODELS),
+    ("mixed, minilm-sized without a count, smallest count, model-v1 and minilm-sized", "minilm no count", {},
+     MINILM_MODELS),
+)
 # Spinning instead of sleeping, measured for its CPU cost: not a default.
 SPINNING = ("mixed, text-encoder without a count, before, OMP_WAIT_POLICY=active", "no count",
             {threads.OPENMP_VARIABLE: OPENMP_DEFAULT, "OMP_WAIT_POLICY": "active"})
@@ -331,9 +348,20 @@ SPINNING = ("mixed, text-encoder without a count, before, OMP_WAIT_POLICY=active
 
 def idle_repository(workdir: pathlib.Path, variant: str) -> pathlib.Path:
     """A copy of the example repository; in the mixed variants, text-encoder
-    without ``INTRA_OP_THREAD_COUNT`` or at ``variant`` threads."""
+    without ``INTRA_OP_THREAD_COUNT`` or at ``variant`` threads; in the
+    "minilm" ones, with the MiniLM-sized model added, at 1 thread or without
+    a count."""
     repository = copy_repository(workdir / f"repository-{variant.replace(' ', '-')}")
-    if variant != "agreeing":
+    if variant.startswith("minilm"):
+        write_minilm_sized(repository)
+        folder = repository / MINILM
+        _, config = read_config(folder)
+        if variant == "minilm no count":
+            del config.parameters[threads.THREAD_COUNT_PARAMETER]
+        else:
+            config.parameters[threads.THREAD_COUNT_PARAMETER].string_value = "1"
+        (folder / "config.pbtxt").write_bytes(render_config(config))
+    elif variant != "agreeing":
         folder = repository / LARGER_MODEL
         _, config = read_config(folder)
         if variant == "no count":
@@ -487,7 +515,7 @@ def idle_markdown(results: Dict) -> str:
     gaps = ", ".join(f"{gap * 1000:g} ms" if gap < 1 else f"{gap:g} s" for gap in gaps_s)
     lines = results_header("Warm after an idle gap", results) + [
         f"Each condition on a new tritonserver per round, {results['rounds']} rounds, the conditions alternating "
-        f"within each. The four models warmed in one helper request (group sizes 1..16 x batch sizes 1, 2). "
+        f"within each. The models warmed in one helper request (group sizes 1..16 x batch sizes 1, 2). "
         f"Per model at a warmed shape (group {IDLE_SHAPE.group}, batch {IDLE_SHAPE.batch}), server-side "
         f"compute_infer: {results['steady']} requests back to back (the later half is 'steady'), then "
         f"{results['per_gap']} after each idle gap ({gaps}) each way, alternating: on a quiet machine "
@@ -499,7 +527,7 @@ def idle_markdown(results: Dict) -> str:
         "during 1 s before the gaps, with this benchmark and its server idle, per round; 'server CPUs': the "
         "server's own CPU time over the gaps' wall time.\n",
     ]
-    for model in MODELS:
+    for model in MODELS + (MINILM,):
         if not any(model in row["models"] for row in results["conditions"]):
             continue
         lines += [f"## {model}", "",
@@ -532,13 +560,16 @@ def idle_markdown(results: Dict) -> str:
 
 def run_idle(args, workdir: pathlib.Path) -> None:
     """The four-model conditions into ``--idle-output``, issue 40's
-    repository into the same name with ``_issue_repository``: two runs, each
-    with its conditions alternating."""
+    repository into the same name with ``_issue_repository`` (text-encoder)
+    and ``_minilm`` (the MiniLM-sized model): three runs, each with its
+    conditions alternating."""
     four = [condition for condition in IDLE_CONDITIONS if condition[0] in args.conditions]
     if SPINNING[0] in args.conditions:
         four.append(SPINNING)
     issue = [condition for condition in ISSUE_CONDITIONS if condition[0] in args.conditions]
-    for conditions, name in ((four, args.idle_output), (issue, f"{args.idle_output}_issue_repository")):
+    minilm = [condition for condition in MINILM_CONDITIONS if condition[0] in args.conditions]
+    for conditions, name in ((four, args.idle_output), (issue, f"{args.idle_output}_issue_repository"),
+                             (minilm, f"{args.idle_output}_minilm")):
         if conditions:
             _run_idle_conditions(args, workdir, conditions, name)
 
@@ -577,7 +608,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"The range plan's largest group size. Default is {LONGEST}.")
     parser.add_argument("--conditions", nargs="+",
                         default=[condition[0] for condition in
-                                 CONDITIONS + IDLE_CONDITIONS + (SPINNING,) + ISSUE_CONDITIONS],
+                                 CONDITIONS + IDLE_CONDITIONS + (SPINNING,) + ISSUE_CONDITIONS
+                                 + MINILM_CONDITIONS],
                         help="Only these conditions (by name). Default is all.")
     parser.add_argument("--parts", nargs="+", choices=("shapes", "idle"), default=["shapes", "idle"],
                         help="Warmed shapes at their first request, and warm after an idle gap. Default is both.")
