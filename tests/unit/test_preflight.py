@@ -2,8 +2,10 @@
 copy is made of, which way each model is checked, and that a failing sample
 stops the job before anything is written."""
 
+import json
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -14,6 +16,7 @@ from tritonclient.grpc import model_config_pb2
 from triton_warmup.helper.config_rewrite import read_config
 from triton_warmup.helper.preflight import (
     Preflight,
+    describe_sample,
     loaded_versions,
     model_files,
     sample_key,
@@ -34,6 +37,7 @@ from triton_warmup.helper.job_planning import plan_jobs
 from triton_warmup.helper.load_jobs import run_job
 from triton_warmup.report import Status
 from triton_warmup.helper.requests_mode import sample_arrays
+from triton_warmup.pytorch2 import PREFLIGHT_PARAMETER
 
 def files(repository):
     """Every file but the model's lock file, which any job leaves (empty)."""
@@ -303,3 +307,59 @@ def test_every_loaded_version_gets_each_sample(repository, version_policy):
     assert [call[1] for call in infer.calls] == expected
     assert sorted(control.folders[SCRATCH_PREFIX + "model-v1"]) == sorted(expected + ["config.pbtxt"])
     assert read_config(job.model_dir)[1].model_warmup
+
+
+def as_pytorch2(config):
+    config.backend, config.runtime, config.platform = "pytorch", "model.py", ""
+    return config
+
+
+def test_a_pytorch2_scratch_copy_carries_the_whole_plan_for_the_runtime_shim(repository):
+    """The shim compiles on the scratch copy what the real load's warmup will
+    (issue 38): it needs every planned sample, in the plan's order, though
+    the scratch config has no ``model_warmup``."""
+    config = as_pytorch2(job_for(repository, batch_sizes=(1, 2)).rewrite.config)
+    scratch = scratch_config(config, SCRATCH_PREFIX + "model-v1")
+    assert not scratch.model_warmup
+    carried = json.loads(scratch.parameters[PREFLIGHT_PARAMETER].string_value)
+    assert [sample["name"] for sample in carried] == [sample.name for sample in config.model_warmup]
+    assert [sample["batch_size"] for sample in carried] == [sample.batch_size for sample in config.model_warmup]
+    first = config.model_warmup[0]
+    assert {name: [int(d) for d in data["dims"]] for name, data in carried[0]["inputs"].items()} == {
+        name: list(data.dims) for name, data in first.inputs.items()
+    }
+    # A TorchScript model's scratch copy has no such parameter.
+    libtorch = scratch_config(job_for(repository).rewrite.config, SCRATCH_PREFIX + "model-v1")
+    assert PREFLIGHT_PARAMETER not in libtorch.parameters
+
+
+class OneAtATime(Infer):
+    """Records how many requests were in flight at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+    def __call__(self, request):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.01)
+        try:
+            return super().__call__(request)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_a_pytorch2_scratch_copy_gets_its_samples_one_at_a_time_in_the_plans_order(repository):
+    """torch.compile's graphs depend on the order of the shapes it sees, and
+    Triton's warmup runs the samples one by one in the config's order."""
+    job = job_for(repository, group_max=4, batch_sizes=(1, 2))
+    as_pytorch2(job.rewrite.config)
+    infer = OneAtATime()
+    entry = run_job(job, control_for(repository), preflight=preflight(infer, in_flight=4))
+    assert entry.preflight.error is None and entry.preflight.how == "scratch copy"
+    planned = [describe_sample(job.rewrite.config, sample)["inputs"] for sample in job.rewrite.config.model_warmup]
+    sent = [{name: list(shape) for name, shape in shapes.items()} for _, _, shapes in infer.calls]
+    assert sent == planned and infer.most == 1

@@ -31,6 +31,7 @@ def test_the_shim_and_the_package_agree_on_names():
     constants = shim_constants()
     assert constants["UPSTREAM_RUNTIME_FILE"] == pytorch2.UPSTREAM_RUNTIME_FILE
     assert constants["STATUS_FOLDER"] == pytorch2.STATUS_FOLDER
+    assert constants["PREFLIGHT_PARAMETER"] == pytorch2.PREFLIGHT_PARAMETER
     assert pytorch2.is_shim(pytorch2.shim_source())
 
 
@@ -311,3 +312,33 @@ def test_settling_the_garbage_freezes_what_survives():
         assert gc.get_freeze_count() == frozen, "a collection leaves the frozen objects alone"
     finally:
         gc.unfreeze()
+
+
+def test_a_request_of_b_rows_becomes_b_requests_of_one_row_each_with_its_own_storage():
+    """The scratch copy's request of B rows, run as Triton's warmup runs a
+    sample of batch size B: B one-row tensors per input, each its own
+    tensor (no storage offset into the request's), rows in order."""
+    import torch
+
+    shim = shim_module()
+    x, mask = torch.arange(24.0).reshape(4, 2, 3), torch.arange(8).reshape(4, 2)
+    rows = shim.split_rows([("x", x), ("mask", mask)])
+    assert len(rows) == 4
+    for index, row in enumerate(rows):
+        assert [name for name, _ in row] == ["x", "mask"]
+        assert [tuple(tensor.shape) for _, tensor in row] == [(1, 2, 3), (1, 2)]
+        assert all(tensor.storage_offset() == 0 and tensor.is_contiguous() for _, tensor in row)
+        assert torch.equal(row[0][1], x[index : index + 1]) and torch.equal(row[1][1], mask[index : index + 1])
+    # A stand-in request gives the runtime what it asks a request for.
+    request = shim._Row(rows[2])
+    assert [tensor.name() for tensor in request.inputs()] == ["x", "mask"]
+    assert torch.equal(torch.from_dlpack(request.inputs()[0].to_dlpack()), x[2:3])
+
+
+def test_only_the_preflights_scratch_copy_runs_as_a_warmup():
+    shim = shim_module()
+    assert shim.preflight_samples({"parameters": {"NUM_THREADS": {"string_value": "1"}}}) is None
+    assert shim.preflight_samples({}) is None
+    samples = [{"name": "s", "batch_size": 2, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": ["3"]}}}]
+    config = {"parameters": {pytorch2.PREFLIGHT_PARAMETER: {"string_value": json.dumps(samples)}}}
+    assert shim.preflight_samples(config) == samples

@@ -30,6 +30,7 @@ that sends a request.
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import pathlib
 import threading
 import time
@@ -39,12 +40,14 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
+from triton_warmup.helper.compile_status import is_pytorch2
 from triton_warmup.helper.model_kind import Infer, ModelKind, correlation_ids, requests_for
 from triton_warmup.report import PREFLIGHT_RECORD, PREFLIGHT_SCRATCH, PREFLIGHT_SERVING, PreflightRecord, one_line
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOLDER, config_json, render_config
 from triton_warmup.helper.repository_guard import folder_unwritable_reason, remove_scratch_folder, scratch_folder, write_atomically
 from triton_warmup.helper.preflight_record import fingerprint, known_good, passed_samples, write_record
 from triton_warmup.helper.requests_mode import sample_arrays
+from triton_warmup.pytorch2 import PREFLIGHT_PARAMETER
 from triton_warmup.threads import runs_in_libtorch
 
 
@@ -180,6 +183,12 @@ def scratch_config(config: model_config_pb2.ModelConfig, scratch_name: str) -> m
     compiles at each new shape, which the scratch copy would pay for nothing;
     the backend sets that flag on every execute of every model, for its own
     thread, so the served models keep theirs.
+
+    For a PyTorch 2 model, the planned samples in ``PREFLIGHT_PARAMETER``:
+    the runtime shim then compiles what the real load's warmup will (the
+    same batching helpers in ``initialize``, and a request of B rows run as
+    B requests of one row in one ``execute``, as Triton's warmup sends a
+    sample), so the real load finds every graph in Inductor's cache.
     """
     scratch = model_config_pb2.ModelConfig()
     scratch.CopyFrom(config)
@@ -194,6 +203,10 @@ def scratch_config(config: model_config_pb2.ModelConfig, scratch_name: str) -> m
     scratch.ClearField("response_cache")
     if runs_in_libtorch(scratch):
         scratch.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value = "true"
+    if is_pytorch2(scratch):
+        scratch.parameters[PREFLIGHT_PARAMETER].string_value = json.dumps(
+            [json_format.MessageToDict(sample, preserving_proto_field_name=True) for sample in config.model_warmup]
+        )
     return scratch
 
 
@@ -353,9 +366,15 @@ class Preflight:
                 ) from None
             finally:
                 record.load_s = round(time.monotonic() - load_started, 6)
+            # No dynamic batcher on the scratch copy: requests in flight
+            # together stay apart. A PyTorch 2 model's go one at a time, in
+            # the plan's order, as Triton's warmup runs them: torch.compile's
+            # graphs depend on the order of the shapes it sees (a second
+            # size makes a dimension dynamic), and the real load must find
+            # every one of them in the cache.
+            in_flight = 1 if is_pytorch2(config) else self.in_flight
             try:
-                # No dynamic batcher on the scratch copy: requests in flight together stay apart.
-                self._send(scratch_name, job.kind, config, samples, job.model_dir, record, versions, self.in_flight)
+                self._send(scratch_name, job.kind, config, samples, job.model_dir, record, versions, in_flight)
             finally:
                 try:
                     control.unload(scratch_name)

@@ -23,6 +23,9 @@ RUNTIME_FILE = "model.py"
 UPSTREAM_RUNTIME_FILE = "triton_pytorch_runtime.py"
 # What the shim writes under $TORCHINDUCTOR_CACHE_DIR (see runtime.py).
 STATUS_FOLDER = "triton_warmup_loads"
+# The config parameter that makes the shim run a scratch copy as Triton's
+# warmup will run the real model (see runtime.py); the preflight sets it.
+PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT_SAMPLES"
 # A line of the shim's docstring that tells it from Triton's runtime.
 SHIM_MARKER = "The PyTorch backend's PyTorch 2 runtime, made to run in Triton's Python stub."
 # Where NVIDIA's image keeps the PyTorch backend.

@@ -24,6 +24,15 @@ every call to it. It adds what the stub lacks, and changes nothing else:
   learn its outputs' shapes), and hands the scatter the outputs as the
   runtime does: a model's tuple stays a tuple, since Dynamo guards on the
   container's type.
+* **The preflight's scratch copy compiled as the real load will be.** The
+  warmup helper runs each planned sample on a scratch copy before Triton's
+  warmup sees it, with the samples in a config parameter
+  (``PREFLIGHT_PARAMETER``) instead of ``model_warmup``. On that copy the
+  shim compiles the batching helpers for those samples in ``initialize``,
+  as above, and runs each request of B rows as B requests of one row in one
+  ``execute``, as Triton's warmup sends a sample: the copy then compiles
+  the graphs the real load's warmup asks for, and the real load finds every
+  one of them in Inductor's cache.
 * **What torch.compile did.** After every ``execute`` that compiled, one line
   in Triton's log names the requests' shapes and the counts from torch's own
   counters (``torch._dynamo.utils.counters``): graphs compiled, Inductor's
@@ -107,6 +116,11 @@ COUNTERS = (
 # from then on the function runs uncompiled wherever no compiled entry fits.
 RECOMPILE_LIMIT_BREAK = "Dynamo recompile limit exceeded"
 RECOMPILE_LIMIT_COUNT = "dynamo.recompile_limit_hits"
+# Set only by the warmup helper, on its preflight's scratch copy: the planned
+# ``model_warmup`` samples (JSON, as in Triton's model config), which the
+# scratch copy's config leaves out. With it, the shim runs as Triton's warmup
+# will run the real model (``TritonPythonModel._as_warmup``).
+PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT_SAMPLES"
 
 
 def _utf8_locale():
@@ -241,6 +255,47 @@ def dynamo_cache_key(version_folder, parameters, runtime_files, versions):
     return digest.hexdigest()
 
 
+def preflight_samples(model_config):
+    """The planned warmup samples the helper's preflight put in its scratch
+    copy's config (``PREFLIGHT_PARAMETER``), or None for any other model."""
+    parameter = model_config.get("parameters", {}).get(PREFLIGHT_PARAMETER)
+    if not parameter:
+        return None
+    return json.loads(parameter.get("string_value") or "[]")
+
+
+class _Row:
+    """One row of a request, standing in for the one-row request Triton's
+    warmup makes: the runtime only asks a request for ``inputs()`` and a
+    tensor for ``name()`` and ``to_dlpack()``."""
+
+    class Tensor:
+        def __init__(self, name, tensor):
+            self._name, self._tensor = name, tensor
+
+        def name(self):
+            return self._name
+
+        def to_dlpack(self):
+            from torch.utils import dlpack  # noqa: PLC0415 - torch is imported by then
+
+            return dlpack.to_dlpack(self._tensor)
+
+    def __init__(self, tensors):
+        self._inputs = [self.Tensor(name, tensor) for name, tensor in tensors]
+
+    def inputs(self):
+        return self._inputs
+
+
+def split_rows(named_tensors):
+    """A request's inputs (name, tensor of B rows) as B one-row requests'
+    inputs, each row a tensor of its own (as Triton's warmup gives each of
+    its B requests its own buffer: no storage offsets, no shared storage)."""
+    rows = int(named_tensors[0][1].shape[0]) if named_tensors else 0
+    return [[(name, tensor[row : row + 1].clone()) for name, tensor in named_tensors] for row in range(rows)]
+
+
 def _shapes(requests):
     shapes = []
     for request in requests:
@@ -290,6 +345,8 @@ class TritonPythonModel:
                 "TorchScript model before any PyTorch 2 model (warmup_helper does, within one request), or serve "
                 "the two kinds from separate servers (docs/pytorch2.md)"
             )
+        # On the preflight's scratch copy: the samples the real load will warm.
+        self._preflight_samples = preflight_samples(json.loads(args["model_config"]))
         self._dynamo_folder = self._keep_dynamo_output(args, cache_dir)
         self._status["dynamo_cache"] = str(self._dynamo_folder) if self._dynamo_folder else None
         before = _counts()
@@ -369,7 +426,12 @@ class TritonPythonModel:
         # The model as written, not compiled: only its outputs' shapes matter.
         eager = getattr(runtime, "_raw_model", runtime._model)
         seen = set()
-        for sample in runtime._model_config.get("model_warmup", []):
+        # The scratch copy compiles what the real load will, in its order:
+        # the same graphs, which the real load then finds in Inductor's cache.
+        samples = self._preflight_samples
+        if samples is None:
+            samples = runtime._model_config.get("model_warmup", [])
+        for sample in samples:
             batch_size = int(sample.get("batch_size", 0))
             inputs = sample.get("inputs", {})
             try:
@@ -400,7 +462,7 @@ class TritonPythonModel:
         before = _counts()
         collections_before = FULL_COLLECTIONS.snapshot()
         try:
-            responses = self._runtime.execute(requests)
+            responses = self._execute(requests)
         except Exception as error:
             if self._dynamo_folder is None or not self._raised_by_dynamo(error):
                 raise
@@ -408,10 +470,47 @@ class TritonPythonModel:
             # class made inside a function, say) fails the compile. The
             # model must work anyway.
             self._turn_dynamo_cache_off(error)
-            responses = self._runtime.execute(requests)
+            responses = self._execute(requests)
         self._record_full_collections(collections_before, requests)
         self._record("execute", before, requests)
         return responses
+
+    def _execute(self, requests):
+        if self._preflight_samples is None or not self._runtime._support_batching:
+            return self._runtime.execute(requests)
+        return self._execute_as_warmup(requests)
+
+    def _execute_as_warmup(self, requests):
+        """Run a request of B rows as Triton's warmup runs a sample of batch
+        size B: B requests of one row in one ``execute`` (core,
+        ``GenerateWarmupData``), so that the runtime gathers and scatters B
+        tensors, and compiles the graphs the real load's warmup will ask
+        for. Then one response per request again, its rows joined."""
+        torch, pb_utils = self._torch, self._pb_utils
+        rows, counts = [], []
+        for request in requests:
+            named = [(tensor.name(), torch.from_dlpack(tensor.to_dlpack())) for tensor in request.inputs()]
+            split = split_rows(named)
+            if split:
+                rows.extend(_Row(row) for row in split)
+                counts.append(len(split))
+            else:  # no rows to split: the request goes as it came
+                rows.append(request)
+                counts.append(1)
+        responses = self._runtime.execute(rows)
+        joined, at = [], 0
+        for count in counts:
+            mine, at = responses[at : at + count], at + count
+            failed = next((response for response in mine if response.has_error()), None)
+            if failed is not None:
+                joined.append(pb_utils.InferenceResponse(error=failed.error()))
+                continue
+            outputs = []
+            for index, tensor in enumerate(mine[0].output_tensors()):
+                parts = [torch.from_dlpack(response.output_tensors()[index].to_dlpack()) for response in mine]
+                outputs.append(pb_utils.Tensor.from_dlpack(tensor.name(), torch.cat(parts)))
+            joined.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        return joined
 
     def _raised_by_dynamo(self, error):
         """Whether ``error`` is Dynamo's, or came out of Dynamo's code. An
