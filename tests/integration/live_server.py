@@ -28,7 +28,7 @@ from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.client.flags import repository_index
 from triton_warmup.client.warm import request_warmup, shape_arrays
-from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.embedded import AUTO_COMPLETE_AUTO, EmbeddedTriton, free_port
 from triton_warmup.report import WarmupReport
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -59,6 +59,9 @@ def serving(repository: pathlib.Path, workdir: pathlib.Path, **options):
     """Serve ``repository`` itself (several servers may share one); logs go to ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     options.setdefault("log_verbose", EVIDENCE_LOG_VERBOSE)
+    # As the launchers start it: without Triton's auto-complete where no
+    # model needs it (a second less per Python model load).
+    options.setdefault("auto_complete", AUTO_COMPLETE_AUTO)
     server = EmbeddedTriton(
         repository,
         workdir,
