@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from triton_warmup import libtorch_backend, pytorch2
 from triton_warmup.embedded import server
 
@@ -109,3 +111,20 @@ def test_a_port_another_process_handed_out_is_not_handed_out_again(tmp_path, mon
     port = int(child.stdout)
     assert not server._claim_across_processes(port)
     assert server._claim_across_processes(port + 1 if port < 65535 else port - 1)
+
+
+def test_a_path_that_breaks_the_python_backend_s_stub_command_is_refused_before_the_server_starts(tmp_path):
+    """Triton's Python backend runs each stub through ``bash -c`` with the
+    paths unquoted: a space or a parenthesis there fails every Python model."""
+    assert server.shell_unsafe_character("/tmp/models-1/a_b.c+d,e:f@g%h=i~j#k") is None
+    assert server.shell_unsafe_character("/tmp/my models") == " "
+    assert server.shell_unsafe_character("/tmp/models (copy)") == " "
+    assert server.shell_unsafe_character("/tmp/models$HOME") == "$"
+    repository = tmp_path / "models (copy)"
+    repository.mkdir()
+    with pytest.raises(server.TritonStartError, match=r"holds ' ': Triton's Python backend starts each Python model"):
+        server.EmbeddedTriton(repository, tmp_path / "work").start()
+    with pytest.raises(server.TritonStartError, match=r"the backend folder .*holds '\(': .*\(--workdir\)$"):
+        server.EmbeddedTriton(tmp_path, tmp_path / "work(1)").start()
+    # Nothing was started or assembled.
+    assert not (tmp_path / "work").exists() and not (tmp_path / "work(1)").exists()

@@ -20,6 +20,7 @@ import dataclasses
 import fcntl
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -292,6 +293,20 @@ def server_options(
     return options
 
 
+# Triton's Python backend starts every stub with ``bash -c "exec STUB
+# MODEL_PATH ... BACKEND_DIR ..."``, the paths unquoted (python_backend
+# r24.10, ``StubLauncher::Launch``): a path with a space or one of bash's
+# special characters fails every Python model's load, the helper's first.
+# Paths are absolute, so "~" and "#" never start a word there.
+_SHELL_SAFE_PATH = re.compile(r"[\w./+,:@%=~#-]*")
+
+
+def shell_unsafe_character(path: str) -> Optional[str]:
+    """The first character of ``path`` that breaks the Python backend's stub command; ``None`` when none does."""
+    safe = _SHELL_SAFE_PATH.match(path).end()
+    return None if safe == len(path) else path[safe]
+
+
 def options_to_argv(options: Sequence[tuple]) -> List[str]:
     return [f"--{flag}={value}" for flag, value in options]
 
@@ -385,6 +400,15 @@ class EmbeddedTriton:
     def start(self) -> "EmbeddedTriton":
         if isinstance(self.model_repository, pathlib.Path) and not self.model_repository.is_dir():
             raise TritonStartError(f"model repository {self.model_repository} is not a folder")
+        for what, path in (("the model repository", self.model_repository), ("the backend folder", self.backend_directory)):
+            character = None if is_cloud(str(path)) else shell_unsafe_character(str(path))
+            if character is not None:
+                raise TritonStartError(
+                    f"{what} {path} holds {character!r}: Triton's Python backend starts each Python model's "
+                    "process through bash with this path unquoted, so every Python model, warmup_helper first, "
+                    "would fail to load; use a path of letters, digits and ./_+,:@%=~#- only"
+                    + (" (--workdir)" if what == "the backend folder" else "")
+                )
         self.workdir.mkdir(parents=True, exist_ok=True)
         assemble_backend_directory(self.backend_directory, self.install, self.pytorch_backend)
         self._log_file = open(self.log_path, "ab")
