@@ -317,11 +317,14 @@ def as_pytorch2(config):
 def test_a_pytorch2_scratch_copy_carries_the_whole_plan_for_the_runtime_shim(repository):
     """The shim compiles on the scratch copy what the real load's warmup will
     (issue 38): it needs every planned sample, in the plan's order, though
-    the scratch config has no ``model_warmup``."""
+    the scratch config has no ``model_warmup``, and the model's name, under
+    which it keeps what Dynamo traced for the real load."""
     config = as_pytorch2(job_for(repository, batch_sizes=(1, 2)).rewrite.config)
     scratch = scratch_config(config, SCRATCH_PREFIX + "model-v1")
     assert not scratch.model_warmup
-    carried = json.loads(scratch.parameters[PREFLIGHT_PARAMETER].string_value)
+    plan = json.loads(scratch.parameters[PREFLIGHT_PARAMETER].string_value)
+    assert plan["model"] == config.name
+    carried = plan["model_warmup"]
     assert [sample["name"] for sample in carried] == [sample.name for sample in config.model_warmup]
     assert [sample["batch_size"] for sample in carried] == [sample.batch_size for sample in config.model_warmup]
     first = config.model_warmup[0]

@@ -337,8 +337,37 @@ def test_a_request_of_b_rows_becomes_b_requests_of_one_row_each_with_its_own_sto
 
 def test_only_the_preflights_scratch_copy_runs_as_a_warmup():
     shim = shim_module()
-    assert shim.preflight_samples({"parameters": {"NUM_THREADS": {"string_value": "1"}}}) is None
-    assert shim.preflight_samples({}) is None
+    assert shim.preflight_plan({"parameters": {"NUM_THREADS": {"string_value": "1"}}}) is None
+    assert shim.preflight_plan({}) is None
     samples = [{"name": "s", "batch_size": 2, "inputs": {"x": {"data_type": "TYPE_FP32", "dims": ["3"]}}}]
-    config = {"parameters": {pytorch2.PREFLIGHT_PARAMETER: {"string_value": json.dumps(samples)}}}
-    assert shim.preflight_samples(config) == samples
+    parameter = json.dumps({"model": "m", "model_warmup": samples})
+    config = {"parameters": {pytorch2.PREFLIGHT_PARAMETER: {"string_value": parameter},
+                             "NUM_THREADS": {"string_value": "1"}}}
+    assert shim.preflight_plan(config) == {"model": "m", "model_warmup": samples}
+    # Dynamo's output is keyed by the parameters the user wrote.
+    assert shim.own_parameters(config) == {"NUM_THREADS": {"string_value": "1"}}
+
+
+def test_a_scratch_copy_keys_dynamos_output_as_its_model(tmp_path):
+    """The scratch copy's version folder is a link to the model's, and its
+    parameters are the model's plus the preflight's: with the preflight's
+    left out and the model's name as the module, its key is the model's, so
+    the real load installs what the scratch copy traced."""
+    shim = shim_module()
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "model.py").write_text("class M: pass\n")
+    (version / "__pycache__").mkdir()
+    (version / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"bytecode")
+    scratch = tmp_path / ".warmup_helper.preflight.m"
+    scratch.mkdir()
+    (scratch / "1").symlink_to(version.resolve(), target_is_directory=True)
+    runtime = tmp_path / "runtime.py"
+    runtime.write_text("# runtime\n")
+    versions = {"python": "3.11", "torch": "2.13.0", "kind": "KIND_CPU", "module": "m"}
+    parameters = {"NUM_THREADS": {"string_value": "1"}}
+    scratch_parameters = dict(parameters, **{pytorch2.PREFLIGHT_PARAMETER: {"string_value": "{}"}})
+    real = shim.dynamo_cache_key(version, parameters, [runtime], versions)
+    assert shim.dynamo_cache_key(scratch / "1", shim.own_parameters({"parameters": scratch_parameters}),
+                                 [runtime], versions) == real
+    assert shim.dynamo_cache_key(scratch / "1", scratch_parameters, [runtime], versions) != real

@@ -184,11 +184,13 @@ def scratch_config(config: model_config_pb2.ModelConfig, scratch_name: str) -> m
     the backend sets that flag on every execute of every model, for its own
     thread, so the served models keep theirs.
 
-    For a PyTorch 2 model, the planned samples in ``PREFLIGHT_PARAMETER``:
-    the runtime shim then compiles what the real load's warmup will (the
-    same batching helpers in ``initialize``, and a request of B rows run as
-    B requests of one row in one ``execute``, as Triton's warmup sends a
-    sample), so the real load finds every graph in Inductor's cache.
+    For a PyTorch 2 model, the model's name and planned samples in
+    ``PREFLIGHT_PARAMETER``: the runtime shim then compiles what the real
+    load's warmup will (the same batching helpers in ``initialize``, and a
+    request of B rows run as B requests of one row in one ``execute``, as
+    Triton's warmup sends a sample), so the real load finds every graph in
+    Inductor's cache, and keeps what Dynamo traced where the real load
+    looks for it, so the real load traces nothing either.
     """
     scratch = model_config_pb2.ModelConfig()
     scratch.CopyFrom(config)
@@ -204,9 +206,12 @@ def scratch_config(config: model_config_pb2.ModelConfig, scratch_name: str) -> m
     if runs_in_libtorch(scratch):
         scratch.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value = "true"
     if is_pytorch2(scratch):
-        scratch.parameters[PREFLIGHT_PARAMETER].string_value = json.dumps(
-            [json_format.MessageToDict(sample, preserving_proto_field_name=True) for sample in config.model_warmup]
-        )
+        scratch.parameters[PREFLIGHT_PARAMETER].string_value = json.dumps({
+            "model": config.name,
+            "model_warmup": [
+                json_format.MessageToDict(sample, preserving_proto_field_name=True) for sample in config.model_warmup
+            ],
+        })
     return scratch
 
 

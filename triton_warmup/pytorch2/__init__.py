@@ -25,7 +25,7 @@ UPSTREAM_RUNTIME_FILE = "triton_pytorch_runtime.py"
 STATUS_FOLDER = "triton_warmup_loads"
 # The config parameter that makes the shim run a scratch copy as Triton's
 # warmup will run the real model (see runtime.py); the preflight sets it.
-PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT_SAMPLES"
+PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT"
 # A line of the shim's docstring that tells it from Triton's runtime.
 SHIM_MARKER = "The PyTorch backend's PyTorch 2 runtime, made to run in Triton's Python stub."
 # Where NVIDIA's image keeps the PyTorch backend.

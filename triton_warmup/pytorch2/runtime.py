@@ -116,11 +116,13 @@ COUNTERS = (
 # from then on the function runs uncompiled wherever no compiled entry fits.
 RECOMPILE_LIMIT_BREAK = "Dynamo recompile limit exceeded"
 RECOMPILE_LIMIT_COUNT = "dynamo.recompile_limit_hits"
-# Set only by the warmup helper, on its preflight's scratch copy: the planned
-# ``model_warmup`` samples (JSON, as in Triton's model config), which the
-# scratch copy's config leaves out. With it, the shim runs as Triton's warmup
-# will run the real model (``TritonPythonModel._as_warmup``).
-PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT_SAMPLES"
+# Set only by the warmup helper, on its preflight's scratch copy: JSON with
+# the real model's name ("model") and its planned samples ("model_warmup", as
+# in Triton's model config), which the scratch copy's config leaves out. With
+# it, the shim runs the scratch copy as Triton's warmup will run the real
+# model (``TritonPythonModel._execute_as_warmup``) and keeps Dynamo's output
+# for the real model (``TritonPythonModel._keep_dynamo_output``).
+PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT"
 
 
 def _utf8_locale():
@@ -255,13 +257,21 @@ def dynamo_cache_key(version_folder, parameters, runtime_files, versions):
     return digest.hexdigest()
 
 
-def preflight_samples(model_config):
-    """The planned warmup samples the helper's preflight put in its scratch
-    copy's config (``PREFLIGHT_PARAMETER``), or None for any other model."""
+def preflight_plan(model_config):
+    """What the helper's preflight put in its scratch copy's config
+    (``PREFLIGHT_PARAMETER``): the real model's name and planned samples; or
+    None for any other model."""
     parameter = model_config.get("parameters", {}).get(PREFLIGHT_PARAMETER)
     if not parameter:
         return None
-    return json.loads(parameter.get("string_value") or "[]")
+    plan = json.loads(parameter.get("string_value") or "{}")
+    return {"model": str(plan.get("model", "")), "model_warmup": list(plan.get("model_warmup", []))}
+
+
+def own_parameters(model_config):
+    """The config's parameters as the user wrote them: without the
+    preflight's, so that a scratch copy keys Dynamo's output as its model."""
+    return {key: value for key, value in model_config.get("parameters", {}).items() if key != PREFLIGHT_PARAMETER}
 
 
 class _Row:
@@ -346,7 +356,7 @@ class TritonPythonModel:
                 "the two kinds from separate servers (docs/pytorch2.md)"
             )
         # On the preflight's scratch copy: the samples the real load will warm.
-        self._preflight_samples = preflight_samples(json.loads(args["model_config"]))
+        self._preflight = preflight_plan(json.loads(args["model_config"]))
         self._dynamo_folder = self._keep_dynamo_output(args, cache_dir)
         self._status["dynamo_cache"] = str(self._dynamo_folder) if self._dynamo_folder else None
         before = _counts()
@@ -365,15 +375,21 @@ class TritonPythonModel:
 
     def _keep_dynamo_output(self, args, cache_dir):
         """Turn on torch's Dynamo cache in a folder keyed for this model
-        (``dynamo_cache_key``); the folder, or None when it stays off."""
+        (``dynamo_cache_key``); the folder, or None when it stays off.
+
+        The preflight's scratch copy keys it as the real model: same files
+        (its version folder links to the model's), same parameters without
+        the preflight's, and the user's module imported under the real
+        model's name. What it traces is then installed by the real load,
+        which traces nothing for the samples the scratch copy ran."""
         torch = self._torch
         if not cache_dir or os.environ.get(PRECOMPILE_VARIABLE):
             return None  # no lasting cache to keep it in, or the user decided
-        if "." in args["model_name"]:
+        module_name = self._preflight["model"] if self._preflight else args["model_name"]
+        if not module_name or "." in module_name:
             # The runtime names the user's module after the model, and Dynamo
             # saves references to its classes by that name, which pickle then
-            # imports: a dotted name reads as a package path (the preflight's
-            # scratch copies are ".warmup_helper.preflight.<model>").
+            # imports: a dotted name reads as a package path.
             return None
         try:
             from torch._dynamo import package as dynamo_package  # noqa: PLC0415 - torch is imported by then
@@ -382,18 +398,18 @@ class TritonPythonModel:
             version_folder = pathlib.Path(args["model_repository"]) / args["model_version"]
             key = dynamo_cache_key(
                 version_folder,
-                config.get("parameters", {}),
+                own_parameters(config),
                 [__file__, pathlib.Path(__file__).with_name(UPSTREAM_RUNTIME_FILE)],
                 {
                     "python": sys.version,
                     "torch": torch.__version__,
                     "kind": args.get("model_instance_kind", ""),
                     # Saved guards name the user's classes by module, which the runtime names after the model.
-                    "module": args["model_name"],
+                    "module": module_name,
                 },
             )
             folder = pathlib.Path(cache_dir) / DYNAMO_FOLDER / key
-            self._register_modules()
+            self._register_modules(module_name)
             # Every reader and writer of torch's one DynamoCache asks it for
             # this; the instance attribute shadows its method.
             dynamo_package.DynamoCache.path_prefix = lambda: str(folder)
@@ -403,16 +419,18 @@ class TritonPythonModel:
             return None
         return folder
 
-    def _register_modules(self):
+    def _register_modules(self, module_name):
         """Put Triton's runtime, and the user's module once the runtime
         imports it, in ``sys.modules``: Dynamo saves references to the
         classes and functions it guards on by module name, and both are
-        loaded from files, under names that import cannot find otherwise."""
+        loaded from files, under names that import cannot find otherwise.
+        The user's module is named ``module_name`` (the real model's, on a
+        scratch copy)."""
         upstream = self._upstream
         sys.modules.setdefault(upstream.__name__, upstream)
         import_from_file = upstream._import_module_from_path
 
-        def import_and_register(module_name, file_path):
+        def import_and_register(_, file_path):
             module = import_from_file(module_name, file_path)
             sys.modules.setdefault(module_name, module)
             return module
@@ -428,8 +446,9 @@ class TritonPythonModel:
         seen = set()
         # The scratch copy compiles what the real load will, in its order:
         # the same graphs, which the real load then finds in Inductor's cache.
-        samples = self._preflight_samples
-        if samples is None:
+        if self._preflight is not None:
+            samples = self._preflight["model_warmup"]
+        else:
             samples = runtime._model_config.get("model_warmup", [])
         for sample in samples:
             batch_size = int(sample.get("batch_size", 0))
@@ -476,7 +495,7 @@ class TritonPythonModel:
         return responses
 
     def _execute(self, requests):
-        if self._preflight_samples is None or not self._runtime._support_batching:
+        if self._preflight is None or not self._runtime._support_batching:
             return self._runtime.execute(requests)
         return self._execute_as_warmup(requests)
 
