@@ -30,6 +30,7 @@ from live_server import (
     warmup_inputs,
 )
 from triton_warmup import example_models
+from triton_warmup.helper.repository_guard import SCRATCH_PREFIX
 from triton_warmup.report import COMPILE_COMPILED, COMPILE_REUSED, PREFLIGHT_RECORD
 
 MODEL = example_models.COMPILED_ENCODER
@@ -149,8 +150,10 @@ def cold(template, cache, tmp_path_factory):
 def test_a_batching_pytorch2_model_loads_warm_and_compiled(cold):
     server, entry = cold
     assert entry.kind == "plain" and entry.preflight.how == "scratch copy"
-    assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.cache_misses > 0
-    assert entry.compile.instances == 1 and entry.compile.graphs > 0
+    # The preflight's scratch copy compiled; the real load took it all from
+    # the cache (test_the_real_load_after_a_passing_preflight_compiles_nothing).
+    assert entry.compile.verdict == COMPILE_COMPILED and entry.compile.preflight_cache_misses > 0
+    assert entry.compile.instances == 1 and entry.compile.traced_from_cache > 0
     # The locale shim worked: Inductor read its templates and compiled.
     assert "UnicodeDecodeError" not in server.log_text()
 
@@ -175,6 +178,54 @@ def test_an_unplanned_shape_compiles_and_the_log_says_so(cold):
         client.infer(MODEL, [x, mask])
     lines = compile_lines_after_ready(server, MODEL, more_than=before)
     assert len(lines) == before + 1 and "[8, 1, 64]" in lines[-1]
+
+
+COUNTS_IN_LINE = re.compile(r"torch\.compile in (?:initialize|execute) of '([^']+)' version \S+: (\{[^}]*\})")
+
+
+def compile_counts(log: str, model: str):
+    """The counts of every "torch.compile in ..." line the shim logged for
+    ``model`` (exactly that name), in the order logged."""
+    # Triton's log escapes the quotes of the JSON the shim writes.
+    return [json.loads(match.group(2).replace('\\"', '"')) for match in COUNTS_IN_LINE.finditer(log)
+            if match.group(1) == model]
+
+
+def test_the_real_load_after_a_passing_preflight_compiles_nothing(tmp_path):
+    """Issue 38, part 2: the preflight's scratch copy runs each sample as
+    Triton's warmup will (a sample of batch size B as B requests of one row
+    in one execute) and keeps what Dynamo traced under the model's own key,
+    so the real load that follows compiles nothing: judged from the shim's
+    counts (the status files the report sums, and the lines in Triton's
+    log), not from timing. On the previous preflight, the real load traced
+    every function again and compiled the batching helpers for B gathered
+    requests (4 of 9 graphs with the benchmark's plan)."""
+    repository = tmp_path / "model_repository"
+    for name in ("warmup_helper", MODEL):
+        shutil.copytree(PROJECT_REPOSITORY / name, repository / name,
+                        ignore=shutil.ignore_patterns("model.pt", "__pycache__", ".*"))
+    torch_save(example_models.compiled_encoder_weights(repository), repository / MODEL / "1" / "model.pt")
+    with serving(repository, tmp_path / "server", extra_env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}) as server:
+        entry = warm(server)
+        assert entry.preflight.how == "scratch copy" and entry.preflight.error is None
+        record = entry.compile
+        # The scratch copy compiled (an empty cache), the real load nothing:
+        # no graph missed Inductor's cache, and what Dynamo traced on the
+        # scratch copy the real load installed from Dynamo's cache.
+        assert record.preflight_cache_misses > 0 and record.preflight_graphs > 0
+        assert record.instances == 1 and record.cache_misses == 0
+        assert record.cache_hits == record.graphs and record.traced_from_cache > 0
+        log = server.log_text()
+        loaded = log.find(f"successfully loaded '{MODEL}'")
+        real = compile_counts(log[:loaded], MODEL)
+        scratch = compile_counts(log, SCRATCH_PREFIX + MODEL)
+        assert real and scratch
+        assert sum(counts["inductor.fxgraph_cache_miss"] for counts in real) == 0
+        assert sum(counts["inductor.fxgraph_cache_hit"] for counts in real) == record.cache_hits
+        assert sum(counts["inductor.fxgraph_cache_miss"] for counts in scratch) == record.preflight_cache_misses
+        # And, as before, nothing compiles for a client after READY.
+        send_each_planned_shape(server, MODEL)
+        assert compile_lines_after_ready(server, MODEL) == []
 
 
 @pytest.fixture(scope="module")
