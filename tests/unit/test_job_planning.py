@@ -1,6 +1,8 @@
 """Planning a request's models: --all, per-model plans and their data files."""
 
 import dataclasses
+import gc
+import types
 
 import numpy as np
 import pytest
@@ -110,3 +112,32 @@ def test_errors_for_a_plan_document_point_into_the_document(repository):
     with pytest.raises(WarmupRequestError) as caught:
         plan_jobs(repository, parse_plan_document(document, HELPER))
     assert (caught.value.path, caught.value.code) == (("models", "no-such-model"), NOT_FOUND)
+
+
+@pytest.mark.parametrize("broken", ["absent", "unparsable"])
+def test_a_refused_plan_leaves_no_frames_in_a_reference_cycle(repository, broken):
+    """What the planner keeps of a model it could not read must not hold
+    frames: each frame holds its callers up to the helper's execute, whose
+    Triton request would then be freed only at the stub's exit, which
+    crashes it (SIGSEGV in dmesg)."""
+    if broken == "unparsable":
+        (repository / "broken").mkdir()
+        (repository / "broken" / "config.pbtxt").write_text('name: "broken"\ninput [ { name: ')
+    name = "no-such-model" if broken == "absent" else "broken"
+
+    def refuse():
+        with pytest.raises(WarmupRequestError):
+            plan_jobs(repository, warmup_request(models=("model-v1", name)))
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        refuse()
+        gc.collect()
+        frames = [item for item in gc.garbage if isinstance(item, types.FrameType)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert frames == [], [frame.f_code.co_name for frame in frames]
