@@ -143,6 +143,9 @@ def test_repeated_failed_loads_do_not_take_the_server_down(server):
     Triton issue"); the helper's default load path must survive a run of them."""
     broken_config = server.model_repository / "broken-model" / "config.pbtxt"
     original = broken_config.read_bytes()
+    # A model that serves throughout (loaded here, so the test stands alone).
+    loaded, _ = send_warmup(server, "http", warmup_inputs(["model-v1"], 1, 1))
+    assert loaded == ["model-v1"]
     for attempt in range(5):
         loaded, report = send_warmup(server, "http", warmup_inputs(["broken-model"], 1, 1))
         assert loaded == [] and report.models[0].status == "FAILED", attempt
