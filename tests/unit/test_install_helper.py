@@ -90,3 +90,12 @@ def test_the_parameter_names_are_the_helpers_own():
     from triton_warmup.helper import start_warmup
 
     assert (install_helper.WARM_ON_START, install_helper.WARM_ALL) == (start_warmup.PARAMETER, start_warmup.WARM_ALL)
+
+
+def test_the_pass_line_adds_the_auto_complete_flag_only_where_no_model_needs_auto_complete(tmp_path, capsys):
+    assert install_helper.main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "--load-model=warmup_helper --disable-auto-complete-config (no model here needs Triton's auto-complete)")
+    (tmp_path / "their-model" / "1").mkdir(parents=True)  # no config.pbtxt: Triton fills one in
+    assert install_helper.main([str(tmp_path), "--force"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("--load-model=warmup_helper")

@@ -172,8 +172,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         when = f"; it warms the plan {pathlib.Path(args.warm_on_start).name} at start"
     print(f"PASS: {folder} holds {HELPER_MODEL}{when}; start tritonserver with --model-control-mode=explicit "
-          f"--load-model={HELPER_MODEL}")
+          f"--load-model={HELPER_MODEL}{_auto_complete_hint(folder.parent)}")
     return 0
+
+
+def _auto_complete_hint(repository: pathlib.Path) -> str:
+    """The flag that skips Triton's auto-complete, where no model of
+    ``repository`` needs it: the helper is a Python model, which then loads
+    a second sooner, and on a restart every model waits for it
+    (triton_warmup/auto_complete.py)."""
+    try:
+        from triton_warmup.client.auto_complete_flag import repository_setting  # noqa: PLC0415
+    except ImportError:
+        # The plain copy needs no dependency; reading the configs does.
+        return ""
+    flags = repository_setting(repository).flags
+    return f" {' '.join(flags)} (no model here needs Triton's auto-complete)" if flags else ""
+
 
 
 if __name__ == "__main__":
