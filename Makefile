@@ -93,6 +93,7 @@ bench: venv backend models
 	$(PY) -m bench.rewarm_under_traffic
 	$(PY) -m bench.pytorch2_benchmark
 	$(PY) -m bench.pytorch2_benchmark --model compiled-attention
+	$(PY) -m bench.pytorch2_benchmark --model compiled-tokens --group-max 12
 	$(PY) -m bench.start_benchmark
 	$(PY) -m bench.watch_benchmark
 	$(PY) -m bench.adapt_benchmark
