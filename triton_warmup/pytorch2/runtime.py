@@ -594,14 +594,17 @@ class TritonPythonModel:
         change = {key: after[key] - before[key] for key in after}
         if where == "execute":
             self._status["executes_that_compiled"] += 1
+        saved = ""
         if self._dynamo_folder is not None and change["stats.unique_graphs"]:
+            started = time.perf_counter()
             self._save_dynamo_output()
+            saved = f", Dynamo's cache saved in {(time.perf_counter() - started) * 1000:.1f} ms"
         # Whatever compiled, its garbage goes now, before a later request's
         # allocations make Python scan it all (settle_garbage).
         settled_s = settle_garbage()
         self._pb_utils.Logger.log_info(
             f"torch.compile in {where} of '{self._status['model']}' version {self._status['version']}: "
-            f"{json.dumps(change, sort_keys=True)}, garbage collected and frozen in {settled_s * 1000:.1f} ms, "
+            f"{json.dumps(change, sort_keys=True)}{saved}, garbage collected and frozen in {settled_s * 1000:.1f} ms, "
             f"for request shapes {json.dumps(_shapes(requests))}"
         )
         self._status.update(updated=time.time(), counts=after)
