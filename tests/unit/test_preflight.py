@@ -279,8 +279,28 @@ def test_a_ready_model_whose_plan_is_on_disk_already_is_not_checked(repository):
     assert run_job(job, RecordingControl()).status == Status.READY
     (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
     infer = Infer()
-    entry = run_job(again, control_for(repository, ready={"model-v1"}), preflight=preflight(infer))
+    check = preflight(infer, server_started_at=time.time() + 60)
+    entry = run_job(again, control_for(repository, ready={"model-v1"}), preflight=check)
     assert entry.preflight is None and infer.calls == []
+
+
+def test_a_ready_model_whose_plan_is_on_disk_but_whose_files_changed_is_checked_before_its_reload(repository):
+    """The reload would run the samples on the new files in Triton's warmup."""
+    with_model_file(repository)
+    job = job_for(repository)
+    assert run_job(job, RecordingControl()).status == Status.READY
+    (again,) = plan_jobs(repository, warmup_request(group_max=3, batch_sizes=(1,)))
+    assert not again.rewrite.changed
+    check = preflight(Infer(largest_group=1), server_started_at=time.time() - 60)
+    check.loaded_at["model-v1"] = time.time() - 30
+    os.utime(repository / "model-v1" / "1" / "model.pt", (time.time(), time.time()))
+    control = control_for(repository, ready={"model-v1"})
+    entry = run_job(again, control, preflight=check)
+    assert entry.preflight.how == "scratch copy" and entry.preflight.why == (
+        "model files changed since the helper's last load of it")
+    # The new files fail a sample: nothing is reloaded, the serving version stays.
+    assert entry.status == Status.FAILED and entry.preflight.failed_sample["inputs"]["mask"] == [1, 2]
+    assert ("load", "model-v1") not in [call[:2] for call in control.calls]
 
 
 def test_an_unloaded_model_whose_plan_is_on_disk_is_still_checked(repository):

@@ -433,7 +433,13 @@ def _preflight_passes(
 ) -> bool:
     """Run the preflight where the load would run samples; False (and the
     entry says why) when one failed."""
-    if preflight is None or (was_ready and not job.rewrite.changed):
+    if preflight is None:
+        return True
+    if was_ready and not job.rewrite.changed and preflight.serves_the_files_on_disk(job):
+        # Its samples ran on these files when it loaded. Files changed since
+        # (a new model.py, say) would meet the samples first in Triton's
+        # warmup, where a failing one can crash the server: they get the
+        # preflight like a new model.
         return True
     record = entry.preflight = preflight.check(job, control, was_ready)
     entry.timings.preflight_s = record.seconds

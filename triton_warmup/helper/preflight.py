@@ -310,6 +310,16 @@ class Preflight:
             return since, "the helper's last load of it"
         return self.server_started_at, "the server started"
 
+    def serves_the_files_on_disk(self, job) -> bool:
+        """Whether the READY version of ``job``'s model runs the model files
+        on disk, as far as the helper can tell: then a load of the same
+        config runs its samples on code they already ran on."""
+        try:
+            files = model_files(job.model_dir, loaded_versions(job.model_dir, job.rewrite.config.version_policy))
+            return self._serving_runs_these_files(job.name, files)[0]
+        except OSError:
+            return False
+
     def _serving_runs_these_files(self, name: str, files: List[pathlib.Path]) -> Tuple[bool, str]:
         """Whether the READY version runs the files on disk, and why it is
         known (else the scratch copy checks them)."""
