@@ -7,6 +7,7 @@ once the server's start-up is over. What ran is read from Triton's own log
 (its "running warmup sample" and "successfully loaded" lines).
 """
 
+import json
 import os
 import shutil
 import signal
@@ -150,6 +151,10 @@ def test_the_server_warms_its_start_plan_with_no_client(template_repository, tmp
         stop_polling.set()
         poller.join(10)
         printed = capsys.readouterr().out
+        # The total is the warmup's own span, however late the report is read.
+        assert warm.main(["-u", server.http_url, "--start-report", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert f"total {report['seconds_total']:.2f} s" in printed
 
         states = model_states(server)
         assert all(states[name] == "READY" for name in PLANNED), states
