@@ -30,6 +30,7 @@ from triton_warmup.helper.config_rewrite import (
     read_config,
 )
 from triton_warmup.helper.ensemble_flow import EnsembleError, EnsembleFlow
+from triton_warmup.helper.kept_errors import without_frames
 from triton_warmup.helper.model_kind import ModelKind, add_controls, kind_of
 from triton_warmup.helper.preflight import loaded_versions
 from triton_warmup.helper.request import (
@@ -400,21 +401,6 @@ def repository_models(
     return names
 
 
-def _without_frames(error: Exception) -> Exception:
-    """``error`` with no traceback and no chained exception, to be kept.
-
-    A kept traceback holds its frames, and each frame its callers up to the
-    helper's ``execute``, whose Triton request object then lives in a
-    reference cycle (through this planner) that only the interpreter's last
-    collection frees: in the stub's exit, where freeing it crashes the stub
-    (SIGSEGV in libc, in dmesg).
-    """
-    error.__traceback__ = None
-    error.__context__ = None
-    error.__cause__ = None
-    return error
-
-
 class _Planner:
     """Plans one request: reads each config once, expands ensembles into
     their members, and sorts each model into a job, an ensemble or a failure."""
@@ -438,7 +424,7 @@ class _Planner:
                 model_dir, _, _, config = read_model(self.repository, name)
                 self._read[name] = (model_dir, config, kind_of(config), None)
             except (WarmupRequestError, ValueError) as error:
-                self._read[name] = (None, None, None, _without_frames(error))
+                self._read[name] = (None, None, None, without_frames(error))
         return self._read[name]
 
     def lookup(self, name: str) -> Tuple[model_config_pb2.ModelConfig, ModelKind]:

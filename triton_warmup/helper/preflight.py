@@ -41,6 +41,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 
 from triton_warmup.helper.compile_status import is_pytorch2
+from triton_warmup.helper.kept_errors import without_frames
 from triton_warmup.helper.model_kind import Infer, ModelKind, correlation_ids, requests_for
 from triton_warmup.report import PREFLIGHT_RECORD, PREFLIGHT_SCRATCH, PREFLIGHT_SERVING, PreflightRecord, one_line
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOLDER, config_json, render_config
@@ -452,7 +453,8 @@ class Preflight:
                 for request in requests_for(kind, model, version, config, arrays, iter(next_id, None)):
                     self.infer(request)
             except Exception as error:  # noqa: BLE001 - Triton's answer goes into the report
-                return error
+                # Returned through a thread pool's future: kept_errors says why bare.
+                return without_frames(error)
             if in_flight <= 1:
                 time.sleep(pause_after(time.monotonic() - started, duty))
             return None
