@@ -1,7 +1,9 @@
 """A small model repository and a recording model control for the pure tests."""
 
+import gc
 import pathlib
 import shutil
+import types
 
 from triton_warmup.helper.job_planning import plan_jobs
 
@@ -128,3 +130,22 @@ def control_for(repository, **options):
     control = ScratchControl(**options)
     control.repository = repository
     return control
+
+
+def frames_left_in_cycles(action):
+    """Run ``action`` with the garbage collector off; return what it leaves
+    for the collector to free that is a frame, and ``action``'s result.
+    A frame in a cycle reaches the helper's ``execute`` and its Triton
+    request (triton_warmup/helper/kept_errors.py)."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        result = action()
+        gc.collect()
+        frames = [item for item in gc.garbage if isinstance(item, types.FrameType)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    return [frame.f_code.co_name for frame in frames], result

@@ -1,13 +1,11 @@
 """Planning a request's models: --all, per-model plans and their data files."""
 
 import dataclasses
-import gc
-import types
 
 import numpy as np
 import pytest
 
-from repository_fixtures import snapshot, warmup_request
+from repository_fixtures import frames_left_in_cycles, snapshot, warmup_request
 from triton_warmup.helper.job_planning import plan_jobs, repository_models
 from triton_warmup.helper.request import NOT_FOUND, ModelPlanRequest, WarmupRequest, WarmupRequestError, parse_plan_document
 
@@ -129,15 +127,5 @@ def test_a_refused_plan_leaves_no_frames_in_a_reference_cycle(repository, broken
         with pytest.raises(WarmupRequestError):
             plan_jobs(repository, warmup_request(models=("model-v1", name)))
 
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        refuse()
-        gc.collect()
-        frames = [item for item in gc.garbage if isinstance(item, types.FrameType)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert frames == [], [frame.f_code.co_name for frame in frames]
+    frames, _ = frames_left_in_cycles(refuse)
+    assert frames == []

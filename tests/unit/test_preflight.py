@@ -2,13 +2,11 @@
 copy is made of, which way each model is checked, and that a failing sample
 stops the job before anything is written."""
 
-import gc
 import json
 import os
 import shutil
 import threading
 import time
-import types
 
 import numpy as np
 import pytest
@@ -30,6 +28,7 @@ from repository_fixtures import (
     Infer,
     RecordingControl,
     control_for,
+    frames_left_in_cycles,
     job_for,
     snapshot,
     warmup_request,
@@ -198,19 +197,10 @@ def test_a_failing_sample_leaves_no_frames_in_a_reference_cycle(repository):
     its traceback, its frames (the request's among them) would wait for the
     stub's exit to be freed, which crashes the stub (kept_errors)."""
     job = job_for(repository, group_max=4)
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        entry = run_job(job, control_for(repository), preflight=preflight(Infer(largest_group=2)))
-        gc.collect()
-        frames = [item for item in gc.garbage if isinstance(item, types.FrameType)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    frames, entry = frames_left_in_cycles(
+        lambda: run_job(job, control_for(repository), preflight=preflight(Infer(largest_group=2))))
     assert entry.status == Status.FAILED and "group size above the model's maximum" in entry.error
-    assert frames == [], [frame.f_code.co_name for frame in frames]
+    assert frames == []
 
 
 def test_a_model_that_does_not_load_at_all_fails_in_the_preflight(repository):
