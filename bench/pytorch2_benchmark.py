@@ -63,7 +63,7 @@ from bench.measure import (
 from bench.report import table, write_results
 from triton_warmup import example_models
 from triton_warmup.client.warm import request_warmup, shape_arrays
-from triton_warmup.embedded import EmbeddedTriton, free_port
+from triton_warmup.embedded import AUTO_COMPLETE_AUTO, AUTO_COMPLETE_KEEP, EmbeddedTriton, free_port
 
 # The models it can measure: the example repository's, and a larger one kept
 # with the benchmark (bench/models/), whose weights are written per run.
@@ -90,6 +90,10 @@ RATIO_TARGET = 1.5
 # after this much idle time, to tell that cost from a cold shape's.
 IDLE_S = 1.0
 IDLE_REQUESTS = 5
+# And what sets a pause apart from a change of shape: the same shape, warm,
+# after a short pause, and right after a request at the largest planned
+# shape (each after a few back-to-back requests at the first shape).
+SHORT_PAUSE_S = 0.05
 RESTART_SHARE_TARGET = 0.20
 
 
@@ -110,9 +114,11 @@ def compiles_after_ready(server: EmbeddedTriton, model: str) -> List[str]:
     return [match.group(1) for line in log[loaded:].splitlines() if (match := compile_line.search(line))]
 
 
-def results_name(model: str) -> str:
-    """pytorch2_benchmark for the example model, with the model's name for another."""
-    return "pytorch2_benchmark" if model == example_models.COMPILED_ENCODER else f"pytorch2_benchmark_{model}"
+def results_name(model: str, auto_complete: str = AUTO_COMPLETE_AUTO) -> str:
+    """pytorch2_benchmark for the example model, with the model's name for
+    another; servers on Triton's default flags add ``_triton-default-flags``."""
+    name = "pytorch2_benchmark" if model == example_models.COMPILED_ENCODER else f"pytorch2_benchmark_{model}"
+    return name if auto_complete == AUTO_COMPLETE_AUTO else f"{name}_triton-default-flags"
 
 
 def add_bench_model(repository: pathlib.Path, model: str) -> None:
@@ -185,7 +191,7 @@ def trial(condition: str, number: int, repository: pathlib.Path, cache: pathlib.
           args) -> Dict:
     server = EmbeddedTriton(repository, workdir / f"{condition}-{number}", http_port=free_port(),
                             grpc_port=free_port(), metrics_port=free_port(),
-                            extra_env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+                            extra_env={"TORCHINDUCTOR_CACHE_DIR": str(cache)}, auto_complete=args.auto_complete)
     rows = []
     with server:
         with httpclient.InferenceServerClient(server.http_url, network_timeout=REQUEST_TIMEOUT_S) as client:
@@ -199,9 +205,17 @@ def trial(condition: str, number: int, repository: pathlib.Path, cache: pathlib.
                                  "ratio": first / steady})
             idle = statistics.median(after_idle(client, args.model, rows[0]["batch"], rows[0]["group"], args.idle_s)
                                      for _ in range(args.idle_requests))
+            first_shape, largest = (rows[0]["batch"], rows[0]["group"]), (rows[-1]["batch"], rows[-1]["group"])
+            short_pause = statistics.median(
+                after(client, args.model, first_shape, lambda: time.sleep(SHORT_PAUSE_S))
+                for _ in range(args.idle_requests))
+            other_shape = statistics.median(
+                after(client, args.model, first_shape, lambda: one_request(client, args.model, *largest))
+                for _ in range(args.idle_requests))
         compiled = compiles_after_ready(server, args.model)
         collections = full_collections_after_ready(server, args.model)
     result = {**brought_up, "rows": rows, "compiled_after_ready": compiled, "idle_ms": idle,
+              "short_pause_ms": short_pause, "after_other_shape_ms": other_shape,
               "first_against_idle": rows[0]["first_ms"] / idle, "full_collections_after_ready": collections}
     print(f"{condition} {number}: READY in {brought_up['seconds_to_ready']:.1f} s; {slow_shapes(result)} of "
           f"{len(rows)} shapes over {RATIO_TARGET}x ({slow_shapes(result, idle_matched=True)} against the idle "
@@ -209,6 +223,15 @@ def trial(condition: str, number: int, repository: pathlib.Path, cache: pathlib.
           f"{len(compiled)} requests compiled after READY; {len(collections)} with a full garbage collection",
           flush=True)
     return result
+
+
+def after(client, model: str, shape, between) -> float:
+    """``shape`` (batch, group), warm, after three back-to-back requests at
+    it and then ``between()``."""
+    for _ in range(3):
+        one_request(client, model, *shape)
+    between()
+    return one_request(client, model, *shape)
 
 
 def after_idle(client, model: str, batch: int, group: int, idle_s: float) -> float:
@@ -237,6 +260,9 @@ def summarize(trials: List[Dict]) -> Dict:
         "slow_shapes": statistics.median(slow_shapes(t) for t in trials),
         "slow_shapes_idle_matched": statistics.median(slow_shapes(t, idle_matched=True) for t in trials),
         "idle_ms": statistics.median(t["idle_ms"] for t in trials),
+        # Results written before these were measured have none.
+        **{key: statistics.median(t[key] for t in trials) for key in ("short_pause_ms", "after_other_shape_ms")
+           if all(key in t for t in trials)},
         "first_against_idle": statistics.median(t["first_against_idle"] for t in trials),
         "worst_ratio": statistics.median(max(row["ratio"] for row in t["rows"]) for t in trials),
         "compiled_after_ready": statistics.median(len(t["compiled_after_ready"]) for t in trials),
@@ -262,6 +288,15 @@ def _compile_cell(trial_: Dict) -> str:
             f"{record.get('traced_from_cache', 0)} from Dynamo's cache")
 
 
+def _flags_sentence(results: Dict) -> str:
+    # Results written before --auto-complete existed ran Triton's default.
+    if results.get("auto_complete", AUTO_COMPLETE_KEEP) == AUTO_COMPLETE_KEEP:
+        return ("Servers on Triton's default flags (auto-complete on: 1 s of sleep in each Python or PyTorch 2 "
+                "model's load, the scratch copy's included).")
+    return ("Servers started as the project's launchers start them (`--disable-auto-complete-config`, which "
+            "this repository allows).")
+
+
 def markdown(results: Dict) -> str:
     conditions = results["conditions"]
     # Results written before --model existed measured the example model.
@@ -271,7 +306,7 @@ def markdown(results: Dict) -> str:
         "runtime), one CPU instance. "
         f"Plan: group sizes {results['group_min']}..{results['group_max']} x batch sizes "
         f"{', '.join(map(str, results['batch_sizes']))}. Each trial a new tritonserver; {results['trials']} trials, "
-        f"medians. Server-side `compute_infer` of each planned shape's first request (one request of the batch "
+        f"medians. {_flags_sentence(results)} Server-side `compute_infer` of each planned shape's first request (one request of the batch "
         f"size) against the median of {results['steady']} more. 'compiled after READY': requests whose execute "
         "made torch.compile trace or compile (the runtime shim's log). Cache: Inductor's FX graph cache during "
         "the load, and the functions whose traced code came from Dynamo's own cache (nothing traced for them), "
@@ -283,7 +318,7 @@ def markdown(results: Dict) -> str:
         "every other shape against its back-to-back steady.\n",
     ]
     rows = []
-    for condition in CONDITIONS:
+    for condition in conditions:
         summary = conditions[condition]
         rows.append((
             condition,
@@ -301,21 +336,35 @@ def markdown(results: Dict) -> str:
                         "first after READY / idle baseline", "worst shape",
                         "requests compiled after READY", "requests with a full garbage collection after READY",
                         "cache during the load, per trial"), rows))
-    share = conditions["restart"]["seconds_to_ready"] / conditions["warmed"]["seconds_to_ready"]
+    pauses = [condition for condition in conditions if "short_pause_ms" in conditions[condition]]
+    if pauses:
+        parts.append(
+            f"\nThe first planned shape, warm, batch {conditions[pauses[0]]['shapes'][0]['batch']} group "
+            f"{conditions[pauses[0]]['shapes'][0]['group']}, per condition (medians of trials; each after three "
+            "back-to-back requests at it): " + "; ".join(
+                f"{condition}: first request after READY {conditions[condition]['shapes'][0]['first_ms']:.2f} ms, "
+                f"back to back {conditions[condition]['shapes'][0]['steady_ms']:.2f} ms, right after a request at "
+                f"the largest planned shape {conditions[condition]['after_other_shape_ms']:.2f} ms, after a "
+                f"{SHORT_PAUSE_S * 1000:g} ms pause {conditions[condition]['short_pause_ms']:.2f} ms, after "
+                f"{results['idle_s']:g} s idle {conditions[condition]['idle_ms']:.2f} ms"
+                for condition in pauses) + ".\n")
     parts.append("\nPlanned shapes whose first request, per shape the median of the trials, took over "
                  f"{RATIO_TARGET}x steady: " + "; ".join(
                      f"{condition} {sum(shape['ratio'] > RATIO_TARGET for shape in conditions[condition]['shapes'])}"
-                     for condition in CONDITIONS) + ".\n")
-    parts.append(f"\nA restart reached READY in {share:.0%} of a first start's time "
-                 f"({conditions['restart']['seconds_to_ready']:.1f} s against "
-                 f"{conditions['warmed']['seconds_to_ready']:.1f} s; target at most {RESTART_SHARE_TARGET:.0%}).\n")
+                     for condition in conditions) + ".\n")
+    if "restart" in conditions:
+        share = conditions["restart"]["seconds_to_ready"] / conditions["warmed"]["seconds_to_ready"]
+        parts.append(f"\nA restart reached READY in {share:.0%} of a first start's time "
+                     f"({conditions['restart']['seconds_to_ready']:.1f} s against "
+                     f"{conditions['warmed']['seconds_to_ready']:.1f} s; target at most {RESTART_SHARE_TARGET:.0%}).\n")
     parts.append("Where a warmed server's time went, per trial (s): " + "; ".join(
         f"{condition} {trial_['seconds_to_ready']:.1f} = preflight {trial_['preflight_s']:.1f} "
         f"({trial_['preflight'] or 'none'}) + load {trial_['load_s']:.1f}"
-        for condition in ("warmed", "restart") for trial_ in conditions[condition]["trials"]) + ".\n")
+        for condition in ("warmed", "restart") if condition in conditions
+        for trial_ in conditions[condition]["trials"]) + ".\n")
     parts.append("\n## Per shape (medians of trials)\n")
     shape_rows = []
-    for condition in CONDITIONS:
+    for condition in conditions:
         for shape in conditions[condition]["shapes"]:
             shape_rows.append((condition, shape["batch"], shape["group"], f"{shape['first_ms']:.2f}",
                                f"{shape['steady_ms']:.2f}", f"{shape['ratio']:.2f}x"))
@@ -337,6 +386,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"Pause before each request of the idle baseline. Default is {IDLE_S:g}.")
     parser.add_argument("--idle-requests", type=int, default=IDLE_REQUESTS,
                         help=f"Requests of the idle baseline. Default is {IDLE_REQUESTS}.")
+    parser.add_argument("--auto-complete", choices=(AUTO_COMPLETE_AUTO, AUTO_COMPLETE_KEEP), default=AUTO_COMPLETE_AUTO,
+                        help="The servers' auto-complete choice: 'auto' (default) as the project's launchers start "
+                             "Triton, '--disable-auto-complete-config' where the repository allows it; 'keep' "
+                             "Triton's default, which sleeps 1 s in every Python or PyTorch 2 model's load.")
+    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS),
+                        help="Conditions to run (the restart needs warmed). Default is all.")
     parser.add_argument("--smoke", action="store_true", help="One trial, group sizes up to 2, batch sizes 1 2.")
     parser.add_argument("--output-dir", type=pathlib.Path, default=PROJECT_ROOT / "bench" / "results",
                         help="Where the results go. Default is bench/results.")
@@ -344,8 +399,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Write the Markdown again from the JSON in --output-dir, measuring nothing.")
     args = parser.parse_args(argv)
     if args.markdown_only:
-        results = json.loads((args.output_dir / f"{results_name(args.model)}.json").read_text())
-        (args.output_dir / f"{results_name(args.model)}.md").write_text(markdown(results))
+        results = json.loads((args.output_dir / f"{results_name(args.model, args.auto_complete)}.json").read_text())
+        (args.output_dir / f"{results_name(args.model, args.auto_complete)}.md").write_text(markdown(results))
         return 0
     if args.smoke:
         args.group_max, args.batch_sizes, args.trials, args.steady, args.idle_requests = 2, [1, 2], 1, 3, 2
@@ -363,20 +418,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         "group_min": args.group_min,
         "group_max": args.group_max,
         "batch_sizes": args.batch_sizes,
-        "conditions": {condition: {"trials": []} for condition in CONDITIONS},
+        "auto_complete": args.auto_complete,
+        "conditions": {condition: {"trials": []} for condition in CONDITIONS if condition in args.conditions},
     }
+    if "restart" in args.conditions and "warmed" not in args.conditions:
+        parser.error("the restart condition restarts on the warmed condition's repository: add warmed")
     for number in range(args.trials):
         # cold and warmed each start from an empty cache; the restart reuses
         # the warmed server's repository (its preflight record) and cache.
-        for condition in CONDITIONS:
+        for condition in results["conditions"]:
             repository = workdir / f"repo-{'warmed' if condition == 'restart' else condition}-{number}"
             if condition != "restart":
                 shutil.copytree(template, repository)
             cache = workdir / f"cache-{'warmed' if condition == 'restart' else condition}-{number}"
             results["conditions"][condition]["trials"].append(trial(condition, number, repository, cache, workdir, args))
-    for condition in CONDITIONS:
+    for condition in results["conditions"]:
         results["conditions"][condition].update(summarize(results["conditions"][condition]["trials"]))
-    write_results(args.output_dir, results_name(args.model), results, markdown(results))
+    write_results(args.output_dir, results_name(args.model, args.auto_complete), results, markdown(results))
     print(f"servers' logs and repositories: {workdir}")
     return 0
 

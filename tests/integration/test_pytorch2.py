@@ -29,7 +29,7 @@ from live_server import (
     template_with_helper_parameters,
     warmup_inputs,
 )
-from triton_warmup import example_models
+from triton_warmup import example_models, pytorch2
 from triton_warmup.helper.repository_guard import SCRATCH_PREFIX
 from triton_warmup.report import COMPILE_COMPILED, COMPILE_REUSED, PREFLIGHT_RECORD
 
@@ -223,6 +223,11 @@ def test_the_real_load_after_a_passing_preflight_compiles_nothing(tmp_path):
         assert sum(counts["inductor.fxgraph_cache_miss"] for counts in real) == 0
         assert sum(counts["inductor.fxgraph_cache_hit"] for counts in real) == record.cache_hits
         assert sum(counts["inductor.fxgraph_cache_miss"] for counts in scratch) == record.preflight_cache_misses
+        # Inductor's checks of the CPU's vector sets start early on the
+        # scratch copy, which compiles; the real load compiles nothing and
+        # starts none.
+        assert f"'{SCRATCH_PREFIX}{MODEL}' {pytorch2.ISA_CHECKS_STARTED}" in log
+        assert f"'{MODEL}' {pytorch2.ISA_CHECKS_STARTED}" not in log
         # And, as before, nothing compiles for a client after READY.
         send_each_planned_shape(server, MODEL)
         assert compile_lines_after_ready(server, MODEL) == []
@@ -246,6 +251,7 @@ def test_a_restart_reuses_the_cache_and_the_preflight_record(restarted):
     # Dynamo's own cache (the shim's keyed folder): nothing is traced again.
     assert entry.compile.cache_misses == 0 and entry.compile.graphs == 0
     assert entry.compile.traced_from_cache > 0
+    assert pytorch2.ISA_CHECKS_STARTED not in server.log_text()
     send_each_planned_shape(server, MODEL)
     assert compile_lines_after_ready(server, MODEL) == []
     # What it runs is the model's code: the same outputs as the module run eagerly.

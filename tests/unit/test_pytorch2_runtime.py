@@ -32,6 +32,7 @@ def test_the_shim_and_the_package_agree_on_names():
     assert constants["UPSTREAM_RUNTIME_FILE"] == pytorch2.UPSTREAM_RUNTIME_FILE
     assert constants["STATUS_FOLDER"] == pytorch2.STATUS_FOLDER
     assert constants["PREFLIGHT_PARAMETER"] == pytorch2.PREFLIGHT_PARAMETER
+    assert constants["ISA_CHECKS_STARTED"] == pytorch2.ISA_CHECKS_STARTED
     assert pytorch2.is_shim(pytorch2.shim_source())
 
 
@@ -371,3 +372,63 @@ def test_a_scratch_copy_keys_dynamos_output_as_its_model(tmp_path):
     assert shim.dynamo_cache_key(scratch / "1", shim.own_parameters({"parameters": scratch_parameters}),
                                  [runtime], versions) == real
     assert shim.dynamo_cache_key(scratch / "1", scratch_parameters, [runtime], versions) != real
+
+
+VECTOR_ISA_PROBE = """
+import json, sys, time
+import torch
+from torch._inductor import cpu_vec_isa
+original = cpu_vec_isa.valid_vec_isa_list
+status, threads = {}, []
+if sys.argv[1] == "early":
+    sys.path.insert(0, sys.argv[2])
+    import shim
+    threads = shim.start_vector_isa_checks(status)
+    waiting = cpu_vec_isa.valid_vec_isa_list is not original
+picked = str(cpu_vec_isa.pick_vec_isa())
+print(json.dumps({
+    "threads": len(threads),
+    "alive_after_pick": sum(thread.is_alive() for thread in threads),
+    "waited": waiting if threads else None,
+    "restored": cpu_vec_isa.valid_vec_isa_list is original,
+    "status": status,
+    "picked": picked,
+    "valid": [(str(isa), isa.build_arch_flags()) for isa in cpu_vec_isa.valid_vec_isa_list()],
+}))
+"""
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="torch checks one set elsewhere")
+def test_inductors_vector_isa_checks_started_early_give_torchs_own_answer(tmp_path):
+    """The shim starts Inductor's checks of the CPU's vector instruction sets
+    in threads (issue 38: 7.2 s of g++ inside the first sample of a first
+    start). torch's list of valid sets waits for them, then is torch's own
+    again, and the answer is what torch alone finds: the same sets with the
+    same flags (the AVX-512 check changes its set's flags for a moment, which
+    a second check at the same time would keep). Each run is a process of
+    its own, as a stub is; the early one starts on an empty Inductor cache,
+    and torch alone then checks again on what it built (its answers are
+    per process; only the builds are kept)."""
+    import subprocess
+    import sys
+
+    shim_folder = tmp_path / "shim"
+    shim_folder.mkdir()
+    (shim_folder / "shim.py").write_text(pytorch2.shim_source().read_text())
+
+    def probe(mode):
+        cache = tmp_path / "cache"
+        completed = subprocess.run(
+            [sys.executable, "-c", VECTOR_ISA_PROBE, mode, str(shim_folder)],
+            env={"PATH": "/usr/bin:/bin", "TORCHINDUCTOR_CACHE_DIR": str(cache), "HOME": str(tmp_path)},
+            capture_output=True, text=True, timeout=300, check=True,
+        )
+        return json.loads(completed.stdout.strip().splitlines()[-1])
+
+    early = probe("early")
+    alone = probe("alone")
+    assert early["threads"] >= 1 and early["waited"] is True
+    assert early["alive_after_pick"] == 0 and early["restored"] is True
+    assert early["status"]["vector_isa_checks_s"] > 0
+    assert (early["picked"], early["valid"]) == (alone["picked"], alone["valid"])
+    assert alone["valid"], "this CPU has a vector instruction set torch can use"

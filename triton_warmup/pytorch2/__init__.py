@@ -26,6 +26,9 @@ STATUS_FOLDER = "triton_warmup_loads"
 # The config parameter that makes the shim run a scratch copy as Triton's
 # warmup will run the real model (see runtime.py); the preflight sets it.
 PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT"
+# What the shim logs when an instance that will compile starts Inductor's
+# checks of the CPU's vector instruction sets early.
+ISA_CHECKS_STARTED = "will compile: Inductor's checks of the CPU's vector instruction sets started early"
 # A line of the shim's docstring that tells it from Triton's runtime.
 SHIM_MARKER = "The PyTorch backend's PyTorch 2 runtime, made to run in Triton's Python stub."
 # Where NVIDIA's image keeps the PyTorch backend.
