@@ -32,7 +32,9 @@ every call to it. It adds what the stub lacks, and changes nothing else:
   as above, and runs each request of B rows as B requests of one row in one
   ``execute``, as Triton's warmup sends a sample: the copy then compiles
   the graphs the real load's warmup asks for, and the real load finds every
-  one of them in Inductor's cache.
+  one of them in Inductor's cache. There the gather and scatter may also
+  compile past Dynamo's recompile limit, which a plan of a few group sizes
+  reaches: an entry the copy skips, the real load would compile.
 * **What torch.compile did.** After every ``execute`` that compiled, one line
   in Triton's log names the requests' shapes and the counts from torch's own
   counters (``torch._dynamo.utils.counters``): graphs compiled, Inductor's
@@ -136,6 +138,10 @@ RECOMPILE_LIMIT_COUNT = "dynamo.recompile_limit_hits"
 # model (``TritonPythonModel._execute_as_warmup``) and keeps Dynamo's output
 # for the real model (``TritonPythonModel._keep_dynamo_output``).
 PREFLIGHT_PARAMETER = "TRITON_WARMUP_PREFLIGHT"
+# Dynamo's recompile limit for the runtime's gather and scatter on the
+# preflight's scratch copy (torch's default is 8): enough for every list
+# length and shape a plan's samples hand them, which the real load installs.
+PREFLIGHT_BATCHING_RECOMPILE_LIMIT = 64
 # How long finalize waits for a vector ISA check still running: torch bounds
 # each check's probe at 60 s, and a build takes seconds.
 ISA_CHECK_JOIN_S = 120.0
@@ -474,6 +480,7 @@ class TritonPythonModel:
             self._turn_dynamo_cache_off(error, recompile=False)
             self._runtime = upstream.TritonPythonModel()
             self._runtime.initialize(args)
+        self._lift_batching_recompile_limit()
         self._compile_batching_for_single_requests()
         self._record("initialize", before, [], settle=True)
 
@@ -551,6 +558,33 @@ class TritonPythonModel:
             return module
 
         upstream._import_module_from_path = import_and_register
+
+    def _lift_batching_recompile_limit(self):
+        """On the preflight's scratch copy, let the runtime's gather and
+        scatter compile past Dynamo's recompile limit.
+
+        Each list length and container the warmup hands them takes entries
+        of their own, and with a plan of a few group sizes x batch sizes
+        1, 2 and 4 the scatter reaches the limit (8) during the samples: it
+        then runs uncompiled for the rest, and saves no entry for them. The
+        real load installs the saved entries, which do not count towards its
+        own limit, so it compiled the missing one in Triton's warmup (one
+        graph, on every first start). Raised for these two functions only,
+        and only here: the user's model keeps torch's limit, and so does the
+        serving process, where a request past the limit runs uncompiled
+        instead of compiling."""
+        runtime, torch = self._runtime, self._torch
+        if self._preflight is None or not runtime._support_batching:
+            return
+
+        def lifted(function):
+            def call(*args, **kwargs):
+                with torch._dynamo.config.patch(recompile_limit=PREFLIGHT_BATCHING_RECOMPILE_LIMIT):
+                    return function(*args, **kwargs)
+
+            return call
+
+        runtime._gather, runtime._scatter = lifted(runtime._gather), lifted(runtime._scatter)
 
     def _compile_batching_for_single_requests(self):
         runtime, torch = self._runtime, self._torch
@@ -676,6 +710,7 @@ class TritonPythonModel:
         if runtime._support_batching:
             runtime._gather = torch.compile(upstream._gather_torch_tensors, **params)
             runtime._scatter = torch.compile(upstream._scatter_torch_tensors, **params)
+            self._lift_batching_recompile_limit()
         if hasattr(runtime, "_raw_model"):
             runtime._model = torch.compile(runtime._raw_model, **params)
 
