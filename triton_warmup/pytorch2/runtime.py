@@ -254,14 +254,12 @@ def settle_garbage():
 def start_vector_isa_checks(status):
     """Start Inductor's checks of the CPU's vector instruction sets
     (``torch._inductor.cpu_vec_isa``) in daemon threads, one per set the
-    CPU reports, at a lower priority, and return the threads. Each check builds a small library
-    with g++ and loads it in a child process, in the Inductor cache unless
-    already there; torch keeps each answer for the process
-    (``functools.cache``), so the first compile finds it. A check that the
-    first compile reaches while it still runs is made again there, which
-    then finds the library built and only loads it. ``status`` gets the
-    seconds the checks took ("vector_isa_checks_s"). None started when
-    torch's own setting decides (``cpp.vec_isa_ok``) or the CPU is not
+    CPU reports, at a lower priority, and return the threads. Each check
+    builds a small library with g++ (in the Inductor cache, unless already
+    there) and loads it in a child process; torch keeps each answer for the
+    process (``functools.cache``), so the first compile finds it. ``status``
+    gets the seconds the checks took ("vector_isa_checks_s"). None started
+    when torch's own setting decides (``cpp.vec_isa_ok``) or the CPU is not
     x86, where torch checks at most one set.
 
     Until the threads end, torch's list of the valid sets
