@@ -74,7 +74,7 @@ test-faults: venv backend
 # repository in S3; time to READY at scale, with paired restarts (about 30
 # minutes); what clients see while a serving model is re-warmed, in place
 # and by a reload (about 20 minutes); torch.compile models cold, warmed and
-# restarted (the example, about 6 minutes, and a larger one, about 20);
+# restarted (the example, a larger one and issue 38's, about 11 minutes);
 # warm_on_start against the client trigger, with what /v2/health/ready says
 # meanwhile (about 4 minutes); the traffic watch's cold share against the
 # share sent, and its cost (about 4 minutes).
