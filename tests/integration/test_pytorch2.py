@@ -8,9 +8,11 @@ own counters, and keeps the counts where the helper reads them
 """
 
 import json
+import os
 import pathlib
 import re
 import shutil
+import subprocess
 import threading
 import time
 from typing import Optional
@@ -368,9 +370,40 @@ class Model(torch.nn.Module):
 """
 
 
-def test_a_model_whose_guards_cannot_be_saved_still_serves(restarted):
+def stub_processes(cache_dir: pathlib.Path, model: str):
+    """The process ids of a PyTorch 2 model's stubs, from the shim's status files."""
+    folder = cache_dir / pytorch2.STATUS_FOLDER / model
+    return {json.loads(path.read_text())["pid"] for path in folder.glob("*/*.json")}
+
+
+def kernel_segfaults(pids) -> Optional[list]:
+    """The kernel log's segfault lines of these processes; None when this
+    machine does not let the kernel log be read."""
+    try:
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line for line in log.splitlines() if any(f"[{pid}]: segfault" in line for pid in pids)]
+
+
+def wait_for_exit(pids, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+
+
+def test_a_model_whose_guards_cannot_be_saved_still_serves(restarted, cache):
     """Dynamo's cache is experimental: where it fails a compile, the shim
-    turns it off for that process and compiles again."""
+    turns it off for that process and compiles again. And its stub ends
+    cleanly at the unload: before the shim released what torch.compile
+    kept of the requests (``release_compiled_state``), this stub crashed
+    at its exit in most runs (SIGSEGV freeing a request's tensor after the
+    shared memory was gone), which only the kernel's log shows."""
     server, _ = restarted
     name = "local-class-doubler"
     folder = server.model_repository / name
@@ -387,9 +420,15 @@ def test_a_model_whose_guards_cannot_be_saved_still_serves(restarted):
             x = httpclient.InferInput("x", [3], "FP32")
             x.set_data_from_numpy(np.array([1.0, 2.0, 3.0], np.float32))
             result = client.infer(name, [x]).as_numpy("y")
+            stubs = stub_processes(cache, name)
             client.unload_model(name)
         np.testing.assert_array_equal(result, [2.0, 4.0, 6.0])
         assert f"Dynamo's cache is off for '{name}'" in server.log_text()
+        assert stubs
+        wait_for_exit(stubs)
+        crashes = kernel_segfaults(stubs)
+        if crashes is not None:
+            assert crashes == []
     finally:
         shutil.rmtree(folder)
 

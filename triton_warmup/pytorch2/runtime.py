@@ -79,6 +79,10 @@ every call to it. It adds what the stub lacks, and changes nothing else:
   imported, in threads at a lower priority: they overlap ``initialize``
   and each other, and the first compile finds their answers in the process
   (``start_vector_isa_checks``).
+* **What torch.compile kept of the requests freed at ``finalize``**,
+  while the stub's shared memory is mapped: Dynamo's exit-time finalizers
+  otherwise free request tensors after it, which crashed the stub at its
+  exit (``release_compiled_state``).
 * **An error in the log when Triton sends it a TorchScript model.** Triton
   2.51 keeps one 'pytorch' backend per server: when a PyTorch 2 model loads
   first, every later TorchScript model comes here instead of to the native
@@ -102,6 +106,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 
 # Triton's runtime, renamed so that this file can take its place.
 UPSTREAM_RUNTIME_FILE = "triton_pytorch_runtime.py"
@@ -323,6 +328,34 @@ def start_vector_isa_checks(status):
     for thread in threads:
         thread.start()
     return threads
+
+
+def release_compiled_state(torch):
+    """Free what torch.compile keeps of this process's requests while the
+    stub's shared memory is still mapped: at ``finalize``, the last call
+    before the stub unmaps it and ends its interpreter.
+
+    Dynamo's guards register a ``weakref.finalize`` per object they match by
+    identity (``CheckFunctionManager.id_ref``), holding the guard builder,
+    which can hold tensors of the requests it was built from. Those tensors
+    wrap the Python backend's shared memory (DLPack). Left alone, Python
+    runs such finalizers at exit, after the unmap, and freeing the tensors
+    then crashed the stub (SIGSEGV in libc, ``PbTensor::~PbTensor``; two per
+    test suite, seen only in ``dmesg``). So: Dynamo's caches cleared, the
+    pending exit-time finalizers run now (what exit would do, earlier),
+    and the collected garbage unfrozen and collected."""
+    try:
+        torch._dynamo.reset()
+    except Exception:  # noqa: BLE001 - best effort at unload; exit frees the rest as before
+        pass
+    for finalizer in list(getattr(weakref.finalize, "_registry", {})):
+        if finalizer.atexit:
+            try:
+                finalizer()
+            except Exception:  # noqa: BLE001 - the same call exit would make, and swallow
+                pass
+    gc.unfreeze()
+    gc.collect()
 
 
 def runtime_outputs(outputs):
@@ -720,6 +753,7 @@ class TritonPythonModel:
         # the stub's interpreter does.
         for thread in self._isa_checks:
             thread.join(timeout=ISA_CHECK_JOIN_S)
+        release_compiled_state(self._torch)
 
     def _record_full_collections(self, before, requests):
         count, seconds = FULL_COLLECTIONS.snapshot()
