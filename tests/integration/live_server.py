@@ -148,6 +148,28 @@ def triton_crashed(server: EmbeddedTriton, settle_s: float = 10.0) -> bool:
     return not server.is_running() and "Signal (11) received" in server.log_text()
 
 
+def stub_processes(server: EmbeddedTriton) -> set:
+    """The process ids of the server's Python stubs now (its children)."""
+    pid = server.pid
+    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {
+        int(child) for child in children
+        if b"triton_python_backend_stub" in pathlib.Path(f"/proc/{child}/cmdline").read_bytes()
+    }
+
+
+def kernel_segfaults(pids) -> Optional[List[str]]:
+    """The kernel log's segfault lines of these processes; None where this
+    machine does not let the kernel log be read. A Python stub that frees a
+    Triton object after its shared memory is gone crashes at its exit, which
+    only the kernel's log shows (docs/safety.md)."""
+    try:
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line for line in log.splitlines() if any(f"[{pid}]: segfault" in line for pid in pids)]
+
+
 def restart(server: EmbeddedTriton) -> EmbeddedTriton:
     """Start ``server`` again on the same repository, ports and log file."""
     server.stop()

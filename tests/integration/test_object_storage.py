@@ -19,7 +19,7 @@ from triton_warmup.client import coverage as coverage_command
 from triton_warmup.client import from_trace, warm
 from triton_warmup.helper.repository import ObjectStoreRepository, RepositoryError
 from triton_warmup.report import WarmupReport
-from live_server import model_states, served_config, serving, warmup_runs
+from live_server import kernel_segfaults, model_states, served_config, serving, stub_processes, warmup_runs
 from bench.object_stores import gcs_server, s3_server
 from trace_files import v1_request, write_trace
 
@@ -148,6 +148,15 @@ def test_revoked_credentials_and_an_unreachable_bucket_each_give_one_clear_error
             assert f"cannot read the model repository {s3.url()}: Could not connect" in unreachable.stderr
             assert "/tmp" not in revoked.stderr + unreachable.stderr
             assert server.is_running()
+            stubs = stub_processes(server)
+        # The driver's errors sat in a reference cycle whose frames held the
+        # helper's request until the stub's exit, after its shared memory
+        # was gone: the helper's stub crashed there (docs/safety.md).
+        assert stubs
+        crashes = kernel_segfaults(stubs)
+        if crashes is not None:
+            assert crashes == []
+
 
 
 def test_a_model_in_gcs_is_warmed_and_the_bucket_is_unchanged(template_repository, tmp_path, run_cli):

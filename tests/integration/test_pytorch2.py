@@ -12,7 +12,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import threading
 import time
 from typing import Optional
@@ -25,6 +24,7 @@ from tritonclient.grpc import model_config_pb2
 
 from live_server import (
     PROJECT_REPOSITORY,
+    kernel_segfaults,
     send_warmup,
     served_config,
     serving,
@@ -374,16 +374,6 @@ def stub_processes(cache_dir: pathlib.Path, model: str):
     """The process ids of a PyTorch 2 model's stubs, from the shim's status files."""
     folder = cache_dir / pytorch2.STATUS_FOLDER / model
     return {json.loads(path.read_text())["pid"] for path in folder.glob("*/*.json")}
-
-
-def kernel_segfaults(pids) -> Optional[list]:
-    """The kernel log's segfault lines of these processes; None when this
-    machine does not let the kernel log be read."""
-    try:
-        log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return [line for line in log.splitlines() if any(f"[{pid}]: segfault" in line for pid in pids)]
 
 
 def wait_for_exit(pids, timeout_s: float = 60.0) -> None:

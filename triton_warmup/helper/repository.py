@@ -39,6 +39,7 @@ import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from triton_warmup.helper.config_rewrite import CONFIG_FILENAME, WARMUP_DATA_FOLDER
+from triton_warmup.helper.kept_errors import without_frames
 from triton_warmup.helper.repository_guard import READ_ONLY_MARKER
 
 CLOUD_SCHEMES = ("s3://", "gs://", "as://")
@@ -226,7 +227,15 @@ class ObjectStoreRepository:
         return self._filesystem
 
     def unreadable(self, error: BaseException) -> RepositoryError:
-        return RepositoryError(f"cannot read the model repository {self.location}: {_explain(error)}")
+        """The error to raise for a driver's ``error``, whose frames it drops:
+        fsspec runs the driver on an event loop of its own, where a failed
+        call's error sits in a reference cycle with its traceback, and those
+        frames hold their callers up to the helper's ``execute`` and its
+        request; such a cycle is freed only at the stub's exit, which then
+        crashed (docs/safety.md). The message keeps what it says."""
+        explained = _explain(error)
+        without_frames(error)
+        return RepositoryError(f"cannot read the model repository {self.location}: {explained}")
 
     def _find(self) -> Dict[str, Dict[str, Any]]:
         try:
