@@ -158,7 +158,6 @@ def test_revoked_credentials_and_an_unreachable_bucket_each_give_one_clear_error
             assert crashes == []
 
 
-
 def test_a_model_in_gcs_is_warmed_and_the_bucket_is_unchanged(template_repository, tmp_path, run_cli):
     with gcs_server(tmp_path / "gcs.log") as gcs:
         gcs.upload(bucket_repository(template_repository, tmp_path / "repository"))

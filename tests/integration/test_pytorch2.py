@@ -28,6 +28,7 @@ from live_server import (
     send_warmup,
     served_config,
     serving,
+    stub_processes,
     template_with_helper_parameters,
     warmup_inputs,
 )
@@ -370,12 +371,6 @@ class Model(torch.nn.Module):
 """
 
 
-def stub_processes(cache_dir: pathlib.Path, model: str):
-    """The process ids of a PyTorch 2 model's stubs, from the shim's status files."""
-    folder = cache_dir / pytorch2.STATUS_FOLDER / model
-    return {json.loads(path.read_text())["pid"] for path in folder.glob("*/*.json")}
-
-
 def wait_for_exit(pids, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     for pid in pids:
@@ -387,7 +382,7 @@ def wait_for_exit(pids, timeout_s: float = 60.0) -> None:
             time.sleep(0.2)
 
 
-def test_a_model_whose_guards_cannot_be_saved_still_serves(restarted, cache):
+def test_a_model_whose_guards_cannot_be_saved_still_serves(restarted):
     """Dynamo's cache is experimental: where it fails a compile, the shim
     turns it off for that process and compiles again. And its stub ends
     cleanly at the unload: before the shim released what torch.compile
@@ -406,11 +401,12 @@ def test_a_model_whose_guards_cannot_be_saved_still_serves(restarted, cache):
     )
     try:
         with httpclient.InferenceServerClient(server.http_url) as client:
+            others = stub_processes(server)
             client.load_model(name)
             x = httpclient.InferInput("x", [3], "FP32")
             x.set_data_from_numpy(np.array([1.0, 2.0, 3.0], np.float32))
             result = client.infer(name, [x]).as_numpy("y")
-            stubs = stub_processes(cache, name)
+            stubs = stub_processes(server) - others
             client.unload_model(name)
         np.testing.assert_array_equal(result, [2.0, 4.0, 6.0])
         assert f"Dynamo's cache is off for '{name}'" in server.log_text()

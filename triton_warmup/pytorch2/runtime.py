@@ -285,10 +285,8 @@ def start_vector_isa_checks(status):
     except Exception:  # noqa: BLE001 - torch's internals moved: the first compile checks, as without the shim
         return []
     started = time.perf_counter()
-    waiting = list(candidates)
-    taking = threading.Lock()
 
-    def check():
+    def check(isa):
         # Below the instance's own work, which goes on meanwhile: the
         # thread's niceness passes to the g++ and probe children it starts.
         try:
@@ -296,15 +294,11 @@ def start_vector_isa_checks(status):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
         except (AttributeError, OSError):
             pass
-        while True:
-            with taking:
-                if not waiting:
-                    break
-                isa = waiting.pop(0)
-            try:
-                bool(isa)
-            except Exception:  # noqa: BLE001 - the first compile makes the same check and meets the same error
-                pass
+        try:
+            bool(isa)
+        except Exception:  # noqa: BLE001 - the first compile makes the same check and meets the same error
+            pass
+        # The last thread to end writes last.
         status["vector_isa_checks_s"] = round(time.perf_counter() - started, 3)
 
     # One thread per set, all at once: at a lower priority they fill the
@@ -312,9 +306,9 @@ def start_vector_isa_checks(status):
     # stub does, the first compile took 4.5-4.9 s, against 7.2-7.3 s with
     # one thread and 8.6-9.5 s without; the imports before it took as long
     # as without them (at normal priority, 0.8 s longer).
-    workers = len(candidates)
     threads = [
-        threading.Thread(target=check, name=f"triton-warmup-isa-{number}", daemon=True) for number in range(workers)
+        threading.Thread(target=check, args=(isa,), name=f"triton-warmup-isa-{isa}", daemon=True)
+        for isa in candidates
     ]
     valid_vec_isa_list = cpu_vec_isa.valid_vec_isa_list
 
